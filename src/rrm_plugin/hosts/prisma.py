@@ -1,0 +1,80 @@
+"""Adapter for ViT-Prisma's `HookedViT`: building, initialising and checking inputs."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from jaxtyping import Float
+from torch import Tensor, nn
+from vit_prisma.configs.HookedViTConfig import HookedViTConfig
+from vit_prisma.models.base_vit import HookedViT
+
+
+def build_hooked_vit(cfg: HookedViTConfig, *, seed: int | None = None) -> HookedViT:
+    """A `HookedViT` with every weight initialised.
+
+    Workaround for vit-prisma 0.1.4: `HookedViT.init_weights` only initialises `nn.Linear`,
+    `nn.Conv2d` and the position embedding; attention, MLP and head weights are left as
+    `torch.empty` (arbitrary memory). We initialise all of them here, ViT-style.
+    """
+    if seed is not None:
+        torch.manual_seed(seed)
+    model = HookedViT(cfg)
+    init_vit_weights(model)
+    return model
+
+
+@torch.no_grad()
+def init_vit_weights(model: HookedViT, *, std: float = 0.02) -> None:
+    """Truncated-normal weights, zero biases, unit LayerNorm gains (as timm's ViT)."""
+    for name, param in model.named_parameters():
+        leaf = name.rsplit(".", 1)[-1]
+        if leaf.startswith("b") or leaf == "bias":
+            nn.init.zeros_(param)
+        elif leaf == "w" and ".ln" in f".{name}":
+            nn.init.ones_(param)
+        elif name == "embed.proj.weight":
+            fan_in = math.prod(param.shape[1:])
+            nn.init.trunc_normal_(param, std=1 / math.sqrt(fan_in))
+        else:
+            nn.init.trunc_normal_(param, std=std)
+
+
+def model_hook_names(model: nn.Module) -> list[str]:
+    """The hook points of a host model (HookedViT or a TransformerLens `HookedRootModule`)."""
+    return list(model.hook_dict)
+
+
+def resid_post_hooks(model: HookedViT) -> list[str]:
+    return [f"blocks.{layer}.hook_resid_post" for layer in range(model.cfg.n_layers)]
+
+
+def check_images(
+    model: HookedViT, images: Tensor
+) -> Float[Tensor, "batch channels height width"]:
+    """Reject images the model cannot take, naming what was wrong and what was expected."""
+    cfg = model.cfg
+    expected = f"[batch, {cfg.n_channels}, {cfg.image_size}, {cfg.image_size}]"
+    if not isinstance(images, Tensor):
+        raise TypeError(f"images must be a torch.Tensor of shape {expected}, got {type(images)}")
+    if not images.is_floating_point():
+        raise TypeError(
+            f"images must be a floating-point tensor (values in [0, 1]), got dtype {images.dtype}"
+        )
+    if images.ndim != 4:
+        raise ValueError(f"images must have shape {expected}, got {list(images.shape)}")
+    if images.shape[1] != cfg.n_channels:
+        raise ValueError(
+            f"images have {images.shape[1]} channels, model expects {cfg.n_channels} "
+            f"(shape {expected}, channels first)"
+        )
+    if tuple(images.shape[2:]) != (cfg.image_size, cfg.image_size):
+        raise ValueError(
+            f"images are {images.shape[2]}x{images.shape[3]} pixels, model expects "
+            f"{cfg.image_size}x{cfg.image_size} (shape {expected})"
+        )
+    if not torch.isfinite(images).all():
+        n_bad = int((~torch.isfinite(images)).sum())
+        raise ValueError(f"images contain {n_bad} NaN/inf values; expected finite pixels")
+    return images

@@ -1,0 +1,103 @@
+"""Atomic writes and verified reads of safetensors and JSON files."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+
+class CorruptFileError(ValueError):
+    """A weights or config file that cannot be read or does not have the expected content."""
+
+
+def _atomic(path: Path, write: Callable[[Path], None]) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def write_json(path: Path, data: Any) -> Path:
+    def write(tmp: Path) -> None:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+    return _atomic(path, write)
+
+
+def read_json(path: Path) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"missing file {path}")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CorruptFileError(f"{path} is not valid JSON ({err})") from err
+
+
+def write_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict | None = None) -> Path:
+    contiguous = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    return _atomic(path, lambda tmp: save_file(contiguous, str(tmp), metadata=metadata))
+
+
+def read_tensors(
+    path: Path, *, expected_shapes: dict[str, tuple[int, ...]] | None = None
+) -> dict[str, torch.Tensor]:
+    """Load a safetensors file; with `expected_shapes`, insist on exactly those keys and shapes."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"missing weights file {path}")
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CorruptFileError(f"{path} is not a readable safetensors file ({err})") from err
+    if expected_shapes is not None:
+        missing = sorted(set(expected_shapes) - set(tensors))
+        extra = sorted(set(tensors) - set(expected_shapes))
+        if missing or extra:
+            raise CorruptFileError(f"{path}: missing tensors {missing}, unexpected tensors {extra}")
+        for name, shape in expected_shapes.items():
+            if tuple(tensors[name].shape) != tuple(shape):
+                raise CorruptFileError(
+                    f"{path}: tensor {name!r} has shape {list(tensors[name].shape)}, "
+                    f"expected {list(shape)}"
+                )
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise CorruptFileError(f"{path}: tensor {name!r} contains NaN/inf")
+    return tensors
+
+
+def replace_directory(build: Callable[[Path], None], target: Path) -> Path:
+    """Build a directory in a temporary sibling, then swap it in, so a crash never leaves half."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    try:
+        build(tmp)
+        if target.exists():
+            old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.old."))
+            os.replace(target, old / target.name)
+            os.replace(tmp, target)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return target

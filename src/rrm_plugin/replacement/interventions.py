@@ -1,0 +1,62 @@
+"""Feature interventions: set or scale chosen SAE features at chosen tokens.
+
+They are ordinary host forward hooks on `<hook>.hook_sae_acts_post`, for `run_with_hooks`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class FeatureIntervention:
+    """Change of some features at one spliced hook point.
+
+    Args:
+        hook_name: Hook point of the SAE, e.g. `"blocks.1.hook_resid_post"`.
+        features: Latent indices to change.
+        tokens: Token positions to change (default: all tokens).
+        value: Set the features to this value ...
+        scale: ... or multiply them by this factor (exactly one of the two).
+    """
+
+    hook_name: str
+    features: Sequence[int]
+    tokens: Sequence[int] | None = None
+    value: float | None = None
+    scale: float | None = None
+
+    def __post_init__(self) -> None:
+        if (self.value is None) == (self.scale is None):
+            raise ValueError("give exactly one of value= or scale=")
+
+    def apply(self, acts: Tensor) -> Tensor:
+        d_sae = acts.shape[-1]
+        feats = torch.as_tensor(list(self.features), dtype=torch.long, device=acts.device)
+        if len(feats) and (feats.min() < 0 or feats.max() >= d_sae):
+            raise IndexError(f"feature indices {list(self.features)} out of range [0, {d_sae})")
+        tokens = slice(None) if self.tokens is None else list(self.tokens)
+        acts = acts.clone()
+        view = acts[:, tokens][..., feats]
+        acts[:, tokens, feats.unsqueeze(0)] = (
+            torch.full_like(view, self.value) if self.value is not None else view * self.scale
+        )
+        return acts
+
+
+def intervention_hooks(
+    interventions: Sequence[FeatureIntervention],
+) -> list[tuple[str, Callable]]:
+    """`fwd_hooks` for the host's `run_with_hooks`, one per intervention."""
+
+    def make(intervention: FeatureIntervention) -> Callable:
+        def hook(acts: Tensor, hook) -> Tensor:
+            return intervention.apply(acts)
+
+        return hook
+
+    return [(f"{iv.hook_name}.hook_sae_acts_post", make(iv)) for iv in interventions]

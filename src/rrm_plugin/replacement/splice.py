@@ -1,0 +1,164 @@
+"""Residual-replacement hook mode: SAEs spliced into a host model through its own hook points.
+
+While spliced, the host hook point `H` (e.g. `blocks.3.hook_resid_post`) gets child hook points of
+the host's own `HookPoint` class, named as in SAELens (`H.hook_sae_input`, `H.hook_sae_acts_pre`,
+`H.hook_sae_acts_post`, `H.hook_sae_recons`, `H.hook_sae_error`, `H.hook_sae_output`), so they
+appear in the host's `hook_dict`, `run_with_hooks` and `run_with_cache`. A forward hook on `H`
+(prepended, so users' hooks on `H` see the spliced stream) replaces its output by the SAE
+reconstruction, plus the error when it is kept. The SAE's own encode/decode do the maths; its
+internal hook points relay to the host's. Everything is undone on exit, also on exceptions.
+
+As in SAELens, the error term is computed without gradient: it is a constant (a leaf).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+
+import torch
+from sae_lens import SAE
+from torch import Tensor, nn
+
+SAE_HOOK_NAMES = (
+    "hook_sae_input",
+    "hook_sae_acts_pre",
+    "hook_sae_acts_post",
+    "hook_sae_recons",
+    "hook_sae_error",
+    "hook_sae_output",
+)
+# Hook points fired inside SAE encode/decode; a hook on any of them may change the reconstruction.
+_RELAYED = SAE_HOOK_NAMES[:4]
+
+
+class _Relay:
+    """Routes one SAELens-internal hook point through the host's hook point of the same name."""
+
+    def __init__(self, host_hook: nn.Module) -> None:
+        self.host_hook = host_hook
+        self.active = True
+
+    def __call__(self, module: nn.Module, args: tuple, output: Tensor) -> Tensor:
+        return self.host_hook(output) if self.active else output
+
+
+@dataclass
+class _Splice:
+    hook_point: nn.Module
+    sae: SAE
+    keep_error: bool
+    host_hooks: dict[str, nn.Module]
+    relays: list[_Relay]
+
+    def has_user_hooks(self) -> bool:
+        return any(getattr(self.host_hooks[n], "fwd_hooks", None) for n in _RELAYED)
+
+    def set_relay(self, active: bool) -> None:
+        for relay in self.relays:
+            relay.active = active
+
+    def __call__(self, module: nn.Module, args: tuple, x: Tensor) -> Tensor:
+        if x.shape[-1] != self.sae.cfg.d_in:
+            raise ValueError(
+                f"activation at {module.name or 'hook'} has width {x.shape[-1]}, but the SAE "
+                f"spliced there has d_in={self.sae.cfg.d_in}"
+            )
+        sae = self.sae
+        if self.has_user_hooks():
+            # Hooks may edit features: the error must still be that of the clean reconstruction.
+            self.set_relay(False)
+            with torch.no_grad():
+                clean_recon = sae.decode(sae.encode(x))
+            self.set_relay(True)
+            recon = sae.decode(sae.encode(x))
+        else:
+            recon = sae.decode(sae.encode(x))
+            clean_recon = recon
+        error = self.host_hooks["hook_sae_error"]((x - clean_recon).detach())
+        out = recon + error if self.keep_error else recon
+        return self.host_hooks["hook_sae_output"](out.to(x.dtype))
+
+
+def check_sae_for_hook(model: nn.Module, hook_name: str, sae: SAE) -> None:
+    """Reject an SAE that cannot sit at `hook_name` of `model`, naming the mismatch."""
+    hook_dict = model.hook_dict
+    if hook_name not in hook_dict:
+        resid = [n for n in hook_dict if "resid" in n]
+        raise KeyError(
+            f"model has no hook point {hook_name!r}; residual hook points are {resid}"
+        )
+    meta_hook = getattr(sae.cfg.metadata, "hook_name", None)
+    if meta_hook is not None and meta_hook != hook_name:
+        raise ValueError(f"SAE was trained at {meta_hook!r} but is being spliced at {hook_name!r}")
+    d_model = getattr(model.cfg, "d_model", None)
+    if "resid" in hook_name and d_model is not None and sae.cfg.d_in != d_model:
+        raise ValueError(
+            f"SAE for {hook_name!r} has d_in={sae.cfg.d_in}, but the residual stream there has "
+            f"width d_model={d_model}"
+        )
+
+
+@contextmanager
+def _attach(model: nn.Module, hook_name: str, sae: SAE, keep_error: bool) -> Iterator[None]:
+    hook_point = model.hook_dict[hook_name]
+    host_cls = type(hook_point)
+    host_hooks = {name: host_cls() for name in SAE_HOOK_NAMES}
+    clashes = [n for n in SAE_HOOK_NAMES if hasattr(hook_point, n)]
+    if clashes:
+        raise RuntimeError(f"{hook_name!r} already has SAE hook points {clashes}; nested splice?")
+    relays = [_Relay(host_hooks[name]) for name in _RELAYED]
+    splice = _Splice(hook_point, sae, keep_error, host_hooks, relays)
+    handles = []
+    try:
+        for name, module in host_hooks.items():
+            hook_point.add_module(name, module)
+        for name, relay in zip(_RELAYED, relays):
+            handles.append(getattr(sae, name).register_forward_hook(relay))
+        handles.append(hook_point.register_forward_hook(splice, prepend=True))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+        for name in SAE_HOOK_NAMES:
+            if name in hook_point._modules:
+                del hook_point._modules[name]
+
+
+@contextmanager
+def replacement(
+    model: nn.Module,
+    saes: Mapping[str, SAE],
+    *,
+    keep_error: bool = False,
+    hook_names: Sequence[str] | None = None,
+    check_input=None,
+) -> Iterator[nn.Module]:
+    """Splice SAEs into `model` for the duration of the block.
+
+    Args:
+        model: A ViT-Prisma `HookedViT` or a TransformerLens `HookedRootModule`.
+        saes: `{hook_name: SAE}`, e.g. from `load_saes`.
+        keep_error: Add each SAE's error back (output equals the clean model), or drop it (the
+            pure residual replacement model).
+        hook_names: Splice only these hook points (default: all of `saes`).
+        check_input: Optional callable run on the model's input before every forward pass.
+
+    Yields the model itself; use its `run_with_cache` / `run_with_hooks` as usual.
+    """
+    chosen = list(saes) if hook_names is None else list(hook_names)
+    missing = [h for h in chosen if h not in saes]
+    if missing:
+        raise KeyError(f"no SAE given for hook(s) {missing}; SAEs are available for {list(saes)}")
+    for hook_name in chosen:
+        check_sae_for_hook(model, hook_name, saes[hook_name])
+    with ExitStack() as stack:
+        stack.callback(model.setup)  # runs last on exit: hook_dict without the SAE hook points
+        for hook_name in chosen:
+            stack.enter_context(_attach(model, hook_name, saes[hook_name], keep_error))
+        if check_input is not None:
+            handle = model.register_forward_pre_hook(lambda mod, args: check_input(args[0]))
+            stack.callback(handle.remove)
+        model.setup()
+        yield model

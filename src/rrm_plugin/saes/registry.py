@@ -1,0 +1,136 @@
+"""SAE releases on local disk, registered with SAELens so `SAE.from_pretrained` finds them offline.
+
+SAELens resolves a release through two explicit registries: its pretrained-SAE directory (release
+-> repo_id, sae_id -> folder) and `NAMED_PRETRAINED_SAE_LOADERS` (how to read a folder). We add a
+loader that reads SAELens's own on-disk format (`cfg.json` + `sae_weights.safetensors`) from a
+local folder, and directory entries whose `repo_id` is that folder. Both registries are plain
+dicts in SAELens 6.x; this module is the one place that writes to them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from sae_lens import SAE
+from sae_lens.loading.pretrained_sae_loaders import (
+    NAMED_PRETRAINED_SAE_CONFIG_GETTERS,
+    NAMED_PRETRAINED_SAE_LOADERS,
+)
+from sae_lens.loading.pretrained_saes_directory import (
+    PretrainedSAELookup,
+    get_pretrained_saes_directory,
+)
+
+from rrm_plugin.io import CorruptFileError, read_json, read_tensors
+
+LOCAL_LOADER_NAME = "rrm_plugin_local"
+SAE_CFG_FILENAME = "cfg.json"
+SAE_WEIGHTS_FILENAME = "sae_weights.safetensors"
+
+_LOCAL_RELEASES: dict[str, Path] = {}
+
+
+def _expected_shapes(cfg: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+    d_in, d_sae = int(cfg["d_in"]), int(cfg["d_sae"])
+    return {"W_enc": (d_in, d_sae), "W_dec": (d_sae, d_in), "b_enc": (d_sae,), "b_dec": (d_in,)}
+
+
+def read_local_sae_config(
+    repo_id: str,
+    folder_name: str,
+    device: str | None = None,
+    force_download: bool = False,
+    cfg_overrides: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """SAELens config getter for a local folder (`repo_id` is the release folder)."""
+    del force_download  # nothing is downloaded
+    cfg = read_json(Path(repo_id) / folder_name / SAE_CFG_FILENAME)
+    for key in ("architecture", "d_in", "d_sae"):
+        if key not in cfg:
+            raise CorruptFileError(f"{Path(repo_id) / folder_name}/cfg.json lacks {key!r}")
+    if device is not None:
+        cfg["device"] = device
+    cfg.update(cfg_overrides or {})
+    return cfg
+
+
+def load_local_sae_components(
+    repo_id: str,
+    folder_name: str,
+    device: str = "cpu",
+    force_download: bool = False,
+    cfg_overrides: dict[str, Any] | None = None,
+) -> tuple[dict[str, Any], dict[str, torch.Tensor], None]:
+    """SAELens loader for a local folder; verifies tensor names and shapes against the config."""
+    cfg = read_local_sae_config(repo_id, folder_name, device, force_download, cfg_overrides)
+    state = read_tensors(
+        Path(repo_id) / folder_name / SAE_WEIGHTS_FILENAME, expected_shapes=_expected_shapes(cfg)
+    )
+    return cfg, {k: v.to(device) for k, v in state.items()}, None
+
+
+NAMED_PRETRAINED_SAE_LOADERS[LOCAL_LOADER_NAME] = load_local_sae_components
+NAMED_PRETRAINED_SAE_CONFIG_GETTERS[LOCAL_LOADER_NAME] = read_local_sae_config
+
+
+def list_sae_ids(directory: Path) -> list[str]:
+    """The sae_ids (sub-folders with a `cfg.json`) of a release folder, in layer order."""
+    ids = [p.name for p in Path(directory).iterdir() if (p / SAE_CFG_FILENAME).is_file()]
+    return sorted(ids, key=_hook_sort_key)
+
+
+def _hook_sort_key(hook_name: str) -> tuple:
+    parts = hook_name.split(".")
+    return tuple((0, int(p)) if p.isdigit() else (1, p) for p in parts)
+
+
+def register_sae_release(release: str, directory: Path, *, model_name: str) -> list[str]:
+    """Make `SAE.from_pretrained(release, sae_id)` read the SAEs saved under `directory`."""
+    directory = Path(directory).resolve()
+    if not directory.is_dir():
+        raise FileNotFoundError(f"SAE release folder {directory} does not exist")
+    sae_ids = list_sae_ids(directory)
+    if not sae_ids:
+        raise FileNotFoundError(f"no SAEs (sub-folders with {SAE_CFG_FILENAME}) in {directory}")
+    get_pretrained_saes_directory()[release] = PretrainedSAELookup(
+        release=release,
+        repo_id=str(directory),
+        model=model_name,
+        conversion_func=LOCAL_LOADER_NAME,
+        saes_map={sae_id: sae_id for sae_id in sae_ids},
+        expected_var_explained={},
+        expected_l0={},
+        neuronpedia_id={},
+        norm_scaling_factor={},
+        config_overrides=None,
+    )
+    _LOCAL_RELEASES[release] = directory
+    return sae_ids
+
+
+def local_releases() -> dict[str, Path]:
+    return dict(_LOCAL_RELEASES)
+
+
+def load_saes(
+    release: str, *, sae_ids: list[str] | None = None, device: str = "cpu"
+) -> dict[str, SAE]:
+    """All SAEs of a registered release as `{hook_name: SAE}`, through `SAE.from_pretrained`."""
+    directory = get_pretrained_saes_directory()
+    if release not in directory:
+        raise KeyError(
+            f"unknown SAE release {release!r}; releases registered by rrm_plugin: "
+            f"{sorted(_LOCAL_RELEASES)}"
+        )
+    available = list(directory[release].saes_map)
+    wanted = available if sae_ids is None else list(sae_ids)
+    unknown = [s for s in wanted if s not in available]
+    if unknown:
+        raise KeyError(f"unknown sae_id(s) {unknown} in release {release!r}; available: {available}")
+    saes = {}
+    for sae_id in wanted:
+        sae = SAE.from_pretrained(release, sae_id, device=device)
+        saes[sae.cfg.metadata.hook_name or sae_id] = sae.eval()
+    return saes

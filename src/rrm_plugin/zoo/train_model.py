@@ -1,0 +1,75 @@
+"""Seeded training of the embedded `digits-vit` (regenerates the shipped weights)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+from vit_prisma.models.base_vit import HookedViT
+
+from rrm_plugin.data.digits import DigitsCanvasConfig, test_set, train_sampler
+from rrm_plugin.hosts.prisma import build_hooked_vit
+from rrm_plugin.zoo.models import DIGITS_DATA, digits_vit_config, save_model
+
+
+@dataclass(frozen=True)
+class ModelTrainingConfig:
+    """Recipe for `digits-vit`.
+
+    Args:
+        n_steps: Optimiser steps (fresh placement and colours each step).
+        batch_size: Images per step.
+        lr: Peak AdamW learning rate (linear warm-up, cosine decay).
+        warmup_steps: Linear warm-up length.
+        weight_decay: AdamW weight decay.
+        seed: Seed of initialisation and of the training stream.
+        threads: torch CPU threads (fixed so that runs reproduce bit for bit).
+    """
+
+    n_steps: int = 4000
+    batch_size: int = 128
+    lr: float = 1e-3
+    warmup_steps: int = 100
+    weight_decay: float = 0.05
+    seed: int = 0
+    threads: int = 2
+
+
+@torch.no_grad()
+def accuracy(model: HookedViT, data: DigitsCanvasConfig = DIGITS_DATA) -> float:
+    batch = test_set(data)
+    return float((model(batch.images).argmax(-1) == batch.labels).float().mean())
+
+
+def train_digits_vit(
+    cfg: ModelTrainingConfig = ModelTrainingConfig(), *, out: Path | None = None,
+    progress: bool = True,
+) -> tuple[HookedViT, float]:
+    """Train `digits-vit`; saves it to `out` if given. Returns the model and held-out accuracy."""
+    torch.set_num_threads(cfg.threads)
+    model = build_hooked_vit(digits_vit_config(), seed=cfg.seed)
+    model.train()
+    sample = train_sampler(DIGITS_DATA, seed=cfg.seed)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    bar = tqdm(range(cfg.n_steps), desc="train digits-vit", disable=not progress)
+    for step in bar:
+        warm = min(1.0, (step + 1) / cfg.warmup_steps)
+        lr = cfg.lr * warm * 0.5 * (1 + math.cos(math.pi * step / cfg.n_steps))
+        for group in optimiser.param_groups:
+            group["lr"] = lr
+        batch = sample(cfg.batch_size)
+        loss = F.cross_entropy(model(batch.images), batch.labels)
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        if step % 50 == 0:
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+    model.eval()
+    acc = accuracy(model)
+    if out is not None:
+        save_model(model, out)
+    return model, acc
