@@ -50,7 +50,9 @@ def read_json(path: Path) -> Any:
         raise CorruptFileError(f"{path} is not valid JSON ({err})") from err
 
 
-def write_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict | None = None) -> Path:
+def write_tensors(
+    path: Path, tensors: dict[str, torch.Tensor], metadata: dict | None = None
+) -> Path:
     contiguous = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     return _atomic(path, lambda tmp: save_file(contiguous, str(tmp), metadata=metadata))
 

@@ -1,6 +1,6 @@
 """Data shipped with the package: coloured, translated scikit-learn digits."""
 
-from rrm_plugin.data.digits import DigitsBatch, DigitsCanvasConfig, test_set, train_sampler
+from rrm_plugin.data.digits import DigitsBatch, DigitsCanvasConfig, held_out_set, train_sampler
 
 
 def load_test_set(model_name: str = "digits-vit") -> DigitsBatch:
@@ -9,7 +9,7 @@ def load_test_set(model_name: str = "digits-vit") -> DigitsBatch:
 
     if model_name not in MODELS:
         raise KeyError(f"unknown model {model_name!r}; available models: {sorted(MODELS)}")
-    return test_set(MODELS[model_name].data)
+    return held_out_set(MODELS[model_name].data)
 
 
-__all__ = ["DigitsBatch", "DigitsCanvasConfig", "load_test_set", "test_set", "train_sampler"]
+__all__ = ["DigitsBatch", "DigitsCanvasConfig", "load_test_set", "held_out_set", "train_sampler"]

@@ -44,7 +44,9 @@ class DigitsCanvasConfig:
                 f"canvas_size {self.canvas_size} must be a multiple of patch_size {self.patch_size}"
             )
         if 8 * self.scale > self.canvas_size:
-            raise ValueError(f"digit of {8 * self.scale}px does not fit canvas {self.canvas_size}px")
+            raise ValueError(
+                f"digit of {8 * self.scale}px does not fit canvas {self.canvas_size}px"
+            )
 
     @property
     def n_patches(self) -> int:
@@ -123,11 +125,12 @@ def _batch(
     )
 
 
-def test_set(cfg: DigitsCanvasConfig = DigitsCanvasConfig()) -> DigitsBatch:
+def held_out_set(cfg: DigitsCanvasConfig = DigitsCanvasConfig()) -> DigitsBatch:
     """The fixed held-out images: held-out source digits with fixed, seeded placement and colour."""
     digits, labels = load_source_digits()
     _, test_idx = split_indices(cfg, len(digits))
-    images, masks = render(digits[test_idx], cfg=cfg, rng=np.random.default_rng(cfg.test_render_seed))
+    rng = np.random.default_rng(cfg.test_render_seed)
+    images, masks = render(digits[test_idx], cfg=cfg, rng=rng)
     return _batch(images, masks, labels[test_idx], test_idx)
 
 

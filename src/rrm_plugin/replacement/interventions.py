@@ -39,13 +39,14 @@ class FeatureIntervention:
         feats = torch.as_tensor(list(self.features), dtype=torch.long, device=acts.device)
         if len(feats) and (feats.min() < 0 or feats.max() >= d_sae):
             raise IndexError(f"feature indices {list(self.features)} out of range [0, {d_sae})")
-        tokens = slice(None) if self.tokens is None else list(self.tokens)
-        acts = acts.clone()
-        view = acts[:, tokens][..., feats]
-        acts[:, tokens, feats.unsqueeze(0)] = (
-            torch.full_like(view, self.value) if self.value is not None else view * self.scale
-        )
-        return acts
+        n_pos = acts.shape[-2]
+        tokens = torch.arange(n_pos) if self.tokens is None else torch.as_tensor(list(self.tokens))
+        if len(tokens) and (tokens.min() < -n_pos or tokens.max() >= n_pos):
+            raise IndexError(f"token positions {tokens.tolist()} out of range for {n_pos} tokens")
+        mask = torch.zeros(n_pos, d_sae, dtype=torch.bool, device=acts.device)
+        mask[tokens.to(acts.device)[:, None], feats[None, :]] = True
+        changed = torch.full_like(acts, self.value) if self.value is not None else acts * self.scale
+        return torch.where(mask, changed, acts)
 
 
 def intervention_hooks(

@@ -114,7 +114,7 @@ def _attach(model: nn.Module, hook_name: str, sae: SAE, keep_error: bool) -> Ite
     try:
         for name, module in host_hooks.items():
             hook_point.add_module(name, module)
-        for name, relay in zip(_RELAYED, relays):
+        for name, relay in zip(_RELAYED, relays, strict=True):
             handles.append(getattr(sae, name).register_forward_hook(relay))
         handles.append(hook_point.register_forward_hook(splice, prepend=True))
         yield

@@ -3,7 +3,8 @@
 Reconstruction: `explained_variance`, `mse`, `cossim`, `l0`, `dead_features_pct`.
 Spliced in (error dropped): `top1_accuracy`, `kl_div_with_sae`, `kl_div_score` and `ce_loss_score`
 against zero ablation of the same hook point, as SAELens defines them:
-`kl_div_score = (KL_zero - KL_sae) / KL_zero`, `ce_loss_score = (CE_zero - CE_sae) / (CE_zero - CE_clean)`.
+`kl_div_score = (KL_zero - KL_sae) / KL_zero`,
+`ce_loss_score = (CE_zero - CE_sae) / (CE_zero - CE_clean)`.
 """
 
 from __future__ import annotations

@@ -128,7 +128,9 @@ def load_saes(
     wanted = available if sae_ids is None else list(sae_ids)
     unknown = [s for s in wanted if s not in available]
     if unknown:
-        raise KeyError(f"unknown sae_id(s) {unknown} in release {release!r}; available: {available}")
+        raise KeyError(
+            f"unknown sae_id(s) {unknown} in release {release!r}; available: {available}"
+        )
     saes = {}
     for sae_id in wanted:
         sae = SAE.from_pretrained(release, sae_id, device=device)

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from vit_prisma.models.base_vit import HookedViT
 
-from rrm_plugin.data.digits import DigitsCanvasConfig, test_set, train_sampler
+from rrm_plugin.data.digits import DigitsCanvasConfig, held_out_set, train_sampler
 from rrm_plugin.hosts.prisma import build_hooked_vit
 from rrm_plugin.zoo.models import DIGITS_DATA, digits_vit_config, save_model
 
@@ -30,7 +30,7 @@ class ModelTrainingConfig:
         threads: torch CPU threads (fixed so that runs reproduce bit for bit).
     """
 
-    n_steps: int = 4000
+    n_steps: int = 3000
     batch_size: int = 128
     lr: float = 1e-3
     warmup_steps: int = 100
@@ -41,7 +41,7 @@ class ModelTrainingConfig:
 
 @torch.no_grad()
 def accuracy(model: HookedViT, data: DigitsCanvasConfig = DIGITS_DATA) -> float:
-    batch = test_set(data)
+    batch = held_out_set(data)
     return float((model(batch.images).argmax(-1) == batch.labels).float().mean())
 
 

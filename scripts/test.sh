@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Test suite: set up .venv if needed, lint, then pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+.venv/bin/ruff check src tests benchmarks
+exec .venv/bin/python -m pytest -q "$@"

@@ -1,0 +1,34 @@
+"""Seeded recipes that regenerate the shipped SAE release `rrm-digits-vit`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from sae_lens import SAE
+
+from rrm_plugin.data.digits import train_sampler
+from rrm_plugin.saes.pipeline import train_sae_release
+from rrm_plugin.saes.training import TopKTrainingConfig
+from rrm_plugin.zoo.models import DIGITS_DATA, load_model, load_model_from_directory
+
+# Width and k grow with depth, as in the paper's ViT-B/16 table (METHOD.md section 1).
+DIGITS_SAE_CONFIGS: dict[str, TopKTrainingConfig] = {
+    "blocks.0.hook_resid_post": TopKTrainingConfig(d_sae=128, k=8, lr=1e-3, n_steps=2000),
+    "blocks.1.hook_resid_post": TopKTrainingConfig(d_sae=256, k=16, lr=1e-3, n_steps=2000),
+    "blocks.2.hook_resid_post": TopKTrainingConfig(d_sae=256, k=16, lr=1e-3, n_steps=2000),
+}
+SAE_TRAINING_IMAGES = 4000
+SAE_DATA_SEED = 1234
+
+
+def train_digits_saes(
+    *, out: Path | None, model_dir: Path | None = None, progress: bool = True
+) -> dict[str, SAE]:
+    """Train the `rrm-digits-vit` SAEs on fresh renders of the training digits."""
+    torch.set_num_threads(2)
+    model = load_model("digits-vit") if model_dir is None else load_model_from_directory(model_dir)
+    images = train_sampler(DIGITS_DATA, seed=SAE_DATA_SEED)(SAE_TRAINING_IMAGES).images
+    return train_sae_release(
+        model, images, DIGITS_SAE_CONFIGS, model_name="digits-vit", out=out, progress=progress
+    )

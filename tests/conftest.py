@@ -1,0 +1,46 @@
+"""Shared tiny fixtures: everything offline, small enough for a 2-core CI."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from vit_prisma.configs.HookedViTConfig import HookedViTConfig  # noqa: E402
+
+from rrm_plugin.hosts.prisma import build_hooked_vit  # noqa: E402
+from rrm_plugin.saes.training import new_topk_sae  # noqa: E402
+
+torch.set_num_threads(2)
+
+
+def tiny_vit_config(**overrides) -> HookedViTConfig:
+    base = dict(
+        n_layers=3, d_model=16, d_head=4, n_heads=4, d_mlp=32, activation_name="gelu", eps=1e-5,
+        patch_size=4, image_size=8, n_channels=3, n_classes=5, return_type="class_logits",
+        use_wandb=False,
+    )
+    base.update(overrides)
+    return HookedViTConfig(**base)
+
+
+@pytest.fixture
+def tiny_vit():
+    return build_hooked_vit(tiny_vit_config(), seed=0).eval()
+
+
+@pytest.fixture
+def tiny_saes(tiny_vit):
+    d = tiny_vit.cfg.d_model
+    return {
+        f"blocks.{layer}.hook_resid_post": new_topk_sae(
+            d_in=d, d_sae=32, k=4, hook_name=f"blocks.{layer}.hook_resid_post",
+            model_name="tiny", seed=layer,
+        )
+        for layer in range(tiny_vit.cfg.n_layers - 1)
+    }
+
+
+@pytest.fixture
+def tiny_images():
+    return torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(0))

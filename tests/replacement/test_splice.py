@@ -1,0 +1,150 @@
+import pytest
+import torch
+
+import rrm_plugin
+from rrm_plugin.replacement.interventions import FeatureIntervention, intervention_hooks
+from rrm_plugin.replacement.splice import SAE_HOOK_NAMES, replacement
+from rrm_plugin.saes.training import new_topk_sae
+
+
+def test_keep_error_reproduces_clean_logits(tiny_vit, tiny_saes, tiny_images):
+    clean = tiny_vit(tiny_images)
+    with rrm_plugin.replacement(tiny_vit, tiny_saes, keep_error=True):
+        spliced = tiny_vit(tiny_images)
+    torch.testing.assert_close(spliced, clean, atol=1e-5, rtol=0)
+
+
+def test_drop_error_equals_saelens_forward_at_each_hook(tiny_vit, tiny_saes, tiny_images):
+    # Reference: SAELens's own SAE.forward (no error term) spliced with a plain host hook.
+    hooks = [(h, lambda act, hook, sae=sae: sae(act)) for h, sae in tiny_saes.items()]
+    with torch.no_grad():
+        reference = tiny_vit.run_with_hooks(tiny_images, fwd_hooks=hooks)
+        with rrm_plugin.replacement(tiny_vit, tiny_saes, keep_error=False):
+            spliced = tiny_vit(tiny_images)
+    torch.testing.assert_close(spliced, reference, atol=1e-6, rtol=1e-5)
+    assert (spliced - tiny_vit(tiny_images)).abs().max() > 1e-3  # random SAEs do change it
+
+
+def test_sae_activations_and_errors_appear_in_host_cache(tiny_vit, tiny_saes, tiny_images):
+    with rrm_plugin.replacement(tiny_vit, tiny_saes, keep_error=False):
+        _, cache = tiny_vit.run_with_cache(tiny_images)
+    for hook, sae in tiny_saes.items():
+        for name in SAE_HOOK_NAMES:
+            assert f"{hook}.{name}" in cache.keys()
+        acts = cache[f"{hook}.hook_sae_acts_post"]
+        assert acts.shape == (4, 5, sae.cfg.d_sae)
+        assert ((acts > 0).sum(-1) <= sae.cfg.k).all()
+        x = cache[f"{hook}.hook_sae_input"]
+        recon = sae.decode(sae.encode(x))
+        torch.testing.assert_close(cache[f"{hook}.hook_sae_error"], x - recon)
+        torch.testing.assert_close(cache[f"{hook}.hook_sae_output"], recon)
+        torch.testing.assert_close(cache[hook], recon)  # users' hooks on H see the spliced stream
+
+
+def test_only_chosen_layers_are_spliced(tiny_vit, tiny_saes, tiny_images):
+    chosen = ["blocks.1.hook_resid_post"]
+    with rrm_plugin.replacement(tiny_vit, tiny_saes, hook_names=chosen):
+        _, cache = tiny_vit.run_with_cache(tiny_images)
+    assert "blocks.1.hook_resid_post.hook_sae_acts_post" in cache.keys()
+    assert "blocks.0.hook_resid_post.hook_sae_acts_post" not in cache.keys()
+    torch.testing.assert_close(cache["blocks.0.hook_resid_post"],
+                               tiny_vit.run_with_cache(tiny_images)[1]["blocks.0.hook_resid_post"])
+
+
+def test_hooks_are_removed_afterwards_also_on_exceptions(tiny_vit, tiny_saes, tiny_images):
+    before = set(tiny_vit.hook_dict)
+    clean = tiny_vit(tiny_images)
+    with pytest.raises(RuntimeError, match="boom"), rrm_plugin.replacement(tiny_vit, tiny_saes):
+        raise RuntimeError("boom")
+    assert set(tiny_vit.hook_dict) == before
+    assert all(not hp._forward_hooks for hp in tiny_vit.hook_dict.values())
+    torch.testing.assert_close(tiny_vit(tiny_images), clean, atol=0, rtol=0)
+    for sae in tiny_saes.values():
+        assert all(not getattr(sae, n)._forward_hooks for n in SAE_HOOK_NAMES)
+
+
+def test_set_feature_changes_the_stream_by_its_decoder_direction(tiny_vit, tiny_saes, tiny_images):
+    hook, sae = "blocks.1.hook_resid_post", tiny_saes["blocks.1.hook_resid_post"]
+    with rrm_plugin.replacement(tiny_vit, tiny_saes, keep_error=True):
+        _, clean = tiny_vit.run_with_cache(tiny_images)
+        iv = FeatureIntervention(hook, features=[3], tokens=[0, 2], value=2.5)
+        with tiny_vit.hooks(fwd_hooks=intervention_hooks([iv])):
+            _, edited = tiny_vit.run_with_cache(tiny_images)
+    acts = edited[f"{hook}.hook_sae_acts_post"]
+    assert torch.all(acts[:, [0, 2], 3] == 2.5)
+    torch.testing.assert_close(acts[:, 1], clean[f"{hook}.hook_sae_acts_post"][:, 1])
+    # Keep-error mode: the stream moves by s_t * (2.5 - z_t) * W_dec[3] at the edited tokens only.
+    x = clean[f"{hook}.hook_sae_input"]
+    s = (x - x.mean(-1, keepdim=True)).std(-1, keepdim=True)
+    dz = 2.5 - clean[f"{hook}.hook_sae_acts_post"][..., 3:4]
+    expected = clean[hook].clone()
+    expected[:, [0, 2]] += (s * dz * sae.W_dec[3])[:, [0, 2]]
+    torch.testing.assert_close(edited[hook], expected, atol=1e-5, rtol=1e-5)
+
+
+def test_scale_by_one_is_a_no_op(tiny_vit, tiny_saes, tiny_images):
+    iv = FeatureIntervention("blocks.0.hook_resid_post", features=range(32), scale=1.0)
+    with rrm_plugin.replacement(tiny_vit, tiny_saes, keep_error=False):
+        base = tiny_vit(tiny_images)
+        scaled = tiny_vit.run_with_hooks(tiny_images, fwd_hooks=intervention_hooks([iv]))
+    torch.testing.assert_close(scaled, base)
+
+
+def test_bad_interventions_are_rejected(tiny_vit, tiny_saes, tiny_images):
+    with pytest.raises(ValueError, match="exactly one of value= or scale="):
+        FeatureIntervention("blocks.0.hook_resid_post", features=[0])
+    iv = FeatureIntervention("blocks.0.hook_resid_post", features=[32], value=1.0)
+    with rrm_plugin.replacement(tiny_vit, tiny_saes), pytest.raises(IndexError, match="range"):
+        tiny_vit.run_with_hooks(tiny_images, fwd_hooks=intervention_hooks([iv]))
+
+
+def test_sae_width_not_matching_hook_is_rejected(tiny_vit):
+    wide = new_topk_sae(d_in=24, d_sae=8, k=2, hook_name="blocks.0.hook_resid_post", model_name="m")
+    with pytest.raises(ValueError, match=r"d_in=24, but the residual stream .* d_model=16"):
+        with rrm_plugin.replacement(tiny_vit, {"blocks.0.hook_resid_post": wide}):
+            pass
+
+
+def test_unknown_hook_and_misplaced_sae_are_rejected(tiny_vit, tiny_saes):
+    with pytest.raises(KeyError, match=r"no hook point 'blocks.9.hook_resid_post'"):
+        with rrm_plugin.replacement(tiny_vit, {"blocks.9.hook_resid_post": tiny_saes[
+                "blocks.0.hook_resid_post"]}):
+            pass
+    with pytest.raises(ValueError, match="trained at 'blocks.0.hook_resid_post' but is being"):
+        with rrm_plugin.replacement(
+            tiny_vit, {"blocks.1.hook_resid_post": tiny_saes["blocks.0.hook_resid_post"]}
+        ):
+            pass
+    with pytest.raises(KeyError, match="no SAE given"):
+        with rrm_plugin.replacement(tiny_vit, tiny_saes, hook_names=["blocks.2.hook_resid_post"]):
+            pass
+
+
+def test_bad_images_are_rejected_inside_replacement(tiny_vit, tiny_saes):
+    with rrm_plugin.replacement(tiny_vit, tiny_saes):
+        with pytest.raises(ValueError, match="2 channels, model expects 3"):
+            tiny_vit(torch.rand(1, 2, 8, 8))
+        with pytest.raises(ValueError, match="NaN/inf"):
+            tiny_vit(torch.full((1, 3, 8, 8), float("inf")))
+
+
+def test_works_on_a_transformerlens_model():
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    cfg = HookedTransformerConfig(n_layers=2, d_model=16, d_head=4, n_heads=4, d_mlp=32,
+                                  n_ctx=8, d_vocab=20, act_fn="gelu", seed=0)
+    model = HookedTransformer(cfg).eval()
+    sae = new_topk_sae(d_in=16, d_sae=32, k=4, hook_name="blocks.0.hook_resid_post",
+                       model_name="tl")
+    tokens = torch.randint(0, 20, (2, 8), generator=torch.Generator().manual_seed(0))
+    clean = model(tokens)
+    with replacement(model, {"blocks.0.hook_resid_post": sae}, keep_error=True):
+        kept, cache = model.run_with_cache(tokens)
+    torch.testing.assert_close(kept, clean, atol=1e-5, rtol=0)
+    assert cache["blocks.0.hook_resid_post.hook_sae_acts_post"].shape == (2, 8, 32)
+    with replacement(model, {"blocks.0.hook_resid_post": sae}, keep_error=False):
+        dropped = model(tokens)
+    ref = model.run_with_hooks(tokens, fwd_hooks=[("blocks.0.hook_resid_post",
+                                                   lambda a, hook: sae(a))])
+    torch.testing.assert_close(dropped, ref, atol=1e-5, rtol=1e-5)
+    assert "blocks.0.hook_resid_post.hook_sae_acts_post" not in model.hook_dict

@@ -1,0 +1,66 @@
+import pytest
+import torch
+
+import rrm_plugin
+from rrm_plugin.saes.evaluation import evaluate_saes, format_table, reconstruction_metrics
+from rrm_plugin.saes.training import new_topk_sae
+
+
+def _lossless_sae(d: int, hook: str):
+    """W_enc = [I, -I], W_dec = [I; -I], k = d: positive and negative parts of x_n, summed back.
+
+    Reconstructs x up to the 1e-5 epsilon of the standardisation.
+    """
+    sae = new_topk_sae(d_in=d, d_sae=2 * d, k=d, hook_name=hook, model_name="tiny")
+    eye = torch.eye(d)
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.cat([eye, -eye], 1))
+        sae.W_dec.copy_(torch.cat([eye, -eye], 0))
+    return sae
+
+
+def test_lossless_sae_scores_perfectly(tiny_vit, tiny_images):
+    hook = "blocks.1.hook_resid_post"
+    saes = {hook: _lossless_sae(16, hook)}
+    labels = tiny_vit(tiny_images).argmax(-1)
+    results = evaluate_saes(tiny_vit, saes, tiny_images, labels)
+    row = results[hook]
+    assert row["explained_variance"] == pytest.approx(1.0, abs=1e-4)
+    assert row["cossim"] == pytest.approx(1.0, abs=1e-5)
+    assert row["l0"] <= 16
+    assert row["kl_div_with_sae"] == pytest.approx(0.0, abs=1e-6)
+    assert row["kl_div_score"] == pytest.approx(1.0, abs=1e-4)
+    assert row["ce_loss_score"] == pytest.approx(1.0, abs=1e-3)
+    assert row["top1_accuracy"] == results["clean"]["top1_accuracy"] == 1.0
+    assert "| blocks.1.hook_resid_post |" in format_table(results)
+
+
+def test_reported_replacement_accuracy_and_kl_are_the_replacement_models(
+    tiny_vit, tiny_saes, tiny_images
+):
+    labels = torch.tensor([0, 1, 2, 3])
+    results = evaluate_saes(tiny_vit, tiny_saes, tiny_images, labels)
+    with torch.no_grad():
+        clean = tiny_vit(tiny_images)
+        with rrm_plugin.replacement(tiny_vit, tiny_saes, keep_error=False):
+            replaced = tiny_vit(tiny_images)
+    acc = (replaced.argmax(-1) == labels).float().mean().item()
+    kl = torch.nn.functional.kl_div(replaced.log_softmax(-1), clean.log_softmax(-1),
+                                    log_target=True, reduction="batchmean").item()
+    assert results["all"]["top1_accuracy"] == pytest.approx(acc)
+    assert results["all"]["kl_div_with_sae"] == pytest.approx(kl, rel=1e-5)
+    assert results["all"]["kl_div_with_sae"] > 0
+
+
+def test_reconstruction_metrics_known_answer():
+    hook = "h"
+    sae = new_topk_sae(d_in=4, d_sae=8, k=1, hook_name=hook, model_name="m")
+    x = torch.randn(100, 4)
+    metrics = reconstruction_metrics(x, sae)
+    with torch.no_grad():
+        z = sae.encode(x)
+        x_hat = sae.decode(z)
+    assert metrics["l0"] == pytest.approx(float((z > 0).sum(-1).float().mean()))
+    assert metrics["mse"] == pytest.approx(float((x - x_hat).pow(2).mean()), rel=1e-5)
+    dead = 100 * float(((z > 0).sum(0) == 0).float().mean())
+    assert metrics["dead_features_pct"] == pytest.approx(dead)
