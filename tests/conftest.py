@@ -11,7 +11,7 @@ from vit_prisma.configs.HookedViTConfig import HookedViTConfig  # noqa: E402
 from rrm_plugin.hosts.prisma import build_hooked_vit  # noqa: E402
 from rrm_plugin.saes.training import new_topk_sae  # noqa: E402
 
-torch.set_num_threads(2)
+torch.set_num_threads(1)  # tiny models: threads only add overhead
 
 
 def tiny_vit_config(**overrides) -> HookedViTConfig:

@@ -26,6 +26,7 @@ def _atomic(path: Path, write: Callable[[Path], None]) -> Path:
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; shipped files must be readable by all
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -92,6 +93,7 @@ def replace_directory(build: Callable[[Path], None], target: Path) -> Path:
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
     try:
         build(tmp)
+        os.chmod(tmp, 0o755)  # mkdtemp makes 0700
         if target.exists():
             old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.old."))
             os.replace(target, old / target.name)

@@ -22,7 +22,7 @@ def test_every_weight_is_initialised_and_seeded():
         (torch.rand(2, 3, 9, 8), r"9x8 pixels, model expects 8x8"),
         (torch.rand(2, 1, 8, 8), r"1 channels, model expects 3"),
         (torch.rand(3, 8, 8), r"must have shape \[batch, 3, 8, 8\]"),
-        ((torch.rand(2, 3, 8, 8) * 255).to(torch.uint8), r"floating-point .* got dtype torch.uint8"),
+        ((torch.rand(2, 3, 8, 8) * 255).to(torch.uint8), r"floating-point .* torch.uint8"),
         (torch.full((2, 3, 8, 8), float("nan")), r"384 NaN/inf values"),
     ],
 )
