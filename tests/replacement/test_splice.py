@@ -30,7 +30,7 @@ def test_sae_activations_and_errors_appear_in_host_cache(tiny_vit, tiny_saes, ti
         _, cache = tiny_vit.run_with_cache(tiny_images)
     for hook, sae in tiny_saes.items():
         for name in SAE_HOOK_NAMES:
-            assert f"{hook}.{name}" in cache.keys()
+            assert f"{hook}.{name}" in cache
         acts = cache[f"{hook}.hook_sae_acts_post"]
         assert acts.shape == (4, 5, sae.cfg.d_sae)
         assert ((acts > 0).sum(-1) <= sae.cfg.k).all()
@@ -45,8 +45,8 @@ def test_only_chosen_layers_are_spliced(tiny_vit, tiny_saes, tiny_images):
     chosen = ["blocks.1.hook_resid_post"]
     with rrm_plugin.replacement(tiny_vit, tiny_saes, hook_names=chosen):
         _, cache = tiny_vit.run_with_cache(tiny_images)
-    assert "blocks.1.hook_resid_post.hook_sae_acts_post" in cache.keys()
-    assert "blocks.0.hook_resid_post.hook_sae_acts_post" not in cache.keys()
+    assert "blocks.1.hook_resid_post.hook_sae_acts_post" in cache
+    assert "blocks.0.hook_resid_post.hook_sae_acts_post" not in cache
     torch.testing.assert_close(cache["blocks.0.hook_resid_post"],
                                tiny_vit.run_with_cache(tiny_images)[1]["blocks.0.hook_resid_post"])
 

@@ -59,7 +59,7 @@ def test_weights_not_matching_config_are_reported(release_dir):
     directory, _ = release_dir
     other = new_topk_sae(d_in=8, d_sae=99, k=3, hook_name=HOOKS[0], model_name="m")
     (directory / HOOKS[0] / "sae_weights.safetensors").write_bytes(
-        (_saved_bytes(other, directory.parent / "other"))
+        _saved_bytes(other, directory.parent / "other")
     )
     register_sae_release("test-shape", directory, model_name="m")
     with pytest.raises(CorruptFileError, match=r"'W_enc' has shape \[8, 99\], expected \[8, 16\]"):
