@@ -21,6 +21,8 @@ import torch
 from sae_lens import SAE
 from torch import Tensor, nn
 
+from rrm_plugin.hosts import input_check_for
+
 SAE_HOOK_NAMES = (
     "hook_sae_input",
     "hook_sae_acts_pre",
@@ -133,7 +135,6 @@ def replacement(
     *,
     keep_error: bool = False,
     hook_names: Sequence[str] | None = None,
-    check_input=None,
 ) -> Iterator[nn.Module]:
     """Splice SAEs into `model` for the duration of the block.
 
@@ -143,9 +144,10 @@ def replacement(
         keep_error: Add each SAE's error back (output equals the clean model), or drop it (the
             pure residual replacement model).
         hook_names: Splice only these hook points (default: all of `saes`).
-        check_input: Optional callable run on the model's input before every forward pass.
 
-    Yields the model itself; use its `run_with_cache` / `run_with_hooks` as usual.
+    For a host with an input check (a HookedViT: image size, channels, dtype, finite values), the
+    check runs before every forward pass while spliced. Yields the model itself; use its
+    `run_with_cache` / `run_with_hooks` as usual.
     """
     chosen = list(saes) if hook_names is None else list(hook_names)
     missing = [h for h in chosen if h not in saes]
@@ -157,6 +159,7 @@ def replacement(
         stack.callback(model.setup)  # runs last on exit: hook_dict without the SAE hook points
         for hook_name in chosen:
             stack.enter_context(_attach(model, hook_name, saes[hook_name], keep_error))
+        check_input = input_check_for(model)
         if check_input is not None:
             handle = model.register_forward_pre_hook(lambda mod, args: check_input(args[0]))
             stack.callback(handle.remove)
