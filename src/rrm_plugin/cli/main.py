@@ -12,6 +12,7 @@ COMMANDS: dict[str, str] = {
     "train-model": "rrm_plugin.cli.train",
     "train-saes": "rrm_plugin.cli.train",
     "eval-saes": "rrm_plugin.cli.eval_saes",
+    "lens": "rrm_plugin.cli.lens",
 }
 
 

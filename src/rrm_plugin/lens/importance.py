@@ -1,0 +1,188 @@
+"""Image-part importance from attention gradients, evaluated by progressive patch removal.
+
+Importance (Vilas et al. 2023, Sec. 6): every block b gets a class loss on its attention output at
+the CLS token, `L_b = CE(softmax(W_H^T LN_final(attn_out_b[CLS]) + b_H), y)`; the importance of
+patch k is `-sum_b sum_heads dL_b / dA_b[head, CLS, k]` (A_b = attention pattern of block b).
+A patch whose attention weight lowers the class loss is important.
+
+Removal: patches are dropped from the token sequence after the position embedding (as the
+authors do), so the model sees fewer tokens rather than blanked pixels. Negative perturbation
+drops the least important patches first (a good ranking keeps accuracy: higher AUC is better);
+positive perturbation drops the most important first (lower AUC is better).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float, Int
+from torch import Tensor
+from tqdm.auto import tqdm
+from vit_prisma.models.base_vit import HookedViT
+
+from rrm_plugin.hosts.prisma import check_images
+from rrm_plugin.lens.projection import (
+    check_class_head,
+    check_labels,
+    n_patches,
+    n_prefix_tokens,
+    project,
+)
+
+Perturbation = Literal["negative", "positive"]
+
+
+def attention_gradient_importance(
+    model: HookedViT,
+    images: Float[Tensor, "batch channels height width"],
+    *,
+    labels: Int[Tensor, " batch"],
+    softmax_before_ce: bool = True,
+    batch_size: int = 64,
+    progress: bool = True,
+) -> Float[Tensor, "batch n_patches"]:
+    """Importance of every patch of every image (larger = more important for the true class).
+
+    `softmax_before_ce=True` follows the authors' code, which feeds softmax probabilities to
+    `CrossEntropyLoss` (a double softmax); `False` uses the cross-entropy of the logits.
+    """
+    return importance_by_block(
+        model, images, labels=labels, softmax_before_ce=softmax_before_ce,
+        batch_size=batch_size, progress=progress,
+    ).sum(0)
+
+
+def importance_by_block(
+    model: HookedViT,
+    images: Float[Tensor, "batch channels height width"],
+    *,
+    labels: Int[Tensor, " batch"],
+    softmax_before_ce: bool = True,
+    batch_size: int = 64,
+    progress: bool = True,
+) -> Float[Tensor, "layer batch n_patches"]:
+    """Each block's term `-sum_heads dL_b / dA_b[head, CLS, k]` of the importance."""
+    check_class_head(model)
+    if n_prefix_tokens(model) != 1:
+        raise ValueError("attention-gradient importance needs a CLS token "
+                         "(classification_type='cls'); this model pools all tokens")
+    check_images(model, images)
+    labels = check_labels(labels, n_classes=model.cfg.n_classes, n_images=len(images))
+    n_layers = model.cfg.n_layers
+    saved: dict[str, Tensor] = {}
+
+    def save(tensor: Tensor, hook) -> Tensor:
+        saved[hook.name] = tensor
+        return tensor
+
+    hooks = [(f"blocks.{b}.{name}", save)
+             for b in range(n_layers) for name in ("attn.hook_pattern", "hook_attn_out")]
+    parts = []
+    starts = range(0, len(images), batch_size)
+    for start in tqdm(starts, desc="attention gradients", disable=not progress, leave=False):
+        # The input requires grad so the graph exists even if the weights are frozen.
+        x = images[start : start + batch_size].clone().requires_grad_(True)
+        y = labels[start : start + batch_size]
+        importance = torch.zeros(n_layers, len(x), n_patches(model) + 1)
+        with torch.enable_grad(), model.hooks(fwd_hooks=hooks):
+            model(x)
+            for b in range(n_layers):
+                logits = project(model, saved[f"blocks.{b}.hook_attn_out"][:, 0])
+                scores = logits.softmax(-1) if softmax_before_ce else logits
+                loss = F.cross_entropy(scores, y, reduction="sum")  # images are independent
+                pattern = saved[f"blocks.{b}.attn.hook_pattern"]
+                (grad,) = torch.autograd.grad(loss, pattern, retain_graph=b < n_layers - 1)
+                importance[b] = -grad[:, :, 0, :].sum(1)  # CLS query, summed over heads
+        parts.append(importance[..., 1:].detach())
+        saved.clear()
+    return torch.cat(parts, dim=1)
+
+
+def importance_order(
+    importance: Float[Tensor, "batch n_patches"],
+) -> Int[Tensor, "batch n_patches"]:
+    """Patch indices from most to least important."""
+    return importance.argsort(dim=-1, descending=True, stable=True)
+
+
+def random_order(n_images: int, n_patches: int, *, seed: int) -> Int[Tensor, "batch n_patches"]:
+    """An independent random patch order for every image."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.rand(n_images, n_patches, generator=generator).argsort(-1)
+
+
+def check_order(order: Tensor, *, n_images: int, n_patches: int) -> Tensor:
+    if tuple(order.shape) != (n_images, n_patches):
+        raise ValueError(f"order has shape {list(order.shape)}, expected [{n_images}, {n_patches}]"
+                         " (a permutation of the patch indices per image)")
+    if not torch.equal(order.sort(-1).values, torch.arange(n_patches).expand(n_images, -1)):
+        raise ValueError(f"every row of order must be a permutation of 0..{n_patches - 1}")
+    return order
+
+
+def keep_tokens_hook(keep: Int[Tensor, "batch n_keep"], *, n_prefix: int):
+    """A `blocks.0.hook_resid_pre` hook keeping the prefix (CLS) tokens and the listed patches."""
+
+    def hook(resid: Float[Tensor, "batch pos d_model"], hook) -> Tensor:
+        prefix = torch.arange(n_prefix).expand(len(keep), -1)
+        index = torch.cat([prefix, keep + n_prefix], dim=1)
+        return resid.gather(1, index[..., None].expand(-1, -1, resid.shape[-1]))
+
+    return hook
+
+
+def kept_patches(
+    order: Int[Tensor, "batch n_patches"], *, n_removed: int, mode: Perturbation
+) -> Int[Tensor, "batch n_keep"]:
+    """Negative perturbation removes from the end of the order, positive from the start."""
+    n = order.shape[1]
+    if mode == "negative":
+        return order[:, : n - n_removed]
+    if mode == "positive":
+        return order[:, n_removed:]
+    raise ValueError(f"mode must be 'negative' or 'positive', got {mode!r}")
+
+
+@torch.no_grad()
+def perturbation_curve(
+    model: HookedViT,
+    images: Float[Tensor, "batch channels height width"],
+    *,
+    labels: Int[Tensor, " batch"],
+    order: Int[Tensor, "batch n_patches"],
+    mode: Perturbation,
+    batch_size: int = 512,
+    progress: bool = True,
+) -> Float[Tensor, " n_patches"]:
+    """Accuracy after removing k = 0 .. n_patches-1 patches in `order` (one always stays)."""
+    check_class_head(model)
+    check_images(model, images)
+    labels = check_labels(labels, n_classes=model.cfg.n_classes, n_images=len(images))
+    n_total = n_patches(model)
+    check_order(order, n_images=len(images), n_patches=n_total)
+    n_prefix = n_prefix_tokens(model)
+    accuracy = torch.zeros(n_total)
+    for n_removed in tqdm(range(n_total), desc=f"{mode} perturbation", disable=not progress,
+                          leave=False):
+        keep = kept_patches(order, n_removed=n_removed, mode=mode)
+        correct = 0
+        for start in range(0, len(images), batch_size):
+            sl = slice(start, start + batch_size)
+            hook = keep_tokens_hook(keep[sl], n_prefix=n_prefix)
+            logits = model.run_with_hooks(images[sl], fwd_hooks=[("blocks.0.hook_resid_pre", hook)])
+            correct += int((logits.argmax(-1) == labels[sl]).sum())
+        accuracy[n_removed] = correct / len(images)
+    return accuracy
+
+
+def perturbation_auc(curve: Float[Tensor, " n_steps"]) -> float:
+    """Area under an accuracy-vs-fraction-removed curve, normalised by its maximum (as the
+    authors): `sum_k acc_k / (n_steps * max_k acc_k)`, k = patches removed, 0 .. n_steps-1."""
+    if curve.ndim != 1 or len(curve) == 0:
+        raise ValueError(f"curve must be a non-empty 1-D tensor, got shape {list(curve.shape)}")
+    top = float(curve.max())
+    if top <= 0:
+        return float("nan")
+    return float(curve.sum()) / (len(curve) * top)

@@ -1,0 +1,128 @@
+import math
+
+import pytest
+import torch
+
+from rrm_plugin.lens.metrics import (
+    block_identifiability,
+    change_rate,
+    class_rank,
+    context_vs_object,
+    identifiability_score,
+    permutation_test,
+    residual_composition,
+    sublayer_change_rates,
+)
+from rrm_plugin.lens.projection import ClassProjection
+
+
+def test_rank_counts_strictly_larger_classes():
+    logits = torch.tensor([[[3.0, 1.0, 2.0], [1.0, 1.0, 0.0]]])  # [batch=1, pos=2, C=3]
+    assert class_rank(logits, labels=torch.tensor([2])).tolist() == [[1, 2]]
+    assert class_rank(logits, labels=torch.tensor([0])).tolist() == [[0, 0]]  # tie -> top
+
+
+def test_identifiability_score_bounds():
+    scores = identifiability_score(torch.tensor([0, 4, 9]), n_classes=10)
+    torch.testing.assert_close(scores, torch.tensor([1.0, 0.6, 0.1]))
+
+
+def _logits_with_top(top: torch.Tensor, n_classes: int = 3) -> torch.Tensor:
+    """Logits whose arg-max is `top` (any shape), one-hot scaled."""
+    return torch.nn.functional.one_hot(top, n_classes).float()
+
+
+def test_block_identifiability_by_hand():
+    # 2 blocks, 2 images, CLS + 3 patches; the argmax class of every token is given.
+    top = torch.tensor([
+        [[0, 0, 1, 2], [2, 1, 1, 1]],  # block 0
+        [[1, 0, 0, 0], [1, 1, 0, 1]],  # block 1
+    ])
+    labels = torch.tensor([0, 1])
+    result = block_identifiability(_logits_with_top(top), labels=labels, n_prefix=1)
+    # Block 0: image 0 patches hit 1/3, image 1 patches hit 3/3 -> 4/6 tokens; both images hit.
+    torch.testing.assert_close(result.identifiability_rate, torch.tensor([400 / 6, 500 / 6]))
+    torch.testing.assert_close(result.images_with_identifiable_token, torch.tensor([100.0, 100.0]))
+    torch.testing.assert_close(result.cls_identifiable, torch.tensor([50.0, 50.0]))
+    # Scores: rank 0 -> 1, rank 1 (tie of two zeros below one) -> 1 - 1/3.
+    s1 = 1 - 1 / 3
+    torch.testing.assert_close(result.cls_score, torch.tensor([(1 + s1) / 2, (s1 + 1) / 2]))
+    torch.testing.assert_close(result.image_score[0], torch.tensor((1 + 2 * s1 + 3) / 6))
+
+
+def test_images_with_identifiable_token_counts_images_not_tokens():
+    top = torch.tensor([[[0, 1, 1], [0, 0, 0], [0, 0, 1]]])  # 1 block, 3 images, CLS + 2
+    result = block_identifiability(_logits_with_top(top), labels=torch.tensor([0, 1, 1]),
+                                   n_prefix=1)
+    # Image 0: no patch says 0; image 1: no patch says 1; image 2: one patch says 1.
+    torch.testing.assert_close(result.images_with_identifiable_token, torch.tensor([100 / 3]))
+
+
+def test_without_cls_all_tokens_are_image_tokens():
+    top = torch.tensor([[[0, 1]]])
+    result = block_identifiability(_logits_with_top(top), labels=torch.tensor([0]), n_prefix=0)
+    assert result.identifiability_rate.item() == 50.0
+    assert math.isnan(result.cls_score.item())
+
+
+def test_change_rate_by_hand():
+    before = torch.zeros(1, 1, 4, 2)
+    after = torch.tensor([[[[0.0, 0], [1, 0], [-1, 0], [2, 0]]]])
+    # True class 0: CLS excluded; patches rise, fall, rise -> 2/3.
+    rate = change_rate(before, after, labels=torch.tensor([0]), n_prefix=1)
+    torch.testing.assert_close(rate, torch.tensor([200 / 3]))
+
+
+def test_sublayer_change_and_composition_by_hand():
+    z = torch.zeros(1, 2, 2)  # [batch=1, pos=2, C=2]
+    proj = ClassProjection(
+        embed=torch.tensor([[[1.0, 0.0], [0.0, 1.0]]]),
+        resid=torch.tensor([[[[1.0, 0.0], [1.0, 0.0]]]]),  # block 0: both tokens say class 0
+        attn=torch.tensor([[[[2.0, 0.0], [0.0, 1.0]]]]),
+        mlp=(z - 1)[None],
+    )
+    change = sublayer_change_rates(proj, labels=torch.tensor([0]), n_prefix=1)
+    assert change.attn_cls.item() == 100.0  # 2 > 1
+    assert change.attn_image.item() == 0.0  # 0 > 0 is false
+    assert change.mlp_image.item() == 0.0
+    comp = residual_composition(proj)
+    # top after block 0 = [0, 0]; previous = [0, 1]; attn = [0, 1]; mlp ties -> argmax 0.
+    assert comp.previous.item() == 50.0 and comp.attn.item() == 50.0
+    assert comp.mlp.item() == 100.0 and comp.composition.item() == 0.0
+
+
+def test_permutation_test_known_answers():
+    # Constant values: every permutation ties the observed difference, p = 1.
+    flat = permutation_test(torch.ones(20), in_group=torch.arange(20) < 5, n_permutations=50)
+    assert flat.difference == 0.0 and flat.p_value == 1.0 and flat.p_value_lower == 1.0
+    # 2 largest of 6 values form the group: only 1 of C(6,2) = 15 splits is as extreme.
+    values = torch.tensor([5.0, 4.0, 1.0, 0.5, 0.2, 0.0])
+    test = permutation_test(values, in_group=torch.arange(6) < 2, n_permutations=6000, seed=3)
+    assert test.difference == pytest.approx(4.5 - 1.7 / 4)
+    assert test.p_value == pytest.approx(1 / 15, abs=0.012)
+    # A large, clean separation: no permutation reaches it.
+    big = torch.cat([torch.full((50,), 2.0), torch.zeros(200)])
+    sep = permutation_test(big, in_group=torch.arange(250) < 50, n_permutations=99)
+    assert sep.p_value == pytest.approx(1 / 100) and sep.p_value_lower == 1.0
+    # Reversed (group lower than the rest): the paper's tail says nothing, the other one does.
+    low = permutation_test(big, in_group=torch.arange(250) >= 200, n_permutations=99)
+    assert low.p_value == 1.0 and low.p_value_lower == pytest.approx(1 / 100)
+
+
+def test_permutation_test_rejects_empty_groups():
+    with pytest.raises(ValueError, match="both groups need members"):
+        permutation_test(torch.ones(4), in_group=torch.ones(4, dtype=torch.bool))
+
+
+def test_context_vs_object_per_block_and_mask_checks():
+    scores = torch.zeros(2, 4, 3)
+    scores[1, :, 0] = 1.0  # block 1: patch 0 (the object) is fully identifiable
+    mask = torch.zeros(4, 3, dtype=torch.bool)
+    mask[:, 0] = True
+    tests = context_vs_object(scores, object_mask=mask, n_permutations=200)
+    assert tests[0].p_value == 1.0 and tests[0].difference == 0.0
+    assert tests[1].difference == 1.0 and tests[1].p_value < 0.01
+    with pytest.raises(ValueError, match=r"object_mask has shape \[4, 2\], expected \[4, 3\]"):
+        context_vs_object(scores, object_mask=mask[:, :2])
+    with pytest.raises(TypeError, match="torch.bool"):
+        context_vs_object(scores, object_mask=mask.float())

@@ -1,0 +1,81 @@
+import json
+
+import pytest
+import torch
+
+from rrm_plugin.cli import lens as lens_cli
+from rrm_plugin.cli.main import build_parser
+from rrm_plugin.hosts.prisma import build_hooked_vit
+from rrm_plugin.lens.report import LensConfig, format_summary, run_lens, write_lens_report
+
+
+@pytest.fixture
+def lens_inputs(tiny_vit):
+    gen = torch.Generator().manual_seed(2)
+    images = torch.rand(10, 3, 8, 8, generator=gen)
+    labels = torch.randint(0, 5, (10,), generator=gen)
+    mask = torch.rand(10, 4, generator=gen) > 0.5
+    mask[:, 0], mask[:, 1] = True, False  # both groups always present
+    train = torch.rand(20, 3, 8, 8, generator=gen)
+    train_labels = torch.randint(0, 5, (20,), generator=gen)
+    return images, labels, mask, train, train_labels
+
+
+def test_run_lens_and_report(tiny_vit, tiny_saes, lens_inputs, tmp_path):
+    images, labels, mask, train, train_labels = lens_inputs
+    control = build_hooked_vit(tiny_vit.cfg, seed=1).eval()
+    config = LensConfig(n_permutations=20, random_repeats=2, progress=False, map_blocks=(0, 2),
+                        n_example_images=3)
+    results = run_lens(tiny_vit, images=images, labels=labels, object_mask=mask,
+                       probe_images=train, probe_labels=train_labels, control=control,
+                       saes=tiny_saes, config=config)
+    paths = write_lens_report(results, tmp_path, images=images, labels=labels, object_mask=mask,
+                              config=config)
+    names = {p.name for p in paths}
+    assert {"lens.json", "lens_tensors.safetensors", "identifiability.png", "token_maps.png",
+            "perturbation.png", "mechanisms.png", "probes.png"} <= names
+    summary = json.loads((tmp_path / "lens.json").read_text())
+    n_layers = tiny_vit.cfg.n_layers
+    assert len(summary["identifiability"]["identifiability_rate"]) == n_layers
+    assert len(summary["context_vs_object"]["identifiability"]) == n_layers
+    assert set(summary["perturbation"]["auc"]) == {
+        "ours_negative", "ours_positive", "linear_probe_negative", "linear_probe_positive",
+        "object_mask_negative", "object_mask_positive", "random"}
+    assert len(summary["importance"]["object_mean_by_block"]) == n_layers
+    # Nothing removed: every curve starts at the model's accuracy.
+    for curve in summary["perturbation"]["curves"].values():
+        assert curve[0] == pytest.approx(summary["accuracy"])
+    assert summary["memories"]["mlp"]["class_value_agreement"]["p_value"]
+    assert len(summary["feature_lens"]["blocks.0.hook_resid_post"]["top_classes"]) == 32
+    assert results.token_scores.shape == (n_layers, 10, 4)
+    assert "identifiability rate" in format_summary(summary)
+
+
+def test_run_lens_input_checks(tiny_vit, lens_inputs, tmp_path):
+    images, labels, mask, train, _ = lens_inputs
+    config = LensConfig(progress=False)
+    with pytest.raises(ValueError, match="object_mask has shape"):
+        run_lens(tiny_vit, images=images, labels=labels, object_mask=mask[:, :3], config=config)
+    with pytest.raises(ValueError, match="both probe_images and probe_labels"):
+        run_lens(tiny_vit, images=images, labels=labels, probe_images=train, config=config)
+    with pytest.raises(ValueError, match=r"expected \[10\]"):
+        run_lens(tiny_vit, images=images, labels=labels[:5], config=config)
+
+
+def test_cli_registers_lens():
+    args = build_parser().parse_args(["lens", "--out", "somewhere", "--blocks", "0", "3"])
+    assert args.run is lens_cli.run
+    assert args.blocks == [0, 3] and args.saes == "rrm-digits-vit"
+
+
+def test_run_lens_on_a_mean_pooled_model(hand, lens_inputs):
+    images, labels, mask, _, _ = lens_inputs
+    model = build_hooked_vit(hand.config(classification_type="gaap"), seed=0).eval()
+    results = run_lens(model, images=images, labels=labels, object_mask=mask,
+                       config=LensConfig(n_permutations=10, random_repeats=1, progress=False))
+    summary = results.summary
+    assert summary["identifiability"]["cls_score"] == [None] * 2  # no CLS token
+    # The attention-gradient importance needs a CLS token: only the reference orders remain.
+    assert set(summary["perturbation"]["auc"]) == {
+        "random", "object_mask_negative", "object_mask_positive"}
+    assert summary["perturbation"]["curves"]["random"][0] == pytest.approx(summary["accuracy"])
