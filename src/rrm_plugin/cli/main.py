@@ -12,6 +12,9 @@ COMMANDS: dict[str, str] = {
     "train-model": "rrm_plugin.cli.train",
     "train-saes": "rrm_plugin.cli.train",
     "eval-saes": "rrm_plugin.cli.eval_saes",
+    "baselines": "rrm_plugin.cli.baselines",
+    "trace": "rrm_plugin.cli.trace",
+    "faithfulness": "rrm_plugin.cli.faithfulness",
     "lens": "rrm_plugin.cli.lens",
 }
 

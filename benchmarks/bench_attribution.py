@@ -1,0 +1,268 @@
+"""Attribution-graph speed and memory: the fast engine vs the authors' jacrev reference.
+
+Setting (METHOD.md section 1): a randomly initialised ViT-B/16-shaped HookedViT (12 layers,
+d_model 768, 12 heads, d_mlp 3072, 224 px, patch 16 -> 197 tokens) with random TopK SAEs of the
+paper's sizes on block outputs 0..10, median baselines over a few random images, one image.
+
+Each measurement runs in a fresh process (same seeds, so the same model, SAEs and image), timed
+around the attribution only, with peak memory = highest resident set size sampled every 2 ms
+during the timed region minus the resident set size just before it.
+
+- `ours_full`: the full graph (one forward + backward, then every layer pair's edges).
+- `ours_subset` / `reference_subset`: the same subset of layer pairs (default: 0->1 and 1->2,
+  the reference's memory grows with the upper SAE's width and does not fit this machine for the
+  wider layers), each including its own forward + backward pass. The reference gets the upper
+  layer's `ghat` of the subset from our backward pass (equal to the authors' chain, see tests).
+- `forward_overhead`: the plain model vs the replacement model (SAEs spliced, error dropped).
+
+    python benchmarks/bench_attribution.py [--pairs 0 1] [--threads 2] [--out results.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+PAPER_SAES = [(4, 0.25), (32, 0.5), (64, 1), (96, 2), (96, 2), (128, 2), (128, 4), (160, 4),
+              (160, 4), (160, 4), (128, 2)]  # (k, expansion) for block outputs 0..10
+
+
+def setup(threads: int):
+    from vit_prisma.configs.HookedViTConfig import HookedViTConfig
+
+    from rrm_plugin.attribution.baselines import compute_baselines
+    from rrm_plugin.hosts.prisma import build_hooked_vit
+    from rrm_plugin.saes.training import new_topk_sae
+
+    torch.set_num_threads(threads)
+    cfg = HookedViTConfig(
+        model_name="vit-b16-random", n_layers=12, d_model=768, d_head=64, n_heads=12,
+        d_mlp=3072, activation_name="gelu", eps=1e-6, patch_size=16, image_size=224,
+        n_channels=3, n_classes=1000, classification_type="cls", return_type="class_logits",
+        normalization_type="LN", use_wandb=False,
+    )
+    model = build_hooked_vit(cfg, seed=0).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    saes = {}
+    for layer, (k, expansion) in enumerate(PAPER_SAES):
+        hook = f"blocks.{layer}.hook_resid_post"
+        saes[hook] = new_topk_sae(d_in=768, d_sae=int(expansion * 768), k=k, hook_name=hook,
+                                  model_name=cfg.model_name, seed=layer).eval()
+        for p in saes[hook].parameters():
+            p.requires_grad_(False)
+    generator = torch.Generator().manual_seed(0)
+    reference_images = torch.rand(4, 3, 224, 224, generator=generator)
+    baselines = compute_baselines(model, saes, reference_images, batch_size=2, progress=False)
+    image = torch.rand(1, 3, 224, 224, generator=generator)
+    return model, saes, baselines, image
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class PeakMemory:
+    """Peak resident set size above the level at entry, sampled by a background thread."""
+
+    def __enter__(self):
+        self.start = rss_bytes()
+        self.peak = self.start
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, rss_bytes())
+            time.sleep(0.002)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, rss_bytes())
+        self.bytes = self.peak - self.start
+
+
+def task_ours(threads: int, pairs: list[int] | None, out_path: str) -> None:
+    from rrm_plugin.attribution.engine import block_weights, feature_edges, pair_inputs
+    from rrm_plugin.attribution.forward import attribution_forward
+    from rrm_plugin.attribution.graph import graphs_from_forward
+
+    model, saes, baselines, image = setup(threads)
+    hooks = list(saes)
+    with PeakMemory() as mem:
+        t0 = time.perf_counter()
+        forward = attribution_forward(model, saes, image, baselines=baselines,
+                                      capture_blocks=True)
+        t1 = time.perf_counter()
+        if pairs is None:
+            graph = graphs_from_forward(model, saes, forward)[0]
+        else:
+            layers, edges = forward.layers, {}
+            nodes = {k: torch.nonzero(((t.acts[0] > 0) | (t.delta[0] != 0)).any(0))[:, 0]
+                     for k, t in enumerate(layers)}  # the graph's nodes, as in `attribute`
+            for k in pairs:
+                x = pair_inputs(layers[k], layers[k + 1], forward.blocks[layers[k + 1].block],
+                                saes[hooks[k]], saes[hooks[k + 1]], 0)
+                edges[k] = feature_edges(block_weights(model, layers[k + 1].block), x,
+                                         sources=nodes[k], targets=nodes[k + 1])
+        t2 = time.perf_counter()
+    result = {"seconds": t2 - t0, "forward_backward_seconds": t1 - t0,
+              "edges_seconds": t2 - t1, "peak_bytes": mem.bytes}
+    if pairs is None:
+        result["nodes"] = sum(len(layer) for layer in graph.layers)
+        result["edges"] = sum(int((e != 0).sum()) for e in graph.edges)
+        result["active_targets"] = [int((forward.layers[k].acts[0] > 0).any(0).sum())
+                                    for k in range(len(hooks))]
+        tensors = {}
+    else:
+        tensors = {}
+        for k, e in edges.items():  # scatter into [d_src + 1, d_tgt] as the reference has them
+            rows = torch.cat([nodes[k], torch.tensor([saes[hooks[k]].cfg.d_sae])])
+            dense = torch.zeros(saes[hooks[k]].cfg.d_sae + 1,
+                                saes[hooks[k + 1]].cfg.d_sae)
+            dense[rows[:, None], nodes[k + 1][None, :]] = e
+            tensors[f"edges.{k}"] = dense
+        for k in pairs:
+            for layer in (k, k + 1):
+                tensors[f"nodes.{layer}"] = forward.layers[layer].node_scores[0].sum(0)
+                tensors[f"error.{layer}"] = forward.layers[layer].error_scores[0].reshape(())
+        tensors = {k: v.clone() for k, v in tensors.items()}
+    torch.save({"result": result, "tensors": tensors}, out_path)
+
+
+def task_reference(threads: int, pairs: list[int], out_path: str) -> None:
+    from rrm_plugin.attribution.forward import attribution_forward
+    from rrm_plugin.attribution.reference import reference_graph
+
+    model, saes, baselines, image = setup(threads)
+    top_pair = max(pairs)
+    forward = attribution_forward(model, saes, image, baselines=baselines)
+    upper = {top_pair + 1: forward.layers[top_pair + 1].grad_acts[0]}
+    del forward
+    with PeakMemory() as mem:
+        t0 = time.perf_counter()
+        ref = reference_graph(model, saes, image, baselines=baselines, pairs=pairs,
+                              upper_grads=upper)
+        t1 = time.perf_counter()
+    tensors = {}
+    for k in pairs:
+        tensors[f"edges.{k}"] = ref.edges[k]
+        for layer in (k, k + 1):
+            if layer in ref.node_scores:
+                tensors[f"nodes.{layer}"] = ref.node_scores[layer].sum(0)
+                tensors[f"error.{layer}"] = torch.tensor(ref.error_scores[layer])
+    torch.save({"result": {"seconds": t1 - t0, "peak_bytes": mem.bytes}, "tensors": tensors},
+               out_path)
+
+
+def task_forward(threads: int, out_path: str, repeats: int = 5) -> None:
+    from rrm_plugin.replacement.splice import replacement
+
+    model, saes, _, image = setup(threads)
+    batch = image.expand(8, -1, -1, -1).contiguous()
+
+    def timed(fn):
+        fn()
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t)
+        return min(times)
+
+    with torch.no_grad():
+        plain = timed(lambda: model(batch))
+        with replacement(model, saes, keep_error=False):
+            spliced = timed(lambda: model(batch))
+        with replacement(model, saes, keep_error=True):
+            spliced_error = timed(lambda: model(batch))
+    torch.save({"result": {"plain": plain, "replacement": spliced,
+                           "replacement_keep_error": spliced_error, "batch": 8}, "tensors": {}},
+               out_path)
+
+
+def run_task(name: str, *args) -> dict:
+    ctx = mp.get_context("spawn")
+    with tempfile.TemporaryDirectory() as tmp:
+        out = str(Path(tmp) / "out.pt")
+        target = {"ours": task_ours, "reference": task_reference, "forward": task_forward}[name]
+        proc = ctx.Process(target=target, args=(*args, out))
+        proc.start()
+        proc.join()
+        if proc.exitcode != 0:
+            raise RuntimeError(f"benchmark task {name} failed (exit code {proc.exitcode})")
+        return torch.load(out, weights_only=False)
+
+
+def max_rel_diff(ours: dict, ref: dict) -> dict[str, float]:
+    out = {}
+    for key, r in ref.items():
+        a = ours[key]
+        out[key] = float((a - r).abs().max() / r.abs().max().clamp(min=1e-30))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--pairs", type=int, nargs="+", default=[0, 1],
+                        help="source layers k of the pairs k->k+1 compared with the reference")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--skip-reference", action="store_true")
+    parser.add_argument("--out", type=Path, default=None, help="write the numbers as JSON")
+    args = parser.parse_args()
+    gib = 2 ** 30
+    print(f"ViT-B/16-shaped random HookedViT, random TopK SAEs {PAPER_SAES}, 1 image, "
+          f"{args.threads} threads, torch {torch.__version__}")
+    report: dict = {"threads": args.threads, "pairs": args.pairs}
+
+    full = run_task("ours", args.threads, None)["result"]
+    report["ours_full"] = full
+    print(f"ours, full graph ({len(PAPER_SAES) - 1} layer pairs): {full['seconds']:.1f} s "
+          f"(forward+backward {full['forward_backward_seconds']:.1f} s, edges "
+          f"{full['edges_seconds']:.1f} s), peak {full['peak_bytes'] / gib:.2f} GiB; "
+          f"{full['nodes']} nodes, {full['edges']} non-zero edges; active latents per layer "
+          f"{full['active_targets']}")
+
+    subset = run_task("ours", args.threads, args.pairs)
+    report["ours_subset"] = subset["result"]
+    pairs = ", ".join(f"{k}->{k + 1}" for k in args.pairs)
+    print(f"ours, pairs {pairs}: {subset['result']['seconds']:.2f} s, peak "
+          f"{subset['result']['peak_bytes'] / gib:.2f} GiB")
+    if not args.skip_reference:
+        ref = run_task("reference", args.threads, args.pairs)
+        report["reference_subset"] = ref["result"]
+        diffs = max_rel_diff(subset["tensors"], ref["tensors"])
+        report["max_rel_diff"] = diffs
+        speed = ref["result"]["seconds"] / subset["result"]["seconds"]
+        memory = subset["result"]["peak_bytes"] / ref["result"]["peak_bytes"]
+        report["speedup"], report["memory_ratio"] = speed, memory
+        print(f"reference (jacrev), pairs {pairs}: {ref['result']['seconds']:.2f} s, peak "
+              f"{ref['result']['peak_bytes'] / gib:.2f} GiB")
+        print(f"speed-up {speed:.1f}x; peak memory ours/reference {memory:.3f} "
+              f"(1/{1 / memory:.1f}); max relative difference {max(diffs.values()):.2e} "
+              f"({', '.join(f'{k} {v:.1e}' for k, v in diffs.items())})")
+
+    fwd = run_task("forward", args.threads)["result"]
+    report["forward"] = fwd
+    print(f"forward pass, batch {fwd['batch']}: plain {fwd['plain'] * 1e3:.0f} ms, replacement "
+          f"model {fwd['replacement'] * 1e3:.0f} ms ({fwd['replacement'] / fwd['plain']:.2f}x), "
+          f"with error kept {fwd['replacement_keep_error'] * 1e3:.0f} ms "
+          f"({fwd['replacement_keep_error'] / fwd['plain']:.2f}x)")
+    if args.out:
+        args.out.write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

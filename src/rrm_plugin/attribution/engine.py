@@ -1,0 +1,317 @@
+"""Fast edge engine: exact edges of the linearised model, batched over active target latents.
+
+The reference (`reference.py`, the authors' way) gets each layer's edges from
+`torch.func.jacrev` over the whole residual stream, materialising `J = [F_out, T, D]` for every
+latent of the upper SAE, active or not. Here we use the structure of the linearised block
+instead. With the attention pattern `A`, LayerNorm scales `sigma`, MLP gate `Phi` and SAE std
+constant, block l+1 is affine, and every target row is a *target pair* `p = (t', o)`: a latent `o`
+active at token `t'` (TopK passes gradient to nothing else). Its cotangent on the block output is
+`a_p c_o` at token t' only (`c_o` = centred encoder column, `a_p = ghat[t', o] / (s'_t' + eps)`).
+Pulled back through the MLP (per token, so it stays at t'):
+
+    v_p = a_p (c_o + LN2^T(W_in (Phi_t' * (W_out c_o))))      (W_out c_o precomputed per latent)
+
+and through the attention (which mixes tokens only through the constant pattern) onto a source
+latent i of layer l at token t, whose stream direction is `s_t dz[t, i] W_dec[i]`:
+
+    A(t, i -> p) = [t = t'] v_p . W_dec[i] s_t dz[t, i]
+                   + sum_h A_h[t', t] (W_O^h v_p) . U_h[i] s_t dz[t, i] / sigma1_t,
+    U_h[i] = W_V^h^T (w_ln1 * centre(W_dec[i]))                 (precomputed per source latent)
+
+Summing over the target pairs of `o` and over t gives the feature edge `A(i -> o)`; the error
+edge uses `de[t]` in place of `s_t dz[t, i] W_dec[i]`. The cost is linear in the number of active
+pairs (T * k) rather than in the dictionary size times a full backward pass, there is no
+per-target Python loop, and pairs are processed in chunks so memory stays bounded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+from jaxtyping import Bool, Float, Int
+from sae_lens import SAE
+from torch import Tensor, nn
+
+from rrm_plugin.attribution.forward import BlockConstants, LayerTrace
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Chunking of the edge engine.
+
+    Args:
+        chunk_elements: Bound on the floats of each batched step's buffers (about 4 bytes
+            each); the engine picks how many tokens (or target pairs) a step takes from it.
+        max_token_edges: Largest token-level edge matrix (entries) allowed per layer pair.
+    """
+
+    chunk_elements: int = 2**24
+    max_token_edges: int = 50_000_000
+
+
+DEFAULT_ENGINE = EngineConfig()
+
+
+class BlockWeights(NamedTuple):
+    """The linear maps of a pre-LayerNorm ViT block (HookedViT / TransformerLens layout)."""
+
+    ln1_w: Float[Tensor, " d_model"] | None
+    """LayerNorm gain (None: no LayerNorm); `ln1_centred` says whether it centres."""
+    ln1_centred: bool
+    W_V: Float[Tensor, "head d_model d_head"]
+    W_O: Float[Tensor, "head d_head d_model"]
+    ln2_w: Float[Tensor, " d_model"] | None
+    ln2_centred: bool
+    W_in: Float[Tensor, "d_model d_mlp"] | None
+    W_out: Float[Tensor, "d_mlp d_model"] | None
+
+
+def block_weights(model: nn.Module, block: int) -> BlockWeights:
+    """Read the weights of block `block`, rejecting block types the engine does not model."""
+    cfg = model.cfg
+    unsupported = [f for f in ("use_bert_block", "parallel_attn_mlp") if getattr(cfg, f, False)]
+    if unsupported:
+        raise ValueError(f"the edge engine models pre-LayerNorm blocks; config sets {unsupported}")
+    if getattr(cfg, "n_key_value_heads", None) not in (None, cfg.n_heads):
+        raise ValueError("the edge engine does not support grouped-query attention")
+    mod = model.blocks[block]
+    norm = getattr(cfg, "normalization_type", "LN")
+    if norm not in ("LN", "LNPre", None):
+        raise ValueError(f"the edge engine supports LN, LNPre or no normalisation, not {norm!r}")
+
+    def ln(module_name: str) -> tuple[Tensor | None, bool]:
+        module = getattr(mod, module_name, None)
+        if norm is None or module is None:
+            return None, False
+        w = getattr(module, "w", None)
+        return (w.detach() if w is not None else torch.ones(cfg.d_model)), True
+
+    ln1_w, ln1_c = ln("ln1")
+    has_mlp = hasattr(mod, "mlp")
+    ln2_w, ln2_c = ln("ln2") if has_mlp else (None, False)
+    return BlockWeights(
+        ln1_w=ln1_w, ln1_centred=ln1_c,
+        W_V=mod.attn.W_V.detach(), W_O=mod.attn.W_O.detach(),
+        ln2_w=ln2_w, ln2_centred=ln2_c,
+        W_in=mod.mlp.W_in.detach() if has_mlp else None,
+        W_out=mod.mlp.W_out.detach() if has_mlp else None,
+    )
+
+
+def _centre(x: Tensor, centred: bool) -> Tensor:
+    return x - x.mean(-1, keepdim=True) if centred else x
+
+
+def _ln_forward(x: Tensor, w: Tensor | None, centred: bool, scale: Tensor) -> Tensor:
+    """Differential of a LayerNorm with frozen scale: `w * centre(x) / scale`."""
+    x = _centre(x, centred)
+    return (x * w if w is not None else x) / scale
+
+
+def _ln_transpose(y: Tensor, w: Tensor | None, centred: bool, scale: Tensor) -> Tensor:
+    """Adjoint of `_ln_forward`: `centre(w * y) / scale` (centring is a symmetric projection)."""
+    return _centre(y * w if w is not None else y, centred) / scale
+
+
+class PairInputs(NamedTuple):
+    """One image's view of a layer pair (source layer l, target layer l+1, block l+1)."""
+
+    W_dec: Float[Tensor, "d_src d_model"]
+    src_scale: Float[Tensor, "pos 1"]
+    src_delta: Float[Tensor, "pos d_src"]
+    src_error_delta: Float[Tensor, "pos d_model"]
+    enc_dirs: Float[Tensor, "d_model d_tgt"]
+    """d pre-activation / d (block output): the encoder columns, centred for layer-norm SAEs."""
+    tgt_enc_scale: Float[Tensor, "pos 1"]
+    tgt_acts: Float[Tensor, "pos d_tgt"]
+    tgt_grad: Float[Tensor, "pos d_tgt"]
+    block: BlockConstants
+    """Constants of block l+1 for this image (batch axis removed)."""
+
+
+def encoder_directions(sae: SAE) -> Float[Tensor, "d_in d_sae"]:
+    """Derivative of the pre-activation w.r.t. the standardised-input numerator."""
+    W_enc = sae.W_enc.detach()
+    if sae.cfg.normalize_activations == "layer_norm":
+        return W_enc - W_enc.mean(0, keepdim=True)
+    return W_enc
+
+
+def pair_inputs(
+    src: LayerTrace, tgt: LayerTrace, block: BlockConstants, src_sae: SAE, tgt_sae: SAE, b: int
+) -> PairInputs:
+    """Slice image `b` out of batched traces."""
+    return PairInputs(
+        W_dec=src_sae.W_dec.detach(), src_scale=src.scale[b], src_delta=src.delta[b],
+        src_error_delta=src.error_delta[b], enc_dirs=encoder_directions(tgt_sae),
+        tgt_enc_scale=tgt.enc_scale[b], tgt_acts=tgt.acts[b], tgt_grad=tgt.grad_acts[b],
+        block=BlockConstants(*(None if c is None else c[b] for c in block)),
+    )
+
+
+class _Targets(NamedTuple):
+    token: Int[Tensor, " pairs"]
+    latent: Int[Tensor, " pairs"]
+    column: Int[Tensor, " pairs"]
+
+
+class _Directions(NamedTuple):
+    enc: Float[Tensor, "d_model n"]
+    """Encoder directions of the target latents in use."""
+    mlp: Float[Tensor, "d_mlp n"] | None
+    """Their image under W_out (the first half of the MLP pull-back, shared by all tokens)."""
+
+
+def _pair_vectors(
+    w: BlockWeights, x: PairInputs, t: Tensor, o: Tensor, dirs: _Directions, idx: Tensor
+) -> tuple[Float[Tensor, "pairs d_model"], Float[Tensor, "pairs head d_head"]]:
+    """Cotangents of target pairs on the block input side of the MLP (v) and at the values (q)."""
+    a = x.tgt_grad[t, o] / x.tgt_enc_scale[t, 0]
+    v = dirs.enc[:, idx].T
+    if w.W_in is not None:
+        hidden = dirs.mlp[:, idx].T * x.block.gate[t]  # [pairs, d_mlp]
+        v = v + _ln_transpose(hidden @ w.W_in.T, w.ln2_w, w.ln2_centred, x.block.ln2_scale[t])
+    v = v * a[:, None]
+    return v, (v @ w.W_O.flatten(0, 1).T).view(len(v), *w.W_O.shape[:2])
+
+
+def _directions(w: BlockWeights, x: PairInputs, latents: Tensor) -> _Directions:
+    enc = x.enc_dirs[:, latents]
+    return _Directions(enc, w.W_out @ enc if w.W_out is not None else None)
+
+
+def _error_terms(w: BlockWeights, x: PairInputs) -> Float[Tensor, "head pos d_head"]:
+    """Attention-path image of the source error: sum_t A_h[t', t] W_V^h^T LN1_t(de[t])."""
+    de = _ln_forward(x.src_error_delta, w.ln1_w, w.ln1_centred, x.block.ln1_scale)
+    values = torch.einsum("td,hde->hte", de, w.W_V)
+    return torch.einsum("hqk,hke->hqe", x.block.pattern, values)
+
+
+def feature_edges(
+    w: BlockWeights,
+    x: PairInputs,
+    *,
+    sources: Int[Tensor, " n_src"],
+    targets: Int[Tensor, " n_tgt"],
+    config: EngineConfig = DEFAULT_ENGINE,
+) -> Float[Tensor, "n_src_plus_error n_tgt"]:
+    """Edges `A(i -> o)` between latent nodes (summed over tokens); last row: the error node.
+
+    Target pairs are grouped by token (padded to the widest token): the pairs at token t' meet
+    the sources through `W_dec^T` scaled by `C[t'] = s_t' dz[t']` (residual path) and through one
+    per-token matrix `U * B[t']` (value path), so a chunk of tokens costs a few batched GEMMs.
+
+    Args:
+        w: Weights of the block joining the two layers.
+        x: The image's traces for the pair.
+        sources: Latent indices of the source layer's nodes.
+        targets: Latent indices of the target layer's nodes.
+        config: Chunking.
+    """
+    device = x.W_dec.device
+    n_pos, d_tgt = x.tgt_acts.shape
+    columns = torch.full((d_tgt,), -1, dtype=torch.long, device=device)
+    columns[targets] = torch.arange(len(targets), device=device)
+    active = (x.tgt_acts > 0) & (columns >= 0)[None, :]  # [pos, d_tgt]: the target pairs
+    out = torch.zeros(len(targets), len(sources) + 1, device=device)
+    width = int(active.sum(1).max()) if active.numel() else 0
+    if width == 0:
+        return out.T.contiguous()
+    # Each token's active targets, padded to the same width (padding has coefficient 0).
+    latent = torch.sort(active.int(), dim=1, descending=True, stable=True).indices[:, :width]
+    valid = active.gather(1, latent)
+    column = torch.where(valid, columns[latent], 0)
+
+    n_src, d_model = len(sources), x.W_dec.shape[1]
+    c_src = x.src_scale * x.src_delta[:, sources]  # [pos, n_src]: s_t dz[t, i]
+    W_src_T = x.W_dec[sources].T.contiguous()  # [d_model, n_src]
+    # Value-path image of each source direction per head, and its attention-weighted coefficient.
+    U = torch.einsum("id,hde->hei", _ln_forward(W_src_T.T, w.ln1_w, w.ln1_centred, 1.0), w.W_V)
+    B = torch.einsum("hqk,ki->qhi", x.block.pattern, c_src / x.block.ln1_scale)  # [pos, head, i]
+    err_attn = _error_terms(w, x).transpose(0, 1).flatten(1)  # [pos, head * d_head]
+    W_O_T = w.W_O.flatten(0, 1).T  # [d_model, head * d_head]
+    enc = x.enc_dirs[:, targets].T.contiguous()  # [n_tgt, d_model]
+    mlp = (enc @ w.W_out.T).contiguous() if w.W_out is not None else None  # [n_tgt, d_mlp]
+    d_mlp = mlp.shape[1] if mlp is not None else 0
+    per_token = d_model * n_src + width * (d_mlp + 3 * d_model + 2 * n_src)
+    step = max(1, config.chunk_elements // per_token)
+
+    for start in range(0, n_pos, step):
+        t = torch.arange(start, min(start + step, n_pos), device=device)
+        n_t, col = len(t), column[t].reshape(-1)
+        a = (x.tgt_grad[t].gather(1, latent[t]) * valid[t]) / x.tgt_enc_scale[t]  # [tok, width]
+        v = enc[col].view(n_t, width, d_model)
+        if mlp is not None:  # pull back through the MLP of the pair's own token
+            hidden = mlp[col].view(n_t, width, d_mlp) * x.block.gate[t][:, None, :]
+            back = (hidden @ w.W_in.T) * (w.ln2_w if w.ln2_w is not None else 1.0)
+            v = v + _centre(back, w.ln2_centred) / x.block.ln2_scale[t][:, None, :]
+        v = v * a[..., None]
+        q = v @ W_O_T  # [tok, width, head * d_head]
+        # Same token: the residual path; other tokens: the attention's value path.
+        rows = (v @ W_src_T) * c_src[t][:, None, :]
+        values = (U[None] * B[t][:, :, None, :]).flatten(1, 2)  # [tok, head * d_head, n_src]
+        rows += torch.bmm(q, values)
+        err = (v * x.src_error_delta[t][:, None, :]).sum(-1) + (q * err_attn[t][:, None, :]).sum(-1)
+        # Padding rows are exactly zero (a = 0), so they can be added to column 0 harmlessly.
+        out[:, :n_src].index_add_(0, col, rows.view(-1, n_src))
+        out[:, n_src].index_add_(0, col, err.view(-1))
+    return out.T.contiguous()
+
+
+def token_edges(
+    w: BlockWeights,
+    x: PairInputs,
+    *,
+    sources: Int[Tensor, "n_src 2"],
+    targets: Int[Tensor, "n_tgt 2"],
+    config: EngineConfig = DEFAULT_ENGINE,
+) -> Float[Tensor, "n_src_plus_error n_tgt"]:
+    """Edges between (token, latent) nodes; last row: the source layer's error node.
+
+    `sources` / `targets` hold `(token, latent)` rows.
+    """
+    n_src, n_tgt = len(sources), len(targets)
+    if (n_src + 1) * n_tgt > config.max_token_edges:
+        raise ValueError(
+            f"token-level edge matrix would have {(n_src + 1) * n_tgt:,} entries (limit "
+            f"{config.max_token_edges:,}); use feature granularity or raise max_token_edges"
+        )
+    device = x.W_dec.device
+    n_pos, d_tgt = x.tgt_acts.shape
+    columns = torch.full((n_pos * d_tgt,), -1, dtype=torch.long, device=device)
+    columns[targets[:, 0] * d_tgt + targets[:, 1]] = torch.arange(n_tgt, device=device)
+    t_all, o_all = torch.nonzero(x.tgt_acts > 0, as_tuple=True)
+    col_all = columns[t_all * d_tgt + o_all]
+    keep = col_all >= 0
+    pairs = _Targets(t_all[keep], o_all[keep], col_all[keep])
+    out = torch.zeros(n_tgt, n_src + 1, device=device)
+    if len(pairs.token) == 0:
+        return out.T.contiguous()
+    latents, latent_idx = torch.unique(pairs.latent, return_inverse=True)
+
+    ts, i_s = sources[:, 0], sources[:, 1]
+    c_src = x.src_scale[ts, 0] * x.src_delta[ts, i_s]  # [n_src]
+    W_src = x.W_dec[i_s]
+    U = torch.einsum("sd,hde->hse", _ln_forward(W_src, w.ln1_w, w.ln1_centred, 1.0), w.W_V)
+    coeff = c_src / x.block.ln1_scale[ts, 0]
+    err_attn = _error_terms(w, x)
+    dirs = _directions(w, x, latents)
+
+    n_heads = w.W_V.shape[0]
+    d_mlp = w.W_in.shape[1] if w.W_in is not None else 0
+    per_pair = 3 * n_heads * (n_src + 1) + d_mlp + 4 * x.W_dec.shape[1]
+    step = max(1, config.chunk_elements // per_pair)
+    for start in range(0, len(pairs.token), step):
+        t = pairs.token[start : start + step]
+        o = pairs.latent[start : start + step]
+        col = pairs.column[start : start + step]
+        v, q = _pair_vectors(w, x, t, o, dirs, latent_idx[start : start + step])
+        same_token: Bool[Tensor, "p s"] = t[:, None] == ts[None, :]
+        rows = (v @ W_src.T) * c_src * same_token
+        attn = torch.bmm(q.transpose(0, 1), U.transpose(1, 2))  # [head, p, s]
+        rows += (attn * x.block.pattern[:, t][:, :, ts]).sum(0) * coeff
+        err = (v * x.src_error_delta[t]).sum(-1) + (q * err_attn[:, t].transpose(0, 1)).sum((1, 2))
+        out.index_add_(0, col, torch.cat([rows, err[:, None]], dim=1))
+    return out.T.contiguous()

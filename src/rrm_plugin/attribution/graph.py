@@ -1,0 +1,406 @@
+"""Attribution graphs of the residual replacement model (METHOD.md section 3).
+
+Nodes are SAE latents `(layer, latent)` summed over tokens (or `(layer, token, latent)` with
+`granularity="token"`), one error node per layer (a leaf: credit reaches it but never flows
+through it), and the logit node. Edges join adjacent layers; the top SAE layer connects to the
+logit node with its node scores. Every number is gradient x (activation - baseline) in the
+linearised model, so a node's score equals the sum of its out-edges.
+
+A `Graph` saves losslessly as `<stem>.json` (structure, target, metadata) plus
+`<stem>.safetensors` (tensors), and converts to networkx.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from jaxtyping import Float, Int
+from sae_lens import SAE
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from rrm_plugin.attribution.baselines import Baselines
+from rrm_plugin.attribution.engine import (
+    DEFAULT_ENGINE,
+    EngineConfig,
+    block_weights,
+    feature_edges,
+    pair_inputs,
+    token_edges,
+)
+from rrm_plugin.attribution.forward import AttributionForward, attribution_forward
+from rrm_plugin.attribution.linearise import FULL, NONE
+from rrm_plugin.io import CorruptFileError, read_json, read_tensors, write_json, write_tensors
+
+Granularity = Literal["feature", "token"]
+GRAPH_FORMAT = "rrm-attribution-graph"
+GRAPH_VERSION = 1
+
+
+@dataclass
+class GraphLayer:
+    """The nodes of one SAE layer.
+
+    Args:
+        hook_name: Hook point of the SAE.
+        block: Block whose output the SAE reads.
+        d_sae: Dictionary size.
+        features: Latent index of each node.
+        tokens: Token position of each node (token granularity), else None.
+        activations: Activation of each node (summed over tokens for latent nodes).
+        deltas: Activation minus baseline (summed likewise).
+        scores: Node scores: gradient x (activation - baseline).
+        error_score: Score of the layer's error node.
+    """
+
+    hook_name: str
+    block: int
+    d_sae: int
+    features: Int[Tensor, " n"]
+    tokens: Int[Tensor, " n"] | None
+    activations: Float[Tensor, " n"]
+    deltas: Float[Tensor, " n"]
+    scores: Float[Tensor, " n"]
+    error_score: float
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+
+@dataclass
+class Graph:
+    """Attribution graph of one image and target.
+
+    Args:
+        layers: SAE layers, bottom to top.
+        edges: `edges[k]` has shape `[len(layers[k]) + 1, len(layers[k + 1])]`: rows are the
+            sources of layer k (last row: its error node), columns the latent nodes of layer k+1.
+        target_class: Class whose logit is attributed.
+        metric: `"adjusted_logit"` or `"logit"`.
+        value: The metric at the image.
+        logits: Model logits at the image.
+        granularity: `"feature"` (latent nodes) or `"token"` (token-latent nodes).
+        n_tokens: Token positions of the model.
+        linearised: Whether attention, LayerNorm, GELU and SAE std were frozen in the backward pass.
+        metadata: Free-form JSON-able information (model, release, image index, baselines).
+    """
+
+    layers: list[GraphLayer]
+    edges: list[Float[Tensor, "src_plus_error tgt"]]
+    target_class: int
+    metric: str
+    value: float
+    logits: Float[Tensor, " classes"]
+    granularity: str = "feature"
+    n_tokens: int = 0
+    linearised: bool = True
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def logit_edges(self) -> Float[Tensor, " top_plus_error"]:
+        """Edges from the top SAE layer (and its error node) into the logit node."""
+        top = self.layers[-1]
+        return torch.cat([top.scores, torch.tensor([top.error_score])])
+
+    @property
+    def error_scores(self) -> Float[Tensor, " layers"]:
+        return torch.tensor([layer.error_score for layer in self.layers])
+
+    def node_table(self) -> list[dict[str, Any]]:
+        """One dict per latent node: layer, hook, feature, token, activation, delta, score."""
+        rows = []
+        for k, layer in enumerate(self.layers):
+            tokens = layer.tokens.tolist() if layer.tokens is not None else [None] * len(layer)
+            for j, (f, t) in enumerate(zip(layer.features.tolist(), tokens, strict=True)):
+                rows.append({
+                    "id": node_id(k, f, t), "layer": k, "hook_name": layer.hook_name,
+                    "feature": f, "token": t, "activation": float(layer.activations[j]),
+                    "delta": float(layer.deltas[j]), "score": float(layer.scores[j]),
+                })
+        return rows
+
+    # ---- serialisation -------------------------------------------------------------------
+    def _tensors(self) -> dict[str, Tensor]:
+        tensors = {"logits": self.logits, "error_scores": self.error_scores}
+        for k, layer in enumerate(self.layers):
+            for name in ("features", "activations", "deltas", "scores"):
+                tensors[f"layers.{k}.{name}"] = getattr(layer, name)
+            if layer.tokens is not None:
+                tensors[f"layers.{k}.tokens"] = layer.tokens
+        for k, edge in enumerate(self.edges):
+            tensors[f"edges.{k}"] = edge
+        return {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+
+    def save(self, path: str | Path) -> tuple[Path, Path]:
+        """Write `<stem>.json` and `<stem>.safetensors` (atomically); returns both paths."""
+        json_path, tensor_path = _graph_paths(path)
+        tensors = self._tensors()
+        write_tensors(tensor_path, tensors)
+        write_json(json_path, {
+            "format": GRAPH_FORMAT, "version": GRAPH_VERSION, "granularity": self.granularity,
+            "n_tokens": self.n_tokens, "linearised": self.linearised,
+            "target": {"class": self.target_class, "metric": self.metric, "value": self.value},
+            "layers": [{"hook_name": layer.hook_name, "block": layer.block, "d_sae": layer.d_sae}
+                       for layer in self.layers],
+            "tensors": {name: list(t.shape) for name, t in tensors.items()},
+            "tensor_file": tensor_path.name, "metadata": self.metadata,
+        })
+        return json_path, tensor_path
+
+    @classmethod
+    def load(cls, path: str | Path) -> Graph:
+        """Read a graph written by `save`, verifying every tensor's name and shape."""
+        json_path, tensor_path = _graph_paths(path)
+        meta = read_json(json_path)
+        if not isinstance(meta, dict) or meta.get("format") != GRAPH_FORMAT:
+            raise CorruptFileError(f"{json_path} is not an attribution graph (format "
+                                   f"{meta.get('format') if isinstance(meta, dict) else None!r})")
+        if meta.get("version") != GRAPH_VERSION:
+            raise CorruptFileError(f"{json_path} has graph version {meta.get('version')!r}; "
+                                   f"this rrm-plugin reads version {GRAPH_VERSION}")
+        try:
+            shapes = {name: tuple(shape) for name, shape in meta["tensors"].items()}
+            tensors = read_tensors(tensor_path, expected_shapes=shapes)
+            error_scores = tensors["error_scores"].tolist()
+            layers = []
+            for k, info in enumerate(meta["layers"]):
+                layers.append(GraphLayer(
+                    hook_name=info["hook_name"], block=int(info["block"]), d_sae=int(info["d_sae"]),
+                    features=tensors[f"layers.{k}.features"],
+                    tokens=tensors.get(f"layers.{k}.tokens"),
+                    activations=tensors[f"layers.{k}.activations"],
+                    deltas=tensors[f"layers.{k}.deltas"], scores=tensors[f"layers.{k}.scores"],
+                    error_score=error_scores[k],
+                ))
+            edges = [tensors[f"edges.{k}"] for k in range(len(layers) - 1)]
+            target = meta["target"]
+            graph = cls(
+                layers=layers, edges=edges, target_class=int(target["class"]),
+                metric=target["metric"], value=float(target["value"]), logits=tensors["logits"],
+                granularity=meta["granularity"], n_tokens=int(meta["n_tokens"]),
+                linearised=bool(meta["linearised"]), metadata=meta.get("metadata", {}),
+            )
+        except (KeyError, TypeError, ValueError, IndexError) as err:
+            if isinstance(err, CorruptFileError):
+                raise
+            raise CorruptFileError(f"{json_path}: graph file is incomplete or corrupt ({err!r})") \
+                from err
+        graph.check()
+        return graph
+
+    def check(self) -> None:
+        """Raise CorruptFileError if the parts of the graph do not fit together."""
+        if len(self.edges) != len(self.layers) - 1:
+            raise CorruptFileError(f"graph has {len(self.layers)} layers but {len(self.edges)} "
+                                   "edge matrices; expected one per adjacent pair")
+        for k, edge in enumerate(self.edges):
+            expected = (len(self.layers[k]) + 1, len(self.layers[k + 1]))
+            if tuple(edge.shape) != expected:
+                raise CorruptFileError(f"edge matrix {k} has shape {list(edge.shape)}, "
+                                       f"expected {list(expected)}")
+
+    # ---- views ---------------------------------------------------------------------------
+    def to_json_dict(self, *, min_abs_edge: float = 0.0) -> dict[str, Any]:
+        """Everything as plain JSON: nodes, error nodes, logit node and non-zero edges."""
+        nodes = self.node_table()
+        ids = [[node_id(k, f, t) for f, t in _feature_tokens(layer)]
+               for k, layer in enumerate(self.layers)]
+        edges = []
+        for k, edge in enumerate(self.edges):
+            sources = ids[k] + [error_id(k)]
+            for i, o in torch.nonzero(edge.abs() > min_abs_edge).tolist():
+                edges.append({"source": sources[i], "target": ids[k + 1][o],
+                              "weight": float(edge[i, o])})
+        top = len(self.layers) - 1
+        for i, weight in enumerate(self.logit_edges.tolist()):
+            if abs(weight) > min_abs_edge:
+                source = ids[top][i] if i < len(ids[top]) else error_id(top)
+                edges.append({"source": source, "target": LOGIT_ID, "weight": weight})
+        return {
+            "target": {"class": self.target_class, "metric": self.metric, "value": self.value},
+            "granularity": self.granularity, "linearised": self.linearised,
+            "nodes": nodes,
+            "error_nodes": [{"id": error_id(k), "layer": k, "hook_name": layer.hook_name,
+                             "score": layer.error_score} for k, layer in enumerate(self.layers)],
+            "logit_node": {"id": LOGIT_ID, "class": self.target_class, "value": self.value},
+            "edges": edges, "metadata": self.metadata,
+        }
+
+    def to_networkx(self):
+        """A `networkx.DiGraph`: edge weight = attribution, node attributes as `node_table`."""
+        import networkx as nx
+
+        graph = nx.DiGraph(target_class=self.target_class, metric=self.metric, value=self.value)
+        data = self.to_json_dict()
+        for node in data["nodes"]:
+            graph.add_node(node["id"], kind="feature", **node)
+        for node in data["error_nodes"]:
+            graph.add_node(node["id"], kind="error", **node)
+        graph.add_node(LOGIT_ID, kind="logit", **data["logit_node"])
+        for edge in data["edges"]:
+            graph.add_edge(edge["source"], edge["target"], weight=edge["weight"])
+        return graph
+
+
+LOGIT_ID = "logit"
+
+
+def node_id(layer: int, feature: int, token: int | None = None) -> str:
+    return f"L{layer}/F{feature}" if token is None else f"L{layer}/T{token}/F{feature}"
+
+
+def error_id(layer: int) -> str:
+    return f"L{layer}/error"
+
+
+def _feature_tokens(layer: GraphLayer) -> list[tuple[int, int | None]]:
+    tokens = layer.tokens.tolist() if layer.tokens is not None else [None] * len(layer)
+    return list(zip(layer.features.tolist(), tokens, strict=True))
+
+
+def _graph_paths(path: str | Path) -> tuple[Path, Path]:
+    path = Path(path)
+    if path.suffix in (".json", ".safetensors"):
+        path = path.with_suffix("")
+    return path.with_name(path.name + ".json"), path.with_name(path.name + ".safetensors")
+
+
+def _check_images(model: nn.Module, images: Tensor) -> None:
+    from vit_prisma.models.base_vit import HookedViT
+
+    from rrm_plugin.hosts.prisma import check_images
+
+    if isinstance(model, HookedViT):
+        check_images(model, images)
+
+
+def _layer_nodes(
+    acts: Tensor, delta: Tensor, scores: Tensor, granularity: str
+) -> tuple[Tensor, Tensor | None, Tensor, Tensor, Tensor]:
+    """Nodes of one layer of one image: latents that are active or away from their baseline."""
+    present = (acts > 0) | (delta != 0)  # [pos, d_sae]
+    if granularity == "feature":
+        features = torch.nonzero(present.any(0))[:, 0]
+        return (features, None, acts.sum(0)[features], delta.sum(0)[features],
+                scores.sum(0)[features])
+    tokens, features = torch.nonzero(present, as_tuple=True)
+    return features, tokens, acts[tokens, features], delta[tokens, features], \
+        scores[tokens, features]
+
+
+def graphs_from_forward(
+    model: nn.Module,
+    saes: Mapping[str, SAE],
+    forward: AttributionForward,
+    *,
+    granularity: Granularity = "feature",
+    edges: bool = True,
+    engine: EngineConfig = DEFAULT_ENGINE,
+    metadata: Sequence[dict[str, Any]] | None = None,
+    progress: bool = False,
+) -> list[Graph]:
+    """Assemble one `Graph` per image from a traced batch (edges via the fast engine)."""
+    if granularity not in ("feature", "token"):
+        raise ValueError(f"unknown granularity {granularity!r}; expected 'feature' or 'token'")
+    layers = forward.layers
+    weights = {k: block_weights(model, layers[k + 1].block) for k in range(len(layers) - 1)} \
+        if edges else {}
+    n_images = len(forward.values)
+    graphs = []
+    for b in tqdm(range(n_images), desc="graphs", disable=not progress, leave=False):
+        graph_layers, node_index = [], []
+        for trace in layers:
+            feats, toks, act, dlt, sc = _layer_nodes(
+                trace.acts[b], trace.delta[b], trace.node_scores[b], granularity)
+            graph_layers.append(GraphLayer(
+                hook_name=trace.hook_name, block=trace.block, d_sae=trace.acts.shape[-1],
+                features=feats, tokens=toks, activations=act, deltas=dlt, scores=sc,
+                error_score=float(trace.error_scores[b]),
+            ))
+            node_index.append(feats if toks is None else torch.stack([toks, feats], dim=1))
+        graph_edges = []
+        if edges:
+            for k in range(len(layers) - 1):
+                src_h, tgt_h = layers[k].hook_name, layers[k + 1].hook_name
+                x = pair_inputs(layers[k], layers[k + 1], forward.blocks[layers[k + 1].block],
+                                saes[src_h], saes[tgt_h], b)
+                compute = feature_edges if granularity == "feature" else token_edges
+                graph_edges.append(compute(weights[k], x, sources=node_index[k],
+                                           targets=node_index[k + 1], config=engine))
+        else:
+            graph_edges = [torch.zeros(len(graph_layers[k]) + 1, len(graph_layers[k + 1]))
+                           for k in range(len(layers) - 1)]
+        graphs.append(Graph(
+            layers=graph_layers, edges=graph_edges, target_class=int(forward.classes[b]),
+            metric=forward.metric, value=float(forward.values[b]), logits=forward.logits[b],
+            granularity=granularity, n_tokens=layers[0].acts.shape[1],
+            linearised=forward.linearisation == FULL,
+            metadata={**(metadata[b] if metadata is not None else {}), "edges": edges},
+        ))
+    return graphs
+
+
+def attribute(
+    model: nn.Module,
+    saes: Mapping[str, SAE],
+    images: Float[Tensor, "batch c h w"],
+    *,
+    baselines: Baselines,
+    classes: int | Sequence[int] | Tensor | None = None,
+    metric: str = "adjusted_logit",
+    granularity: Granularity = "feature",
+    linearise: bool = True,
+    edges: bool = True,
+    engine: EngineConfig = DEFAULT_ENGINE,
+    metadata: Sequence[dict[str, Any]] | None = None,
+    progress: bool = False,
+) -> list[Graph]:
+    """Attribution graphs for a batch of images (one `Graph` per image).
+
+    Args:
+        model: HookedViT.
+        saes: `{hook_name: SAE}` on consecutive `blocks.<l>.hook_resid_post` points.
+        images: `[batch, channels, height, width]`.
+        baselines: Per-position baselines (e.g. `load_release_baselines("rrm-digits-vit")`).
+        classes: Target class per image (default: predicted class).
+        metric: `"adjusted_logit"` (default) or `"logit"`.
+        granularity: `"feature"` (latent nodes summed over tokens) or `"token"`.
+        linearise: Freeze attention, LayerNorm std, GELU gate and SAE std in the backward pass.
+            Without it only node scores are available (`edges=False`).
+        edges: Compute edges (needs `linearise=True`).
+        engine: Chunking of the edge engine.
+        metadata: Per-image dicts stored in each graph.
+    """
+    if edges and not linearise:
+        raise ValueError("edges are defined for the linearised model; pass edges=False to get "
+                         "node scores without the linearisation")
+    _check_images(model, images)
+    if metadata is not None and len(metadata) != len(images):
+        raise ValueError(f"got {len(metadata)} metadata dicts for {len(images)} images")
+    forward = attribution_forward(
+        model, saes, images, baselines=baselines, classes=classes, metric=metric,
+        linearisation=FULL if linearise else NONE, capture_blocks=edges,
+    )
+    meta = [{"baselines": baselines.statistic, **(m if metadata else {})}
+            for m in (metadata or [{}] * len(images))]
+    return graphs_from_forward(model, saes, forward, granularity=granularity, edges=edges,
+                               engine=engine, metadata=meta, progress=progress)
+
+
+def dense_scores(graph: Graph) -> list[Float[Tensor, " slots_plus_error"]]:
+    """Per layer, node scores scattered over all slots (latents, or token x latent) + error."""
+    out = []
+    for layer in graph.layers:
+        n_slots = layer.d_sae if layer.tokens is None else graph.n_tokens * layer.d_sae
+        slot = layer.features if layer.tokens is None else layer.tokens * layer.d_sae + \
+            layer.features
+        dense = torch.zeros(n_slots + 1)
+        dense[slot] = layer.scores
+        dense[-1] = layer.error_score
+        out.append(dense)
+    return out
+

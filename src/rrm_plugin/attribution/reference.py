@@ -1,0 +1,123 @@
+"""Reference attribution graph computed the authors' way, for tests and the benchmark only.
+
+Written after the structure of `rubato-yeong/RRM`
+(`compute_node_and_edge_with_leaf_error_attributions`):
+the top layer's scores come from one backward pass of the linearised model; for every lower layer
+`torch.func.jacrev` (no chunking) differentiates `sum_t ghat_{l+1}[t] * z_{l+1}[t](x_l)` through
+block l+1, the standardisation (std detached) and the TopK encoder, over the *whole* residual
+stream, materialising `J = [d_sae_out, T, D]` and then `J W_dec^T = [d_sae_out, T, d_sae_in]`.
+The SAE encoder is re-implemented inline (as the authors do) rather than calling SAELens, so the
+engine and this reference share no code beyond the host block and its linearisation hooks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float
+from sae_lens import SAE
+from torch import Tensor, nn
+
+from rrm_plugin.attribution.baselines import Baselines
+from rrm_plugin.attribution.forward import sae_layers
+from rrm_plugin.attribution.linearise import FULL, SAE_LN_EPS, linearised
+from rrm_plugin.attribution.targets import metric_values, resolve_classes
+
+
+class ReferenceGraph(NamedTuple):
+    node_scores: dict[int, Float[Tensor, "pos d_sae"]]
+    """Per-token node scores by SAE layer index (0 = lowest SAE)."""
+    error_scores: dict[int, float]
+    edges: dict[int, Float[Tensor, "d_src_plus_error d_tgt"]]
+    """Dense edges from SAE layer k (rows, last = error) to layer k+1 (columns)."""
+    grads: dict[int, Float[Tensor, "pos d_sae"]]
+    """ghat of each layer."""
+
+
+def _sae_forward(sae: SAE, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """z, std and error of a layer-norm TopK SAE, written out as in the authors' code."""
+    mu, std = x.mean(-1, keepdim=True), x.std(-1, keepdim=True)
+    x_n = (x - mu) / (std + SAE_LN_EPS)
+    acts = F.relu((x_n - sae.b_dec) @ sae.W_enc + sae.b_enc)
+    top = torch.topk(acts, sae.cfg.k, dim=-1)
+    z = torch.zeros_like(acts).scatter(-1, top.indices, top.values)
+    x_hat = (z @ sae.W_dec + sae.b_dec) * std + mu
+    return z, std, x - x_hat
+
+
+def _jacobian(model: nn.Module, block: int, sae: SAE, ghat: Tensor, x: Tensor) -> Tensor:
+    def layer_fn(x: Tensor) -> Tensor:
+        y = model.blocks[block](x)[0]
+        mu, std = y.mean(dim=-1, keepdim=True), y.std(dim=-1, keepdim=True).detach()
+        acts = F.relu(((y - mu) / (std + SAE_LN_EPS) - sae.b_dec) @ sae.W_enc + sae.b_enc)
+        top = torch.topk(acts, sae.cfg.k, dim=-1)
+        acts = torch.zeros_like(acts).scatter(-1, top.indices, top.values)
+        return (acts * ghat).sum(dim=0)
+
+    with torch.enable_grad():
+        return torch.func.jacrev(layer_fn, chunk_size=None)(x[None])[:, 0].detach()  # [F_out,T,D]
+
+
+def reference_graph(
+    model: nn.Module,
+    saes: Mapping[str, SAE],
+    image: Float[Tensor, "1 c h w"],
+    *,
+    baselines: Baselines,
+    target_class: int | None = None,
+    metric: str = "adjusted_logit",
+    pairs: Sequence[int] | None = None,
+    upper_grads: Mapping[int, Tensor] | None = None,
+) -> ReferenceGraph:
+    """Node scores, error scores and dense edges of one image, via jacrev per layer pair.
+
+    Args:
+        pairs: Source-layer indices k of the pairs (k -> k+1) to compute (default: all). With a
+            subset, `upper_grads[k+1]` must give ghat of each pair's upper layer.
+        upper_grads: ghat by SAE layer index, to start the chain below the top.
+    """
+    layers = sae_layers(saes)
+    top = len(layers) - 1
+    xs: dict[int, Tensor] = {}
+    hooks = [(h, lambda t, hook, k=k: xs.__setitem__(k, t)) for k, (_, h) in enumerate(layers)]
+    with linearised(model, config=FULL), model.hooks(fwd_hooks=hooks), torch.enable_grad():
+        logits = model(image.detach().requires_grad_(True))
+        cls = resolve_classes(logits.detach(), target_class)
+        value = metric_values(logits, cls, metric).sum()
+        g_top = torch.autograd.grad(value, xs[top])[0][0]
+    x = {k: v.detach()[0] for k, v in xs.items()}
+    state = {}
+    for k, (_, h) in enumerate(layers):
+        sae = saes[h]
+        with torch.no_grad():
+            z, std, err = _sae_forward(sae, x[k])
+        z, std, err = z.detach(), std.detach(), err.detach()
+        state[k] = (z, std, err, z - baselines.features[h], err - baselines.errors[h])
+
+    nodes, errors, edges, grads = {}, {}, {}, dict(upper_grads or {})
+    sae_top = saes[layers[top][1]]
+    z, std, err, dz, de = state[top]
+    g_top = g_top.detach()
+    if top not in grads:
+        grads[top] = std * (g_top @ sae_top.W_dec.detach().T)
+    nodes[top] = grads[top] * dz
+    errors[top] = float((g_top * de).sum())
+
+    wanted = range(top - 1, -1, -1) if pairs is None else sorted(pairs, reverse=True)
+    with linearised(model, config=FULL), torch.no_grad():
+        for k in wanted:
+            block, h_src = layers[k + 1][0], layers[k][1]
+            if k + 1 not in grads:
+                raise ValueError(f"pair {k}->{k + 1} needs ghat of layer {k + 1} (upper_grads)")
+            J = _jacobian(model, block, saes[layers[k + 1][1]], grads[k + 1], x[k])
+            z, std, err, dz, de = state[k]
+            r_err = torch.einsum("otd,td->o", J, de)
+            edge = (J @ saes[h_src].W_dec.detach().T) * std[None]  # [F_out, T, F_in]
+            grads[k] = edge.sum(0)
+            nodes[k] = grads[k] * dz
+            errors[k] = float(r_err.sum())
+            edges[k] = torch.cat([torch.einsum("oti,ti->io", edge, dz), r_err[None]], dim=0)
+    return ReferenceGraph(nodes, errors, edges, grads)

@@ -1,0 +1,50 @@
+"""Attribution targets: a class logit or the adjusted logit `logit_y - mean_c logit_c`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+Metric = Literal["logit", "adjusted_logit"]
+METRICS: tuple[str, ...] = ("logit", "adjusted_logit")
+
+
+def check_metric(metric: str) -> None:
+    if metric not in METRICS:
+        raise ValueError(f"unknown target metric {metric!r}; expected one of {list(METRICS)}")
+
+
+def resolve_classes(
+    logits: Float[Tensor, "batch classes"],
+    classes: int | Sequence[int] | Tensor | None,
+) -> Int[Tensor, " batch"]:
+    """Target class per image: the predicted class when `classes` is None."""
+    n_images, n_classes = logits.shape
+    if classes is None:
+        return logits.argmax(-1)
+    resolved = torch.as_tensor(classes, dtype=torch.long, device=logits.device).reshape(-1)
+    if resolved.numel() == 1:
+        resolved = resolved.expand(n_images)
+    if resolved.numel() != n_images:
+        raise ValueError(f"got {resolved.numel()} target classes for {n_images} images")
+    bad = resolved[(resolved < 0) | (resolved >= n_classes)]
+    if bad.numel():
+        raise ValueError(
+            f"unknown target class {bad[0].item()}; the model has classes 0..{n_classes - 1}"
+        )
+    return resolved.clone()
+
+
+def metric_values(
+    logits: Float[Tensor, "batch classes"],
+    classes: Int[Tensor, " batch"],
+    metric: str,
+) -> Float[Tensor, " batch"]:
+    """The attributed quantity per image (the authors subtract the mean over all classes)."""
+    check_metric(metric)
+    chosen = logits.gather(-1, classes[:, None])[:, 0]
+    return chosen - logits.mean(-1) if metric == "adjusted_logit" else chosen

@@ -1,0 +1,56 @@
+"""Circuit part of `rrm demo`: trace a few held-out images of the embedded default."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rrm_plugin.circuits.trace import TraceConfig, trace_image
+from rrm_plugin.io import write_json
+
+
+def trace_demo(
+    out_dir: Path,
+    *,
+    n_images: int = 3,
+    model_name: str = "digits-vit",
+    release: str = "rrm-digits-vit",
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Trace circuits for `n_images` correctly classified held-out images and report them.
+
+    Writes one folder per image (`circuit.png`, `graph.json`, `circuit.json`, `summary.json`)
+    under `out_dir/circuits/` plus `out_dir/circuits/circuits.json`; returns that summary.
+    """
+    import rrm_plugin
+    from rrm_plugin.attribution.baselines import load_release_baselines
+
+    model = rrm_plugin.load_model(model_name)
+    saes = rrm_plugin.load_saes(release)
+    baselines = load_release_baselines(release, saes)
+    test = rrm_plugin.load_test_set(model_name)
+    with torch.no_grad():
+        correct = torch.nonzero(model(test.images).argmax(-1) == test.labels)[:, 0]
+    generator = torch.Generator().manual_seed(seed)
+    chosen = correct[torch.randperm(len(correct), generator=generator)[:n_images]].sort().values
+    root = Path(out_dir) / "circuits"
+    reports = []
+    for index in chosen.tolist():
+        summary = trace_image(
+            model, saes, test.images[index], baselines=baselines,
+            out_dir=root / f"image_{index:04d}", reference_images=test.images,
+            config=TraceConfig(), metadata={"model": model_name, "release": release,
+                                            "test_index": index, "label": int(test.labels[index])},
+        )
+        reports.append({"test_index": index, "label": int(test.labels[index]), **summary})
+        print(f"image {index} (label {int(test.labels[index])}): circuit of "
+              f"{summary['circuit_nodes']} nodes; adjusted logit clean {summary['value']:.2f}, "
+              f"circuit only {summary['insertion']['adjusted_logit']:.2f}, circuit deleted "
+              f"{summary['deletion']['adjusted_logit']:.2f}, all at baseline "
+              f"{summary['all_at_baseline']['adjusted_logit']:.2f} "
+              f"-> {summary['files']['circuit.png']}")
+    result = {"images": reports, "figures": [r["files"]["circuit.png"] for r in reports]}
+    write_json(root / "circuits.json", result)
+    return result

@@ -1,0 +1,294 @@
+"""Circuit selection (METHOD.md section 4): the paper's rules and circuit-tracer's global pruning.
+
+Per-layer rules work on score vectors with one slot per latent (or token x latent) plus the
+layer's error node as the last slot, batched over any leading axes:
+
+- `node_rule`: keep the top `floor(p * n_max)` slots of each layer (`n_max`: largest layer size).
+- `threshold_rule`: keep slots until the cumulative normalised score reaches `tau`.
+- `edge_rule`: top layer by its node scores; each lower layer by its summed, renormalised
+  out-edges into the nodes already selected above.
+
+Normalisation clamps scores at zero (or takes |.|) and divides by the layer's sum, error included.
+`prune_by_influence` is circuit-tracer's global rule on the graph's adjacency (row-normalised
+|A|, influence `w (A + A^2 + ...)`, nodes to 0.8 of the influence, edges to 0.98, dangling nodes
+dropped), computed layer by layer since edges only join adjacent layers.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Literal, NamedTuple
+
+import torch
+from jaxtyping import Bool, Float
+from torch import Tensor
+
+from rrm_plugin.attribution.graph import Graph, dense_scores
+
+Normalisation = Literal["clamp", "abs"]
+# The paper's circuit sizes (fraction of the largest layer, per layer).
+PAPER_SWEEP: tuple[float, ...] = (0.0, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+THRESHOLD_SWEEP: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.99,
+                                      0.9999, 1.0)
+
+
+def _positive(scores: Tensor, mode: str) -> Tensor:
+    if mode == "clamp":
+        return scores.clamp(min=0)
+    if mode == "abs":
+        return scores.abs()
+    raise ValueError(f"unknown normalisation {mode!r}; expected 'clamp' or 'abs'")
+
+
+def normalise(scores: Float[Tensor, "... n"], mode: Normalisation = "clamp") -> Tensor:
+    """Clamp (or |.|) and divide by the layer total; an all-zero layer stays zero."""
+    positive = _positive(scores, mode)
+    total = positive.sum(-1, keepdim=True)
+    return torch.where(total > 0, positive / total.clamp(min=torch.finfo(scores.dtype).tiny), 0.0)
+
+
+def _ranks(scores: Tensor, mode: str) -> Tensor:
+    """Rank of each slot (0 = best): by normalised score, ties broken by the raw score."""
+    by_raw = torch.sort(scores, dim=-1, descending=True, stable=True).indices
+    key = _positive(scores, mode).gather(-1, by_raw)
+    order = by_raw.gather(-1, torch.sort(key, dim=-1, descending=True, stable=True).indices)
+    return torch.empty_like(order).scatter_(-1, order, torch.arange(
+        order.shape[-1], device=order.device).expand_as(order).contiguous())
+
+
+def _check_fraction(name: str, value: float) -> None:
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} must be in [0, 1], got {value}")
+
+
+def node_rule(
+    scores: Sequence[Float[Tensor, "... n"]],
+    *,
+    p: float,
+    n_max: int | None = None,
+    mode: Normalisation = "clamp",
+) -> list[Bool[Tensor, "... n"]]:
+    """Keep the top `floor(p * n_max)` slots of every layer (error slot included)."""
+    _check_fraction("p", p)
+    n_max = n_max if n_max is not None else max(s.shape[-1] for s in scores)
+    count = math.floor(p * n_max)
+    return [_ranks(s, mode) < count for s in scores]
+
+
+def _threshold_counts(normalised_sorted: Tensor, tau: float) -> Tensor:
+    # Add slots while the running total is below tau (as the authors' loop does).
+    if tau <= 0:
+        return torch.zeros(normalised_sorted.shape[:-1], dtype=torch.long,
+                           device=normalised_sorted.device)
+    below = (normalised_sorted.cumsum(-1) < tau).sum(-1)
+    return (below + 1).clamp(max=normalised_sorted.shape[-1])
+
+
+def threshold_rule(
+    scores: Sequence[Float[Tensor, "... n"]],
+    *,
+    tau: float,
+    mode: Normalisation = "clamp",
+) -> list[Bool[Tensor, "... n"]]:
+    """Keep each layer's best slots until their normalised scores add up to `tau`."""
+    _check_fraction("tau", tau)
+    masks = []
+    for s in scores:
+        ranks = _ranks(s, mode)
+        ordered = normalise(s, mode).gather(-1, torch.argsort(ranks, dim=-1))
+        masks.append(ranks < _threshold_counts(ordered, tau)[..., None])
+    return masks
+
+
+def _select(values: Tensor, *, p: float | None, tau: float | None, n_max: int, mode: str) -> Tensor:
+    if (p is None) == (tau is None):
+        raise ValueError("give exactly one of p= (node count rule) or tau= (threshold rule)")
+    if p is not None:
+        return node_rule([values], p=p, n_max=n_max, mode=mode)[0]
+    return threshold_rule([values], tau=tau, mode=mode)[0]
+
+
+def graph_n_max(graph: Graph) -> int:
+    """Largest layer size (slots + error), as the authors' `max_node_num`."""
+    per_token = graph.n_tokens if graph.granularity == "token" else 1
+    return max(layer.d_sae * per_token + 1 for layer in graph.layers)
+
+
+def graph_node_scores(graph: Graph) -> list[Float[Tensor, " n_plus_error"]]:
+    """Per layer, the graph's node scores with the error score appended."""
+    return [torch.cat([layer.scores, torch.tensor([layer.error_score])]) for layer in graph.layers]
+
+
+def node_rule_on_graph(
+    graph: Graph, *, p: float | None = None, tau: float | None = None,
+    mode: Normalisation = "clamp",
+) -> list[Bool[Tensor, " n_plus_error"]]:
+    """Node or threshold rule on a graph's nodes; masks over each layer's nodes + error."""
+    return [_select(s, p=p, tau=tau, n_max=graph_n_max(graph), mode=mode)
+            for s in graph_node_scores(graph)]
+
+
+def edge_rule(
+    graph: Graph, *, p: float | None = None, tau: float | None = None,
+    mode: Normalisation = "clamp", dense: bool = False,
+) -> list[Bool[Tensor, " n_plus_error"]]:
+    """The paper's edge rule; masks over each layer's nodes + error (last).
+
+    With `dense=True` the masks cover every slot (all latents, as the authors rank them, so
+    large `p` also reaches latents outside the graph); otherwise only the graph's nodes.
+    """
+    n_max = graph_n_max(graph)
+    scores = dense_scores(graph) if dense else graph_node_scores(graph)
+    all_edges = dense_edges(graph) if dense else graph.edges
+    masks: list[Tensor] = [torch.zeros(0)] * len(graph.layers)
+    top = len(graph.layers) - 1
+    masks[top] = _select(scores[top], p=p, tau=tau, n_max=n_max, mode=mode)
+    for k in range(top - 1, -1, -1):
+        chosen = masks[k + 1][:-1]  # the error above has no incoming edges
+        edges = all_edges[k][:, chosen]
+        edges = edges.abs() if mode == "abs" else edges
+        # Summed out-edge weight; the rules renormalise it over the layer (error row included).
+        masks[k] = _select(edges.sum(-1), p=p, tau=tau, n_max=n_max, mode=mode)
+    return masks
+
+
+def _slots(graph: Graph, k: int) -> tuple[Tensor, int]:
+    layer = graph.layers[k]
+    if layer.tokens is None:
+        return layer.features, layer.d_sae
+    return layer.tokens * layer.d_sae + layer.features, graph.n_tokens * layer.d_sae
+
+
+def dense_edges(graph: Graph) -> list[Float[Tensor, "slots_plus_error slots"]]:
+    """Edges scattered over all slots of both layers (error row last)."""
+    out = []
+    for k, edge in enumerate(graph.edges):
+        (src, n_src), (tgt, n_tgt) = _slots(graph, k), _slots(graph, k + 1)
+        rows = torch.cat([src, torch.tensor([n_src])])
+        dense = torch.zeros(n_src + 1, n_tgt)
+        dense[rows[:, None], tgt[None, :]] = edge
+        out.append(dense)
+    return out
+
+
+# ---- circuit-tracer's global influence pruning ---------------------------------------------------
+
+
+def _row_normalise(matrix: Tensor) -> Tensor:
+    normalised = matrix.abs()
+    return normalised / normalised.sum(-1, keepdim=True).clamp(min=1e-10)
+
+
+class LayeredAdjacency(NamedTuple):
+    """Row-normalised |edges| of a graph: `blocks[k]` is [targets of layer k+1, sources of k]."""
+
+    blocks: list[Float[Tensor, "n_tgt n_src_plus_error"]]
+    logit: Float[Tensor, " n_top_plus_error"]
+
+
+def layered_adjacency(graph: Graph, edge_masks: Sequence[Tensor] | None = None,
+                      logit_mask: Tensor | None = None) -> LayeredAdjacency:
+    edges = [e if edge_masks is None else e * edge_masks[k] for k, e in enumerate(graph.edges)]
+    logit = graph.logit_edges if logit_mask is None else graph.logit_edges * logit_mask
+    return LayeredAdjacency([_row_normalise(e.T) for e in edges], _row_normalise(logit[None])[0])
+
+
+def layered_influence(adjacency: LayeredAdjacency) -> list[Float[Tensor, " n_plus_error"]]:
+    """Influence on the logit of every node (`w (A + A^2 + ...)` with w = 1 on the logit)."""
+    influence = [torch.zeros(0)] * (len(adjacency.blocks) + 1)
+    influence[-1] = adjacency.logit
+    for k in range(len(adjacency.blocks) - 1, -1, -1):
+        # Only latent nodes pass influence down; error nodes are leaves.
+        influence[k] = influence[k + 1][:-1] @ adjacency.blocks[k]
+    return influence
+
+
+def _find_threshold(scores: Tensor, threshold: float) -> Tensor:
+    ordered = torch.sort(scores, descending=True).values
+    cumulative = ordered.cumsum(0) / ordered.sum().clamp(min=1e-30)
+    index = min(int(torch.searchsorted(cumulative, torch.tensor(threshold))), len(ordered) - 1)
+    return ordered[index]
+
+
+class PruneResult(NamedTuple):
+    node_masks: list[Bool[Tensor, " n_plus_error"]]
+    """Per layer, kept latent nodes and (last) the error node."""
+    edge_masks: list[Bool[Tensor, "n_src_plus_error n_tgt"]]
+    """Kept edges, aligned with `graph.edges`."""
+    logit_edge_mask: Bool[Tensor, " n_top_plus_error"]
+    influence: list[Float[Tensor, " n_plus_error"]]
+    """Influence of each node on the logit in the unpruned graph."""
+
+
+def prune_by_influence(
+    graph: Graph, *, node_threshold: float = 0.8, edge_threshold: float = 0.98
+) -> PruneResult:
+    """circuit-tracer's `prune_graph` on a layered RRM graph.
+
+    Keeps the nodes carrying `node_threshold` of the total influence, then the edges carrying
+    `edge_threshold` of the edge influence among them, then drops nodes left without an outgoing
+    edge (latents and errors) or, for latents above the bottom layer, without an incoming one.
+    Bottom-layer latents play the role of circuit-tracer's input tokens (they have no sources).
+    """
+    _check_fraction("node_threshold", node_threshold)
+    _check_fraction("edge_threshold", edge_threshold)
+    influence = layered_influence(layered_adjacency(graph))
+    all_nodes = torch.cat(influence)
+    cut = _find_threshold(all_nodes, node_threshold)
+    nodes = [inf >= cut for inf in influence]
+
+    edge_masks = [nodes[k][:, None] & nodes[k + 1][None, :-1] for k in range(len(graph.edges))]
+    logit_mask = nodes[-1].clone()
+    pruned = layered_adjacency(graph, [m.float() for m in edge_masks], logit_mask.float())
+    pruned_influence = layered_influence(pruned)
+    # Edge score: normalised weight times the target's influence (+1 for the logit target).
+    scores = [pruned.blocks[k].T * pruned_influence[k + 1][None, :-1]
+              for k in range(len(graph.edges))]
+    logit_scores = pruned.logit
+    cut = _find_threshold(torch.cat([s.flatten() for s in scores] + [logit_scores]),
+                          edge_threshold)
+    edge_masks = [(s >= cut) & m for s, m in zip(scores, edge_masks, strict=True)]
+    logit_mask = (logit_scores >= cut) & logit_mask
+
+    changed = True
+    while changed:
+        old = [n.clone() for n in nodes]
+        for k in range(len(nodes)):
+            outgoing = logit_mask if k == len(nodes) - 1 else edge_masks[k].any(1)
+            nodes[k] &= outgoing
+            if k > 0:
+                nodes[k][:-1] &= edge_masks[k - 1].any(0)
+        edge_masks = [m & nodes[k][:, None] & nodes[k + 1][None, :-1]
+                      for k, m in enumerate(edge_masks)]
+        logit_mask &= nodes[-1]
+        changed = any(not torch.equal(a, b) for a, b in zip(old, nodes, strict=True))
+    return PruneResult(nodes, edge_masks, logit_mask, influence)
+
+
+class GraphScores(NamedTuple):
+    replacement: float
+    """Influence of input nodes / (input + error nodes): how much flows through features."""
+    completeness: float
+    """Influence-weighted share of incoming edge weight that does not come from error nodes."""
+
+
+def graph_scores(graph: Graph) -> GraphScores:
+    """circuit-tracer's replacement and completeness scores; inputs = bottom-layer latents."""
+    adjacency = layered_adjacency(graph)
+    influence = layered_influence(adjacency)
+    inputs = influence[0][:-1].sum()
+    errors = sum(inf[-1] for inf in influence)
+    replacement = float(inputs / (inputs + errors).clamp(min=1e-30))
+    weighted, total = torch.tensor(0.0), torch.tensor(0.0)
+    for k, inf in enumerate(influence):
+        # Latents above the bottom take error weight from their sources' error column.
+        non_error = torch.ones_like(inf)
+        if k > 0:
+            non_error[:-1] = 1 - adjacency.blocks[k - 1][:, -1]
+        weighted += (non_error * inf).sum()
+        total += inf.sum()
+    # The logit node (weight 1) draws from the top layer and its error.
+    weighted += 1 - adjacency.logit[-1]
+    total += 1
+    return GraphScores(replacement, float(weighted / total))

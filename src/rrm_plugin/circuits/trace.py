@@ -1,0 +1,140 @@
+"""Trace one image end to end: graph, pruned circuit, its faithfulness, figure and JSON files."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from jaxtyping import Float
+from sae_lens import SAE
+from torch import Tensor, nn
+
+from rrm_plugin.attribution.baselines import Baselines
+from rrm_plugin.attribution.graph import Granularity, Graph, attribute
+from rrm_plugin.circuits.circuit import Circuit, run_circuits
+from rrm_plugin.circuits.figure import plot_circuit, top_patches
+from rrm_plugin.circuits.pruning import graph_scores, prune_by_influence
+from rrm_plugin.io import write_json
+
+
+@dataclass(frozen=True)
+class TraceConfig:
+    """How `trace_image` builds and prunes the circuit.
+
+    Args:
+        target_class: Class to explain (None: the predicted class).
+        metric: `"adjusted_logit"` (default) or `"logit"`.
+        granularity: `"feature"` or `"token"` nodes.
+        node_threshold: circuit-tracer node influence threshold.
+        edge_threshold: circuit-tracer edge influence threshold.
+        max_nodes_per_layer: Latents drawn per layer in the figure.
+    """
+
+    target_class: int | None = None
+    metric: str = "adjusted_logit"
+    granularity: Granularity = "feature"
+    node_threshold: float = 0.8
+    edge_threshold: float = 0.98
+    max_nodes_per_layer: int = 6
+
+
+def _readout(logits: Tensor, cls: int) -> dict[str, float]:
+    return {
+        "logit": float(logits[cls]),
+        "adjusted_logit": float(logits[cls] - logits.mean()),
+        "probability": float(logits.softmax(-1)[cls]),
+        "predicted_class": int(logits.argmax()),
+    }
+
+
+def trace_image(
+    model: nn.Module,
+    saes: Mapping[str, SAE],
+    image: Float[Tensor, "c h w"],
+    *,
+    baselines: Baselines,
+    out_dir: Path,
+    reference_images: Tensor,
+    config: TraceConfig = TraceConfig(),
+    metadata: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Graph -> circuit-tracer pruning -> insertion / deletion of the circuit -> files.
+
+    Writes `graph.json` (readable), `graph.lossless.{json,safetensors}` (`Graph.load`),
+    `circuit.json`, `circuit.png` and `summary.json` under `out_dir`; returns the summary.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    batch = image[None]
+    graph: Graph = attribute(
+        model, saes, batch, baselines=baselines, classes=config.target_class,
+        metric=config.metric, granularity=config.granularity, metadata=[metadata or {}],
+    )[0]
+    pruned = prune_by_influence(graph, node_threshold=config.node_threshold,
+                                edge_threshold=config.edge_threshold)
+    circuit = Circuit.from_graph(graph, pruned.node_masks, edge_masks=pruned.edge_masks,
+                                 logit_edge_mask=pruned.logit_edge_mask)
+    cls = graph.target_class
+    runs = {mode: _readout(run_circuits(model, saes, batch, circuit, baselines=baselines,
+                                        mode=mode)[0], cls)
+            for mode in ("insertion", "deletion")}
+    empty = Circuit(circuit.hook_names, [torch.zeros_like(m) for m in circuit.latents],
+                    torch.zeros_like(circuit.errors))
+    runs["all_at_baseline"] = _readout(
+        run_circuits(model, saes, batch, empty, baselines=baselines)[0], cls)
+    scores = graph_scores(graph)
+    summary = {
+        "target_class": cls, "metric": graph.metric, "value": graph.value,
+        "clean": _readout(graph.logits, cls), **runs,
+        "circuit_nodes": circuit.node_count, "circuit_edges": len(circuit.edges),
+        "graph_nodes": sum(len(layer) for layer in graph.layers) + len(graph.layers) + 1,
+        "replacement_score": scores.replacement, "completeness_score": scores.completeness,
+        "error_scores": graph.error_scores.tolist(),
+        "feature_score_sum": [float(layer.scores.sum()) for layer in graph.layers],
+        "metadata": metadata or {},
+    }
+    features = {h: circuit.layer_features(k) for k, h in enumerate(circuit.hook_names)}
+    examples = top_patches(model, saes, reference_images, features)
+    plot_circuit(
+        graph, circuit, image, path=out_dir / "circuit.png", examples=examples,
+        reference_images=reference_images, patch_size=model.cfg.patch_size,
+        max_nodes_per_layer=config.max_nodes_per_layer,
+        title=(f"class {cls}: {circuit.node_count} nodes keep "
+               f"{runs['insertion']['adjusted_logit']:.2f} of {graph.value:.2f} adjusted logit"),
+    )
+    write_json(out_dir / "graph.json", graph.to_json_dict())
+    graph.save(out_dir / "graph.lossless")
+    write_json(out_dir / "circuit.json", {
+        **circuit.to_json_dict(),
+        "thumbnails": {f"{h}/F{f}": [e._asdict() for e in ex] for (h, f), ex in examples.items()},
+    })
+    write_json(out_dir / "summary.json", summary)
+    summary["files"] = {name: str(out_dir / name) for name in
+                        ("circuit.png", "graph.json", "circuit.json", "summary.json")}
+    return summary
+
+
+def load_image_file(path: Path, *, image_size: int, n_channels: int = 3) -> Tensor:
+    """An RGB image file as a `[channels, size, size]` float tensor in [0, 1]."""
+    import matplotlib.image as mpimg
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no image file {path}")
+    try:
+        array = np.asarray(mpimg.imread(path))
+    except (OSError, ValueError, SyntaxError) as err:
+        raise ValueError(f"{path} is not a readable image file ({err})") from err
+    if array.dtype == np.uint8:
+        array = array.astype(np.float32) / 255.0
+    if array.ndim == 2:
+        array = np.repeat(array[..., None], 3, axis=-1)
+    array = array[..., :n_channels]
+    if array.shape[:2] != (image_size, image_size):
+        raise ValueError(f"{path} is {array.shape[1]}x{array.shape[0]} pixels, model expects "
+                         f"{image_size}x{image_size}")
+    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)).permute(2, 0, 1)

@@ -1,0 +1,98 @@
+"""The fast engine gives the numbers of the authors' jacrev reference (1e-4 relative)."""
+
+import pytest
+import torch
+
+from rrm_plugin.attribution.baselines import compute_baselines
+from rrm_plugin.attribution.engine import EngineConfig
+from rrm_plugin.attribution.graph import attribute
+from rrm_plugin.attribution.reference import reference_graph
+from tests.attribution.conftest import random_saes, sharp_vit
+
+
+def dense_edges(graph, k):
+    """Graph edges of pair k scattered into a [d_src + 1, d_tgt] matrix (tokens summed)."""
+    src, tgt = graph.layers[k], graph.layers[k + 1]
+    out = torch.zeros(src.d_sae + 1, tgt.d_sae)
+    rows = torch.cat([src.features, torch.tensor([src.d_sae])])
+    out.index_put_((rows[:, None].expand(-1, len(tgt)), tgt.features[None, :].expand(len(rows),
+                    -1)), graph.edges[k], accumulate=True)
+    return out
+
+
+def dense_nodes(graph, k):
+    layer = graph.layers[k]
+    return torch.zeros(layer.d_sae).index_add_(0, layer.features, layer.scores)
+
+
+def rel_err(a, b):
+    return float((a - b).abs().max() / b.abs().max().clamp(min=1e-12))
+
+
+def assert_matches_reference(model, saes, images, baselines, **kwargs):
+    graphs = attribute(model, saes, images, baselines=baselines, **kwargs)
+    for b, graph in enumerate(graphs):
+        ref = reference_graph(model, saes, images[b:b + 1], baselines=baselines,
+                              target_class=graph.target_class, metric=graph.metric)
+        for k in range(len(graph.layers)):
+            assert rel_err(dense_nodes(graph, k), ref.node_scores[k].sum(0)) < 1e-4
+            assert abs(graph.layers[k].error_score - ref.error_scores[k]) < 1e-4 * max(
+                1.0, abs(ref.error_scores[k]))
+        for k in range(len(graph.edges)):
+            assert ref.edges[k].abs().max() > 0
+            assert rel_err(dense_edges(graph, k), ref.edges[k]) < 1e-4
+    return graphs
+
+
+def test_engine_equals_jacrev_reference(vit, saes, images, baselines):
+    graphs = assert_matches_reference(vit, saes, images, baselines)
+    assert len(graphs) == len(images)
+
+
+def test_engine_equals_reference_with_dense_mean_baselines(vit, saes, images, mean_baselines):
+    assert_matches_reference(vit, saes, images[:1], mean_baselines, classes=[2], metric="logit")
+
+
+@pytest.mark.parametrize("overrides", [
+    {"activation_name": "relu"},
+    {"activation_name": "gelu_new", "normalization_type": "LNPre"},
+    {"n_layers": 4},
+])
+def test_engine_equals_reference_on_other_blocks(overrides, images, reference_images):
+    model = sharp_vit(**overrides)
+    saes = random_saes(model, d_sae=24, k=5)
+    base = compute_baselines(model, saes, reference_images, progress=False)
+    assert_matches_reference(model, saes, images[:1], base)
+
+
+def test_node_scores_are_sums_of_out_edges(vit, saes, images, mean_baselines):
+    # Leaf errors: a source's score is exactly what its out-edges carry to the next layer.
+    for graph in attribute(vit, saes, images, baselines=mean_baselines):
+        for k, edges in enumerate(graph.edges):
+            torch.testing.assert_close(edges[:-1].sum(1), graph.layers[k].scores, atol=1e-6,
+                                       rtol=1e-4)
+            torch.testing.assert_close(edges[-1].sum(), torch.tensor(graph.layers[k].error_score),
+                                       atol=1e-6, rtol=1e-4)
+
+
+def test_token_edges_sum_to_feature_edges_and_chunking_is_invisible(vit, saes, images, baselines):
+    feature = attribute(vit, saes, images[:1], baselines=baselines)[0]
+    token = attribute(vit, saes, images[:1], baselines=baselines, granularity="token",
+                      engine=EngineConfig(chunk_elements=200))[0]
+    small = attribute(vit, saes, images[:1], baselines=baselines,
+                      engine=EngineConfig(chunk_elements=1))[0]
+    for k in range(len(feature.edges)):
+        torch.testing.assert_close(dense_edges(token, k), dense_edges(feature, k), atol=1e-6,
+                                   rtol=1e-5)
+        torch.testing.assert_close(small.edges[k], feature.edges[k], atol=1e-6, rtol=1e-5)
+    for k, layer in enumerate(token.layers):
+        # Token nodes: score = ghat[t, i] * (z[t, i] - z~[t, i]); their sum is the latent's score.
+        torch.testing.assert_close(dense_nodes(token, k), dense_nodes(feature, k), atol=1e-6,
+                                   rtol=1e-5)
+        assert layer.tokens is not None and len(layer.tokens) == len(layer)
+
+
+def test_token_edge_limit_is_enforced(vit, saes, images, baselines):
+    with pytest.raises(ValueError, match="token-level edge matrix would have"):
+        attribute(vit, saes, images[:1], baselines=baselines, granularity="token",
+                  engine=EngineConfig(max_token_edges=10))

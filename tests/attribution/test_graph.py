@@ -1,0 +1,202 @@
+"""Attribution graphs: a hand-computed case, conservation, save/load, conversions, bad input."""
+
+import json
+
+import pytest
+import torch
+
+from rrm_plugin.attribution.baselines import Baselines, compute_baselines
+from rrm_plugin.attribution.graph import Graph, attribute
+from rrm_plugin.attribution.linearise import capture_constants, frozen
+from rrm_plugin.io import CorruptFileError
+from rrm_plugin.replacement.splice import replacement
+from tests.attribution.conftest import random_saes, sharp_vit
+
+
+def identity_after_block0():
+    """Blocks 1 and 2 write nothing (zero W_O, b_O, W_out, b_out): x_2 = x_1 = x_0."""
+    model = sharp_vit()
+    with torch.no_grad():
+        for b in (1, 2):
+            block = model.blocks[b]
+            for p in (block.attn.W_O, block.attn.b_O, block.mlp.W_out, block.mlp.b_out):
+                p.zero_()
+    return model
+
+
+def test_hand_computed_scores_and_edges(reference_images, images):
+    model = identity_after_block0()
+    saes = random_saes(model)
+    base = compute_baselines(model, saes, reference_images, statistic="mean", progress=False)
+    image = images[:1]
+    graph = attribute(model, saes, image, baselines=base, classes=[1])[0]
+
+    with torch.no_grad(), replacement(model, saes, keep_error=True):
+        _, cache = model.run_with_cache(image)
+    h0, h1 = "blocks.0.hook_resid_post", "blocks.1.hook_resid_post"
+    sae0, sae1 = saes[h0], saes[h1]
+    # By hand. Head: m = u . LN_f(x[CLS]) + const, u = W_H[:, 1] - mean_c W_H[:, c]. With the
+    # final LayerNorm's scale frozen, dm/dx[CLS] = centre(w_f * u) / sigma_f; other tokens 0.
+    W_H, w_f = model.head.W_H.detach(), model.ln_final.w.detach()
+    u = W_H[:, 1] - W_H.mean(1)
+    g = (w_f * u - (w_f * u).mean()) / cache["ln_final.hook_scale"][0, 0, 0]
+
+    def sae_parts(h, sae):
+        x = cache[f"{h}.hook_sae_input"][0]
+        s = (x - x.mean(-1, keepdim=True)).std(-1, keepdim=True)
+        z = cache[f"{h}.hook_sae_acts_post"][0]
+        return s, z, z - base.features[h], cache[f"{h}.hook_sae_error"][0] - base.errors[h]
+
+    s1, z1, dz1, de1 = sae_parts(h1, sae1)
+    s0, z0, dz0, de0 = sae_parts(h0, sae0)
+    W_dec1, W_dec0 = sae1.W_dec.detach(), sae0.W_dec.detach()
+    # Top layer: r_i = s_CLS (g . W_dec1[i]) dz1[CLS, i]; error: g . de1[CLS].
+    ghat1_cls = s1[0, 0] * (W_dec1 @ g)
+    top = graph.layers[1]
+    torch.testing.assert_close(top.scores, (ghat1_cls * dz1[0])[top.features], rtol=1e-5,
+                               atol=1e-7)
+    assert top.error_score == pytest.approx(float(g @ de1[0]), rel=1e-5, abs=1e-7)
+    # Edges through the identity block: only the CLS token of each active target carries
+    # gradient, J_o[CLS] = ghat1[CLS, o] centre(W_enc1[:, o]) / (s1 + eps).
+    W_enc1 = sae1.W_enc.detach()
+    c1 = W_enc1 - W_enc1.mean(0)
+    J_cls = (ghat1_cls * (z1[0] > 0))[:, None] * c1.T / (s1[0, 0] + 1e-5)  # [d_sae1, D]
+    expected = (W_dec0 @ J_cls.T) * (s0[0, 0] * dz0[0])[:, None]  # [d_sae0, d_sae1]
+    expected_err = J_cls @ de0[0]
+    low = graph.layers[0]
+    edges = graph.edges[0]
+    torch.testing.assert_close(edges[:-1], expected[low.features][:, top.features], rtol=1e-4,
+                               atol=1e-7)
+    torch.testing.assert_close(edges[-1], expected_err[top.features], rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(low.scores, expected.sum(1)[low.features], rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("statistic", ["median", "mean"])
+def test_conservation_layer_scores_are_the_first_order_change(vit, saes, images,
+                                                               reference_images, statistic):
+    """In the linearised model (error kept), a layer's node scores plus its error score equal
+    the change of the metric when that layer's stream moves from its baseline to its value."""
+    base = compute_baselines(vit, saes, reference_images, statistic=statistic, progress=False)
+    image = images[:1]
+    graph = attribute(vit, saes, image, baselines=base)[0]
+    cls = graph.target_class
+    with replacement(vit, saes, keep_error=True):
+        constants = capture_constants(vit, saes, image)
+        with frozen(vit, saes, constants), torch.no_grad():  # exactly affine
+            for layer in graph.layers:
+                h = layer.hook_name
+                names = (f"{h}.hook_sae_output", f"{h}.hook_sae_acts_post")
+                _, cache = vit.run_with_cache(image, names_filter=lambda n, names=names: n in names)
+                x, z = cache[names[0]], cache[names[1]]
+                # Stream minus its baseline: s (z - z~) W_dec + (e - e~).
+                dx = ((z - base.features[h]) @ saes[h].W_dec.detach()) * constants.sae_std[h] + (
+                    constants.errors[h] - base.errors[h])
+
+                def metric(stream, h=h):
+                    logits = vit.run_with_hooks(
+                        image, fwd_hooks=[(f"{h}.hook_sae_output", lambda t, hook: stream)])
+                    return float(logits[0, cls] - logits[0].mean())
+
+                change = metric(x) - metric(x - dx)
+                total = float(layer.scores.sum()) + layer.error_score
+                assert total == pytest.approx(change, rel=1e-4, abs=1e-6)
+
+
+def test_batched_graphs_equal_single_image_graphs(vit, saes, images, baselines):
+    batched = attribute(vit, saes, images, baselines=baselines)
+    for b, graph in enumerate(batched):
+        single = attribute(vit, saes, images[b:b + 1], baselines=baselines)[0]
+        assert single.target_class == graph.target_class
+        for la, lb in zip(single.layers, graph.layers, strict=True):
+            assert torch.equal(la.features, lb.features)
+            torch.testing.assert_close(la.scores, lb.scores, atol=1e-6, rtol=1e-5)
+        for ea, eb in zip(single.edges, graph.edges, strict=True):
+            torch.testing.assert_close(ea, eb, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("granularity", ["feature", "token"])
+def test_save_load_is_lossless(tmp_path, vit, saes, images, baselines, granularity):
+    graph = attribute(vit, saes, images[:1], baselines=baselines, granularity=granularity,
+                      metadata=[{"image": 0}])[0]
+    json_path, tensor_path = graph.save(tmp_path / "g")
+    assert json_path.name == "g.json" and tensor_path.name == "g.safetensors"
+    loaded = Graph.load(tmp_path / "g.json")
+    assert (loaded.target_class, loaded.metric, loaded.value, loaded.granularity) == (
+        graph.target_class, graph.metric, graph.value, graph.granularity)
+    assert loaded.metadata == graph.metadata and loaded.n_tokens == graph.n_tokens
+    assert torch.equal(loaded.logits, graph.logits)
+    for a, b in zip(loaded.layers, graph.layers, strict=True):
+        assert (a.hook_name, a.block, a.d_sae, a.error_score) == (
+            b.hook_name, b.block, b.d_sae, b.error_score)
+        for name in ("features", "activations", "deltas", "scores"):
+            assert torch.equal(getattr(a, name), getattr(b, name))
+        assert (a.tokens is None) == (b.tokens is None)
+        if a.tokens is not None:
+            assert torch.equal(a.tokens, b.tokens)
+    for a, b in zip(loaded.edges, graph.edges, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_corrupt_graph_files_are_reported(tmp_path, vit, saes, images, baselines):
+    graph = attribute(vit, saes, images[:1], baselines=baselines)[0]
+    json_path, tensor_path = graph.save(tmp_path / "g")
+    meta = json.loads(json_path.read_text())
+    meta["tensors"]["edges.0"][0] += 1
+    json_path.write_text(json.dumps(meta))
+    with pytest.raises(CorruptFileError, match="'edges.0' has shape"):
+        Graph.load(tmp_path / "g")
+    json_path.write_text("{not json")
+    with pytest.raises(CorruptFileError, match="not valid JSON"):
+        Graph.load(tmp_path / "g")
+    json_path.write_text(json.dumps({"format": "something-else"}))
+    with pytest.raises(CorruptFileError, match="is not an attribution graph"):
+        Graph.load(tmp_path / "g")
+    graph.save(tmp_path / "g")
+    tensor_path.write_bytes(b"garbage")
+    with pytest.raises(CorruptFileError, match="not a readable safetensors"):
+        Graph.load(tmp_path / "g")
+    with pytest.raises(FileNotFoundError, match="missing file"):
+        Graph.load(tmp_path / "nothing")
+
+
+def test_json_and_networkx_views(vit, saes, images, baselines):
+    graph = attribute(vit, saes, images[:1], baselines=baselines)[0]
+    data = graph.to_json_dict()
+    n_nodes = sum(len(layer) for layer in graph.layers)
+    assert len(data["nodes"]) == n_nodes and len(data["error_nodes"]) == 2
+    json.dumps(data)  # plain JSON
+    nx_graph = graph.to_networkx()
+    assert nx_graph.number_of_nodes() == n_nodes + 2 + 1
+    into_logit = sum(d["weight"] for _, _, d in nx_graph.in_edges("logit", data=True))
+    # Scores of the top layer and its error add up to the weight flowing into the logit.
+    assert into_logit == pytest.approx(float(graph.logit_edges.sum()), rel=1e-5)
+    first = data["nodes"][0]
+    assert nx_graph.nodes[first["id"]]["score"] == first["score"]
+
+
+def test_bad_inputs_are_named(vit, saes, images, baselines):
+    with pytest.raises(ValueError, match="unknown target class 7; the model has classes 0..4"):
+        attribute(vit, saes, images, baselines=baselines, classes=7)
+    with pytest.raises(ValueError, match="unknown target metric 'prob'"):
+        attribute(vit, saes, images, baselines=baselines, metric="prob")
+    with pytest.raises(ValueError, match="are 16x16 pixels, model expects 8x8"):
+        attribute(vit, saes, torch.rand(1, 3, 16, 16), baselines=baselines)
+    with pytest.raises(ValueError, match="edges are defined for the linearised model"):
+        attribute(vit, saes, images, baselines=baselines, linearise=False)
+    wide = sharp_vit(d_model=24, d_head=6)
+    with pytest.raises(ValueError, match="has d_in=16, but the residual stream there has width"):
+        attribute(wide, saes, images, baselines=baselines)
+    with pytest.raises(ValueError, match="blocks.<l>.hook_resid_post"):
+        attribute(vit, {"blocks.0.hook_resid_pre": saes["blocks.0.hook_resid_post"]}, images,
+                  baselines=baselines)
+    gap = random_saes(sharp_vit(n_layers=4), layers=[0, 2])
+    gap_base = Baselines.zeros(gap, n_tokens=5)
+    with pytest.raises(ValueError, match="skip between"):
+        attribute(sharp_vit(n_layers=4), gap, images, baselines=gap_base)
+
+
+def test_node_scores_without_linearisation_differ(vit, saes, images, baselines):
+    lin = attribute(vit, saes, images[:1], baselines=baselines)[0]
+    plain = attribute(vit, saes, images[:1], baselines=baselines, linearise=False, edges=False)[0]
+    assert not plain.linearised and lin.linearised
+    assert not torch.allclose(lin.layers[0].scores, plain.layers[0].scores, rtol=1e-3)

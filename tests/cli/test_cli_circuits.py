@@ -1,0 +1,76 @@
+"""`rrm baselines`, `rrm trace`, `rrm faithfulness` and the demo hook on the embedded default."""
+
+import json
+
+import numpy as np
+import pytest
+
+from rrm_plugin.attribution.baselines import Baselines
+from rrm_plugin.attribution.graph import Graph
+from rrm_plugin.cli.main import main
+
+
+def test_baselines_command_writes_a_loadable_file(tmp_path):
+    out = tmp_path / "b.safetensors"
+    assert main(["baselines", "--n-images", "16", "--statistic", "mean", "--out", str(out)]) == 0
+    loaded = Baselines.load(out)
+    assert loaded.statistic == "mean" and loaded.n_images == 16
+    assert set(loaded.hook_names) == {f"blocks.{i}.hook_resid_post" for i in range(3)}
+
+
+def test_trace_writes_graph_circuit_and_figure(tmp_path, capsys):
+    assert main(["trace", "0", "--out", str(tmp_path)]) == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["circuit_nodes"] > 0 and 0 <= summary["replacement_score"] <= 1
+    assert (tmp_path / "circuit.png").read_bytes()[:4] == b"\x89PNG"
+    graph = json.loads((tmp_path / "graph.json").read_text())
+    assert graph["target"]["class"] == summary["target_class"] and graph["edges"]
+    lossless = Graph.load(tmp_path / "graph.lossless")
+    assert lossless.value == pytest.approx(summary["value"])
+    assert "circuit:" in capsys.readouterr().out
+
+
+def test_trace_rejects_bad_images(tmp_path):
+    with pytest.raises(IndexError, match="image index 5000 out of range: the held-out set"):
+        main(["trace", "5000", "--out", str(tmp_path)])
+    import matplotlib.image
+
+    matplotlib.image.imsave(tmp_path / "big.png", np.zeros((32, 32, 3)))
+    with pytest.raises(ValueError, match="is 32x32 pixels, model expects 24x24"):
+        main(["trace", str(tmp_path / "big.png"), "--out", str(tmp_path / "o")])
+    with pytest.raises(FileNotFoundError, match="no image file"):
+        main(["trace", str(tmp_path / "missing.png"), "--out", str(tmp_path / "o")])
+    with pytest.raises(ValueError, match="unknown target class 12"):
+        main(["trace", "0", "--target", "12", "--out", str(tmp_path / "o")])
+
+
+def test_trace_accepts_an_image_file(tmp_path):
+    import matplotlib.image
+
+    from rrm_plugin import load_test_set
+
+    image = load_test_set("digits-vit").images[3].permute(1, 2, 0).numpy()
+    matplotlib.image.imsave(tmp_path / "digit.png", image)
+    assert main(["trace", str(tmp_path / "digit.png"), "--out", str(tmp_path / "o")]) == 0
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert summary["metadata"]["file"].endswith("digit.png")
+
+
+def test_faithfulness_command_small(tmp_path, capsys):
+    argv = ["faithfulness", "--n-images", "6", "--methods", "rrm", "random", "neuron",
+            "--out", str(tmp_path)]
+    assert main(argv) == 0
+    data = json.loads((tmp_path / "faithfulness.json").read_text())
+    assert data["n_images"] == 6 and set(data["auc"]) == {"rrm", "random", "neuron"}
+    assert (tmp_path / "faithfulness.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| rrm |" in capsys.readouterr().out
+
+
+def test_trace_demo_reports_circuits(tmp_path):
+    from rrm_plugin.circuits.demo import trace_demo
+
+    result = trace_demo(tmp_path, n_images=1)
+    assert len(result["images"]) == 1 and result["figures"][0].endswith("circuit.png")
+    report = result["images"][0]
+    assert report["insertion"]["adjusted_logit"] > report["deletion"]["adjusted_logit"]
+    assert (tmp_path / "circuits" / "circuits.json").is_file()
