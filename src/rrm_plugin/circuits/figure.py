@@ -93,8 +93,13 @@ def plot_circuit(
     patch_size: int = 4,
     max_nodes_per_layer: int = 6,
     title: str = "",
+    feature_classes: Mapping[str, Tensor] | None = None,
 ) -> Path:
-    """Draw the circuit: rows = SAE layers (bottom up) and the logit; node area ~ |score|."""
+    """Draw the circuit: rows = SAE layers (bottom up) and the logit; node area ~ |score|.
+
+    `feature_classes` (hook name -> [d_sae] class index, e.g. the top class of each feature in
+    `rrm_plugin.lens.feature_lens`) labels every feature node with the class it writes towards.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -113,6 +118,7 @@ def plot_circuit(
 
     positions: dict[str, tuple[float, float]] = {}
     scores: dict[str, float] = {}
+    labels: dict[str, str] = {}
     for k, layer in enumerate(graph.layers):
         per_feature = _feature_scores(layer, circuit.latents[k])
         shown = sorted(per_feature, key=lambda f: -abs(per_feature[f]))[:max_nodes_per_layer]
@@ -127,6 +133,8 @@ def plot_circuit(
         ax.text(-0.01, k, f"{layer.hook_name}\n{n_kept} latents kept", ha="right", va="center",
                 fontsize=8)
         for nid, _, feature in nodes:
+            if feature is not None and feature_classes is not None:
+                labels[nid] = f"F{feature} -> {int(feature_classes[layer.hook_name][feature])}"
             if feature is None or examples is None or reference_images is None:
                 continue
             found = examples.get((layer.hook_name, feature), [])
@@ -160,13 +168,15 @@ def plot_circuit(
         ax.scatter([x], [y], s=size, marker="s" if is_error else "o",
                    color="lightgrey" if is_error else ("salmon" if score > 0 else "lightblue"),
                    edgecolor="k", zorder=3)
-        label = "error" if is_error else nid.split("/")[-1]
+        label = "error" if is_error else labels.get(nid, nid.split("/")[-1])
         ax.text(x + 0.04, y, f"{label}\n{score:+.2f}", ha="left", va="center", fontsize=7)
     fig.suptitle(title or f"circuit for class {graph.target_class} ({circuit.node_count} nodes)",
                  fontsize=11)
     fig.text(0.5, 0.005, "node area ~ |score| (red: raises the target, blue: lowers it; squares: "
              "error nodes); line width ~ |edge|; thumbnails: each latent's most active reference "
-             "patches (white box) with one patch of context", ha="center", fontsize=8)
+             "patches (white box) with one patch of context"
+             + ("\nF<i> -> c: the class feature i's decoder direction favours (feature lens)"
+                if feature_classes is not None else ""), ha="center", fontsize=8)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

@@ -19,6 +19,7 @@ from rrm_plugin.circuits.circuit import Circuit, run_circuits
 from rrm_plugin.circuits.figure import plot_circuit, top_patches
 from rrm_plugin.circuits.pruning import graph_scores, prune_by_influence
 from rrm_plugin.io import write_json
+from rrm_plugin.lens.features import feature_lens
 
 
 @dataclass(frozen=True)
@@ -99,10 +100,11 @@ def trace_image(
     }
     features = {h: circuit.layer_features(k) for k, h in enumerate(circuit.hook_names)}
     examples = top_patches(model, saes, reference_images, features)
+    classes = {h: fc.top_classes[:, 0] for h, fc in feature_lens(model, saes, top_k=1).items()}
     plot_circuit(
         graph, circuit, image, path=out_dir / "circuit.png", examples=examples,
         reference_images=reference_images, patch_size=model.cfg.patch_size,
-        max_nodes_per_layer=config.max_nodes_per_layer,
+        max_nodes_per_layer=config.max_nodes_per_layer, feature_classes=classes,
         title=(f"class {cls}: {circuit.node_count} nodes keep "
                f"{runs['insertion']['adjusted_logit']:.2f} of {graph.value:.2f} adjusted logit"),
     )

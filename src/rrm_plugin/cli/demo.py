@@ -60,5 +60,17 @@ def run(args: argparse.Namespace) -> int:
         with rrm_plugin.replacement(model, saes, keep_error=False):
             rrm_pred = model(test.images).argmax(-1)
     plot_predictions(test.images, test.labels, clean_pred, rrm_pred, out / "predictions.png")
+
+    # Circuits of a few held-out images, with their faithfulness (as `rrm trace`).
+    from rrm_plugin.circuits.demo import trace_demo
+
+    circuits = trace_demo(out, n_images=3)
+
+    # Class-embedding-space lens of tokens and SAE features (same code as `rrm lens`).
+    from rrm_plugin.cli.main import build_parser
+
+    lens_args = build_parser().parse_args(["lens", "--out", str(out / "lens"), "--no-progress"])
+    lens_args.run(lens_args)
+    print("circuit figures: " + ", ".join(str(p) for p in circuits["figures"]))
     print(f"demo finished in {time.time() - start:.0f}s; results in {out}")
     return 0

@@ -43,6 +43,7 @@ def run_train_model(args: argparse.Namespace) -> int:
 
 
 def run_train_saes(args: argparse.Namespace) -> int:
+    import rrm_plugin
     from rrm_plugin.zoo.recipes import train_digits_saes
     from rrm_plugin.zoo.releases import SAE_RELEASES
 
@@ -50,6 +51,13 @@ def run_train_saes(args: argparse.Namespace) -> int:
     if args.images is None:
         out = args.out or SAE_RELEASES["rrm-digits-vit"].directory
         train_digits_saes(out=out, model_dir=args.model_dir)
+        if args.out is None:
+            # Baselines are tied to the SAE weights (hash-checked): refresh the shipped ones.
+            from rrm_plugin.cli.main import build_parser
+
+            rrm_plugin.register_sae_release("rrm-digits-vit", out, model_name="digits-vit")
+            baseline_args = build_parser().parse_args(["baselines"])
+            baseline_args.run(baseline_args)
     else:
         out = _train_own_saes(args)
     print(f"SAEs trained in {time.time() - start:.0f}s; saved to {out}")
