@@ -48,10 +48,6 @@ class DigitsCanvasConfig:
                 f"digit of {8 * self.scale}px does not fit canvas {self.canvas_size}px"
             )
 
-    @property
-    def n_patches(self) -> int:
-        return (self.canvas_size // self.patch_size) ** 2
-
 
 class DigitsBatch(NamedTuple):
     """Rendered images with their labels and the patches each digit covers."""

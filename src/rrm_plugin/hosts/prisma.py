@@ -41,15 +41,6 @@ def init_vit_weights(model: HookedViT, *, std: float = 0.02) -> None:
             nn.init.trunc_normal_(param, std=std)
 
 
-def model_hook_names(model: nn.Module) -> list[str]:
-    """The hook points of a host model (HookedViT or a TransformerLens `HookedRootModule`)."""
-    return list(model.hook_dict)
-
-
-def resid_post_hooks(model: HookedViT) -> list[str]:
-    return [f"blocks.{layer}.hook_resid_post" for layer in range(model.cfg.n_layers)]
-
-
 def check_images(
     model: HookedViT, images: Tensor
 ) -> Float[Tensor, "batch channels height width"]:

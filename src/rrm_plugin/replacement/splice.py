@@ -48,7 +48,6 @@ class _Relay:
 
 @dataclass
 class _Splice:
-    hook_point: nn.Module
     sae: SAE
     keep_error: bool
     host_hooks: dict[str, nn.Module]
@@ -111,7 +110,7 @@ def _attach(model: nn.Module, hook_name: str, sae: SAE, keep_error: bool) -> Ite
     if clashes:
         raise RuntimeError(f"{hook_name!r} already has SAE hook points {clashes}; nested splice?")
     relays = [_Relay(host_hooks[name]) for name in _RELAYED]
-    splice = _Splice(hook_point, sae, keep_error, host_hooks, relays)
+    splice = _Splice(sae, keep_error, host_hooks, relays)
     handles = []
     try:
         for name, module in host_hooks.items():

@@ -9,7 +9,7 @@ against zero ablation of the same hook point, as SAELens defines them:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
@@ -78,8 +78,6 @@ def evaluate_saes(
     saes: Mapping[str, SAE],
     images: Tensor,
     labels: Tensor,
-    *,
-    splice: Callable = replacement,
 ) -> dict[str, dict[str, float]]:
     """Metrics per hook point, plus `"all"` for every SAE spliced at once (the replacement model).
 
@@ -92,14 +90,14 @@ def evaluate_saes(
     }
     for hook_name, sae in saes.items():
         x = cache[hook_name].reshape(-1, cache[hook_name].shape[-1])
-        with splice(model, {hook_name: sae}, keep_error=False):
+        with replacement(model, {hook_name: sae}, keep_error=False):
             spliced = model(images)
         ablated = model.run_with_hooks(images, fwd_hooks=[(hook_name, _zero_hook)])
         results[hook_name] = {
             **reconstruction_metrics(x, sae),
             **downstream_metrics(clean=clean, spliced=spliced, ablated=ablated, labels=labels),
         }
-    with splice(model, saes, keep_error=False):
+    with replacement(model, saes, keep_error=False):
         spliced_all = model(images)
     ablated_all = model.run_with_hooks(images, fwd_hooks=[(h, _zero_hook) for h in hook_names])
     results[ALL_LAYERS] = downstream_metrics(

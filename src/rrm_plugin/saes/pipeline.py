@@ -12,7 +12,6 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from rrm_plugin.io import replace_directory, write_json
-from rrm_plugin.saes.registry import SAE_CFG_FILENAME, SAE_WEIGHTS_FILENAME
 from rrm_plugin.saes.training import TopKTrainingConfig, train_topk_sae
 
 
@@ -82,8 +81,6 @@ def train_sae_release(
 
 
 __all__ = [
-    "SAE_CFG_FILENAME",
-    "SAE_WEIGHTS_FILENAME",
     "collect_activations",
     "default_sae_hooks",
     "save_sae",

@@ -110,10 +110,6 @@ def register_sae_release(release: str, directory: Path, *, model_name: str) -> l
     return sae_ids
 
 
-def local_releases() -> dict[str, Path]:
-    return dict(_LOCAL_RELEASES)
-
-
 def load_saes(
     release: str, *, sae_ids: list[str] | None = None, device: str = "cpu"
 ) -> dict[str, SAE]:
