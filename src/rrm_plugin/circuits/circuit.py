@@ -84,21 +84,6 @@ class Circuit:
         return cls([layer.hook_name for layer in graph.layers], latents,
                    torch.tensor(errors, dtype=torch.bool), edges)
 
-    @classmethod
-    def from_slots(cls, graph: Graph, slot_masks: Sequence[Bool[Tensor, " slots_plus_error"]]
-                   ) -> Circuit:
-        """The circuit of masks over every slot (latents, or token x latent) + error (last)."""
-        latents, errors = [], []
-        for layer, mask in zip(graph.layers, slot_masks, strict=True):
-            shape = (layer.d_sae,) if layer.tokens is None else (graph.n_tokens, layer.d_sae)
-            if mask.numel() != int(torch.tensor(shape).prod()) + 1:
-                raise ValueError(f"slot mask for {layer.hook_name} has {mask.numel()} entries, "
-                                 f"expected {int(torch.tensor(shape).prod()) + 1}")
-            latents.append(mask[:-1].reshape(shape).clone())
-            errors.append(bool(mask[-1]))
-        return cls([layer.hook_name for layer in graph.layers], latents,
-                   torch.tensor(errors, dtype=torch.bool))
-
     def to_json_dict(self) -> dict[str, Any]:
         layers = []
         for k, hook in enumerate(self.hook_names):

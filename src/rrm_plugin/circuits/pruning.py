@@ -29,8 +29,6 @@ from rrm_plugin.attribution.graph import Graph, dense_scores
 Normalisation = Literal["clamp", "abs"]
 # The paper's circuit sizes (fraction of the largest layer, per layer).
 PAPER_SWEEP: tuple[float, ...] = (0.0, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
-THRESHOLD_SWEEP: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.99,
-                                      0.9999, 1.0)
 
 
 def _positive(scores: Tensor, mode: str) -> Tensor:
