@@ -10,6 +10,7 @@ from vit_prisma.configs.HookedViTConfig import HookedViTConfig  # noqa: E402
 
 from rrm_plugin.hosts.prisma import build_hooked_vit  # noqa: E402
 from rrm_plugin.saes.training import new_topk_sae  # noqa: E402
+from tests.hubcache import offline_hub  # noqa: E402, F401  (fixture)
 
 torch.set_num_threads(1)  # tiny models: threads only add overhead
 

@@ -14,7 +14,9 @@ from tests.conftest import tiny_vit_config
 
 def test_eval_saes_prints_and_writes_json(tmp_path, capsys):
     assert main(["eval-saes", "--out", str(tmp_path / "eval.json")]) == 0
-    results = json.loads((tmp_path / "eval.json").read_text())
+    written = json.loads((tmp_path / "eval.json").read_text())
+    assert written["model"] == "digits-vit" and written["release"] == "rrm-digits-vit"
+    results = written["metrics"]
     assert {"clean", "all", "blocks.0.hook_resid_post"} <= set(results)
     assert "| all |" in capsys.readouterr().out
     assert 0 < results["all"]["top1_accuracy"] <= 1

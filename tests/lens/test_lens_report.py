@@ -65,7 +65,7 @@ def test_run_lens_input_checks(tiny_vit, lens_inputs, tmp_path):
 def test_cli_registers_lens():
     args = build_parser().parse_args(["lens", "--out", "somewhere", "--blocks", "0", "3"])
     assert args.run is lens_cli.run
-    assert args.blocks == [0, 3] and args.saes == "rrm-digits-vit"
+    assert args.blocks == [0, 3] and args.release == "rrm-digits-vit"
 
 
 def test_run_lens_on_a_mean_pooled_model(hand, lens_inputs):

@@ -65,8 +65,10 @@ def check_class_head(model: HookedViT) -> None:
 
 
 def n_prefix_tokens(model: HookedViT) -> int:
-    """Tokens before the image patches: 1 (CLS) or 0 (mean-pooled model)."""
-    return 1 if model.cfg.classification_type == "cls" else 0
+    """Tokens before the image patches: CLS (if any) and register tokens."""
+    from rrm_plugin.hosts.vit import n_prefix_tokens as prefix
+
+    return prefix(model)
 
 
 def n_patches(model: HookedViT) -> int:

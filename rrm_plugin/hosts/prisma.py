@@ -18,9 +18,11 @@ def build_hooked_vit(cfg: HookedViTConfig, *, seed: int | None = None) -> Hooked
     `nn.Conv2d` and the position embedding; attention, MLP and head weights are left as
     `torch.empty` (arbitrary memory). We initialise all of them here, ViT-style.
     """
+    from rrm_plugin.hosts.vit import ExtendedViT, ExtendedViTConfig
+
     if seed is not None:
         torch.manual_seed(seed)
-    model = HookedViT(cfg)
+    model = ExtendedViT(cfg) if isinstance(cfg, ExtendedViTConfig) else HookedViT(cfg)
     init_vit_weights(model)
     return model
 

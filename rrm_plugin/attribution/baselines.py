@@ -170,6 +170,13 @@ def compute_baselines(
     )
 
 
+def cached_baselines_path(release: str) -> Path:
+    """Where `rrm baselines` keeps the baselines of a non-shipped release (user cache)."""
+    from rrm_plugin.zoo.hub_models import cache_dir
+
+    return cache_dir() / "baselines" / f"{release}.safetensors"
+
+
 def release_baselines_path(release: str) -> Path:
     from rrm_plugin.zoo.releases import SAE_RELEASES
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +18,7 @@ from rrm_plugin.attribution.graph import Granularity, Graph, attribute
 from rrm_plugin.circuits.circuit import Circuit, run_circuits
 from rrm_plugin.circuits.figure import plot_circuit, top_patches
 from rrm_plugin.circuits.pruning import graph_scores, prune_by_influence
+from rrm_plugin.hosts.vit import n_prefix_tokens
 from rrm_plugin.io import write_json
 from rrm_plugin.lens.features import feature_lens
 
@@ -62,9 +63,11 @@ def trace_image(
     reference_images: Tensor,
     config: TraceConfig = TraceConfig(),
     metadata: dict[str, Any] | None = None,
+    display: Callable[[Tensor], Tensor] | None = None,
 ) -> dict[str, Any]:
     """Graph -> circuit-tracer pruning -> insertion / deletion of the circuit -> files.
 
+    `display` maps model inputs to [0, 1] RGB for the figure (e.g. undoing the normalisation).
     Writes `graph.json` (readable), `graph.lossless.{json,safetensors}` (`Graph.load`),
     `circuit.json`, `circuit.png` and `summary.json` under `out_dir`; returns the summary.
     """
@@ -101,9 +104,11 @@ def trace_image(
     features = {h: circuit.layer_features(k) for k, h in enumerate(circuit.hook_names)}
     examples = top_patches(model, saes, reference_images, features)
     classes = {h: fc.top_classes[:, 0] for h, fc in feature_lens(model, saes, top_k=1).items()}
+    show = display or (lambda x: x)
     plot_circuit(
-        graph, circuit, image, path=out_dir / "circuit.png", examples=examples,
-        reference_images=reference_images, patch_size=model.cfg.patch_size,
+        graph, circuit, show(image).cpu(), path=out_dir / "circuit.png", examples=examples,
+        reference_images=show(reference_images).cpu(), patch_size=model.cfg.patch_size,
+        n_prefix=n_prefix_tokens(model),
         max_nodes_per_layer=config.max_nodes_per_layer, feature_classes=classes,
         title=(f"class {cls}: {circuit.node_count} nodes keep "
                f"{runs['insertion']['adjusted_logit']:.2f} of {graph.value:.2f} adjusted logit"),

@@ -16,6 +16,7 @@ COMMANDS: dict[str, str] = {
     "trace": "rrm_plugin.cli.trace",
     "faithfulness": "rrm_plugin.cli.faithfulness",
     "lens": "rrm_plugin.cli.lens",
+    "list": "rrm_plugin.cli.listing",
 }
 
 

@@ -34,7 +34,13 @@ def top_patches(
     n_examples: int = 3,
     batch_size: int = 256,
 ) -> dict[tuple[str, int], list[PatchExample]]:
-    """For each `(hook, latent)`, the image patches (CLS excluded) where it is most active."""
+    """For each `(hook, latent)`, the image patches where it is most active.
+
+    CLS and register tokens are excluded.
+    """
+    from rrm_plugin.hosts.vit import n_prefix_tokens
+
+    prefix = n_prefix_tokens(model)
     wanted = {h: torch.as_tensor(list(f), dtype=torch.long) for h, f in features.items() if f}
     names = {f"{h}.hook_sae_acts_post": h for h in wanted}
     acts: dict[str, list[Tensor]] = {h: [] for h in wanted}
@@ -43,7 +49,7 @@ def top_patches(
             _, cache = model.run_with_cache(images[start : start + batch_size],
                                             names_filter=lambda n: n in names)
             for name, h in names.items():
-                acts[h].append(cache[name][:, 1:, wanted[h]])  # patches only
+                acts[h].append(cache[name][:, prefix:, wanted[h]])  # patches only
     examples = {}
     for h, chunks in acts.items():
         a = torch.cat(chunks)  # [n, patches, n_feat]
@@ -51,17 +57,19 @@ def top_patches(
         values, index = flat.topk(min(n_examples, flat.shape[1]), dim=-1)
         for j, f in enumerate(wanted[h].tolist()):
             examples[(h, f)] = [
-                PatchExample(int(i) // a.shape[1], int(i) % a.shape[1] + 1, float(v))
+                PatchExample(int(i) // a.shape[1], int(i) % a.shape[1] + prefix, float(v))
                 for v, i in zip(values[j], index[j], strict=True) if v > 0
             ]
     return examples
 
 
-def patch_thumbnail(image: Tensor, token: int, *, patch_size: int, context: int = 1) -> np.ndarray:
+def patch_thumbnail(
+    image: Tensor, token: int, *, patch_size: int, context: int = 1, n_prefix: int = 1
+) -> np.ndarray:
     """The patch of `token` with `context` patches around it, its border drawn in white."""
     img = image.permute(1, 2, 0).clamp(0, 1).numpy()
     grid = img.shape[0] // patch_size
-    row, col = divmod(token - 1, grid)
+    row, col = divmod(token - n_prefix, grid)
     top, left = (row - context) * patch_size, (col - context) * patch_size
     size = (2 * context + 1) * patch_size
     crop = np.zeros((size, size, 3), dtype=np.float32)
@@ -94,6 +102,7 @@ def plot_circuit(
     max_nodes_per_layer: int = 6,
     title: str = "",
     feature_classes: Mapping[str, Tensor] | None = None,
+    n_prefix: int = 1,
 ) -> Path:
     """Draw the circuit: rows = SAE layers (bottom up) and the logit; node area ~ |score|.
 
@@ -140,7 +149,8 @@ def plot_circuit(
             found = examples.get((layer.hook_name, feature), [])
             if found:
                 strip = _strip([patch_thumbnail(reference_images[e.image], e.token,
-                                                patch_size=patch_size) for e in found])
+                                                patch_size=patch_size, n_prefix=n_prefix)
+                                for e in found])
                 x, y = positions[nid]
                 inset = ax.inset_axes((x - 0.055, y + 0.16, 0.11, 0.42), transform=ax.transData)
                 inset.imshow(strip, interpolation="nearest")

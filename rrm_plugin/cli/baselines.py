@@ -1,0 +1,61 @@
+"""`rrm baselines`: per-position median (or mean) baselines for an SAE release."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from rrm_plugin.cli.common import add_images_arg, add_model_args
+
+
+def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
+    p = sub.add_parser(name, help="compute attribution baselines of an SAE release")
+    add_model_args(p)
+    add_images_arg(p, help_default="fresh renders of the embedded model's training data")
+    p.add_argument("--statistic", choices=["median", "mean"], default="median")
+    p.add_argument("--n-images", type=int, default=2048,
+                   help="reference renders when no --images are given")
+    p.add_argument("--seed", type=int, default=4321, help="seed of the reference renders")
+    p.add_argument("--batch-size", type=int, default=256, help="images per forward pass")
+    p.add_argument("--out", type=Path, default=None,
+                   help="output file (default: the shipped release folder for embedded "
+                        "releases, else the user cache, where trace/faithfulness find it)")
+    p.set_defaults(run=run)
+
+
+def default_output(release: str) -> Path:
+    from rrm_plugin.attribution.baselines import cached_baselines_path, release_baselines_path
+    from rrm_plugin.zoo.releases import SAE_RELEASES
+
+    if release in SAE_RELEASES:
+        return release_baselines_path(release)
+    return cached_baselines_path(release)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from rrm_plugin.attribution.baselines import compute_baselines
+    from rrm_plugin.cli.common import load_image_args, load_workspace
+    from rrm_plugin.data.digits import train_sampler
+    from rrm_plugin.zoo.models import MODELS
+
+    torch.set_num_threads(2)
+    if args.n_images < 1:
+        raise ValueError(f"--n-images must be at least 1, got {args.n_images}")
+    ws = load_workspace(args)
+    if args.images:
+        images = load_image_args(args.images, ws).images
+        what = f"{len(images)} images"
+    elif ws.model_name in MODELS:
+        images = train_sampler(MODELS[ws.model_name].data, seed=args.seed)(args.n_images).images
+        images, what = images.to(ws.device), f"{args.n_images} renders"
+    else:
+        raise ValueError(f"model {ws.model_name!r} has no embedded data: give --images "
+                         "(the paper uses the ImageNet-1k training set)")
+    out = args.out or default_output(ws.release)
+    baselines = compute_baselines(ws.model, ws.saes, images, statistic=args.statistic,
+                                  batch_size=args.batch_size)
+    baselines.save(out)
+    print(f"{args.statistic} baselines of {ws.release} over {what} -> {out}")
+    return 0

@@ -1,0 +1,145 @@
+"""Options shared by the commands: model, SAE release, images, baselines, device and dtype."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any, NamedTuple
+
+DEFAULT_RELEASE = "rrm-digits-vit"
+DTYPE_CHOICES = ("float32", "float64", "bfloat16", "float16")
+
+
+def add_model_args(p: argparse.ArgumentParser, *, release: bool = True) -> None:
+    p.add_argument("--model", default=None,
+                   help="model name (`rrm list`); default: the model of --release")
+    if release:
+        p.add_argument("--release", default=DEFAULT_RELEASE,
+                       help=f"SAE release (`rrm list`; default {DEFAULT_RELEASE})")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
+    p.add_argument("--dtype", choices=DTYPE_CHOICES, default=None,
+                   help="model and SAE dtype (default: as loaded, float32)")
+
+
+def add_images_arg(p: argparse.ArgumentParser, *, help_default: str) -> None:
+    p.add_argument("--images", nargs="+", default=None, metavar="PATH",
+                   help="image files or folders (PNG/JPEG; a folder of class folders gives "
+                        f"labels), preprocessed as the model expects; default: {help_default}")
+
+
+def add_baselines_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--baselines", type=Path, default=None,
+                   help="baselines file from `rrm baselines --out`; default: the release's "
+                        "shipped or cached baselines, else the median over the images (zero "
+                        "for a single image)")
+
+
+class Workspace(NamedTuple):
+    model: Any
+    saes: dict
+    model_name: str
+    release: str | None
+    device: str
+
+
+def resolve_model_name(model: str | None, release: str | None) -> str:
+    from rrm_plugin.zoo.releases import release_model_name
+
+    if model is not None:
+        return model
+    if release is None:
+        return "digits-vit"
+    return release_model_name(release)
+
+
+def load_workspace(args: argparse.Namespace, *, with_saes: bool = True) -> Workspace:
+    """The model and SAEs named by `--model` / `--release`, on `--device` in `--dtype`."""
+    import torch
+
+    import rrm_plugin
+    from rrm_plugin.zoo.models import DTYPES
+
+    release = getattr(args, "release", None)
+    if release is not None and release.lower() == "none":
+        release = None
+    name = resolve_model_name(args.model, release)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {args.device}: CUDA is not available on this machine")
+    model = rrm_plugin.load_model(name, device=args.device, dtype=args.dtype)
+    saes = {}
+    if with_saes and release is not None:
+        saes = rrm_plugin.load_saes(release, device=args.device)
+        if args.dtype is not None:
+            saes = {h: s.to(DTYPES[args.dtype]) for h, s in saes.items()}
+        check_saes_fit(model, saes, release=release, model_name=name)
+    return Workspace(model, saes, name, release, args.device)
+
+
+def check_saes_fit(model, saes: dict, *, release: str, model_name: str) -> None:
+    """Every SAE must hook a point of the model with the SAE's width."""
+    n_layers, d_model = model.cfg.n_layers, model.cfg.d_model
+    for hook, sae in saes.items():
+        if hook not in model.hook_dict:
+            raise ValueError(f"SAE {hook!r} of release {release!r} has no hook point in model "
+                             f"{model_name!r} ({n_layers} blocks)")
+        if sae.cfg.d_in != d_model:
+            raise ValueError(f"SAE {hook!r} of release {release!r} reads width {sae.cfg.d_in}, "
+                             f"model {model_name!r} has d_model {d_model}")
+
+
+def model_preprocessing(model_name: str, model):
+    from rrm_plugin.data.images import identity_preprocessing
+    from rrm_plugin.zoo.hub_models import HUB_MODELS
+
+    if model_name in HUB_MODELS:
+        return HUB_MODELS[model_name].preprocessing
+    return identity_preprocessing(model.cfg.image_size)
+
+
+def load_image_args(paths: list[str] | None, ws: Workspace):
+    """`ImageSet` of `--images`, or the embedded model's held-out set when none are given."""
+    import rrm_plugin
+    from rrm_plugin.data.images import ImageSet, load_images
+    from rrm_plugin.zoo.models import MODELS
+
+    if paths:
+        loaded = load_images(paths, model_preprocessing(ws.model_name, ws.model))
+    elif ws.model_name in MODELS:
+        test = rrm_plugin.load_test_set(ws.model_name)
+        loaded = ImageSet(test.images, test.labels, [])
+    else:
+        raise ValueError(f"model {ws.model_name!r} has no embedded images: give --images")
+    images = loaded.images.to(device=ws.device, dtype=next(ws.model.parameters()).dtype)
+    labels = None if loaded.labels is None else loaded.labels.to(ws.device)
+    return ImageSet(images, labels, loaded.files)
+
+
+def resolve_baselines(baselines_path: Path | None, ws: Workspace, images):
+    """Baselines by the documented order; returns `(baselines, description)`."""
+    from rrm_plugin.attribution.baselines import (
+        Baselines,
+        cached_baselines_path,
+        compute_baselines,
+        load_release_baselines,
+    )
+    from rrm_plugin.zoo.releases import SAE_RELEASES
+
+    if baselines_path is not None:
+        found, what = Baselines.load(baselines_path), f"file {baselines_path}"
+    elif ws.release in SAE_RELEASES:
+        found, what = load_release_baselines(ws.release), f"shipped with {ws.release}"
+    elif cached_baselines_path(ws.release).is_file():
+        path = cached_baselines_path(ws.release)
+        found, what = Baselines.load(path), f"cached {path}"
+    elif len(images) >= 2:
+        found = compute_baselines(ws.model, ws.saes, images, progress=False)
+        what = f"median over the {len(images)} input images"
+    else:
+        n_tokens = ws.model(images[:1], stop_at_layer=0).shape[1]
+        found, what = Baselines.zeros(ws.saes, n_tokens=n_tokens), "zero (one input image)"
+    found.check(ws.saes)
+    return found.to(ws.device), what
+
+
+def add_common_io(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--debug", action="store_true", help="show Python tracebacks on errors")

@@ -1,0 +1,40 @@
+"""`rrm eval-saes`: SAELens-named metrics per layer and for the whole replacement model."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from rrm_plugin.cli.common import add_images_arg, add_model_args
+
+
+def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
+    p = sub.add_parser(name, help="evaluate an SAE release (reconstruction and spliced-in)")
+    add_model_args(p)
+    add_images_arg(p, help_default="the embedded model's held-out set")
+    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
+    p.add_argument("--out", type=Path, default=Path("sae_eval.json"), help="JSON file to write")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from rrm_plugin.cli.common import load_image_args, load_workspace
+    from rrm_plugin.io import write_json
+    from rrm_plugin.saes.evaluation import evaluate_saes, format_table
+
+    torch.set_num_threads(2)
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
+    ws = load_workspace(args)
+    loaded = load_image_args(args.images, ws)
+    if loaded.labels is None:
+        print("unlabelled images: the model's predictions stand in for labels")
+    results = evaluate_saes(ws.model, ws.saes, loaded.images, loaded.labels,
+                            batch_size=args.batch_size, progress=True)
+    print(format_table(results))
+    write_json(args.out, {"model": ws.model_name, "release": ws.release,
+                          "n_images": len(loaded.images), "metrics": results})
+    print(f"wrote {args.out}")
+    return 0

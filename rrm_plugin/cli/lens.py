@@ -1,0 +1,112 @@
+"""`rrm lens --out DIR`: class-embedding-space analysis (Vilas et al. 2023) of an embedded model."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from rrm_plugin.cli.common import add_images_arg, add_model_args
+
+
+def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
+    p = sub.add_parser(
+        name, help="project tokens and SAE features onto the class embedding space"
+    )
+    p.add_argument("--out", type=Path, required=True, help="folder for lens.json and the plots")
+    add_model_args(p)
+    add_images_arg(p, help_default="the embedded model's held-out set (with object masks)")
+    p.add_argument("--n-images", type=int, default=None,
+                   help="use only the first N images (default: all)")
+    p.add_argument("--probe-images", nargs="+", default=None, metavar="PATH",
+                   help="labelled images (ImageFolder) to train the linear probes on; default: "
+                        "renders of the embedded model's training data, none for other models")
+    p.add_argument("--n-probe-images", type=int, default=2000,
+                   help="training renders for the probes of the embedded model (0 to skip)")
+    p.add_argument("--blocks", type=int, nargs="+", default=None,
+                   help="blocks (0-based) shown in the per-token maps (default: all)")
+    p.add_argument("--permutations", type=int, default=1000,
+                   help="permutations of the context-vs-object test")
+    p.add_argument("--random-repeats", type=int, default=3,
+                   help="random patch orders averaged for the random-removal baseline")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.set_defaults(run=run)
+
+
+def _lens_inputs(args: argparse.Namespace, ws):
+    """Images, labels and object masks (embedded held-out set only), and the probe set."""
+    import torch
+
+    import rrm_plugin
+    from rrm_plugin.cli.common import load_image_args
+    from rrm_plugin.data import train_sampler
+    from rrm_plugin.zoo.models import MODELS
+
+    dtype = next(ws.model.parameters()).dtype
+    mask = None
+    if args.images:
+        loaded = load_image_args(args.images, ws)
+        images, labels = loaded.images, loaded.labels
+        if labels is None:
+            with torch.no_grad():
+                labels = torch.cat([ws.model(images[i : i + args.batch_size]).argmax(-1)
+                                    for i in range(0, len(images), args.batch_size)])
+            print("unlabelled images: the model's predicted classes stand in for labels")
+    elif ws.model_name in MODELS:
+        test = rrm_plugin.load_test_set(ws.model_name)
+        images, labels, mask = test.images, test.labels, test.object_mask
+        images, labels = images.to(ws.device, dtype), labels.to(ws.device)
+    else:
+        raise ValueError(f"model {ws.model_name!r} has no embedded images: give --images")
+    n = len(labels) if args.n_images is None else args.n_images
+    if not 1 <= n <= len(labels):
+        raise ValueError(f"--n-images must be in [1, {len(labels)}], got {n}")
+    images, labels = images[:n], labels[:n]
+    mask = None if mask is None else mask[:n].to(ws.device)
+    probe_images = probe_labels = None
+    if args.probe_images:
+        probes = load_image_args(args.probe_images, ws)
+        if probes.labels is None:
+            raise ValueError("--probe-images need labels: give an ImageFolder tree "
+                             "(one folder per class)")
+        probe_images, probe_labels = probes.images, probes.labels
+    elif ws.model_name in MODELS and args.n_probe_images > 0:
+        # Probes train on fresh renders of the training digits, never on the held-out images.
+        train = train_sampler(MODELS[ws.model_name].data, seed=args.seed + 1)(args.n_probe_images)
+        probe_images = train.images.to(ws.device, dtype)
+        probe_labels = train.labels.to(ws.device)
+    return images, labels, mask, probe_images, probe_labels
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from rrm_plugin.cli.common import load_workspace
+    from rrm_plugin.hosts.prisma import build_hooked_vit
+    from rrm_plugin.lens.report import LensConfig, format_summary, run_lens, write_lens_report
+
+    start = time.time()
+    no_saes = args.release is not None and args.release.lower() == "none"
+    ws = load_workspace(args, with_saes=not no_saes)
+    images, labels, mask, probe_images, probe_labels = _lens_inputs(args, ws)
+    control = build_hooked_vit(ws.model.cfg, seed=args.seed).to(
+        device=ws.device, dtype=next(ws.model.parameters()).dtype).eval()
+    config = LensConfig(
+        batch_size=args.batch_size, n_permutations=args.permutations,
+        random_repeats=args.random_repeats, seed=args.seed, progress=not args.no_progress,
+        map_blocks=None if args.blocks is None else tuple(args.blocks),
+    )
+    torch.manual_seed(args.seed)
+    results = run_lens(
+        ws.model, images=images, labels=labels, object_mask=mask, probe_images=probe_images,
+        probe_labels=probe_labels, control=control, saes=ws.saes or None, config=config,
+    )
+    written = write_lens_report(results, args.out, images=images, labels=labels,
+                                object_mask=mask, config=config)
+    print(format_summary(results.summary))
+    for path in written:
+        print(f"wrote {path}")
+    print(f"done in {time.time() - start:.0f} s")
+    return 0

@@ -1,0 +1,21 @@
+"""`rrm list`: the models and SAE releases known by name."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
+    p = sub.add_parser(name, help="list the models and SAE releases that load by name")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from rrm_plugin.zoo.models import format_model_table, list_models
+    from rrm_plugin.zoo.releases import format_release_table, list_releases
+
+    print("Models (rrm_plugin.load_model(name), --model):")
+    print(format_model_table(list_models()))
+    print("\nSAE releases (SAE.from_pretrained(release, sae_id), --release):")
+    print(format_release_table(list_releases()))
+    return 0

@@ -1,0 +1,95 @@
+"""`rrm trace IMAGE_OR_INDEX --out DIR`: attribution graph, pruned circuit and its figure."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from rrm_plugin.cli.common import add_baselines_arg, add_model_args
+
+
+def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
+    p = sub.add_parser(name, help="trace the circuit of one image (held-out index or image file)")
+    p.add_argument("image", help="image file (PNG/JPEG), or an index into the embedded model's "
+                                 "held-out test set")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    add_model_args(p)
+    add_baselines_arg(p)
+    p.add_argument("--reference-images", nargs="+", default=None, metavar="PATH",
+                   help="images for the figure's top-activating patches (default: the embedded "
+                        "held-out set, else the traced image)")
+    p.add_argument("--target", type=int, default=None, help="class to explain (default: predicted)")
+    p.add_argument("--metric", choices=["adjusted_logit", "logit"], default="adjusted_logit")
+    p.add_argument("--granularity", choices=["feature", "token"], default="feature")
+    p.add_argument("--node-threshold", type=float, default=0.8)
+    p.add_argument("--edge-threshold", type=float, default=0.98)
+    p.set_defaults(run=run)
+
+
+def resolve_image(spec: str, ws):
+    """`(image [c, h, w], metadata)` for a held-out index or an image file path."""
+    import rrm_plugin
+    from rrm_plugin.cli.common import load_image_args
+    from rrm_plugin.zoo.models import MODELS
+
+    if spec.lstrip("-").isdigit():
+        if ws.model_name not in MODELS:
+            raise ValueError(f"an image index needs an embedded model; {ws.model_name!r} has no "
+                             "held-out set: give an image file")
+        test = rrm_plugin.load_test_set(ws.model_name)
+        index, n = int(spec), len(test.labels)
+        if not 0 <= index < n:
+            raise IndexError(f"image index {index} out of range: the held-out set of "
+                             f"{ws.model_name} has {n} images (0..{n - 1})")
+        image = test.images[index].to(ws.device, next(ws.model.parameters()).dtype)
+        return image, {"test_index": index, "label": int(test.labels[index])}
+    loaded = load_image_args([spec], ws)
+    if len(loaded.images) != 1:
+        raise ValueError(f"{spec} names {len(loaded.images)} images; trace takes one image file")
+    return loaded.images[0], {"file": str(spec)}
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    import rrm_plugin
+    from rrm_plugin.circuits.trace import TraceConfig, trace_image
+    from rrm_plugin.cli.common import (
+        load_image_args,
+        load_workspace,
+        model_preprocessing,
+        resolve_baselines,
+    )
+    from rrm_plugin.zoo.models import MODELS
+
+    torch.set_num_threads(2)
+    ws = load_workspace(args)
+    image, meta = resolve_image(args.image, ws)
+    baselines, how = resolve_baselines(args.baselines, ws, image[None])
+    if args.reference_images:
+        reference = load_image_args(args.reference_images, ws).images
+    elif ws.model_name in MODELS:
+        reference = rrm_plugin.load_test_set(ws.model_name).images.to(image)
+    else:
+        reference = image[None]
+    config = TraceConfig(target_class=args.target, metric=args.metric,
+                         granularity=args.granularity, node_threshold=args.node_threshold,
+                         edge_threshold=args.edge_threshold)
+    summary = trace_image(
+        ws.model, ws.saes, image, baselines=baselines, out_dir=args.out,
+        reference_images=reference, config=config,
+        metadata={"model": ws.model_name, "release": args.release, "baselines": how, **meta},
+        display=model_preprocessing(ws.model_name, ws.model).to_display,
+    )
+    print(f"baselines: {how}")
+    print(f"class {summary['target_class']} ({summary['metric']} {summary['value']:.3f}); "
+          f"circuit: {summary['circuit_nodes']} nodes, {summary['circuit_edges']} edges of a "
+          f"{summary['graph_nodes']}-node graph")
+    for mode in ("insertion", "deletion", "all_at_baseline"):
+        r = summary[mode]
+        print(f"  {mode:>15}: adjusted logit {r['adjusted_logit']:.3f}, probability "
+              f"{r['probability']:.3f}, predicted {r['predicted_class']}")
+    print(f"  replacement score {summary['replacement_score']:.3f}, completeness "
+          f"{summary['completeness_score']:.3f}")
+    print(f"files: {', '.join(summary['files'].values())}")
+    return 0

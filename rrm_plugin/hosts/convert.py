@@ -1,0 +1,218 @@
+"""Convert upstream ViTs (timm, Hugging Face CLIP, HF DINOv2 with registers) to `ExtendedViT`.
+
+Each converter takes an instantiated upstream model (pretrained or randomly initialised) and returns
+an `ExtendedViT` in eval mode that computes the same logits. timm and CLIP weights go through
+vit-prisma's own converters (`convert_timm_weights`, `convert_clip_weights`); DINOv2 with registers
+and LayerScale has none, so it is mapped here (LayerScale folded into the output projections).
+"""
+
+from __future__ import annotations
+
+import einops
+import torch
+from jaxtyping import Float
+from torch import Tensor, nn
+from vit_prisma.prisma_tools.loading_from_pretrained import (
+    convert_clip_weights,
+    convert_timm_weights,
+)
+
+from rrm_plugin.hosts.vit import ExtendedViT, ExtendedViTConfig
+
+
+class UnsupportedArchitectureError(ValueError):
+    """An upstream model with a feature the converter cannot represent exactly."""
+
+
+def _build(cfg: ExtendedViTConfig, state: dict[str, Tensor]) -> ExtendedViT:
+    with torch.device("meta"):
+        skeleton = ExtendedViT(cfg)
+    expected = skeleton.state_dict()
+    missing, extra = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    if missing or extra:
+        raise UnsupportedArchitectureError(
+            f"converted state dict does not fit ExtendedViT: missing {missing}, unexpected {extra}")
+    for name, tensor in expected.items():
+        if tuple(state[name].shape) != tuple(tensor.shape):
+            raise UnsupportedArchitectureError(
+                f"converted tensor {name!r} has shape {list(state[name].shape)}, "
+                f"expected {list(tensor.shape)}")
+    model = ExtendedViT(cfg)
+    model.load_state_dict({k: v.detach().float().cpu().contiguous() for k, v in state.items()})
+    return model.eval()
+
+
+def _require(condition: bool, what: str) -> None:
+    if not condition:
+        raise UnsupportedArchitectureError(f"cannot convert exactly: {what}")
+
+
+def _side(value) -> int:
+    return int(value[0] if isinstance(value, (tuple, list)) else value)
+
+
+# --- timm VisionTransformer -------------------------------------------------------------------
+
+def timm_vit_config(model: nn.Module, *, model_name: str) -> ExtendedViTConfig:
+    """The `ExtendedViTConfig` of a timm `VisionTransformer` (plain pre-LN ViT, CLS head)."""
+    block = model.blocks[0]
+    _require(getattr(model, "cls_token", None) is not None, "timm ViT without a class token")
+    _require(getattr(model, "num_reg_tokens", 0) == 0, "timm ViT with register tokens")
+    _require(model.global_pool == "token", f"timm global_pool {model.global_pool!r} (need 'token')")
+    _require(isinstance(model.fc_norm, nn.Identity), "timm ViT with fc_norm")
+    _require(isinstance(model.norm_pre, nn.Identity), "timm ViT with norm_pre")
+    _require(isinstance(block.ls1, nn.Identity) and isinstance(block.ls2, nn.Identity),
+             "timm ViT with LayerScale")
+    _require(isinstance(block.attn.q_norm, nn.Identity), "timm ViT with q/k norm")
+    _require(not getattr(model, "dynamic_img_size", False), "timm ViT with dynamic_img_size")
+    act = type(block.mlp.act).__name__
+    _require(act == "GELU" and getattr(block.mlp.act, "approximate", "none") == "none",
+             f"timm MLP activation {act} (need exact GELU)")
+    n_heads = block.attn.num_heads
+    return ExtendedViTConfig(
+        model_name=model_name, n_layers=len(model.blocks), d_model=model.embed_dim,
+        n_heads=n_heads, d_head=model.embed_dim // n_heads, d_mlp=block.mlp.fc1.out_features,
+        activation_name="gelu", eps=model.norm.eps, patch_size=_side(model.patch_embed.patch_size),
+        image_size=_side(model.patch_embed.img_size), n_channels=model.patch_embed.proj.in_channels,
+        n_classes=model.num_classes, classification_type="cls", return_type="class_logits",
+        normalization_type="LN", use_wandb=False,
+    )
+
+
+def convert_timm_vit(model: nn.Module, *, model_name: str = "timm-vit") -> ExtendedViT:
+    """A timm `VisionTransformer` (e.g. `vit_base_patch16_224`) as an `ExtendedViT`."""
+    cfg = timm_vit_config(model, model_name=model_name)
+    return _build(cfg, convert_timm_weights(model.state_dict(), cfg))
+
+
+# --- Hugging Face CLIP ------------------------------------------------------------------------
+
+def clip_vision_config(clip: nn.Module, *, model_name: str, n_classes: int) -> ExtendedViTConfig:
+    vc = clip.vision_model.config
+    return ExtendedViTConfig(
+        model_name=model_name, n_layers=vc.num_hidden_layers, d_model=vc.hidden_size,
+        n_heads=vc.num_attention_heads, d_head=vc.hidden_size // vc.num_attention_heads,
+        d_mlp=vc.intermediate_size, activation_name=vc.hidden_act, eps=vc.layer_norm_eps,
+        patch_size=vc.patch_size, image_size=vc.image_size, n_channels=vc.num_channels,
+        n_classes=n_classes, classification_type="cls", return_type="class_logits",
+        normalization_type="LN", layer_norm_pre=True, head_type="normalized_projection",
+        projection_dim=clip.visual_projection.out_features, use_wandb=False,
+    )
+
+
+def convert_hf_clip(
+    clip: nn.Module,
+    class_embeddings: Float[Tensor, "n_classes d_proj"],
+    *,
+    logit_scale: float = 1.0,
+    model_name: str = "clip",
+) -> ExtendedViT:
+    """A Hugging Face `CLIPModel`'s vision tower with a zero-shot head as an `ExtendedViT`.
+
+    Logits are `logit_scale * cos(image embedding, class embedding)`; the class embeddings are
+    normalised here. The RRM authors use `logit_scale = 1` (plain cosine similarity).
+    """
+    vc = clip.vision_model.config
+    _require(vc.hidden_act in ("quick_gelu", "gelu"), f"CLIP activation {vc.hidden_act!r}")
+    class_embeddings = torch.as_tensor(class_embeddings, dtype=torch.float32)
+    d_proj = clip.visual_projection.out_features
+    if class_embeddings.ndim != 2 or class_embeddings.shape[1] != d_proj:
+        raise ValueError(f"class_embeddings must be [n_classes, {d_proj}], "
+                         f"got {list(class_embeddings.shape)}")
+    cfg = clip_vision_config(clip, model_name=model_name, n_classes=len(class_embeddings))
+    # vit-prisma's converter puts the visual projection where a linear head would be.
+    state = convert_clip_weights(clip.vision_model.state_dict(),
+                                 clip.visual_projection.state_dict(), cfg)
+    state["head.W_proj"] = state.pop("head.W_H")
+    del state["head.b_H"]
+    state["head.class_embeddings"] = torch.nn.functional.normalize(class_embeddings, dim=-1).T
+    state["head.logit_scale"] = torch.tensor(float(logit_scale))
+    return _build(cfg, state)
+
+
+# --- Hugging Face DINOv2 with registers ------------------------------------------------------
+
+def dinov2_config(
+    backbone: nn.Module, *, model_name: str, image_size: int, n_classes: int
+) -> ExtendedViTConfig:
+    c = backbone.config
+    _require(not getattr(c, "use_swiglu_ffn", False), "DINOv2 with a SwiGLU MLP (giant)")
+    _require(c.hidden_act == "gelu", f"DINOv2 activation {c.hidden_act!r}")
+    _require(image_size % c.patch_size == 0,
+             f"image size {image_size} is not a multiple of the patch size {c.patch_size}")
+    return ExtendedViTConfig(
+        model_name=model_name, n_layers=c.num_hidden_layers, d_model=c.hidden_size,
+        n_heads=c.num_attention_heads, d_head=c.hidden_size // c.num_attention_heads,
+        d_mlp=backbone.encoder.layer[0].mlp.fc1.out_features, activation_name="gelu",
+        eps=c.layer_norm_eps, patch_size=c.patch_size, image_size=image_size,
+        n_channels=c.num_channels, n_classes=n_classes, classification_type="cls",
+        return_type="class_logits", normalization_type="LN",
+        n_registers=c.num_register_tokens, head_type="cls_mean_patch", use_wandb=False,
+    )
+
+
+def _heads(w: Tensor, n_heads: int, pattern: str) -> Tensor:
+    return einops.rearrange(w, pattern, h=n_heads)
+
+
+def convert_hf_dinov2(
+    backbone: nn.Module,
+    head: Float[Tensor, "n_classes two_d_model"] | nn.Linear,
+    head_bias: Float[Tensor, " n_classes"] | None = None,
+    *,
+    image_size: int = 224,
+    model_name: str = "dinov2",
+) -> ExtendedViT:
+    """A Hugging Face `Dinov2WithRegistersModel` plus a linear head on [CLS, mean patch].
+
+    The position embedding is interpolated to `image_size` once, with the upstream model's own
+    `interpolate_pos_encoding`, so the converted model equals the upstream one at that size.
+    """
+    if isinstance(head, nn.Linear):
+        head, head_bias = head.weight, head.bias
+    d = backbone.config.hidden_size
+    if head.ndim != 2 or head.shape[1] != 2 * d:
+        raise ValueError(f"DINOv2 linear head must be [n_classes, {2 * d}], got {list(head.shape)}")
+    cfg = dinov2_config(backbone, model_name=model_name, image_size=image_size,
+                        n_classes=head.shape[0])
+    sd = {k: v.detach() for k, v in backbone.state_dict().items()}
+    emb = backbone.embeddings
+    n_patches = (image_size // cfg.patch_size) ** 2
+    with torch.no_grad():
+        dummy = torch.zeros(1, n_patches + 1, d)
+        pos = emb.interpolate_pos_encoding(dummy, image_size, image_size)[0]
+    n = cfg.n_heads
+    state = {
+        "cls_token": sd["embeddings.cls_token"],
+        "register_tokens": sd["embeddings.register_tokens"],
+        "pos_embed.W_pos": pos,
+        "embed.proj.weight": sd["embeddings.patch_embeddings.projection.weight"],
+        "embed.proj.bias": sd["embeddings.patch_embeddings.projection.bias"],
+        "ln_final.w": sd["layernorm.weight"],
+        "ln_final.b": sd["layernorm.bias"],
+        "head.W_cls": head[:, :d].T,
+        "head.W_patch": head[:, d:].T,
+        "head.b_H": torch.zeros(head.shape[0]) if head_bias is None else head_bias,
+    }
+    for layer in range(cfg.n_layers):
+        old, new = f"encoder.layer.{layer}", f"blocks.{layer}"
+        ls1, ls2 = sd[f"{old}.layer_scale1.lambda1"], sd[f"{old}.layer_scale2.lambda1"]
+        state[f"{new}.ln1.w"], state[f"{new}.ln1.b"] = (sd[f"{old}.norm1.weight"],
+                                                        sd[f"{old}.norm1.bias"])
+        state[f"{new}.ln2.w"], state[f"{new}.ln2.b"] = (sd[f"{old}.norm2.weight"],
+                                                        sd[f"{old}.norm2.bias"])
+        for q in ("q", "k", "v"):
+            Q = q.upper()
+            state[f"{new}.attn.W_{Q}"] = _heads(sd[f"{old}.attention.{q}_proj.weight"], n,
+                                                "(h dh) d -> h d dh")
+            state[f"{new}.attn.b_{Q}"] = _heads(sd[f"{old}.attention.{q}_proj.bias"], n,
+                                                "(h dh) -> h dh")
+        # LayerScale multiplies the sublayer output per channel: fold it into the output maps.
+        state[f"{new}.attn.W_O"] = _heads(sd[f"{old}.attention.o_proj.weight"] * ls1[:, None], n,
+                                          "d (h dh) -> h dh d")
+        state[f"{new}.attn.b_O"] = sd[f"{old}.attention.o_proj.bias"] * ls1
+        state[f"{new}.mlp.W_in"] = sd[f"{old}.mlp.fc1.weight"].T
+        state[f"{new}.mlp.b_in"] = sd[f"{old}.mlp.fc1.bias"]
+        state[f"{new}.mlp.W_out"] = (sd[f"{old}.mlp.fc2.weight"] * ls2[:, None]).T
+        state[f"{new}.mlp.b_out"] = sd[f"{old}.mlp.fc2.bias"] * ls2
+    return _build(cfg, state)

@@ -1,0 +1,116 @@
+"""The RRM authors' TopK SAE checkpoints as SAELens `TopKSAE`s.
+
+The authors save one torch checkpoint per layer, `K{k}_R{r}/L{layer}/epoch50.pth`, holding
+`{"epoch", "model_state_dict", "optimizer_state_dict"}` with `model_state_dict` = `b_dec [d_in]`,
+`b_enc [d_sae]`, `W_enc [d_in, d_sae]`, `W_dec [d_sae, d_in]` (d_sae = r * d_in). Their forward:
+
+    mu, s = mean(x), std(x)  (per token, unbiased)    x_n = (x - mu) / (s + 1e-5)
+    z = TopK_k(ReLU((x_n - b_dec) W_enc))              x_hat = (z W_dec + b_dec) s + mu
+
+`b_enc` is stored but never used (it receives no gradient), so the converted SAE has `b_enc = 0`.
+That is exactly SAELens's `TopKSAE` with `normalize_activations="layer_norm"` and
+`apply_b_dec_to_input=True` (ReLU-then-TopK and TopK-then-ReLU select the same activations).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from rrm_plugin.io import CorruptFileError
+from rrm_plugin.saes.hub import (
+    CheckpointNotFoundError,
+    check_state,
+    find_files,
+    hub_snapshot,
+    read_torch_checkpoint,
+)
+
+logger = logging.getLogger(__name__)
+
+AUTHORS_LOADER_NAME = "rrm_plugin_rrm_authors"
+_FOLDER = re.compile(r"^K(\d+)_R([0-9.]+)/L(\d+)$")
+
+
+def authors_folder(*, k: int, expansion: float, layer: int) -> str:
+    """The authors' folder name, e.g. `K4_R0.25/L0` (integers are written `2.0`)."""
+    r = f"{float(expansion)}" if float(expansion).is_integer() else f"{expansion}"
+    return f"K{k}_R{r}/L{layer}"
+
+
+def parse_authors_folder(folder: str) -> tuple[int, float, int]:
+    match = _FOLDER.match(folder)
+    if match is None:
+        raise ValueError(f"{folder!r} is not an RRM authors' SAE folder (K{{k}}_R{{r}}/L{{layer}})")
+    return int(match[1]), float(match[2]), int(match[3])
+
+
+def checkpoint_patterns(folder: str) -> list[str]:
+    # The folder may sit at the repo root or under a model folder (vit/, clip_vit/, dinov2/).
+    return [f"{folder}/epoch*.pth", f"*/{folder}/epoch*.pth"]
+
+
+def _epoch(path) -> int:
+    digits = re.findall(r"\d+", path.stem)
+    return int(digits[-1]) if digits else -1
+
+
+def convert_authors_state(
+    state: dict[str, Tensor], *, d_in: int, d_sae: int, where: str
+) -> dict[str, Tensor]:
+    """The authors' state dict as SAELens `TopKSAE` weights (b_enc zeroed: unused upstream)."""
+    expected = {"W_enc": (d_in, d_sae), "W_dec": (d_sae, d_in), "b_dec": (d_in,),
+                "b_enc": (d_sae,)}
+    weights = check_state(state, expected, where=where)
+    if weights["b_enc"].abs().max() > 0:
+        logger.warning("%s: b_enc is non-zero but the authors' forward never uses it; "
+                       "the converted SAE uses b_enc = 0 as they do", where)
+    weights["b_enc"] = torch.zeros(d_sae)
+    return weights
+
+
+def authors_sae_config(*, d_in: int, d_sae: int, k: int, hook_name: str, model_name: str
+                       ) -> dict[str, Any]:
+    return {
+        "architecture": "topk", "d_in": d_in, "d_sae": d_sae, "k": k, "dtype": "float32",
+        "device": "cpu", "apply_b_dec_to_input": True, "normalize_activations": "layer_norm",
+        "rescale_acts_by_decoder_norm": False, "reshape_activations": "none",
+        # Flat keys, as SAELens's own loaders for external formats return them.
+        "model_name": model_name, "hook_name": hook_name, "hook_head_index": None,
+    }
+
+
+def load_authors_sae(
+    repo_id: str,
+    folder_name: str,
+    device: str = "cpu",
+    force_download: bool = False,
+    cfg_overrides: dict[str, Any] | None = None,
+) -> tuple[dict[str, Any], dict[str, Tensor], None]:
+    """SAELens loader: `folder_name` is the authors' `K{k}_R{r}/L{layer}`."""
+    overrides = dict(cfg_overrides or {})
+    d_in = int(overrides.pop("d_in", 768))
+    model_name = overrides.pop("model_name", repo_id)
+    k, expansion, layer = parse_authors_folder(folder_name)
+    d_sae = int(expansion * d_in)
+    patterns = checkpoint_patterns(folder_name)
+    snapshot = hub_snapshot(repo_id, patterns, force_download=force_download)
+    files = find_files(snapshot, patterns)
+    if not files:
+        raise CheckpointNotFoundError(
+            f"Hugging Face repo {repo_id!r} (snapshot {snapshot}) has no file matching {patterns}")
+    path = max(files, key=_epoch)
+    data = read_torch_checkpoint(path)
+    state = data.get("model_state_dict", data)
+    if not isinstance(state, dict):
+        raise CorruptFileError(f"{path}: 'model_state_dict' is a {type(state).__name__}")
+    weights = convert_authors_state(state, d_in=d_in, d_sae=d_sae, where=str(path))
+    cfg = authors_sae_config(d_in=d_in, d_sae=d_sae, k=k, model_name=model_name,
+                             hook_name=f"blocks.{layer}.hook_resid_post")
+    cfg.update(overrides)
+    cfg["device"] = device
+    return cfg, {name: t.to(device) for name, t in weights.items()}, None

@@ -1,0 +1,163 @@
+"""SAE evaluation with SAELens's metric names, per layer and for the whole replacement model.
+
+Reconstruction: `explained_variance`, `mse`, `cossim`, `l0`, `dead_features_pct`.
+Spliced in (error dropped): `top1_accuracy`, `kl_div_with_sae`, `kl_div_score` and `ce_loss_score`
+against zero ablation of the same hook point, as SAELens defines them:
+`kl_div_score = (KL_zero - KL_sae) / KL_zero`,
+`ce_loss_score = (CE_zero - CE_sae) / (CE_zero - CE_clean)`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float, Int
+from sae_lens import SAE
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from rrm_plugin.replacement.splice import replacement
+
+ALL_LAYERS = "all"
+
+
+class ReconstructionStats:
+    """Running sums over token batches from which the reconstruction metrics follow exactly."""
+
+    def __init__(self, d_sae: int) -> None:
+        self.n = 0
+        self.sum_x: Tensor | float = 0.0
+        self.sum_sq = self.resid = self.cossim = self.l0 = 0.0
+        self.d_in = 0
+        self.alive = torch.zeros(d_sae, dtype=torch.bool)
+
+    @torch.no_grad()
+    def update(self, x: Float[Tensor, "n d"], sae: SAE) -> None:
+        z = sae.encode(x)
+        x_hat = sae.decode(z)
+        x64 = x.double()
+        self.n += x.shape[0]
+        self.d_in = x.shape[1]
+        self.sum_x = self.sum_x + x64.sum(0)
+        self.sum_sq += float(x64.pow(2).sum())
+        self.resid += float((x64 - x_hat.double()).pow(2).sum())
+        self.cossim += float(F.cosine_similarity(x, x_hat, dim=-1).double().sum())
+        self.l0 += float((z > 0).double().sum())
+        self.alive |= ((z > 0).sum(0) > 0).cpu()
+
+    def metrics(self) -> dict[str, float]:
+        # sum ||x - mean||^2 = sum ||x||^2 - n ||mean||^2
+        total = self.sum_sq - float(self.sum_x.pow(2).sum()) / self.n
+        return {
+            "explained_variance": 1 - self.resid / total,
+            "mse": self.resid / (self.n * self.d_in),
+            "cossim": self.cossim / self.n,
+            "l0": self.l0 / self.n,
+            "dead_features_pct": float(100 * (~self.alive).float().mean()),
+        }
+
+
+def reconstruction_metrics(x: Float[Tensor, "n d"], sae: SAE) -> dict[str, float]:
+    """Reconstruction quality of `sae` on activations `x` (tokens flattened)."""
+    stats = ReconstructionStats(sae.cfg.d_sae)
+    stats.update(x, sae)
+    return stats.metrics()
+
+
+def _kl(clean_logits: Tensor, other_logits: Tensor) -> Tensor:
+    """Mean KL(clean || other) over images."""
+    return F.kl_div(
+        F.log_softmax(other_logits, -1), F.log_softmax(clean_logits, -1),
+        log_target=True, reduction="batchmean",
+    )
+
+
+def downstream_metrics(
+    *,
+    clean: Float[Tensor, "batch classes"],
+    spliced: Float[Tensor, "batch classes"],
+    ablated: Float[Tensor, "batch classes"],
+    labels: Int[Tensor, " batch"],
+) -> dict[str, float]:
+    kl_sae, kl_zero = _kl(clean, spliced), _kl(clean, ablated)
+    ce_clean = F.cross_entropy(clean, labels)
+    ce_sae, ce_zero = F.cross_entropy(spliced, labels), F.cross_entropy(ablated, labels)
+    return {
+        "top1_accuracy": float((spliced.argmax(-1) == labels).float().mean()),
+        "kl_div_with_sae": float(kl_sae),
+        "kl_div_with_ablation": float(kl_zero),
+        "kl_div_score": float((kl_zero - kl_sae) / kl_zero),
+        "ce_loss_with_sae": float(ce_sae),
+        "ce_loss_with_ablation": float(ce_zero),
+        "ce_loss_without_sae": float(ce_clean),
+        "ce_loss_score": float((ce_zero - ce_sae) / (ce_zero - ce_clean)),
+    }
+
+
+def _zero_hook(act: Tensor, hook) -> Tensor:
+    return torch.zeros_like(act)
+
+
+@torch.no_grad()
+def evaluate_saes(
+    model: nn.Module,
+    saes: Mapping[str, SAE],
+    images: Float[Tensor, "n c h w"],
+    labels: Int[Tensor, " n"] | None,
+    *,
+    batch_size: int = 256,
+    progress: bool = False,
+) -> dict[str, dict[str, float]]:
+    """Metrics per hook point, plus `"all"` for every SAE spliced at once (the replacement model).
+
+    `"clean"` holds the model's own accuracy on the same images. Without labels, the model's
+    own predictions stand in for them (accuracy then measures agreement with the model).
+    Images are processed in batches; the metrics are exact over the whole set.
+    """
+    hook_names = list(saes)
+    stats = {h: ReconstructionStats(sae.cfg.d_sae) for h, sae in saes.items()}
+    logits: dict[str, list[Tensor]] = {}
+
+    def keep(key: str, value: Tensor) -> None:
+        logits.setdefault(key, []).append(value.float().cpu())
+
+    for start in tqdm(range(0, len(images), batch_size), desc="eval-saes", disable=not progress):
+        x = images[start : start + batch_size]
+        clean, cache = model.run_with_cache(x, names_filter=lambda n: n in hook_names)
+        keep("clean", clean)
+        for hook_name, sae in saes.items():
+            acts = cache[hook_name]
+            stats[hook_name].update(acts.reshape(-1, acts.shape[-1]), sae)
+            with replacement(model, {hook_name: sae}, keep_error=False):
+                keep(f"spliced/{hook_name}", model(x))
+            keep(f"ablated/{hook_name}",
+                 model.run_with_hooks(x, fwd_hooks=[(hook_name, _zero_hook)]))
+        with replacement(model, saes, keep_error=False):
+            keep(f"spliced/{ALL_LAYERS}", model(x))
+        keep(f"ablated/{ALL_LAYERS}",
+             model.run_with_hooks(x, fwd_hooks=[(h, _zero_hook) for h in hook_names]))
+    full = {key: torch.cat(chunks) for key, chunks in logits.items()}
+    clean = full["clean"]
+    labels = clean.argmax(-1) if labels is None else labels.cpu()
+    results: dict[str, dict[str, float]] = {
+        "clean": {"top1_accuracy": float((clean.argmax(-1) == labels).float().mean())}
+    }
+    for name in [*hook_names, ALL_LAYERS]:
+        downstream = downstream_metrics(clean=clean, spliced=full[f"spliced/{name}"],
+                                        ablated=full[f"ablated/{name}"], labels=labels)
+        recon = stats[name].metrics() if name in stats else {}
+        results[name] = {**recon, **downstream}
+    return results
+
+
+def format_table(results: dict[str, dict[str, float]]) -> str:
+    """Markdown table of the per-layer and whole-model metrics."""
+    cols = ["explained_variance", "mse", "cossim", "l0", "dead_features_pct", "top1_accuracy",
+            "kl_div_with_sae", "kl_div_score", "ce_loss_score"]
+    lines = ["| hook | " + " | ".join(cols) + " |", "|" + "---|" * (len(cols) + 1)]
+    for name, row in results.items():
+        cells = [f"{row[c]:.4g}" if c in row else "" for c in cols]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

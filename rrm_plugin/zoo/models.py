@@ -1,0 +1,186 @@
+"""Registry of embedded models and their on-disk format (config.json + model.safetensors)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from vit_prisma.configs.HookedViTConfig import HookedViTConfig
+from vit_prisma.models.base_vit import HookedViT
+
+from rrm_plugin.data.digits import DigitsCanvasConfig
+from rrm_plugin.hosts.vit import ExtendedViT, ExtendedViTConfig
+from rrm_plugin.io import CorruptFileError, read_json, read_tensors, write_json, write_tensors
+
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+CONFIG_FILENAME = "config.json"
+WEIGHTS_FILENAME = "model.safetensors"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """An embedded model.
+
+    Args:
+        name: Name used by `load_model`.
+        directory: Folder holding `config.json` and `model.safetensors`.
+        data: How its images are drawn (the data helper needs it).
+        description: One line for listings.
+    """
+
+    name: str
+    directory: Path
+    data: DigitsCanvasConfig
+    description: str
+
+
+DIGITS_DATA = DigitsCanvasConfig(canvas_size=24, scale=2, patch_size=4)
+
+MODELS: dict[str, ModelSpec] = {
+    "digits-vit": ModelSpec(
+        name="digits-vit",
+        directory=WEIGHTS_DIR / "digits-vit",
+        data=DIGITS_DATA,
+        description="4-layer ViT on coloured, translated scikit-learn digits (24x24, patch 4)",
+    ),
+}
+
+
+def digits_vit_config() -> HookedViTConfig:
+    """Architecture of the embedded `digits-vit`."""
+    return HookedViTConfig(
+        model_name="digits-vit",
+        n_layers=4,
+        d_model=64,
+        d_head=16,
+        n_heads=4,
+        d_mlp=256,
+        activation_name="gelu",
+        eps=1e-5,
+        patch_size=DIGITS_DATA.patch_size,
+        image_size=DIGITS_DATA.canvas_size,
+        n_channels=3,
+        n_classes=10,
+        classification_type="cls",
+        return_type="class_logits",
+        normalization_type="LN",
+        use_wandb=False,
+    )
+
+
+_SAVED_CONFIG_FIELDS = (
+    "model_name", "n_layers", "d_model", "d_head", "n_heads", "d_mlp", "activation_name", "eps",
+    "patch_size", "image_size", "n_channels", "n_classes", "classification_type", "return_type",
+    "normalization_type", "layer_norm_pre", "n_registers", "head_type", "projection_dim",
+)
+
+
+def config_to_dict(cfg: HookedViTConfig) -> dict:
+    return {name: getattr(cfg, name) for name in _SAVED_CONFIG_FIELDS if hasattr(cfg, name)}
+
+
+def config_from_dict(data: dict) -> ExtendedViTConfig:
+    known = {f.name for f in dataclasses.fields(ExtendedViTConfig)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise CorruptFileError(f"model config has unknown fields {unknown}")
+    try:
+        return ExtendedViTConfig(**data, use_wandb=False)
+    except (TypeError, ValueError) as err:
+        raise CorruptFileError(f"invalid model config: {err}") from err
+
+
+def save_model(model: HookedViT, directory: Path) -> Path:
+    """Write `config.json` and `model.safetensors` (each atomically)."""
+    directory = Path(directory)
+    write_tensors(directory / WEIGHTS_FILENAME, model.state_dict())
+    write_json(directory / CONFIG_FILENAME, config_to_dict(model.cfg))
+    return directory
+
+
+def load_model_from_directory(directory: Path, *, device: str = "cpu") -> HookedViT:
+    """Load a saved HookedViT, verifying every tensor's name and shape; returns it in eval mode."""
+    directory = Path(directory)
+    cfg = config_from_dict(read_json(directory / CONFIG_FILENAME))
+    with torch.device("meta"):
+        skeleton = ExtendedViT(cfg)
+    expected = {name: tuple(t.shape) for name, t in skeleton.state_dict().items()}
+    state = read_tensors(directory / WEIGHTS_FILENAME, expected_shapes=expected)
+    model = ExtendedViT(cfg)
+    model.load_state_dict(state)
+    return model.to(device).eval()
+
+
+def model_names() -> list[str]:
+    """Every model `load_model` knows: embedded ones, then those loaded from upstream weights."""
+    from rrm_plugin.zoo.hub_models import HUB_MODELS
+
+    return [*MODELS, *HUB_MODELS]
+
+
+def list_models() -> list[dict[str, str]]:
+    """One row per model (name, source, preprocessing, description); printable as a table."""
+    from rrm_plugin.zoo.hub_models import HUB_MODELS
+
+    rows = [{"model": s.name, "source": f"embedded ({s.directory.name})",
+             "preprocessing": "none: [0, 1] pixels, 24x24", "description": s.description}
+            for s in MODELS.values()]
+    for spec in HUB_MODELS.values():
+        p = spec.preprocessing
+        size = "x".join(map(str, p.size)) if isinstance(p.size, tuple) else f"short side {p.size}"
+        crop = f", crop {p.crop}" if p.crop else ""
+        rows.append({"model": spec.name, "source": spec.source,
+                     "preprocessing": f"resize {size} {p.interpolation}{crop}, mean {p.mean[0]:.3g}"
+                                      f"..., std {p.std[0]:.3g}...",
+                     "description": spec.description})
+    return rows
+
+
+def format_model_table(rows: list[dict[str, str]]) -> str:
+    lines = ["| model | source | preprocessing | description |", "|---|---|---|---|"]
+    lines += [f"| {r['model']} | {r['source']} | {r['preprocessing']} | {r['description']} |"
+              for r in rows]
+    return "\n".join(lines)
+
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16,
+          "float16": torch.float16}
+
+
+def load_model(
+    name: str = "digits-vit", *, device: str | torch.device = "cpu", dtype: str | None = None
+) -> HookedViT:
+    """A model by name (a ViT-Prisma `HookedViT` in eval mode); see `list_models()`.
+
+    Embedded models load from the package; the others through their upstream loaders (timm,
+    transformers, torch hub), which honour `HF_HUB_OFFLINE` and the local caches.
+    """
+    from rrm_plugin.zoo.hub_models import HUB_MODELS
+
+    if dtype is not None and dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; expected one of {sorted(DTYPES)}")
+    if name in HUB_MODELS:
+        model = HUB_MODELS[name].build()
+    elif name in MODELS:
+        spec = MODELS[name]
+        if not (spec.directory / WEIGHTS_FILENAME).is_file():
+            raise FileNotFoundError(
+                f"weights of {name!r} are missing at {spec.directory}; regenerate them with "
+                f"`rrm train-model --out {spec.directory}`"
+            )
+        model = load_model_from_directory(spec.directory)
+    else:
+        raise KeyError(f"unknown model {name!r}; available models: {model_names()}")
+    return to_device(model, device=device, dtype=dtype)
+
+
+def to_device(model: HookedViT, *, device: str | torch.device = "cpu", dtype: str | None = None
+              ) -> HookedViT:
+    """Move a HookedViT (weights and its config's dtype, which its LayerNorms read)."""
+    if dtype is not None:
+        model.cfg.dtype = DTYPES[dtype]
+        model = model.to(DTYPES[dtype])
+    model.cfg.device = str(device)
+    return model.to(device).eval()

@@ -1,0 +1,214 @@
+"""Registry of SAE releases: shipped ones and published ones on the Hugging Face hub.
+
+Importing `rrm_plugin` registers all of them with SAELens, so `SAE.from_pretrained(release,
+"blocks.{l}.hook_resid_post")` works for each; hub releases download (or read from the local
+cache) only the layer asked for.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sae_lens.loading.pretrained_sae_loaders import (
+    NAMED_PRETRAINED_SAE_CONFIG_GETTERS,
+    NAMED_PRETRAINED_SAE_LOADERS,
+)
+from sae_lens.loading.pretrained_saes_directory import (
+    PretrainedSAELookup,
+    get_pretrained_saes_directory,
+)
+
+from rrm_plugin.saes.authors import AUTHORS_LOADER_NAME, authors_folder, load_authors_sae
+from rrm_plugin.saes.registry import register_sae_release
+from rrm_plugin.zoo.models import WEIGHTS_DIR
+
+
+@dataclass(frozen=True)
+class SAEReleaseSpec:
+    """An SAE release shipped inside the package.
+
+    Args:
+        release: Name for `SAE.from_pretrained(release, sae_id)`.
+        model_name: The embedded model the SAEs were trained on.
+        directory: Folder holding one SAELens-format sub-folder per sae_id.
+    """
+
+    release: str
+    model_name: str
+    directory: Path
+
+
+SAE_RELEASES: dict[str, SAEReleaseSpec] = {
+    "rrm-digits-vit": SAEReleaseSpec(
+        release="rrm-digits-vit",
+        model_name="digits-vit",
+        directory=WEIGHTS_DIR / "rrm-digits-vit",
+    ),
+}
+
+
+@dataclass(frozen=True)
+class HubLayer:
+    """One SAE of a hub release.
+
+    Args:
+        hook_name: Host hook point (the sae_id).
+        path: Where it lives in the repo (what the loader is given as `folder_name`).
+        d_sae: Number of latents.
+        k: Latents kept per token (TopK), or None for a ReLU SAE.
+    """
+
+    hook_name: str
+    path: str
+    d_sae: int
+    k: int | None
+
+
+@dataclass(frozen=True)
+class HubSAEReleaseSpec:
+    """A published SAE release read from the Hugging Face hub.
+
+    Args:
+        release: Name for `SAE.from_pretrained`.
+        model_name: Name of the model (`load_model`) the SAEs attach to.
+        repo_id: Hugging Face repo.
+        loader: Key of the SAELens loader registry that reads one layer.
+        layers: The SAEs, in layer order.
+        d_in: Width of the hooked stream.
+        source: One line on where the SAEs come from.
+    """
+
+    release: str
+    model_name: str
+    repo_id: str
+    loader: str
+    layers: tuple[HubLayer, ...]
+    d_in: int = 768
+    source: str = ""
+    config_overrides: dict = field(default_factory=dict)
+
+
+# (k, expansion R) per block output 0..10, from the authors' `load_default_sae_configs`.
+AUTHORS_SIZES: dict[str, list[tuple[int, float]]] = {
+    "vit": [(4, .25), (32, .5), (64, 1), (96, 2), (96, 2), (128, 2), (128, 4), (160, 4), (160, 4),
+            (160, 4), (128, 2)],
+    "clip_vit": [(64, .5), (64, .5), (96, 1), (96, 2), (128, 2), (128, 2), (128, 2), (128, 2),
+                 (160, 2), (160, 2), (160, 2)],
+    "dinov2": [(4, .25), (16, .25), (32, .5), (32, 2), (64, 2), (96, 2), (128, 2), (128, 2),
+               (128, 2), (160, 2), (160, 2)],
+}
+
+
+def authors_release(
+    release: str, *, model_name: str, repo_id: str, sizes: str
+) -> HubSAEReleaseSpec:
+    layers = tuple(
+        HubLayer(hook_name=f"blocks.{layer}.hook_resid_post",
+                 path=authors_folder(k=k, expansion=r, layer=layer), d_sae=int(r * 768), k=k)
+        for layer, (k, r) in enumerate(AUTHORS_SIZES[sizes]))
+    return HubSAEReleaseSpec(
+        release=release, model_name=model_name, repo_id=repo_id, loader=AUTHORS_LOADER_NAME,
+        layers=layers, source=f"RRM authors (hf: {repo_id})")
+
+
+HUB_SAE_RELEASES: dict[str, HubSAEReleaseSpec] = {
+    spec.release: spec for spec in (
+        authors_release("rrm-vit-b16-imagenet", model_name="vit-b16-imagenet",
+                        repo_id="timespt/topksae-vit-base-patch16-224", sizes="vit"),
+        authors_release("rrm-clip-vit-b16", model_name="clip-vit-b16",
+                        repo_id="timespt/topksae-clip-vit-base-patch16", sizes="clip_vit"),
+        authors_release("rrm-dinov2-vitb14-reg", model_name="dinov2-vitb14-reg",
+                        repo_id="timespt/topksae-dinov2-vitb14-reg-lc", sizes="dinov2"),
+    )
+}
+
+NAMED_PRETRAINED_SAE_LOADERS[AUTHORS_LOADER_NAME] = load_authors_sae
+
+
+def _authors_config(repo_id, folder_name, device=None, force_download=False, cfg_overrides=None):
+    return load_authors_sae(repo_id, folder_name, device or "cpu", force_download,
+                            cfg_overrides)[0]
+
+
+NAMED_PRETRAINED_SAE_CONFIG_GETTERS[AUTHORS_LOADER_NAME] = _authors_config
+
+
+def register_hub_release(spec: HubSAEReleaseSpec) -> None:
+    """Make `SAE.from_pretrained(spec.release, hook_name)` load through `spec.loader`."""
+    get_pretrained_saes_directory()[spec.release] = PretrainedSAELookup(
+        release=spec.release,
+        repo_id=spec.repo_id,
+        model=spec.model_name,
+        conversion_func=spec.loader,
+        saes_map={layer.hook_name: layer.path for layer in spec.layers},
+        expected_var_explained={},
+        expected_l0={},
+        neuronpedia_id={},
+        norm_scaling_factor={},
+        config_overrides={"d_in": spec.d_in, "model_name": spec.model_name,
+                          **spec.config_overrides},
+    )
+
+
+def register_embedded_releases() -> list[str]:
+    """Register every shipped release whose weights are present and every hub release."""
+    registered = []
+    for spec in SAE_RELEASES.values():
+        if spec.directory.is_dir() and any(spec.directory.iterdir()):
+            register_sae_release(spec.release, spec.directory, model_name=spec.model_name)
+            registered.append(spec.release)
+    for hub_spec in HUB_SAE_RELEASES.values():
+        register_hub_release(hub_spec)
+        registered.append(hub_spec.release)
+    return registered
+
+
+def release_model_name(release: str) -> str:
+    """The model a known release's SAEs attach to."""
+    if release in SAE_RELEASES:
+        return SAE_RELEASES[release].model_name
+    if release in HUB_SAE_RELEASES:
+        return HUB_SAE_RELEASES[release].model_name
+    raise KeyError(f"unknown SAE release {release!r}; known releases: {release_names()}")
+
+
+def release_names() -> list[str]:
+    return [*SAE_RELEASES, *HUB_SAE_RELEASES]
+
+
+def list_releases() -> list[dict]:
+    """One row per release: release, model, hooks, d_sae, k, source."""
+    import json
+
+    rows = []
+    for spec in SAE_RELEASES.values():
+        hooks, d_sae, k = [], [], []
+        for folder in sorted(spec.directory.iterdir()):
+            cfg_path = folder / "cfg.json"
+            if cfg_path.is_file():
+                cfg = json.loads(cfg_path.read_text())
+                hooks.append(cfg["metadata"]["hook_name"])
+                d_sae.append(cfg["d_sae"])
+                k.append(cfg.get("k"))
+        rows.append({"release": spec.release, "model": spec.model_name, "hooks": hooks,
+                     "d_sae": d_sae, "k": k, "source": "embedded (trained by rrm-plugin)"})
+    for hub in HUB_SAE_RELEASES.values():
+        rows.append({"release": hub.release, "model": hub.model_name,
+                     "hooks": [layer.hook_name for layer in hub.layers],
+                     "d_sae": [layer.d_sae for layer in hub.layers],
+                     "k": [layer.k for layer in hub.layers], "source": hub.source})
+    return rows
+
+
+def format_release_table(rows: list[dict]) -> str:
+    def compact(values: list) -> str:
+        return str(values[0]) if len(set(map(str, values))) == 1 else ",".join(map(str, values))
+
+    lines = ["| release | model | hooks | d_sae | k | source |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        hooks = r["hooks"]
+        span = f"{hooks[0]} .. {hooks[-1]} ({len(hooks)})" if len(hooks) > 1 else hooks[0]
+        lines.append(f"| {r['release']} | {r['model']} | {span} | {compact(r['d_sae'])} | "
+                     f"{compact(r['k'])} | {r['source']} |")
+    return "\n".join(lines)

@@ -1,0 +1,148 @@
+"""The RRM authors' TopK SAE checkpoints, loaded by release name from an offline hub cache.
+
+The oracle below is written from the authors' forward (per-token standardisation with the
+unbiased std, `b_dec` subtracted before the encoder, ReLU then TopK, `b_enc` unused) and shares
+no code with the SAELens class the loader maps them to.
+"""
+
+import io
+import logging
+
+import pytest
+import torch
+from sae_lens import SAE
+
+import rrm_plugin  # noqa: F401  (registers the releases)
+from rrm_plugin.io import CorruptFileError
+from rrm_plugin.saes.authors import authors_folder, parse_authors_folder
+from rrm_plugin.saes.hub import CheckpointNotFoundError
+from rrm_plugin.zoo.releases import AUTHORS_SIZES, HUB_SAE_RELEASES
+from tests.hubcache import add_file
+
+REPO = "timespt/topksae-vit-base-patch16-224"
+
+
+def authors_state(d_in: int, d_sae: int, seed: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "W_enc": torch.randn(d_in, d_sae, generator=g) / d_in**0.5,
+        "W_dec": torch.randn(d_sae, d_in, generator=g) / d_sae**0.5,
+        "b_enc": torch.randn(d_sae, generator=g),  # stored, never used by their forward
+        "b_dec": torch.randn(d_in, generator=g) * 0.1,
+    }
+
+
+def checkpoint_bytes(state: dict, epoch: int = 50) -> bytes:
+    buffer = io.BytesIO()
+    torch.save({"epoch": epoch, "model_state_dict": state, "optimizer_state_dict": {}}, buffer)
+    return buffer.getvalue()
+
+
+def authors_forward(x, state, k):
+    """Their SAE, from the paper's code: returns (latents, reconstruction)."""
+    mu = x.mean(-1, keepdim=True)
+    s = x.std(-1, keepdim=True)  # unbiased
+    x_n = (x - mu) / (s + 1e-5)
+    pre = torch.relu((x_n - state["b_dec"]) @ state["W_enc"])
+    values, indices = pre.topk(k, dim=-1)
+    z = torch.zeros_like(pre).scatter(-1, indices, values)
+    x_hat = (z @ state["W_dec"] + state["b_dec"]) * s + mu
+    return z, x_hat
+
+
+@pytest.mark.parametrize("layer", [0, 6])
+def test_release_layer_reproduces_authors_forward(offline_hub, layer, caplog):
+    k, r = AUTHORS_SIZES["vit"][layer]
+    d_sae = int(768 * r)
+    state = authors_state(768, d_sae, seed=layer)
+    add_file(offline_hub, REPO, f"{authors_folder(k=k, expansion=r, layer=layer)}/epoch50.pth",
+             checkpoint_bytes(state))
+    with caplog.at_level(logging.WARNING):
+        sae = SAE.from_pretrained("rrm-vit-b16-imagenet", f"blocks.{layer}.hook_resid_post")
+    assert "b_enc is non-zero" in caplog.text
+    assert sae.cfg.d_in == 768 and sae.cfg.d_sae == d_sae and sae.cfg.k == k
+    assert sae.cfg.metadata.hook_name == f"blocks.{layer}.hook_resid_post"
+    assert sae.cfg.metadata.model_name == "vit-b16-imagenet"
+    # Residual-stream-like inputs: large per-token offsets and scales.
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(5, 197, 768, generator=g) * 3 + torch.randn(5, 197, 1, generator=g) * 10
+    z_ref, x_hat_ref = authors_forward(x, state, k)
+    with torch.no_grad():
+        z = sae.encode(x)
+        x_hat = sae.decode(z)
+        x_hat_fwd = sae(x)
+    assert (z > 0).sum(-1).max() == k
+    torch.testing.assert_close(z, z_ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(x_hat, x_hat_ref, atol=1e-5 * x.abs().max().item(), rtol=1e-5)
+    torch.testing.assert_close(x_hat_fwd, x_hat_ref, atol=1e-5 * x.abs().max().item(), rtol=1e-5)
+
+
+def test_checkpoint_under_a_model_folder_and_latest_epoch(offline_hub):
+    k, r = AUTHORS_SIZES["clip_vit"][2]
+    folder = authors_folder(k=k, expansion=r, layer=2)
+    old, new = authors_state(768, int(768 * r), 0), authors_state(768, int(768 * r), 1)
+    repo = HUB_SAE_RELEASES["rrm-clip-vit-b16"].repo_id
+    add_file(offline_hub, repo, f"clip_vit/{folder}/epoch9.pth", checkpoint_bytes(old, 9))
+    add_file(offline_hub, repo, f"clip_vit/{folder}/epoch50.pth", checkpoint_bytes(new, 50))
+    sae = SAE.from_pretrained("rrm-clip-vit-b16", "blocks.2.hook_resid_post")
+    torch.testing.assert_close(sae.W_enc.detach(), new["W_enc"])
+    assert sae.b_enc.abs().max() == 0
+
+
+def test_missing_layer_names_repo_and_files(offline_hub):
+    state = authors_state(768, 192, 0)
+    add_file(offline_hub, REPO, "K4_R0.25/L0/epoch50.pth", checkpoint_bytes(state))
+    with pytest.raises(CheckpointNotFoundError, match=r"topksae-vit-base-patch16-224.*K32_R0.5/L1"):
+        SAE.from_pretrained("rrm-vit-b16-imagenet", "blocks.1.hook_resid_post")
+
+
+def test_uncached_repo_offline_is_a_clear_error(offline_hub):
+    with pytest.raises(CheckpointNotFoundError, match="HF_HUB_OFFLINE is set"):
+        SAE.from_pretrained("rrm-dinov2-vitb14-reg", "blocks.0.hook_resid_post")
+
+
+class Payload:  # stands in for any Python object a pickle could smuggle
+    pass
+
+
+def test_checkpoints_needing_unpickling_are_refused(offline_hub):
+    buffer = io.BytesIO()
+    torch.save({"model_state_dict": authors_state(768, 192, 0), "extra": Payload()}, buffer)
+    add_file(offline_hub, REPO, "K4_R0.25/L0/epoch50.pth", buffer.getvalue())
+    with pytest.raises(CorruptFileError, match="arbitrary unpickling"):
+        SAE.from_pretrained("rrm-vit-b16-imagenet", "blocks.0.hook_resid_post")
+
+
+@pytest.mark.parametrize(("bad", "message"), [
+    ({"W_enc": torch.zeros(768, 100)}, r"'W_enc' has shape \[768, 100\], expected \[768, 192\]"),
+    ({"b_dec": torch.full((768,), float("nan"))}, "'b_dec' contains NaN"),
+])
+def test_wrong_shapes_and_nan_are_refused(offline_hub, bad, message):
+    state = {**authors_state(768, 192, 0), **bad}
+    add_file(offline_hub, REPO, "K4_R0.25/L0/epoch50.pth", checkpoint_bytes(state))
+    with pytest.raises(CorruptFileError, match=message):
+        SAE.from_pretrained("rrm-vit-b16-imagenet", "blocks.0.hook_resid_post")
+
+
+def test_corrupt_file_is_refused(offline_hub):
+    add_file(offline_hub, REPO, "K4_R0.25/L0/epoch50.pth", b"not a checkpoint")
+    with pytest.raises(CorruptFileError, match="not a readable torch checkpoint"):
+        SAE.from_pretrained("rrm-vit-b16-imagenet", "blocks.0.hook_resid_post")
+
+
+def test_folder_names_round_trip():
+    assert authors_folder(k=4, expansion=0.25, layer=0) == "K4_R0.25/L0"
+    assert authors_folder(k=96, expansion=2, layer=3) == "K96_R2.0/L3"
+    for layer, (k, r) in enumerate(AUTHORS_SIZES["dinov2"]):
+        assert parse_authors_folder(authors_folder(k=k, expansion=r, layer=layer)) == (k, r, layer)
+    with pytest.raises(ValueError, match="not an RRM authors' SAE folder"):
+        parse_authors_folder("L3")
+
+
+def test_release_table_lists_every_release():
+    rows = rrm_plugin.list_releases(show=False)
+    by_name = {r["release"]: r for r in rows}
+    assert {"rrm-digits-vit", *HUB_SAE_RELEASES} <= set(by_name)
+    vit = by_name["rrm-vit-b16-imagenet"]
+    assert vit["hooks"][0] == "blocks.0.hook_resid_post" and len(vit["hooks"]) == 11
+    assert vit["d_sae"][:3] == [192, 384, 768] and vit["k"][:3] == [4, 32, 64]
