@@ -204,22 +204,39 @@ class Graph:
                                        f"expected {list(expected)}")
 
     # ---- views ---------------------------------------------------------------------------
-    def to_json_dict(self, *, min_abs_edge: float = 0.0) -> dict[str, Any]:
-        """Everything as plain JSON: nodes, error nodes, logit node and non-zero edges."""
+    def to_json_dict(
+        self, *, min_abs_edge: float = 0.0, max_edges: int | None = None
+    ) -> dict[str, Any]:
+        """Everything as plain JSON: nodes, error nodes, logit node and non-zero edges.
+
+        `max_edges` keeps only the strongest edges by |weight| (a ViT-B graph has millions;
+        `save` keeps them all); `edges_total` says how many there were.
+        """
         nodes = self.node_table()
         ids = [[node_id(k, f, t) for f, t in _feature_tokens(layer)]
                for k, layer in enumerate(self.layers)]
-        edges = []
-        for k, edge in enumerate(self.edges):
-            sources = ids[k] + [error_id(k)]
-            for i, o in torch.nonzero(edge.abs() > min_abs_edge).tolist():
-                edges.append({"source": sources[i], "target": ids[k + 1][o],
-                              "weight": float(edge[i, o])})
         top = len(self.layers) - 1
-        for i, weight in enumerate(self.logit_edges.tolist()):
-            if abs(weight) > min_abs_edge:
-                source = ids[top][i] if i < len(ids[top]) else error_id(top)
-                edges.append({"source": source, "target": LOGIT_ID, "weight": weight})
+        ids[top] = ids[top] + [error_id(top)]
+        # One (matrix, row, column, weight) table over all edge matrices and the logit edges.
+        matrices = [*self.edges, self.logit_edges[:, None]]
+        parts = []
+        for k, edge in enumerate(matrices):
+            rows, cols = torch.nonzero(edge.abs() > min_abs_edge, as_tuple=True)
+            parts.append(torch.stack([torch.full_like(rows, k), rows, cols], 1))
+        index = torch.cat(parts) if parts else torch.zeros(0, 3, dtype=torch.long)
+        weights = torch.cat([m[p[:, 1], p[:, 2]].float() for m, p in zip(matrices, parts,
+                                                                          strict=True)])
+        total = len(weights)
+        if max_edges is not None and total > max_edges:
+            keep = weights.abs().topk(max_edges).indices.sort().values
+            index, weights = index[keep], weights[keep]
+        edges = []
+        for (k, i, o), weight in zip(index.tolist(), weights.tolist(), strict=True):
+            if k == top:  # logit edges
+                edges.append({"source": ids[top][i], "target": LOGIT_ID, "weight": weight})
+            else:
+                source = ids[k][i] if i < len(ids[k]) else error_id(k)
+                edges.append({"source": source, "target": ids[k + 1][o], "weight": weight})
         return {
             "target": {"class": self.target_class, "metric": self.metric, "value": self.value},
             "granularity": self.granularity, "linearised": self.linearised,
@@ -227,7 +244,7 @@ class Graph:
             "error_nodes": [{"id": error_id(k), "layer": k, "hook_name": layer.hook_name,
                              "score": layer.error_score} for k, layer in enumerate(self.layers)],
             "logit_node": {"id": LOGIT_ID, "class": self.target_class, "value": self.value},
-            "edges": edges, "metadata": self.metadata,
+            "edges": edges, "edges_total": total, "metadata": self.metadata,
         }
 
     def to_networkx(self):

@@ -34,6 +34,8 @@ class TraceConfig:
         node_threshold: circuit-tracer node influence threshold.
         edge_threshold: circuit-tracer edge influence threshold.
         max_nodes_per_layer: Latents drawn per layer in the figure.
+        max_json_edges: Strongest edges written to the readable `graph.json` (the lossless
+            files keep every edge).
     """
 
     target_class: int | None = None
@@ -42,6 +44,7 @@ class TraceConfig:
     node_threshold: float = 0.8
     edge_threshold: float = 0.98
     max_nodes_per_layer: int = 6
+    max_json_edges: int = 100_000
 
 
 def _readout(logits: Tensor, cls: int) -> dict[str, float]:
@@ -113,7 +116,7 @@ def trace_image(
         title=(f"class {cls}: {circuit.node_count} nodes keep "
                f"{runs['insertion']['adjusted_logit']:.2f} of {graph.value:.2f} adjusted logit"),
     )
-    write_json(out_dir / "graph.json", graph.to_json_dict())
+    write_json(out_dir / "graph.json", graph.to_json_dict(max_edges=config.max_json_edges))
     graph.save(out_dir / "graph.lossless")
     write_json(out_dir / "circuit.json", {
         **circuit.to_json_dict(),

@@ -138,6 +138,7 @@ def dinov2_config(
     c = backbone.config
     _require(not getattr(c, "use_swiglu_ffn", False), "DINOv2 with a SwiGLU MLP (giant)")
     _require(c.hidden_act == "gelu", f"DINOv2 activation {c.hidden_act!r}")
+    _require(getattr(c, "qkv_bias", True), "DINOv2 without query/key/value biases")
     _require(image_size % c.patch_size == 0,
              f"image size {image_size} is not a multiple of the patch size {c.patch_size}")
     return ExtendedViTConfig(

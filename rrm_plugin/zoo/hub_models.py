@@ -217,7 +217,8 @@ def dinov2_head_path() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / DINOV2_HEAD_URL.rsplit("/", 1)[-1]
 
 
-def load_dinov2_head() -> dict[str, Tensor]:
+def load_dinov2_head(*, d_model: int = 768, n_classes: int = 1000) -> dict[str, Tensor]:
+    """DINOv2's ImageNet linear head on [CLS, mean patch] (weight [n_classes, 2 d_model])."""
     from huggingface_hub import constants
 
     from rrm_plugin.saes.hub import check_state, read_torch_checkpoint
@@ -235,7 +236,8 @@ def load_dinov2_head() -> dict[str, Tensor]:
                 f"could not download DINOv2's linear head {DINOV2_HEAD_URL} to {path}: {err}"
             ) from err
     state = read_torch_checkpoint(path)
-    return check_state(state, {"weight": (1000, 1536), "bias": (1000,)}, where=str(path))
+    expected = {"weight": (n_classes, 2 * d_model), "bias": (n_classes,)}
+    return check_state(state, expected, where=str(path))
 
 
 def build_dinov2_vitb14_reg() -> ExtendedViT:
@@ -248,7 +250,7 @@ def build_dinov2_vitb14_reg() -> ExtendedViT:
     except OSError as err:
         raise CheckpointNotFoundError(
             f"transformers could not load {DINOV2_REPO!r}: {err}") from err
-    head = load_dinov2_head()
+    head = load_dinov2_head(d_model=backbone.config.hidden_size)
     return convert_hf_dinov2(backbone, head["weight"], head["bias"], image_size=224,
                              model_name="dinov2-vitb14-reg")
 

@@ -174,6 +174,22 @@ def test_json_and_networkx_views(vit, saes, images, baselines):
     assert nx_graph.nodes[first["id"]]["score"] == first["score"]
 
 
+def test_json_edges_match_the_matrices_and_max_edges_keeps_the_strongest(
+    vit, saes, images, baselines
+):
+    graph = attribute(vit, saes, images[:1], baselines=baselines)[0]
+    full = graph.to_json_dict()
+    # Every non-zero entry of every edge matrix (error rows included) and of the logit edges.
+    expected = sum(int((e != 0).sum()) for e in graph.edges) + int((graph.logit_edges != 0).sum())
+    assert len(full["edges"]) == full["edges_total"] == expected
+    into_logit = [e["weight"] for e in full["edges"] if e["target"] == "logit"]
+    assert sum(into_logit) == pytest.approx(float(graph.logit_edges.sum()), rel=1e-5)
+    capped = graph.to_json_dict(max_edges=10)
+    assert len(capped["edges"]) == 10 and capped["edges_total"] == expected
+    strongest = sorted((abs(e["weight"]) for e in full["edges"]), reverse=True)[:10]
+    assert sorted((abs(e["weight"]) for e in capped["edges"]), reverse=True) == strongest
+
+
 def test_bad_inputs_are_named(vit, saes, images, baselines):
     with pytest.raises(ValueError, match="unknown target class 7; the model has classes 0..4"):
         attribute(vit, saes, images, baselines=baselines, classes=7)

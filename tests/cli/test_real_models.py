@@ -1,0 +1,59 @@
+"""End to end on a real-shaped model, offline: `rrm trace` and `rrm faithfulness` on photos.
+
+A random full-size ViT-B/16 (timm's hub layout) and random SAEs of the paper's sizes (the RRM
+authors' layout) sit in a temporary Hugging Face cache; the CLI runs as a user would run it, in a
+fresh process with `HF_HUB_OFFLINE=1`.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+from sklearn.datasets import load_sample_images
+
+
+@pytest.fixture
+def photo_folder(tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name, array in zip(["china.jpg", "flower.jpg"], load_sample_images().images, strict=True):
+        Image.fromarray(array).save(folder / name)
+    return folder
+
+
+def rrm(args: list[str], *, cache, scratch) -> str:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache),
+           "TORCH_HOME": str(scratch / "torch"), "RRM_PLUGIN_CACHE": str(scratch / "rrm")}
+    done = subprocess.run([sys.executable, "-m", "rrm_plugin.cli.main", *args], env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+def test_trace_and_faithfulness_on_photos_with_vit_b16(vit_b16_hub, photo_folder, tmp_path):
+    cache, _, _ = vit_b16_hub
+    model = ["--model", "vit-b16-imagenet", "--release", "rrm-vit-b16-imagenet"]
+    out = tmp_path / "trace"
+    printed = rrm(["trace", str(photo_folder / "china.jpg"), *model, "--out", str(out)],
+                  cache=cache, scratch=tmp_path)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["metadata"]["model"] == "vit-b16-imagenet"
+    assert summary["metadata"]["file"].endswith("china.jpg")
+    assert 0 <= summary["target_class"] < 1000 and summary["circuit_nodes"] > 0
+    assert summary["graph_nodes"] > 1000  # 11 SAE layers over 197 tokens
+    graph = json.loads((out / "graph.json").read_text())
+    assert graph["nodes"] and graph["edges"] and graph["edges_total"] >= len(graph["edges"])
+    assert (out / "circuit.png").read_bytes()[:4] == b"\x89PNG"
+    assert "circuit:" in printed
+
+    out = tmp_path / "faith"
+    printed = rrm(["faithfulness", *model, "--images", str(photo_folder), "--methods", "rrm",
+                   "random", "--out", str(out)], cache=cache, scratch=tmp_path)
+    data = json.loads((out / "faithfulness.json").read_text())
+    assert data["n_images"] == 2 and set(data["auc"]) == {"rrm", "random"}
+    assert sorted(os.path.basename(f) for f in data["metadata"]["files"]) == [
+        "china.jpg", "flower.jpg"]
+    assert "| rrm |" in printed and "median over the 2 input images" in printed

@@ -1,0 +1,190 @@
+"""Models by name, loaded offline through their real upstream loaders from hub-cache fixtures.
+
+The fixtures hold random weights in the exact upstream layouts (timm's `model.safetensors`,
+transformers' `save_pretrained` folders, torch hub's DINOv2 head checkpoint); each named model must
+compute what the upstream model computes on real photos.
+"""
+
+import json
+
+import pytest
+import torch
+from sklearn.datasets import load_sample_images
+
+import rrm_plugin
+from rrm_plugin.data.images import preprocess
+from rrm_plugin.saes.hub import CheckpointNotFoundError
+from rrm_plugin.zoo.hub_models import (
+    DINOV2_REPO,
+    HUB_MODELS,
+    cache_dir,
+    dinov2_head_path,
+    openai_imagenet_prompts,
+)
+from tests.hubcache import add_folder, torch_bytes, use_hub_cache
+
+TOL = dict(atol=1e-4, rtol=1e-4)
+
+
+def photos(name: str) -> torch.Tensor:
+    arrays = load_sample_images().images
+    raw = [torch.tensor(im).permute(2, 0, 1).float() / 255 for im in arrays]
+    return torch.stack([preprocess(im, HUB_MODELS[name].preprocessing) for im in raw])
+
+
+def test_vit_b16_imagenet_by_name_equals_timm(vit_b16_hub, tmp_path, monkeypatch):
+    cache, upstream, _ = vit_b16_hub
+    use_hub_cache(monkeypatch, cache, tmp_path)
+    model = rrm_plugin.load_model("vit-b16-imagenet")
+    x = photos("vit-b16-imagenet")
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), upstream(x), **TOL)
+    assert model.cfg.model_name == "vit-b16-imagenet" and model.cfg.n_classes == 1000
+
+
+def test_uncached_models_offline_name_what_was_looked_for(offline_hub):
+    with pytest.raises(CheckpointNotFoundError, match="vit_base_patch16_224.augreg2_in21k_ft_in1k"):
+        rrm_plugin.load_model("vit-b16-imagenet")
+    with pytest.raises(CheckpointNotFoundError, match="openai/clip-vit-base-patch16"):
+        rrm_plugin.load_model("clip-vit-b16")
+    with pytest.raises(CheckpointNotFoundError, match="facebook/dinov2-with-registers-base"):
+        rrm_plugin.load_model("dinov2-vitb14-reg")
+    with pytest.raises(KeyError, match="unknown model 'vit-h14'; available models: .*clip-vit-b32"):
+        rrm_plugin.load_model("vit-h14")
+
+
+# --- CLIP with its zero-shot head ---------------------------------------------------------------
+
+def clip_tokenizer(folder):
+    from transformers import CLIPTokenizer
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    # Character-level BPE vocabulary (no merges): enough for a real CLIPTokenizer.
+    chars = list(bytes_to_unicode().values())
+    vocab = {c: i for i, c in enumerate(chars + [c + "</w>" for c in chars])}
+    vocab |= {"<|startoftext|>": len(vocab), "<|endoftext|>": len(vocab) + 1}
+    folder.mkdir(parents=True)
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"))
+
+
+@pytest.fixture
+def clip_hub(offline_hub, tmp_path):
+    from transformers import CLIPConfig, CLIPModel
+
+    torch.manual_seed(0)
+    cfg = CLIPConfig(
+        text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, vocab_size=520, max_position_embeddings=128),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                           num_attention_heads=2, image_size=224, patch_size=32,
+                           hidden_act="quick_gelu"),
+        projection_dim=16,
+    )
+    clip = CLIPModel(cfg).eval()
+    tokenizer = clip_tokenizer(tmp_path / "tok")
+    clip.save_pretrained(tmp_path / "clip")
+    tokenizer.save_pretrained(tmp_path / "clip")
+    add_folder(offline_hub, "openai/clip-vit-base-patch32", tmp_path / "clip")
+    return clip, tokenizer
+
+
+def expected_class_embedding(clip, tokenizer, class_name: str) -> torch.Tensor:
+    """OpenAI's recipe: mean over the 80 templates of the raw text features, then normalised."""
+    _, templates = openai_imagenet_prompts()
+    tokens = tokenizer([t(class_name) for t in templates], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        hidden = clip.text_model(input_ids=tokens["input_ids"],
+                                 attention_mask=tokens["attention_mask"]).pooler_output
+        mean = clip.text_projection(hidden).mean(0)
+    return mean / mean.norm()
+
+
+def test_clip_by_name_equals_upstream_zero_shot_and_caches_its_head(clip_hub):
+    clip, tokenizer = clip_hub
+    model = rrm_plugin.load_model("clip-vit-b32")
+    names, _ = openai_imagenet_prompts()
+    assert model.cfg.n_classes == len(names) == 1000
+    x = photos("clip-vit-b32")
+    with torch.no_grad():
+        pooled = clip.vision_model(pixel_values=x).pooler_output
+        image = torch.nn.functional.normalize(clip.visual_projection(pooled), dim=-1)
+    chosen = [0, 1, 417, 998, 999]
+    classes = torch.stack([expected_class_embedding(clip, tokenizer, names[i]) for i in chosen])
+    with torch.no_grad():
+        logits = model(x)
+    torch.testing.assert_close(logits[:, chosen], image @ classes.T, **TOL)
+    # The head was written to the cache and is used from there on (same logits, no rebuild).
+    cached = list((cache_dir() / "zero_shot").glob("openai--clip-vit-base-patch32-*.safetensors"))
+    assert len(cached) == 1
+    again = rrm_plugin.load_model("clip-vit-b32")
+    with torch.no_grad():
+        torch.testing.assert_close(again(x), logits, atol=0, rtol=0)
+
+
+def test_clip_preprocessing_matches_clip_image_processor():
+    from PIL import Image
+    from transformers import CLIPImageProcessor
+
+    processor = CLIPImageProcessor(size={"shortest_edge": 224}, crop_size=224)
+    ours = photos("clip-vit-b16")
+    theirs = processor(images=[Image.fromarray(a) for a in load_sample_images().images],
+                       return_tensors="pt")["pixel_values"]
+    assert ours.shape == theirs.shape == (2, 3, 224, 224)
+    # PIL's and torchvision's antialiased bicubic differ slightly; the geometry must not (a
+    # one-pixel crop offset gives a mean difference of about 0.15).
+    assert (ours - theirs).abs().mean() < 0.01
+
+
+# --- DINOv2 with registers and its linear head ---------------------------------------------------
+
+@pytest.fixture
+def dinov2_hub(offline_hub, tmp_path):
+    from transformers import Dinov2WithRegistersConfig, Dinov2WithRegistersModel
+
+    torch.manual_seed(0)
+    cfg = Dinov2WithRegistersConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                    mlp_ratio=2, patch_size=14, image_size=518,
+                                    num_register_tokens=4, layerscale_value=0.5)
+    backbone = Dinov2WithRegistersModel(cfg).eval()
+    backbone.save_pretrained(tmp_path / "dino")
+    add_folder(offline_hub, DINOV2_REPO, tmp_path / "dino")
+    head = {"weight": torch.randn(1000, 64) * 0.1, "bias": torch.randn(1000)}
+    dinov2_head_path().parent.mkdir(parents=True)
+    dinov2_head_path().write_bytes(torch_bytes(head))
+    return backbone, head
+
+
+def test_dinov2_by_name_equals_upstream_with_registers_and_head(dinov2_hub):
+    backbone, head = dinov2_hub
+    model = rrm_plugin.load_model("dinov2-vitb14-reg")
+    x = photos("dinov2-vitb14-reg")
+    with torch.no_grad():
+        tokens = backbone(pixel_values=x).last_hidden_state
+        pooled = torch.cat([tokens[:, 0], tokens[:, 5:].mean(1)], -1)
+        expected = pooled @ head["weight"].T + head["bias"]
+        torch.testing.assert_close(model(x), expected, **TOL)
+    assert model.cfg.n_registers == 4 and model.cfg.image_size == 224
+
+
+def test_dinov2_head_missing_offline_names_the_path(offline_hub, tmp_path):
+    from transformers import Dinov2WithRegistersConfig, Dinov2WithRegistersModel
+
+    cfg = Dinov2WithRegistersConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                    patch_size=14, image_size=518)
+    Dinov2WithRegistersModel(cfg).save_pretrained(tmp_path / "dino")
+    add_folder(offline_hub, DINOV2_REPO, tmp_path / "dino")
+    with pytest.raises(CheckpointNotFoundError, match="dinov2_vitb14_reg4_linear_head.pth"):
+        rrm_plugin.load_model("dinov2-vitb14-reg")
+    dinov2_head_path().parent.mkdir(parents=True)
+    dinov2_head_path().write_bytes(torch_bytes({"weight": torch.zeros(1000, 10),
+                                                "bias": torch.zeros(1000)}))
+    with pytest.raises(Exception, match=r"'weight' has shape \[1000, 10\], expected \[1000, 64\]"):
+        rrm_plugin.load_model("dinov2-vitb14-reg")
+
+
+def test_list_models_names_every_model():
+    rows = rrm_plugin.list_models(show=False)
+    assert [r["model"] for r in rows] == ["digits-vit", "vit-b16-imagenet", "clip-vit-b16",
+                                          "dinov2-vitb14-reg", "clip-vit-b32"]
