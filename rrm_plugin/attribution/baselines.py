@@ -171,9 +171,12 @@ def compute_baselines(
 
 
 def cached_baselines_path(release: str) -> Path:
-    """Where `rrm baselines` keeps the baselines of a non-shipped release (user cache)."""
+    """Where `rrm baselines` keeps the baselines of a non-shipped release: in the folder of a
+    release given as a folder, else in the user cache."""
     from rrm_plugin.zoo.hub_models import cache_dir
 
+    if Path(release).is_dir():
+        return Path(release) / BASELINES_FILENAME
     return cache_dir() / "baselines" / f"{release}.safetensors"
 
 

@@ -12,10 +12,12 @@ DTYPE_CHOICES = ("float32", "float64", "bfloat16", "float16")
 
 def add_model_args(p: argparse.ArgumentParser, *, release: bool = True) -> None:
     p.add_argument("--model", default=None,
-                   help="model name (`rrm list`); default: the model of --release")
+                   help="model name (`rrm list`) or a folder saved by `save_model`; default: "
+                        "the model of --release")
     if release:
         p.add_argument("--release", default=DEFAULT_RELEASE,
-                       help=f"SAE release (`rrm list`; default {DEFAULT_RELEASE})")
+                       help=f"SAE release (`rrm list`) or a folder written by `rrm train-saes` "
+                            f"(default {DEFAULT_RELEASE})")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
     p.add_argument("--dtype", choices=DTYPE_CHOICES, default=None,
                    help="model and SAE dtype (default: as loaded, float32)")
@@ -49,6 +51,8 @@ def resolve_model_name(model: str | None, release: str | None) -> str:
         return model
     if release is None:
         return "digits-vit"
+    if Path(release).is_dir():
+        raise ValueError(f"--release {release} is a folder of your own SAEs: give --model too")
     return release_model_name(release)
 
 
@@ -62,10 +66,19 @@ def load_workspace(args: argparse.Namespace, *, with_saes: bool = True) -> Works
     release = getattr(args, "release", None)
     if release is not None and release.lower() == "none":
         release = None
-    name = resolve_model_name(args.model, release)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"--device {args.device}: CUDA is not available on this machine")
-    model = rrm_plugin.load_model(name, device=args.device, dtype=args.dtype)
+    if args.model is not None and Path(args.model).is_dir():  # a HookedViT saved by rrm
+        from rrm_plugin.zoo.models import load_model_from_directory, to_device
+
+        model = to_device(load_model_from_directory(Path(args.model)), device=args.device,
+                          dtype=args.dtype)
+        name = args.model
+    else:
+        name = resolve_model_name(args.model, release)
+        model = rrm_plugin.load_model(name, device=args.device, dtype=args.dtype)
+    if release is not None and Path(release).is_dir():  # SAEs saved by `rrm train-saes`
+        rrm_plugin.register_sae_release(release, Path(release), model_name=name)
     saes = {}
     if with_saes and release is not None:
         saes = rrm_plugin.load_saes(release, device=args.device)
@@ -88,12 +101,17 @@ def check_saes_fit(model, saes: dict, *, release: str, model_name: str) -> None:
 
 
 def model_preprocessing(model_name: str, model):
+    """Named models: their own; embedded ones: exact size, [0, 1] pixels; own models: resized."""
+    from dataclasses import replace
+
     from rrm_plugin.data.images import identity_preprocessing
     from rrm_plugin.zoo.hub_models import HUB_MODELS
+    from rrm_plugin.zoo.models import MODELS
 
     if model_name in HUB_MODELS:
         return HUB_MODELS[model_name].preprocessing
-    return identity_preprocessing(model.cfg.image_size)
+    exact = identity_preprocessing(model.cfg.image_size)
+    return exact if model_name in MODELS else replace(exact, exact_size=False)
 
 
 def load_image_args(paths: list[str] | None, ws: Workspace):

@@ -86,7 +86,9 @@ def plot_perturbation(summary: dict, path: Path) -> Path:
     styles = {"negative": "-", "positive": "--"}
     for name, curve in pert["curves"].items():
         mode = name.rsplit("_", 1)[-1]
-        ax.plot(x, curve, styles.get(mode, ":"), label=f"{name} (AUC {pert['auc'][name]:.3f})")
+        auc = pert["auc"][name]  # None when accuracy is 0 all along (the AUC is undefined)
+        shown = "undefined" if auc is None else f"{auc:.3f}"
+        ax.plot(x, curve, styles.get(mode, ":"), label=f"{name} (AUC {shown})")
     ax.set(xlabel="% of patches removed", ylabel="accuracy", ylim=(0, 1.02),
            title="patch removal: negative (least important first) / positive")
     ax.legend(fontsize=8)

@@ -44,3 +44,44 @@ def test_train_saes_rejects_images_of_wrong_size(tmp_path):
             "--d-sae", "24", "--k", "3"]
     with pytest.raises(ValueError, match="16x16 pixels, model expects 8x8"):
         main(argv)
+
+
+def test_own_model_and_release_folders_work_in_every_command(tmp_path, capsys):
+    from PIL import Image
+
+    model = build_hooked_vit(tiny_vit_config(), seed=0).eval()
+    save_model(model, tmp_path / "model")
+    photos = tmp_path / "photos"
+    for label in (0, 3):  # ImageFolder layout: integer folder names are the labels
+        (photos / str(label)).mkdir(parents=True)
+        for i in range(3):
+            pixels = torch.randint(0, 256, (12, 10, 3), dtype=torch.uint8).numpy()
+            Image.fromarray(pixels).save(photos / str(label) / f"{i}.png")
+    own = ["--model", str(tmp_path / "model"), "--release", str(tmp_path / "rel")]
+    assert main(["train-saes", "--model-dir", str(tmp_path / "model"), "--images", str(photos),
+                 "--out", str(tmp_path / "rel"), "--d-sae", "24", "--k", "3", "--steps", "5"]) == 0
+    assert main(["baselines", *own, "--images", str(photos)]) == 0
+    assert (tmp_path / "rel" / "baselines.safetensors").is_file()
+    assert main(["eval-saes", *own, "--images", str(photos), "--out",
+                 str(tmp_path / "e.json")]) == 0
+    written = json.loads((tmp_path / "e.json").read_text())
+    assert written["n_images"] == 6 and "blocks.1.hook_resid_post" in written["metrics"]
+    assert main(["trace", str(photos / "3" / "0.png"), *own, "--out", str(tmp_path / "t")]) == 0
+    assert "baselines: cached" in capsys.readouterr().out
+    summary = json.loads((tmp_path / "t" / "summary.json").read_text())
+    assert summary["circuit_nodes"] >= 0 and summary["metadata"]["file"].endswith("0.png")
+    assert main(["lens", *own, "--images", str(photos), "--out", str(tmp_path / "lens"),
+                 "--permutations", "5", "--random-repeats", "1", "--no-progress"]) == 0
+    lens = json.loads((tmp_path / "lens" / "lens.json").read_text())
+    assert lens["n_images"] == 6 and "feature_lens" in json.dumps(lens)
+    with pytest.raises(ValueError, match="is a folder of your own SAEs: give --model too"):
+        main(["eval-saes", "--release", str(tmp_path / "rel"), "--images", str(photos)])
+
+
+def test_list_prints_models_and_releases(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    for name in ("digits-vit", "vit-b16-imagenet", "clip-vit-b16", "dinov2-vitb14-reg",
+                 "clip-vit-b32", "rrm-digits-vit", "rrm-vit-b16-imagenet", "rrm-clip-vit-b16",
+                 "rrm-dinov2-vitb14-reg"):
+        assert f"| {name} |" in out, name
