@@ -72,13 +72,15 @@ def activation_gate(name: str) -> Callable[[Tensor], Tensor]:
     if name in ("gelu_new", "gelu_fast", "gelu_pytorch_tanh"):
         c = math.sqrt(2.0 / math.pi)
         return lambda x: 0.5 * (1.0 + torch.tanh(c * (x + 0.044715 * x.pow(3))))
+    if name == "quick_gelu":  # CLIP: x * sigmoid(1.702 x)
+        return lambda x: torch.sigmoid(1.702 * x)
     if name == "relu":
         return lambda x: (x > 0).to(x.dtype)
     if name == "silu":
         return torch.sigmoid
     raise ValueError(
         f"cannot linearise MLP activation {name!r}; "
-        "supported: gelu, gelu_new, gelu_fast, relu, silu"
+        "supported: gelu, gelu_new, gelu_fast, quick_gelu, relu, silu"
     )
 
 

@@ -36,6 +36,8 @@ def init_vit_weights(model: HookedViT, *, std: float = 0.02) -> None:
             nn.init.zeros_(param)
         elif leaf == "w" and ".ln" in f".{name}":
             nn.init.ones_(param)
+        elif leaf == "logit_scale":  # ExtendedViT's CLIP-style head: plain cosine logits
+            nn.init.ones_(param)
         elif name == "embed.proj.weight":
             fan_in = math.prod(param.shape[1:])
             nn.init.trunc_normal_(param, std=1 / math.sqrt(fan_in))

@@ -65,6 +65,35 @@ def test_engine_equals_reference_on_other_blocks(overrides, images, reference_im
     assert_matches_reference(model, saes, images[:1], base)
 
 
+@pytest.mark.parametrize("extended", [
+    # DINOv2-like: register tokens after CLS, a linear head on [CLS, mean patch].
+    dict(n_registers=2, head_type="cls_mean_patch"),
+    # CLIP-like: quick-GELU, LayerNorm before the blocks, cosine head on a projection.
+    dict(activation_name="quick_gelu", layer_norm_pre=True, head_type="normalized_projection",
+         projection_dim=6),
+])
+def test_engine_equals_reference_on_extended_vits(extended, images, reference_images):
+    from rrm_plugin.hosts.vit import ExtendedViT, ExtendedViTConfig
+    from tests.conftest import tiny_vit_config
+
+    base = {k: v for k, v in vars(tiny_vit_config()).items() if k != "activation_name"}
+    cfg = ExtendedViTConfig(**{**base, "activation_name": "gelu", **extended})
+    model = sharp_vit()  # scaled weights of the plain tiny model, copied where names agree
+    extended_model = ExtendedViT(cfg)
+    from rrm_plugin.hosts.prisma import init_vit_weights
+
+    torch.manual_seed(0)
+    init_vit_weights(extended_model, std=0.3)
+    state = {k: v for k, v in model.state_dict().items()
+             if k in extended_model.state_dict() and k.startswith("blocks")}
+    extended_model.load_state_dict(state, strict=False)
+    extended_model.eval()
+    assert isinstance(extended_model, ExtendedViT)
+    saes = random_saes(extended_model, d_sae=24, k=5)
+    base_lines = compute_baselines(extended_model, saes, reference_images, progress=False)
+    assert_matches_reference(extended_model, saes, images[:1], base_lines)
+
+
 def test_node_scores_are_sums_of_out_edges(vit, saes, images, mean_baselines):
     # Leaf errors: a source's score is exactly what its out-edges carry to the next layer.
     for graph in attribute(vit, saes, images, baselines=mean_baselines):

@@ -30,8 +30,10 @@ def test_forward_values_are_unchanged(vit, saes, images):
 
 def test_gelu_gate_matches_activation():
     x = torch.linspace(-4, 4, 101)
+    from transformers.activations import ACT2FN
+
     for name, act in [("gelu", torch.nn.functional.gelu), ("relu", torch.relu),
-                      ("silu", torch.nn.functional.silu)]:
+                      ("silu", torch.nn.functional.silu), ("quick_gelu", ACT2FN["quick_gelu"])]:
         torch.testing.assert_close(x * activation_gate(name)(x), act(x), atol=1e-6, rtol=1e-6)
     with pytest.raises(ValueError, match="cannot linearise MLP activation 'solu_ln'"):
         activation_gate("solu_ln")
