@@ -64,3 +64,21 @@ def test_reconstruction_metrics_known_answer():
     assert metrics["mse"] == pytest.approx(float((x - x_hat).pow(2).mean()), rel=1e-5)
     dead = 100 * float(((z > 0).sum(0) == 0).float().mean())
     assert metrics["dead_features_pct"] == pytest.approx(dead)
+    residual = (x - x_hat).pow(2).sum()
+    total = (x - x.mean(0)).pow(2).sum()
+    assert metrics["explained_variance"] == pytest.approx(float(1 - residual / total), rel=1e-5)
+    cos = torch.nn.functional.cosine_similarity(x, x_hat, dim=-1).mean()
+    assert metrics["cossim"] == pytest.approx(float(cos), rel=1e-5)
+
+
+def test_batched_evaluation_is_exact_over_the_whole_set(tiny_vit, tiny_saes):
+    images = torch.rand(7, 3, 8, 8, generator=torch.Generator().manual_seed(3))
+    labels = torch.tensor([0, 1, 2, 3, 4, 0, 1])
+    whole = evaluate_saes(tiny_vit, tiny_saes, images, labels, batch_size=64)
+    batched = evaluate_saes(tiny_vit, tiny_saes, images, labels, batch_size=3)
+    assert whole.keys() == batched.keys()
+    for name, row in whole.items():
+        for metric, value in row.items():
+            assert batched[name][metric] == pytest.approx(value, rel=1e-5, abs=1e-6), (name, metric)
+    # Without labels the model's own predictions stand in: clean accuracy is 1 by definition.
+    assert evaluate_saes(tiny_vit, tiny_saes, images, None)["clean"]["top1_accuracy"] == 1.0

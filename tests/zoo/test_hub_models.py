@@ -75,14 +75,20 @@ def clip_hub(offline_hub, tmp_path):
 
     torch.manual_seed(0)
     cfg = CLIPConfig(
+        # The pooled text feature is read at the end-of-text token: its id must be the vocab's.
         text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=2, vocab_size=520, max_position_embeddings=128),
+                         num_attention_heads=2, vocab_size=520, max_position_embeddings=128,
+                         bos_token_id=512, eos_token_id=513, pad_token_id=513),
         vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                            num_attention_heads=2, image_size=224, patch_size=32,
                            hidden_act="quick_gelu"),
         projection_dim=16,
     )
     clip = CLIPModel(cfg).eval()
+    with torch.no_grad():  # larger weights: text features whose norms differ between prompts
+        for p in clip.text_model.parameters():
+            if p.ndim >= 2:
+                p.mul_(8.0)
     tokenizer = clip_tokenizer(tmp_path / "tok")
     clip.save_pretrained(tmp_path / "clip")
     tokenizer.save_pretrained(tmp_path / "clip")
@@ -115,6 +121,7 @@ def test_clip_by_name_equals_upstream_zero_shot_and_caches_its_head(clip_hub):
     with torch.no_grad():
         logits = model(x)
     torch.testing.assert_close(logits[:, chosen], image @ classes.T, **TOL)
+    assert (classes[0] - classes[1]).abs().max() > 1e-2  # class names do change the head
     # The head was written to the cache and is used from there on (same logits, no rebuild).
     cached = list((cache_dir() / "zero_shot").glob("openai--clip-vit-base-patch32-*.safetensors"))
     assert len(cached) == 1
