@@ -34,10 +34,8 @@ def init_vit_weights(model: HookedViT, *, std: float = 0.02) -> None:
         leaf = name.rsplit(".", 1)[-1]
         if leaf.startswith("b") or leaf == "bias":
             nn.init.zeros_(param)
-        elif leaf == "w" and ".ln" in f".{name}":
-            nn.init.ones_(param)
-        elif leaf == "logit_scale":  # ExtendedViT's CLIP-style head: plain cosine logits
-            nn.init.ones_(param)
+        elif (leaf == "w" and ".ln" in f".{name}") or leaf == "logit_scale":
+            nn.init.ones_(param)  # LayerNorm gains; a CLIP-style head's scale (cosine logits)
         elif name == "embed.proj.weight":
             fan_in = math.prod(param.shape[1:])
             nn.init.trunc_normal_(param, std=1 / math.sqrt(fan_in))
