@@ -286,6 +286,6 @@ HUB_MODELS: dict[str, HubModelSpec] = {
         build=lambda: build_hf_clip("openai/clip-vit-base-patch32", "clip-vit-b32"),
         preprocessing=CLIP_PREPROCESSING,
         class_names=lambda: openai_imagenet_prompts()[0],
-        description="OpenAI CLIP ViT-B/32 vision tower (ViT-Prisma's SAEs), zero-shot head",
+        description="OpenAI CLIP ViT-B/32 vision tower, zero-shot ImageNet head (cosine logits)",
     ),
 }
