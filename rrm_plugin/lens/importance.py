@@ -65,9 +65,10 @@ def importance_by_block(
 ) -> Float[Tensor, "layer batch n_patches"]:
     """Each block's term `-sum_heads dL_b / dA_b[head, CLS, k]` of the importance."""
     check_class_head(model)
-    if n_prefix_tokens(model) != 1:
+    if model.cfg.classification_type != "cls":
         raise ValueError("attention-gradient importance needs a CLS token "
                          "(classification_type='cls'); this model pools all tokens")
+    n_prefix = n_prefix_tokens(model)  # CLS, then any register tokens
     check_images(model, images)
     labels = check_labels(labels, n_classes=model.cfg.n_classes, n_images=len(images))
     n_layers = model.cfg.n_layers
@@ -85,7 +86,7 @@ def importance_by_block(
         # The input requires grad so the graph exists even if the weights are frozen.
         x = images[start : start + batch_size].clone().requires_grad_(True)
         y = labels[start : start + batch_size]
-        importance = torch.zeros(n_layers, len(x), n_patches(model) + 1)
+        importance = torch.zeros(n_layers, len(x), n_patches(model) + n_prefix, device=x.device)
         with torch.enable_grad(), model.hooks(fwd_hooks=hooks):
             model(x)
             for b in range(n_layers):
@@ -95,7 +96,7 @@ def importance_by_block(
                 pattern = saved[f"blocks.{b}.attn.hook_pattern"]
                 (grad,) = torch.autograd.grad(loss, pattern, retain_graph=b < n_layers - 1)
                 importance[b] = -grad[:, :, 0, :].sum(1)  # CLS query, summed over heads
-        parts.append(importance[..., 1:].detach())
+        parts.append(importance[..., n_prefix:].detach().cpu())
         saved.clear()
     return torch.cat(parts, dim=1)
 

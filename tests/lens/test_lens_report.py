@@ -79,3 +79,25 @@ def test_run_lens_on_a_mean_pooled_model(hand, lens_inputs):
     assert set(summary["perturbation"]["auc"]) == {
         "random", "object_mask_negative", "object_mask_positive"}
     assert summary["perturbation"]["curves"]["random"][0] == pytest.approx(summary["accuracy"])
+
+
+@pytest.mark.parametrize("extended", [
+    dict(n_registers=2, head_type="cls_mean_patch"),  # DINOv2-like
+    dict(activation_name="quick_gelu", layer_norm_pre=True, head_type="normalized_projection",
+         projection_dim=6),  # CLIP-like
+])
+def test_run_lens_on_register_and_clip_style_vits(extended):
+    from rrm_plugin.hosts.vit import ExtendedViTConfig, n_prefix_tokens
+    from tests.conftest import tiny_vit_config
+
+    cfg = ExtendedViTConfig(**{**vars(tiny_vit_config()), **extended})
+    model = build_hooked_vit(cfg, seed=0).eval()
+    images = torch.rand(6, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    labels = model(images).argmax(-1)
+    results = run_lens(model, images=images, labels=labels,
+                       config=LensConfig(n_permutations=5, random_repeats=1, progress=False))
+    n_patches = 4  # 8x8 image, patch 4; CLS and registers are never scored as patches
+    assert results.token_scores.shape == (3, 6, n_patches)
+    assert results.importance.shape == (6, n_patches) and torch.isfinite(results.importance).all()
+    assert results.summary["model"]["n_prefix_tokens"] == n_prefix_tokens(model)
+    assert results.summary["accuracy"] == 1.0  # labels are the model's own predictions
