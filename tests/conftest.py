@@ -45,3 +45,14 @@ def tiny_saes(tiny_vit):
 @pytest.fixture
 def tiny_images():
     return torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+
+
+def sample_photos(preprocessing) -> torch.Tensor:
+    """scikit-learn's two sample photos (china.jpg, flower.jpg), preprocessed for a model."""
+    from sklearn.datasets import load_sample_images
+
+    from rrm_plugin.data.images import preprocess
+
+    arrays = load_sample_images().images
+    raw = [torch.tensor(im).permute(2, 0, 1).float() / 255 for im in arrays]
+    return torch.stack([preprocess(im, preprocessing) for im in raw])

@@ -89,15 +89,24 @@ def load_workspace(args: argparse.Namespace, *, with_saes: bool = True) -> Works
 
 
 def check_saes_fit(model, saes: dict, *, release: str, model_name: str) -> None:
-    """Every SAE must hook a point of the model with the SAE's width."""
-    n_layers, d_model = model.cfg.n_layers, model.cfg.d_model
+    """Every SAE must fit its hook point (the replacement mode's check), named for the CLI."""
+    from rrm_plugin.replacement.splice import check_sae_for_hook
+
     for hook, sae in saes.items():
-        if hook not in model.hook_dict:
-            raise ValueError(f"SAE {hook!r} of release {release!r} has no hook point in model "
-                             f"{model_name!r} ({n_layers} blocks)")
-        if sae.cfg.d_in != d_model:
-            raise ValueError(f"SAE {hook!r} of release {release!r} reads width {sae.cfg.d_in}, "
-                             f"model {model_name!r} has d_model {d_model}")
+        try:
+            check_sae_for_hook(model, hook, sae)
+        except (KeyError, ValueError) as err:
+            raise ValueError(f"SAE release {release!r} does not fit model {model_name!r}: "
+                             f"{err.args[0]}") from err
+
+
+def predicted_labels(model, images, *, batch_size: int):
+    """The model's own predicted classes, in batches: labels for unlabelled images."""
+    import torch
+
+    with torch.no_grad():
+        return torch.cat([model(images[i : i + batch_size]).argmax(-1)
+                          for i in range(0, len(images), batch_size)])
 
 
 def model_preprocessing(model_name: str, model):

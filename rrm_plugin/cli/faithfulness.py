@@ -29,7 +29,12 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from rrm_plugin.cli.common import load_image_args, load_workspace, resolve_baselines
+    from rrm_plugin.cli.common import (
+        load_image_args,
+        load_workspace,
+        predicted_labels,
+        resolve_baselines,
+    )
     from rrm_plugin.io import write_json
     from rrm_plugin.metrics.faithfulness import (
         FaithfulnessConfig,
@@ -45,9 +50,7 @@ def run(args: argparse.Namespace) -> int:
     labels = loaded.labels
     if labels is None:
         # Unlabelled images: explain the predicted class (every image counts as "correct").
-        with torch.no_grad():
-            labels = torch.cat([ws.model(loaded.images[i : i + args.batch_size]).argmax(-1)
-                                for i in range(0, len(loaded.images), args.batch_size)])
+        labels = predicted_labels(ws.model, loaded.images, batch_size=args.batch_size)
         print(f"{len(labels)} unlabelled images: explaining each image's predicted class")
     baselines, how = resolve_baselines(args.baselines, ws, loaded.images)
     config = FaithfulnessConfig(n_images=args.n_images, seed=args.seed, metric=args.metric,

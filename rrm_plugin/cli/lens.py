@@ -37,10 +37,9 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
 
 def _lens_inputs(args: argparse.Namespace, ws):
     """Images, labels and object masks (embedded held-out set only), and the probe set."""
-    import torch
 
     import rrm_plugin
-    from rrm_plugin.cli.common import load_image_args
+    from rrm_plugin.cli.common import load_image_args, predicted_labels
     from rrm_plugin.data import train_sampler
     from rrm_plugin.zoo.models import MODELS
 
@@ -50,9 +49,7 @@ def _lens_inputs(args: argparse.Namespace, ws):
         loaded = load_image_args(args.images, ws)
         images, labels = loaded.images, loaded.labels
         if labels is None:
-            with torch.no_grad():
-                labels = torch.cat([ws.model(images[i : i + args.batch_size]).argmax(-1)
-                                    for i in range(0, len(images), args.batch_size)])
+            labels = predicted_labels(ws.model, images, batch_size=args.batch_size)
             print("unlabelled images: the model's predicted classes stand in for labels")
     elif ws.model_name in MODELS:
         test = rrm_plugin.load_test_set(ws.model_name)

@@ -84,6 +84,26 @@ def authors_sae_config(*, d_in: int, d_sae: int, k: int, hook_name: str, model_n
     }
 
 
+def read_authors_sae_config(
+    repo_id: str,
+    folder_name: str,
+    device: str | None = None,
+    force_download: bool = False,
+    cfg_overrides: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """SAELens config getter: everything follows from the folder name, nothing is read."""
+    del force_download  # nothing to download
+    overrides = dict(cfg_overrides or {})
+    d_in = int(overrides.pop("d_in", 768))
+    model_name = overrides.pop("model_name", repo_id)
+    k, expansion, layer = parse_authors_folder(folder_name)
+    cfg = authors_sae_config(d_in=d_in, d_sae=int(expansion * d_in), k=k, model_name=model_name,
+                             hook_name=f"blocks.{layer}.hook_resid_post")
+    cfg.update(overrides)
+    cfg["device"] = device or "cpu"
+    return cfg
+
+
 def load_authors_sae(
     repo_id: str,
     folder_name: str,
@@ -92,11 +112,7 @@ def load_authors_sae(
     cfg_overrides: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Tensor], None]:
     """SAELens loader: `folder_name` is the authors' `K{k}_R{r}/L{layer}`."""
-    overrides = dict(cfg_overrides or {})
-    d_in = int(overrides.pop("d_in", 768))
-    model_name = overrides.pop("model_name", repo_id)
-    k, expansion, layer = parse_authors_folder(folder_name)
-    d_sae = int(expansion * d_in)
+    cfg = read_authors_sae_config(repo_id, folder_name, device, force_download, cfg_overrides)
     patterns = checkpoint_patterns(folder_name)
     snapshot = hub_snapshot(repo_id, patterns, force_download=force_download)
     files = find_files(snapshot, patterns)
@@ -108,9 +124,5 @@ def load_authors_sae(
     state = data.get("model_state_dict", data)
     if not isinstance(state, dict):
         raise CorruptFileError(f"{path}: 'model_state_dict' is a {type(state).__name__}")
-    weights = convert_authors_state(state, d_in=d_in, d_sae=d_sae, where=str(path))
-    cfg = authors_sae_config(d_in=d_in, d_sae=d_sae, k=k, model_name=model_name,
-                             hook_name=f"blocks.{layer}.hook_resid_post")
-    cfg.update(overrides)
-    cfg["device"] = device
+    weights = convert_authors_state(state, d_in=cfg["d_in"], d_sae=cfg["d_sae"], where=str(path))
     return cfg, {name: t.to(device) for name, t in weights.items()}, None

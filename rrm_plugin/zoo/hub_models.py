@@ -255,6 +255,18 @@ def build_dinov2_vitb14_reg() -> ExtendedViT:
                              model_name="dinov2-vitb14-reg")
 
 
+def openai_clip_spec(name: str, repo_id: str, size: str) -> HubModelSpec:
+    """An OpenAI CLIP vision tower with the zero-shot ImageNet head, preprocessed as CLIP."""
+    return HubModelSpec(
+        name=name,
+        source=f"hf: {repo_id} + zero-shot ImageNet head (80 templates)",
+        build=lambda: build_hf_clip(repo_id, name),
+        preprocessing=CLIP_PREPROCESSING,
+        class_names=lambda: openai_imagenet_prompts()[0],
+        description=f"OpenAI CLIP ViT-{size} vision tower, zero-shot ImageNet head (cosine logits)",
+    )
+
+
 HUB_MODELS: dict[str, HubModelSpec] = {
     "vit-b16-imagenet": HubModelSpec(
         name="vit-b16-imagenet",
@@ -264,14 +276,7 @@ HUB_MODELS: dict[str, HubModelSpec] = {
         class_names=imagenet_class_names,
         description="ViT-B/16, ImageNet-1k head (the RRM paper's 'ViT')",
     ),
-    "clip-vit-b16": HubModelSpec(
-        name="clip-vit-b16",
-        source="hf: openai/clip-vit-base-patch16 + zero-shot ImageNet head (80 templates)",
-        build=lambda: build_hf_clip("openai/clip-vit-base-patch16", "clip-vit-b16"),
-        preprocessing=CLIP_PREPROCESSING,
-        class_names=lambda: openai_imagenet_prompts()[0],
-        description="OpenAI CLIP ViT-B/16 vision tower, zero-shot ImageNet head (cosine logits)",
-    ),
+    "clip-vit-b16": openai_clip_spec("clip-vit-b16", "openai/clip-vit-base-patch16", "B/16"),
     "dinov2-vitb14-reg": HubModelSpec(
         name="dinov2-vitb14-reg",
         source=f"hf: {DINOV2_REPO} + torch hub dinov2_vitb14_reg4_linear_head.pth",
@@ -280,12 +285,5 @@ HUB_MODELS: dict[str, HubModelSpec] = {
         class_names=imagenet_class_names,
         description="DINOv2 ViT-B/14 with 4 registers, linear ImageNet head on [CLS, mean patch]",
     ),
-    "clip-vit-b32": HubModelSpec(
-        name="clip-vit-b32",
-        source="hf: openai/clip-vit-base-patch32 + zero-shot ImageNet head (80 templates)",
-        build=lambda: build_hf_clip("openai/clip-vit-base-patch32", "clip-vit-b32"),
-        preprocessing=CLIP_PREPROCESSING,
-        class_names=lambda: openai_imagenet_prompts()[0],
-        description="OpenAI CLIP ViT-B/32 vision tower, zero-shot ImageNet head (cosine logits)",
-    ),
+    "clip-vit-b32": openai_clip_spec("clip-vit-b32", "openai/clip-vit-base-patch32", "B/32"),
 }

@@ -19,7 +19,12 @@ from sae_lens.loading.pretrained_saes_directory import (
     get_pretrained_saes_directory,
 )
 
-from rrm_plugin.saes.authors import AUTHORS_LOADER_NAME, authors_folder, load_authors_sae
+from rrm_plugin.saes.authors import (
+    AUTHORS_LOADER_NAME,
+    authors_folder,
+    load_authors_sae,
+    read_authors_sae_config,
+)
 from rrm_plugin.saes.registry import register_sae_release
 from rrm_plugin.zoo.models import WEIGHTS_DIR
 
@@ -124,14 +129,7 @@ HUB_SAE_RELEASES: dict[str, HubSAEReleaseSpec] = {
 }
 
 NAMED_PRETRAINED_SAE_LOADERS[AUTHORS_LOADER_NAME] = load_authors_sae
-
-
-def _authors_config(repo_id, folder_name, device=None, force_download=False, cfg_overrides=None):
-    return load_authors_sae(repo_id, folder_name, device or "cpu", force_download,
-                            cfg_overrides)[0]
-
-
-NAMED_PRETRAINED_SAE_CONFIG_GETTERS[AUTHORS_LOADER_NAME] = _authors_config
+NAMED_PRETRAINED_SAE_CONFIG_GETTERS[AUTHORS_LOADER_NAME] = read_authors_sae_config
 
 
 def register_hub_release(spec: HubSAEReleaseSpec) -> None:

@@ -85,3 +85,34 @@ def test_list_prints_models_and_releases(capsys):
                  "clip-vit-b32", "rrm-digits-vit", "rrm-vit-b16-imagenet", "rrm-clip-vit-b16",
                  "rrm-dinov2-vitb14-reg"):
         assert f"| {name} |" in out, name
+
+
+def test_cli_bad_inputs_name_what_was_wrong(tmp_path):
+    from PIL import Image
+
+    model = build_hooked_vit(tiny_vit_config(), seed=0).eval()
+    save_model(model, tmp_path / "model")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.new("RGB", (8, 8)).save(photos / "a.png")
+    own = ["--model", str(tmp_path / "model")]
+    with pytest.raises(ValueError, match=r"SAE release 'rrm-digits-vit' does not fit model .*"
+                                         r"has d_in=64, but the residual stream there has width "
+                                         r"d_model=16"):
+        main(["eval-saes", *own, "--release", "rrm-digits-vit", "--images", str(photos)])
+    with pytest.raises(ValueError, match="has no embedded images: give --images"):
+        main(["faithfulness", *own, "--release", "none"])
+    with pytest.raises(ValueError, match="--batch-size must be at least 1, got 0"):
+        main(["eval-saes", "--batch-size", "0"])
+    with pytest.raises(ValueError, match=r"--n-images must be in \[1, 1\], got 5"):
+        main(["lens", *own, "--release", "none", "--images", str(photos), "--n-images", "5",
+              "--out", str(tmp_path / "lens")])
+    with pytest.raises(ValueError, match="--probe-images need labels: give an ImageFolder tree"):
+        main(["lens", *own, "--release", "none", "--images", str(photos), "--probe-images",
+              str(photos), "--out", str(tmp_path / "lens")])
+    with pytest.raises(SystemExit, match="give exactly one of --model NAME or --model-dir DIR"):
+        main(["train-saes", "--model", "digits-vit", "--model-dir", str(tmp_path / "model"),
+              "--images", str(photos), "--out", str(tmp_path / "rel"), "--d-sae", "8", "--k", "2"])
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="--device cuda: CUDA is not available"):
+            main(["eval-saes", "--device", "cuda"])

@@ -7,9 +7,7 @@ real photos (scikit-learn's sample images) within 1e-4.
 
 import pytest
 import torch
-from sklearn.datasets import load_sample_images
 
-from rrm_plugin.data.images import preprocess
 from rrm_plugin.hosts.convert import (
     UnsupportedArchitectureError,
     convert_hf_clip,
@@ -18,15 +16,9 @@ from rrm_plugin.hosts.convert import (
 )
 from rrm_plugin.hosts.vit import n_prefix_tokens
 from rrm_plugin.zoo.hub_models import AUTHORS_PREPROCESSING, CLIP_PREPROCESSING, Preprocessing
+from tests.conftest import sample_photos
 
 TOL = dict(atol=1e-4, rtol=1e-4)
-
-
-def photos(preprocessing: Preprocessing) -> torch.Tensor:
-    """scikit-learn's two sample photos (china.jpg, flower.jpg), preprocessed."""
-    arrays = load_sample_images().images
-    raw = [torch.tensor(im).permute(2, 0, 1).float() / 255 for im in arrays]
-    return torch.stack([preprocess(im, preprocessing) for im in raw])
 
 
 def randomise(module: torch.nn.Module, seed: int, *, std: float = 0.05) -> None:
@@ -56,7 +48,7 @@ def small_timm(**kw):
 def test_timm_vit_logits_and_block_outputs_equal_upstream():
     upstream = small_timm()
     randomise(upstream, 0)
-    x = photos(Preprocessing(size=(32, 32), crop=None, mean=(0.5,) * 3, std=(0.5,) * 3))
+    x = sample_photos(Preprocessing(size=(32, 32), crop=None, mean=(0.5,) * 3, std=(0.5,) * 3))
     outputs = []
     handles = [b.register_forward_hook(lambda m, i, o: outputs.append(o)) for b in upstream.blocks]
     with torch.no_grad():
@@ -78,7 +70,7 @@ def test_full_size_vit_b16_conversion():
     model = convert_timm_vit(upstream, model_name="vit-b16-imagenet")
     assert (model.cfg.n_layers, model.cfg.d_model, model.cfg.n_heads, model.cfg.d_mlp,
             model.cfg.patch_size, model.cfg.n_classes) == (12, 768, 12, 3072, 16, 1000)
-    x = photos(AUTHORS_PREPROCESSING)
+    x = sample_photos(AUTHORS_PREPROCESSING)
     assert x.shape == (2, 3, 224, 224)
     with torch.no_grad():
         torch.testing.assert_close(model(x), upstream(x), **TOL)
@@ -118,7 +110,7 @@ def test_clip_zero_shot_logits_and_block_outputs_equal_upstream():
     randomise(clip.vision_model, 1)
     randomise(clip.visual_projection, 2)
     classes = torch.randn(10, 16, generator=torch.Generator().manual_seed(3))
-    x = photos(Preprocessing(size=32, crop=32, mean=CLIP_PREPROCESSING.mean,
+    x = sample_photos(Preprocessing(size=32, crop=32, mean=CLIP_PREPROCESSING.mean,
                              std=CLIP_PREPROCESSING.std, interpolation="bicubic"))
     with torch.no_grad():
         out = clip.vision_model(pixel_values=x, output_hidden_states=True)
@@ -158,7 +150,7 @@ def test_dinov2_registers_layerscale_and_head_equal_upstream(image_size):
     with torch.no_grad():
         head.weight.copy_(torch.randn(7, 128, generator=g) * 0.1)
         head.bias.copy_(torch.randn(7, generator=g))
-    x = photos(Preprocessing(size=(image_size, image_size), crop=None, mean=(0.5,) * 3,
+    x = sample_photos(Preprocessing(size=(image_size, image_size), crop=None, mean=(0.5,) * 3,
                              std=(0.5,) * 3))
     with torch.no_grad():
         out = backbone(pixel_values=x, output_hidden_states=True)

@@ -146,3 +146,12 @@ def test_release_table_lists_every_release():
     vit = by_name["rrm-vit-b16-imagenet"]
     assert vit["hooks"][0] == "blocks.0.hook_resid_post" and len(vit["hooks"]) == 11
     assert vit["d_sae"][:3] == [192, 384, 768] and vit["k"][:3] == [4, 32, 64]
+
+
+def test_config_getter_needs_no_download(offline_hub):
+    from sae_lens.loading.pretrained_sae_loaders import load_sae_config_from_huggingface
+
+    cfg = load_sae_config_from_huggingface("rrm-vit-b16-imagenet", "blocks.3.hook_resid_post")
+    assert (cfg["d_in"], cfg["d_sae"], cfg["k"]) == (768, 1536, 96)
+    assert cfg["metadata"]["hook_name"] == "blocks.3.hook_resid_post"
+    assert cfg["normalize_activations"] == "layer_norm" and cfg["apply_b_dec_to_input"]

@@ -12,7 +12,6 @@ import torch
 from sklearn.datasets import load_sample_images
 
 import rrm_plugin
-from rrm_plugin.data.images import preprocess
 from rrm_plugin.saes.hub import CheckpointNotFoundError
 from rrm_plugin.zoo.hub_models import (
     DINOV2_REPO,
@@ -21,15 +20,14 @@ from rrm_plugin.zoo.hub_models import (
     dinov2_head_path,
     openai_imagenet_prompts,
 )
+from tests.conftest import sample_photos
 from tests.hubcache import add_folder, torch_bytes, use_hub_cache
 
 TOL = dict(atol=1e-4, rtol=1e-4)
 
 
 def photos(name: str) -> torch.Tensor:
-    arrays = load_sample_images().images
-    raw = [torch.tensor(im).permute(2, 0, 1).float() / 255 for im in arrays]
-    return torch.stack([preprocess(im, HUB_MODELS[name].preprocessing) for im in raw])
+    return sample_photos(HUB_MODELS[name].preprocessing)
 
 
 def test_vit_b16_imagenet_by_name_equals_timm(vit_b16_hub, tmp_path, monkeypatch):
