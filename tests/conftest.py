@@ -10,7 +10,7 @@ from vit_prisma.configs.HookedViTConfig import HookedViTConfig  # noqa: E402
 
 from rrm_plugin.hosts.prisma import build_hooked_vit  # noqa: E402
 from rrm_plugin.saes.training import new_topk_sae  # noqa: E402
-from tests.hubcache import offline_hub, vit_b16_hub  # noqa: E402, F401  (fixtures)
+from tests.hubcache import datacomp_b32_hub, offline_hub, vit_b16_hub  # noqa: E402, F401
 
 torch.set_num_threads(1)  # tiny models: threads only add overhead
 

@@ -120,3 +120,110 @@ def add_authors_saes(cache: Path, *, release: str, seed: int = 0) -> dict:
                  torch_bytes({"epoch": 50, "model_state_dict": state, "optimizer_state_dict": {}}))
         states[layer.hook_name] = state
     return states
+
+
+def tiny_open_clip_config(*, width: int = 32, layers: int = 2, heads: int = 2) -> dict:
+    """An open_clip `model_cfg` shaped like ViT-B/32 at 224 px with a tiny text tower.
+
+    The text tower keeps open_clip's real vocabulary and context (its bundled BPE tokenizer
+    produces ids up to 49407), but is one narrow layer.
+    """
+    return {"embed_dim": 24,
+            "vision_cfg": {"image_size": 224, "layers": layers, "width": width,
+                           "patch_size": 32, "head_width": width // heads},
+            "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 16, "heads": 2,
+                         "layers": 1}}
+
+
+def add_open_clip(cache: Path, repo_id: str, model_cfg: dict, *, seed: int = 0,
+                  weights_file: str = "open_clip_model.safetensors"):
+    """A random open_clip CLIP as on the hub: `open_clip_config.json` plus one weights file."""
+    import json
+
+    import open_clip
+    import torch
+    from safetensors.torch import save
+
+    torch.manual_seed(seed)
+    model = open_clip.CLIP(**model_cfg).eval()
+    with torch.no_grad():  # open_clip leaves some tensors at zero/identity; randomise them all
+        for name, param in model.named_parameters():
+            if name != "logit_scale":
+                param.normal_(0, 0.3 if param.ndim > 1 else 0.1)
+    config = {"model_cfg": model_cfg, "preprocess_cfg": {
+        "mean": [0.48145466, 0.4578275, 0.40821073], "std": [0.26862954, 0.26130258, 0.27577711],
+        "interpolation": "bicubic", "resize_mode": "shortest"}}
+    add_file(cache, repo_id, "open_clip_config.json", json.dumps(config).encode())
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    data = save(state) if weights_file.endswith(".safetensors") else torch_bytes(state)
+    add_file(cache, repo_id, weights_file, data)
+    return model
+
+
+def prisma_sae_config(*, layer: int, d_in: int = 768, expansion: int = 2, topk: int | None = None,
+                      cls_only: bool = False, **extra) -> dict:
+    """A ViT-Prisma SAE `config.json` as its uploads hold them (old keys included)."""
+    cfg = {
+        "model_class_name": "HookedViT",
+        "model_name": "open-clip:laion/CLIP-ViT-B-32-DataComp.XL-s13B-b90K",
+        "hook_point_layer": layer, "layer_subtype": "hook_resid_post",
+        "hook_point_head_index": None, "context_size": 1 if cls_only else 50,
+        "use_patches_only": False, "cls_token_only": cls_only, "d_in": d_in,
+        "expansion_factor": expansion, "architecture": "standard",
+        "activation_fn_str": "topk" if topk else "relu",
+        "activation_fn_kwargs": {"k": topk} if topk else {},
+        "b_dec_init_method": "geometric_median", "l1_coefficient": 1e-05, "lr": 0.0004,
+        "device": {"__type__": "torch.device", "value": "cuda"},
+        "dtype": {"__type__": "torch.dtype", "value": "torch.float32"},
+        "d_sae": d_in * expansion, "total_training_images": 1300000,
+    }
+    if not topk:
+        cfg["normalize_activations"] = None  # the vanilla series; the TopK configs omit it
+    cfg.update(extra)
+    return cfg
+
+
+def prisma_sae_state(d_in: int, d_sae: int, seed: int) -> dict:
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    return {"W_enc": torch.randn(d_in, d_sae, generator=g) / d_in**0.5,
+            "b_enc": torch.randn(d_sae, generator=g) * 0.1 - 0.05,
+            "W_dec": torch.randn(d_sae, d_in, generator=g) / d_sae**0.5,
+            "b_dec": torch.randn(d_in, generator=g) * 0.1}
+
+
+def add_prisma_sae(cache: Path, repo_name: str, cfg: dict, state: dict) -> None:
+    """One ViT-Prisma SAE repo: `config.json` and `weights.pt` (a plain state dict)."""
+    import json
+
+    repo = f"Prisma-Multimodal/{repo_name}"
+    add_file(cache, repo, "config.json", json.dumps(cfg).encode())
+    add_file(cache, repo, "weights.pt", torch_bytes(state))
+
+
+def add_prisma_release(cache: Path, release: str, *, expansion: int = 2, seed: int = 0) -> None:
+    """Random SAEs in ViT-Prisma's layout for every layer of `release` (x`expansion` wide)."""
+    from rrm_plugin.zoo.releases import HUB_SAE_RELEASES
+
+    spec = HUB_SAE_RELEASES[release]
+    topk = spec.layers[0].k
+    for index, layer in enumerate(spec.layers):
+        cfg = prisma_sae_config(layer=index, expansion=expansion, topk=topk,
+                                cls_only=topk is not None)
+        add_prisma_sae(cache, layer.path, cfg,
+                       prisma_sae_state(spec.d_in, spec.d_in * expansion, seed=seed + index))
+
+
+@pytest.fixture(scope="session")
+def datacomp_b32_hub(tmp_path_factory):
+    """A hub cache with a random ViT-B/32-shaped open_clip model and both ViT-Prisma releases."""
+    from rrm_plugin.zoo.hub_models import DATACOMP_B32_REPO
+
+    cache = tmp_path_factory.mktemp("datacomp_b32") / "hub"
+    cache.mkdir()
+    add_open_clip(cache, DATACOMP_B32_REPO,
+                  tiny_open_clip_config(width=768, layers=12, heads=12), seed=0)
+    for release in ("prisma-clip-b32-vanilla-x64", "prisma-clip-b32-topk64-cls"):
+        add_prisma_release(cache, release)
+    return cache

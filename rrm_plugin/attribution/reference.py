@@ -4,7 +4,8 @@ Written after the structure of `rubato-yeong/RRM`
 (`compute_node_and_edge_with_leaf_error_attributions`):
 the top layer's scores come from one backward pass of the linearised model; for every lower layer
 `torch.func.jacrev` (no chunking) differentiates `sum_t ghat_{l+1}[t] * z_{l+1}[t](x_l)` through
-block l+1, the standardisation (std detached) and the TopK encoder, over the *whole* residual
+block l+1, the standardisation (std detached) and the TopK (or ReLU) encoder, with latents
+outside an SAE's `seqpos_slice` zeroed, over the *whole* residual
 stream, materialising `J = [d_sae_out, T, D]` and then `J W_dec^T = [d_sae_out, T, d_sae_in]`.
 The SAE encoder is re-implemented inline (as the authors do) rather than calling SAELens, so the
 engine and this reference share no code beyond the host block and its linearisation hooks.
@@ -37,13 +38,34 @@ class ReferenceGraph(NamedTuple):
     """ghat of each layer."""
 
 
-def _sae_forward(sae: SAE, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """z, std and error of a layer-norm TopK SAE, written out as in the authors' code."""
-    mu, std = x.mean(-1, keepdim=True), x.std(-1, keepdim=True)
-    x_n = (x - mu) / (std + SAE_LN_EPS)
+def _latents(sae: SAE, x: Tensor, *, detach_std: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """z, std and mean of a TopK or ReLU SAE with layer-norm or no normalisation, written out.
+
+    `x` is `[T, D]`. Latents outside the SAE's `seqpos_slice` are zero (class-token SAEs).
+    """
+    if sae.cfg.normalize_activations == "layer_norm":
+        mu, std = x.mean(-1, keepdim=True), x.std(-1, keepdim=True)
+        std = std.detach() if detach_std else std
+        x_n = (x - mu) / (std + SAE_LN_EPS)
+    else:
+        mu, std = torch.zeros_like(x[:, :1]), torch.ones_like(x[:, :1])
+        x_n = x
     acts = F.relu((x_n - sae.b_dec) @ sae.W_enc + sae.b_enc)
-    top = torch.topk(acts, sae.cfg.k, dim=-1)
-    z = torch.zeros_like(acts).scatter(-1, top.indices, top.values)
+    k = getattr(sae.cfg, "k", None)
+    if k is not None:
+        top = torch.topk(acts, k, dim=-1)
+        acts = torch.zeros_like(acts).scatter(-1, top.indices, top.values)
+    seqpos = sae.cfg.metadata.seqpos_slice
+    if seqpos is not None:
+        covered = torch.zeros(x.shape[0], 1, dtype=acts.dtype, device=acts.device)
+        covered[slice(*seqpos)] = 1
+        acts = acts * covered
+    return acts, std, mu
+
+
+def _sae_forward(sae: SAE, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """z, std and error of one layer."""
+    z, std, mu = _latents(sae, x, detach_std=False)
     x_hat = (z @ sae.W_dec + sae.b_dec) * std + mu
     return z, std, x - x_hat
 
@@ -51,10 +73,7 @@ def _sae_forward(sae: SAE, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
 def _jacobian(model: nn.Module, block: int, sae: SAE, ghat: Tensor, x: Tensor) -> Tensor:
     def layer_fn(x: Tensor) -> Tensor:
         y = model.blocks[block](x)[0]
-        mu, std = y.mean(dim=-1, keepdim=True), y.std(dim=-1, keepdim=True).detach()
-        acts = F.relu(((y - mu) / (std + SAE_LN_EPS) - sae.b_dec) @ sae.W_enc + sae.b_enc)
-        top = torch.topk(acts, sae.cfg.k, dim=-1)
-        acts = torch.zeros_like(acts).scatter(-1, top.indices, top.values)
+        acts, _, _ = _latents(sae, y, detach_std=True)
         return (acts * ghat).sum(dim=0)
 
     with torch.enable_grad():

@@ -68,13 +68,16 @@ def preprocess(image: Float[Tensor, "3 h w"], preprocessing: Preprocessing
     if not (isinstance(size, tuple) and tuple(image.shape[1:]) == tuple(size)):
         image = TF.resize(image, target, interpolation=mode, antialias=True)
     if preprocessing.crop is not None:
-        # Offsets rounded down, as CLIPProcessor (the authors' pipeline) crops; torchvision's
-        # center_crop rounds half up, one pixel off for odd margins.
+        # CLIPProcessor (the authors' pipeline) rounds the offsets down; torchvision's
+        # CenterCrop (open_clip's pipeline) rounds them: one pixel apart for odd margins.
         crop = preprocessing.crop
         h, w = image.shape[-2:]
         if h < crop or w < crop:
             raise ImageFileError(f"image resized to {h}x{w} is smaller than the {crop} crop")
-        top, left = (h - crop) // 2, (w - crop) // 2
+        if preprocessing.crop_rounding == "round":
+            top, left = int(round((h - crop) / 2)), int(round((w - crop) / 2))
+        else:
+            top, left = (h - crop) // 2, (w - crop) // 2
         image = image[..., top : top + crop, left : left + crop]
     image = image.clamp(0, 1) if mode == InterpolationMode.BICUBIC else image
     return TF.normalize(image, list(preprocessing.mean), list(preprocessing.std))

@@ -1,9 +1,10 @@
-"""Convert upstream ViTs (timm, Hugging Face CLIP, HF DINOv2 with registers) to `ExtendedViT`.
+"""Convert upstream ViTs (timm, HF CLIP, HF DINOv2 with registers, open_clip) to `ExtendedViT`.
 
 Each converter takes an instantiated upstream model (pretrained or randomly initialised) and returns
 an `ExtendedViT` in eval mode that computes the same logits. timm and CLIP weights go through
-vit-prisma's own converters (`convert_timm_weights`, `convert_clip_weights`); DINOv2 with registers
-and LayerScale has none, so it is mapped here (LayerScale folded into the output projections).
+vit-prisma's own converters (`convert_timm_weights`, `convert_clip_weights`; open_clip's names are
+mapped to HF CLIP's first); DINOv2 with registers and LayerScale has none, so it is mapped here
+(LayerScale folded into the output projections).
 """
 
 from __future__ import annotations
@@ -85,6 +86,17 @@ def convert_timm_vit(model: nn.Module, *, model_name: str = "timm-vit") -> Exten
     return _build(cfg, convert_timm_weights(model.state_dict(), cfg))
 
 
+def _zero_shot_head(
+    state: dict[str, Tensor], class_embeddings: Tensor, logit_scale: float
+) -> dict[str, Tensor]:
+    """Swap the linear head vit-prisma's CLIP converter writes for the zero-shot head."""
+    state["head.W_proj"] = state.pop("head.W_H")  # the visual projection
+    del state["head.b_H"]
+    state["head.class_embeddings"] = torch.nn.functional.normalize(class_embeddings, dim=-1).T
+    state["head.logit_scale"] = torch.tensor(float(logit_scale))
+    return state
+
+
 # --- Hugging Face CLIP ------------------------------------------------------------------------
 
 def clip_vision_config(clip: nn.Module, *, model_name: str, n_classes: int) -> ExtendedViTConfig:
@@ -120,14 +132,9 @@ def convert_hf_clip(
         raise ValueError(f"class_embeddings must be [n_classes, {d_proj}], "
                          f"got {list(class_embeddings.shape)}")
     cfg = clip_vision_config(clip, model_name=model_name, n_classes=len(class_embeddings))
-    # vit-prisma's converter puts the visual projection where a linear head would be.
     state = convert_clip_weights(clip.vision_model.state_dict(),
                                  clip.visual_projection.state_dict(), cfg)
-    state["head.W_proj"] = state.pop("head.W_H")
-    del state["head.b_H"]
-    state["head.class_embeddings"] = torch.nn.functional.normalize(class_embeddings, dim=-1).T
-    state["head.logit_scale"] = torch.tensor(float(logit_scale))
-    return _build(cfg, state)
+    return _build(cfg, _zero_shot_head(state, class_embeddings, logit_scale))
 
 
 # --- Hugging Face DINOv2 with registers ------------------------------------------------------
@@ -217,3 +224,118 @@ def convert_hf_dinov2(
         state[f"{new}.mlp.W_out"] = (sd[f"{old}.mlp.fc2.weight"] * ls2[:, None]).T
         state[f"{new}.mlp.b_out"] = sd[f"{old}.mlp.fc2.bias"] * ls2
     return _build(cfg, state)
+
+
+# --- open_clip --------------------------------------------------------------------------------
+
+def _open_clip_block_checks(block: nn.Module, layer: int) -> None:
+    where = f"open_clip resblock {layer}"
+    _require(type(block).__name__ == "ResidualAttentionBlock",
+             f"{where} is a {type(block).__name__} (need ResidualAttentionBlock)")
+    _require(isinstance(block.attn, nn.MultiheadAttention), f"{where}: custom attention")
+    _require(isinstance(block.ls_1, nn.Identity) and isinstance(block.ls_2, nn.Identity),
+             f"{where} with LayerScale")
+    _require(not hasattr(block, "ln_1_kv"), f"{where} with cross attention")
+    _require(list(block.mlp._modules) == ["c_fc", "gelu", "c_proj"],
+             f"{where}: MLP layers {list(block.mlp._modules)} (need c_fc, gelu, c_proj)")
+    _require(block.attn.in_proj_bias is not None, f"{where} without q/k/v biases")
+
+
+def open_clip_activation(visual: nn.Module) -> str:
+    """`"gelu"` (nn.GELU) or `"quick_gelu"` (open_clip's QuickGELU) of every MLP."""
+    names = {type(b.mlp.gelu).__name__ for b in visual.transformer.resblocks}
+    approx = {getattr(b.mlp.gelu, "approximate", "none") for b in visual.transformer.resblocks}
+    if names == {"GELU"} and approx == {"none"}:
+        return "gelu"
+    if names == {"QuickGELU"}:
+        return "quick_gelu"
+    raise UnsupportedArchitectureError(f"cannot convert exactly: open_clip MLP activation {names}")
+
+
+def open_clip_vision_config(
+    visual: nn.Module, *, model_name: str, n_classes: int
+) -> ExtendedViTConfig:
+    """The `ExtendedViTConfig` of an open_clip `VisionTransformer` (CLS pooling, projection)."""
+    _require(type(visual).__name__ == "VisionTransformer",
+             f"open_clip vision tower {type(visual).__name__} (need VisionTransformer)")
+    _require(visual.attn_pool is None, "open_clip attentional pooling")
+    _require(visual.pool_type == "tok", f"open_clip pool_type {visual.pool_type!r} (need 'tok')")
+    _require(not isinstance(visual.ln_pre, nn.Identity), "open_clip without ln_pre")
+    _require(visual.proj is not None, "open_clip vision tower without a projection")
+    for layer, block in enumerate(visual.transformer.resblocks):
+        _open_clip_block_checks(block, layer)
+    block = visual.transformer.resblocks[0]
+    d_model = visual.class_embedding.shape[0]
+    n_heads = block.attn.num_heads
+    return ExtendedViTConfig(
+        model_name=model_name, n_layers=len(visual.transformer.resblocks), d_model=d_model,
+        n_heads=n_heads, d_head=d_model // n_heads, d_mlp=block.mlp.c_fc.out_features,
+        activation_name=open_clip_activation(visual), eps=visual.ln_pre.eps,
+        patch_size=_side(visual.patch_size), image_size=_side(visual.image_size),
+        n_channels=visual.conv1.in_channels, n_classes=n_classes, classification_type="cls",
+        return_type="class_logits", normalization_type="LN", layer_norm_pre=True,
+        head_type="normalized_projection", projection_dim=visual.proj.shape[1], use_wandb=False,
+    )
+
+
+def open_clip_to_hf_names(visual: nn.Module) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """An open_clip vision tower's weights under Hugging Face `CLIPVisionTransformer` names.
+
+    Returns `(vision_state, projection_state)`, the two inputs of vit-prisma's
+    `convert_clip_weights`; open_clip's fused q/k/v projection is split as HF stores it.
+    """
+    sd = {k: v.detach() for k, v in visual.state_dict().items()}
+    hf = {
+        "embeddings.class_embedding": sd["class_embedding"],
+        "embeddings.position_embedding.weight": sd["positional_embedding"],
+        "embeddings.patch_embedding.weight": sd["conv1.weight"],
+        "pre_layrnorm.weight": sd["ln_pre.weight"],  # sic: HF's attribute name
+        "pre_layrnorm.bias": sd["ln_pre.bias"],
+        "post_layernorm.weight": sd["ln_post.weight"],
+        "post_layernorm.bias": sd["ln_post.bias"],
+    }
+    for layer in range(len(visual.transformer.resblocks)):
+        old, new = f"transformer.resblocks.{layer}", f"encoder.layers.{layer}"
+        q, k, v = sd[f"{old}.attn.in_proj_weight"].chunk(3)
+        bq, bk, bv = sd[f"{old}.attn.in_proj_bias"].chunk(3)
+        hf |= {
+            f"{new}.layer_norm1.weight": sd[f"{old}.ln_1.weight"],
+            f"{new}.layer_norm1.bias": sd[f"{old}.ln_1.bias"],
+            f"{new}.layer_norm2.weight": sd[f"{old}.ln_2.weight"],
+            f"{new}.layer_norm2.bias": sd[f"{old}.ln_2.bias"],
+            f"{new}.self_attn.q_proj.weight": q, f"{new}.self_attn.q_proj.bias": bq,
+            f"{new}.self_attn.k_proj.weight": k, f"{new}.self_attn.k_proj.bias": bk,
+            f"{new}.self_attn.v_proj.weight": v, f"{new}.self_attn.v_proj.bias": bv,
+            f"{new}.self_attn.out_proj.weight": sd[f"{old}.attn.out_proj.weight"],
+            f"{new}.self_attn.out_proj.bias": sd[f"{old}.attn.out_proj.bias"],
+            f"{new}.mlp.fc1.weight": sd[f"{old}.mlp.c_fc.weight"],
+            f"{new}.mlp.fc1.bias": sd[f"{old}.mlp.c_fc.bias"],
+            f"{new}.mlp.fc2.weight": sd[f"{old}.mlp.c_proj.weight"],
+            f"{new}.mlp.fc2.bias": sd[f"{old}.mlp.c_proj.bias"],
+        }
+    # open_clip projects with `pooled @ proj`; HF's visual_projection is a Linear (weight = proj^T).
+    return hf, {"weight": sd["proj"].T}
+
+
+def convert_open_clip(
+    clip: nn.Module,
+    class_embeddings: Float[Tensor, "n_classes d_proj"],
+    *,
+    logit_scale: float = 1.0,
+    model_name: str = "open-clip",
+) -> ExtendedViT:
+    """An open_clip `CLIP` model's vision tower with a zero-shot head as an `ExtendedViT`.
+
+    The residual stream is open_clip's own, unprocessed (no weight centring or LayerNorm folding),
+    so `blocks.{l}.hook_resid_post` is the output of `visual.transformer.resblocks[l]`. Logits are
+    `logit_scale * cos(image embedding, class embedding)`.
+    """
+    visual = clip.visual
+    class_embeddings = torch.as_tensor(class_embeddings, dtype=torch.float32)
+    d_proj = visual.proj.shape[1] if visual.proj is not None else None
+    if class_embeddings.ndim != 2 or class_embeddings.shape[1] != d_proj:
+        raise ValueError(f"class_embeddings must be [n_classes, {d_proj}], "
+                         f"got {list(class_embeddings.shape)}")
+    cfg = open_clip_vision_config(visual, model_name=model_name, n_classes=len(class_embeddings))
+    state = convert_clip_weights(*open_clip_to_hf_names(visual), cfg)
+    return _build(cfg, _zero_shot_head(state, class_embeddings, logit_scale))

@@ -9,6 +9,10 @@ reconstruction, plus the error when it is kept. The SAE's own encode/decode do t
 internal hook points relay to the host's. Everything is undone on exit, also on exceptions.
 
 As in SAELens, the error term is computed without gradient: it is a constant (a leaf).
+
+An SAE trained on some token positions only (SAELens's `seqpos_slice`, e.g. a class-token SAE)
+has its latents zeroed at the other positions; there the stream is carried by the error term,
+which is kept there even when `keep_error=False`.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from sae_lens import SAE
 from torch import Tensor, nn
 
 from rrm_plugin.hosts import input_check_for
+from rrm_plugin.saes.positions import covers_every_position, sae_positions
 
 SAE_HOOK_NAMES = (
     "hook_sae_input",
@@ -36,14 +41,28 @@ _RELAYED = SAE_HOOK_NAMES[:4]
 
 
 class _Relay:
-    """Routes one SAELens-internal hook point through the host's hook point of the same name."""
+    """Routes one SAELens-internal hook point through the host's hook point of the same name.
 
-    def __init__(self, host_hook: nn.Module) -> None:
+    For an SAE that covers only some token positions (`seqpos_slice`), the relay of the latents
+    zeroes them elsewhere, so those positions are reconstructed from no feature at all.
+    """
+
+    def __init__(self, host_hook: nn.Module, positions: slice | None = None) -> None:
         self.host_hook = host_hook
+        self.positions = positions
         self.active = True
 
     def __call__(self, module: nn.Module, args: tuple, output: Tensor) -> Tensor:
+        if self.positions is not None:
+            output = output * _mask_like(output, self.positions).unsqueeze(-1)
         return self.host_hook(output) if self.active else output
+
+
+def _mask_like(x: Tensor, positions: slice) -> Tensor:
+    """`[pos]` mask (x's dtype) of the covered positions; the token axis is x's second last."""
+    mask = torch.zeros(x.shape[-2], dtype=x.dtype, device=x.device)
+    mask[positions] = 1
+    return mask
 
 
 @dataclass
@@ -52,6 +71,8 @@ class _Splice:
     keep_error: bool
     host_hooks: dict[str, nn.Module]
     relays: list[_Relay]
+    positions: slice | None = None
+    """Covered token positions, None for all; elsewhere the error is kept even if dropped."""
 
     def has_user_hooks(self) -> bool:
         return any(getattr(self.host_hooks[n], "fwd_hooks", None) for n in _RELAYED)
@@ -78,7 +99,12 @@ class _Splice:
             recon = sae.decode(sae.encode(x))
             clean_recon = recon
         error = self.host_hooks["hook_sae_error"]((x - clean_recon).detach())
-        out = recon + error if self.keep_error else recon
+        if self.keep_error:
+            out = recon + error
+        elif self.positions is None:
+            out = recon
+        else:
+            out = recon + error * (1 - _mask_like(x, self.positions)).unsqueeze(-1)
         return self.host_hooks["hook_sae_output"](out.to(x.dtype))
 
 
@@ -109,8 +135,10 @@ def _attach(model: nn.Module, hook_name: str, sae: SAE, keep_error: bool) -> Ite
     clashes = [n for n in SAE_HOOK_NAMES if hasattr(hook_point, n)]
     if clashes:
         raise RuntimeError(f"{hook_name!r} already has SAE hook points {clashes}; nested splice?")
-    relays = [_Relay(host_hooks[name]) for name in _RELAYED]
-    splice = _Splice(sae, keep_error, host_hooks, relays)
+    positions = None if covers_every_position(sae) else sae_positions(sae)
+    relays = [_Relay(host_hooks[name], positions if name == "hook_sae_acts_post" else None)
+              for name in _RELAYED]
+    splice = _Splice(sae, keep_error, host_hooks, relays, positions)
     handles = []
     try:
         for name, module in host_hooks.items():

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from rrm_plugin.replacement.splice import replacement
+from rrm_plugin.saes.positions import sae_positions
 
 ALL_LAYERS = "all"
 
@@ -96,8 +97,16 @@ def downstream_metrics(
     }
 
 
-def _zero_hook(act: Tensor, hook) -> Tensor:
-    return torch.zeros_like(act)
+def _zero_ablation(sae: SAE):
+    """Hook zeroing the positions the SAE covers (SAELens's zero-ablation baseline)."""
+    positions = sae_positions(sae)
+
+    def hook(act: Tensor, hook) -> Tensor:
+        out = act.clone()
+        out[:, positions] = 0
+        return out
+
+    return hook
 
 
 @torch.no_grad()
@@ -114,7 +123,8 @@ def evaluate_saes(
 
     `"clean"` holds the model's own accuracy on the same images. Without labels, the model's
     own predictions stand in for them (accuracy then measures agreement with the model).
-    Images are processed in batches; the metrics are exact over the whole set.
+    Images are processed in batches; the metrics are exact over the whole set. An SAE that covers
+    some token positions only (`seqpos_slice`) is measured, spliced and ablated there only.
     """
     hook_names = list(saes)
     stats = {h: ReconstructionStats(sae.cfg.d_sae) for h, sae in saes.items()}
@@ -128,16 +138,16 @@ def evaluate_saes(
         clean, cache = model.run_with_cache(x, names_filter=lambda n: n in hook_names)
         keep("clean", clean)
         for hook_name, sae in saes.items():
-            acts = cache[hook_name]
+            acts = cache[hook_name][:, sae_positions(sae)]
             stats[hook_name].update(acts.reshape(-1, acts.shape[-1]), sae)
             with replacement(model, {hook_name: sae}, keep_error=False):
                 keep(f"spliced/{hook_name}", model(x))
             keep(f"ablated/{hook_name}",
-                 model.run_with_hooks(x, fwd_hooks=[(hook_name, _zero_hook)]))
+                 model.run_with_hooks(x, fwd_hooks=[(hook_name, _zero_ablation(sae))]))
         with replacement(model, saes, keep_error=False):
             keep(f"spliced/{ALL_LAYERS}", model(x))
-        keep(f"ablated/{ALL_LAYERS}",
-             model.run_with_hooks(x, fwd_hooks=[(h, _zero_hook) for h in hook_names]))
+        keep(f"ablated/{ALL_LAYERS}", model.run_with_hooks(
+            x, fwd_hooks=[(h, _zero_ablation(sae)) for h, sae in saes.items()]))
     full = {key: torch.cat(chunks) for key, chunks in logits.items()}
     clean = full["clean"]
     labels = clean.argmax(-1) if labels is None else labels.cpu()

@@ -1,9 +1,9 @@
-"""The RRM paper's backbones (and CLIP ViT-B/32) by name, loaded through their upstream loaders.
+"""The RRM paper's backbones (and two CLIP ViT-B/32s) by name, through their upstream loaders.
 
-Weights come from the Hugging Face hub through timm / transformers (`HF_HUB_OFFLINE`, `HF_HOME`,
-`HF_HUB_CACHE` are honoured) and, for DINOv2's linear head, through torch hub's checkpoint cache.
-Each model is converted to an `ExtendedViT` (a vit-prisma `HookedViT`) that computes the upstream
-logits; each entry knows its preprocessing (as the RRM authors ran it) and its class names.
+Weights come from the Hugging Face hub through timm / transformers / open_clip (`HF_HUB_OFFLINE`,
+`HF_HOME`, `HF_HUB_CACHE` are honoured) and, for DINOv2's linear head, through torch hub's
+checkpoint cache. Each model is converted to an `ExtendedViT` (a vit-prisma `HookedViT`) that
+computes the upstream logits; each entry knows its preprocessing and its class names.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from torch import Tensor
 
 from rrm_plugin.hosts.vit import ExtendedViT
 from rrm_plugin.io import read_tensors, write_tensors
-from rrm_plugin.saes.hub import CheckpointNotFoundError
+from rrm_plugin.saes.hub import CheckpointNotFoundError, hub_snapshot
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -38,6 +38,8 @@ class Preprocessing:
         interpolation: `"bilinear"` or `"bicubic"` (torchvision, antialiased).
         exact_size: Refuse images whose size is not `size` instead of resizing them (models
             trained on small renders, where resizing a photo gives a meaningless input).
+        crop_rounding: How centre-crop offsets are rounded: `"floor"` (CLIPProcessor) or
+            `"round"` (torchvision's `CenterCrop`, used by open_clip).
     """
 
     size: int | tuple[int, int]
@@ -46,10 +48,17 @@ class Preprocessing:
     std: tuple[float, float, float]
     interpolation: str = "bilinear"
     exact_size: bool = False
+    crop_rounding: str = "floor"
+
+    def __post_init__(self) -> None:
+        if self.crop_rounding not in ("floor", "round"):
+            raise ValueError(
+                f"crop_rounding must be 'floor' or 'round', got {self.crop_rounding!r}")
 
     def to_json_dict(self) -> dict:
         return {"size": self.size, "crop": self.crop, "mean": list(self.mean),
-                "std": list(self.std), "interpolation": self.interpolation}
+                "std": list(self.std), "interpolation": self.interpolation,
+                "crop_rounding": self.crop_rounding}
 
     def to_display(self, images: Tensor) -> Tensor:
         """Undo the normalisation: model inputs back to [0, 1] RGB."""
@@ -70,6 +79,11 @@ AUTHORS_PREPROCESSING = Preprocessing(size=(224, 224), crop=None, mean=(0.5,) * 
 # ... and CLIP with CLIPProcessor: shorter side 224 (bicubic), centre crop 224, CLIP mean/std.
 CLIP_PREPROCESSING = Preprocessing(size=224, crop=224, mean=CLIP_MEAN, std=CLIP_STD,
                                    interpolation="bicubic")
+# open_clip's validation transform (and ViT-Prisma's for its CLIP SAEs): the same, but cropped
+# with torchvision's CenterCrop.
+OPEN_CLIP_PREPROCESSING = Preprocessing(size=224, crop=224, mean=CLIP_MEAN, std=CLIP_STD,
+                                        interpolation="bicubic", crop_rounding="round")
+DATACOMP_B32_REPO = "laion/CLIP-ViT-B-32-DataComp.XL-s13B-b90K"
 
 
 @dataclass(frozen=True)
@@ -176,18 +190,31 @@ def _state_fingerprint(module: torch.nn.Module) -> str:
     return digest.hexdigest()[:16]
 
 
-def cached_zero_shot_head(clip, tokenizer, *, repo_id: str, progress: bool = True) -> Tensor:
-    """The zero-shot class embeddings of `clip`, built once and cached on disk."""
-    names, templates = openai_imagenet_prompts()
-    key = f"{repo_id.replace('/', '--')}-{_state_fingerprint(clip.text_model)}"
+def cached_class_embeddings(
+    *, key: str, n_classes: int, d_proj: int, build: Callable[[], Tensor]
+) -> Tensor:
+    """Zero-shot class embeddings `[n_classes, d_proj]`: read from the cache, else built and cached.
+
+    `key` names the text tower (repo and a fingerprint of its weights), so a changed tower is
+    never served a stale head.
+    """
     path = cache_dir() / "zero_shot" / f"{key}.safetensors"
-    d_proj = clip.text_projection.out_features
     if path.is_file():
-        return read_tensors(path, expected_shapes={"class_embeddings": (len(names), d_proj)})[
+        return read_tensors(path, expected_shapes={"class_embeddings": (n_classes, d_proj)})[
             "class_embeddings"]
-    embeddings = zero_shot_class_embeddings(clip, tokenizer, names, templates, progress=progress)
+    embeddings = build()
     write_tensors(path, {"class_embeddings": embeddings})
     return embeddings
+
+
+def cached_zero_shot_head(clip, tokenizer, *, repo_id: str, progress: bool = True) -> Tensor:
+    """The zero-shot class embeddings of a HF `CLIPModel` (the RRM authors' recipe), cached."""
+    names, templates = openai_imagenet_prompts()
+    return cached_class_embeddings(
+        key=f"{repo_id.replace('/', '--')}-{_state_fingerprint(clip.text_model)}",
+        n_classes=len(names), d_proj=clip.text_projection.out_features,
+        build=lambda: zero_shot_class_embeddings(clip, tokenizer, names, templates,
+                                                 progress=progress))
 
 
 def build_hf_clip(repo_id: str, model_name: str) -> ExtendedViT:
@@ -203,6 +230,60 @@ def build_hf_clip(repo_id: str, model_name: str) -> ExtendedViT:
             f"transformers could not load CLIP {repo_id!r} (model and tokenizer): {err}") from err
     embeddings = cached_zero_shot_head(clip, tokenizer, repo_id=repo_id)
     return convert_hf_clip(clip, embeddings, logit_scale=1.0, model_name=model_name)
+
+
+# --- open_clip (LAION / DataComp checkpoints on the HF hub) ---------------------------------
+
+OPEN_CLIP_CONFIG = "open_clip_config.json"
+# open_clip's own preference: safetensors first, then the pickle-free-loadable .bin.
+OPEN_CLIP_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+
+
+def open_clip_snapshot(repo_id: str) -> Path:
+    """Local folder with an open_clip hub repo's config and one weights file (cache first)."""
+    for weights in OPEN_CLIP_WEIGHTS:
+        try:
+            folder = hub_snapshot(repo_id, [OPEN_CLIP_CONFIG, weights])
+        except CheckpointNotFoundError:
+            if weights == OPEN_CLIP_WEIGHTS[-1]:
+                raise
+            continue
+        if (folder / OPEN_CLIP_CONFIG).is_file() and (folder / weights).is_file():
+            return folder
+    raise CheckpointNotFoundError(
+        f"Hugging Face repo {repo_id!r} has no {OPEN_CLIP_CONFIG} with one of {OPEN_CLIP_WEIGHTS} "
+        "(neither cached nor downloadable)")
+
+
+def open_clip_zero_shot_head(clip, tokenizer, *, repo_id: str) -> Tensor:
+    """open_clip's own ImageNet zero-shot classifier (OpenAI names x 80 templates), cached.
+
+    `open_clip.build_zero_shot_classifier` averages the normalised per-template text features,
+    as open_clip's ImageNet evaluation of these checkpoints does.
+    """
+    from open_clip import build_zero_shot_classifier
+
+    names, templates = openai_imagenet_prompts()
+    build = lambda: build_zero_shot_classifier(  # noqa: E731
+        clip, tokenizer, names, templates, num_classes_per_batch=10, use_tqdm=True).T.contiguous()
+    return cached_class_embeddings(
+        key=f"open_clip-{repo_id.replace('/', '--')}-{_state_fingerprint(clip)}",
+        n_classes=len(names), d_proj=clip.visual.output_dim, build=build)
+
+
+def build_open_clip(repo_id: str, model_name: str) -> ExtendedViT:
+    """An open_clip hub checkpoint's vision tower with its zero-shot head, via open_clip."""
+    import open_clip
+
+    from rrm_plugin.hosts.convert import convert_open_clip
+
+    folder = open_clip_snapshot(repo_id)
+    # open_clip's `local-dir:` schema reads the config and the weights (torch.load with
+    # weights_only=True) from the snapshot folder, as `hf-hub:` would after downloading.
+    clip = open_clip.create_model(f"local-dir:{folder}").eval()
+    tokenizer = open_clip.get_tokenizer(f"local-dir:{folder}")
+    embeddings = open_clip_zero_shot_head(clip, tokenizer, repo_id=repo_id)
+    return convert_open_clip(clip, embeddings, logit_scale=1.0, model_name=model_name)
 
 
 # --- DINOv2 ViT-B/14 with registers and its linear head ---------------------------------------
@@ -286,4 +367,13 @@ HUB_MODELS: dict[str, HubModelSpec] = {
         description="DINOv2 ViT-B/14 with 4 registers, linear ImageNet head on [CLS, mean patch]",
     ),
     "clip-vit-b32": openai_clip_spec("clip-vit-b32", "openai/clip-vit-base-patch32", "B/32"),
+    "clip-vit-b32-datacomp": HubModelSpec(
+        name="clip-vit-b32-datacomp",
+        source=f"open_clip hf-hub:{DATACOMP_B32_REPO} + zero-shot ImageNet head (80 templates)",
+        build=lambda: build_open_clip(DATACOMP_B32_REPO, "clip-vit-b32-datacomp"),
+        preprocessing=OPEN_CLIP_PREPROCESSING,
+        class_names=lambda: openai_imagenet_prompts()[0],
+        description="LAION DataComp-XL CLIP ViT-B/32 vision tower (ViT-Prisma's SAEs), "
+                    "zero-shot ImageNet head (cosine logits)",
+    ),
 }

@@ -7,6 +7,7 @@ cache) only the layer asked for.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +25,12 @@ from rrm_plugin.saes.authors import (
     authors_folder,
     load_authors_sae,
     read_authors_sae_config,
+)
+from rrm_plugin.saes.prisma import (
+    PRISMA_LOADER_NAME,
+    PRISMA_ORG,
+    load_prisma_sae,
+    read_prisma_sae_config,
 )
 from rrm_plugin.saes.registry import register_sae_release
 from rrm_plugin.zoo.models import WEIGHTS_DIR
@@ -117,6 +124,30 @@ def authors_release(
         layers=layers, source=f"RRM authors (hf: {repo_id})")
 
 
+# ViT-Prisma's CLIP ViT-B/32 (LAION DataComp-XL) SAE series, one hub repo per layer (x64: d_sae
+# 49152). The vanilla series' layer 2 was published at a stronger L1 coefficient than the others.
+PRISMA_VANILLA_L1 = {layer: "1e-05" for layer in range(12)} | {2: "5e-05"}
+
+
+def prisma_vanilla_repo(layer: int) -> str:
+    return (f"sparse-autoencoder-clip-b-32-sae-vanilla-x64-layer-{layer}-hook_resid_post-l1-"
+            f"{PRISMA_VANILLA_L1[layer]}")
+
+
+def prisma_topk_cls_repo(layer: int) -> str:
+    return f"sae-top_k-64-cls_only-layer_{layer}-hook_resid_post"
+
+
+def prisma_release(release: str, *, repo: Callable[[int], str], k: int | None, what: str,
+                   repo_pattern: str) -> HubSAEReleaseSpec:
+    layers = tuple(HubLayer(hook_name=f"blocks.{layer}.hook_resid_post", path=repo(layer),
+                            d_sae=64 * 768, k=k) for layer in range(12))
+    return HubSAEReleaseSpec(
+        release=release, model_name="clip-vit-b32-datacomp", repo_id=PRISMA_ORG,
+        loader=PRISMA_LOADER_NAME, layers=layers,
+        source=f"ViT-Prisma, {what} (hf: {PRISMA_ORG}/{repo_pattern})")
+
+
 HUB_SAE_RELEASES: dict[str, HubSAEReleaseSpec] = {
     spec.release: spec for spec in (
         authors_release("rrm-vit-b16-imagenet", model_name="vit-b16-imagenet",
@@ -125,11 +156,20 @@ HUB_SAE_RELEASES: dict[str, HubSAEReleaseSpec] = {
                         repo_id="timespt/topksae-clip-vit-base-patch16", sizes="clip_vit"),
         authors_release("rrm-dinov2-vitb14-reg", model_name="dinov2-vitb14-reg",
                         repo_id="timespt/topksae-dinov2-vitb14-reg-lc", sizes="dinov2"),
+        prisma_release("prisma-clip-b32-vanilla-x64", repo=prisma_vanilla_repo, k=None,
+                       what="ReLU + L1, all tokens", repo_pattern=(
+                           "sparse-autoencoder-clip-b-32-sae-vanilla-x64-layer-{l}-hook_resid_post"
+                           "-l1-1e-05 (layer 2: l1-5e-05)")),
+        prisma_release("prisma-clip-b32-topk64-cls", repo=prisma_topk_cls_repo, k=64,
+                       what="TopK k=64, class token only",
+                       repo_pattern="sae-top_k-64-cls_only-layer_{l}-hook_resid_post"),
     )
 }
 
 NAMED_PRETRAINED_SAE_LOADERS[AUTHORS_LOADER_NAME] = load_authors_sae
 NAMED_PRETRAINED_SAE_CONFIG_GETTERS[AUTHORS_LOADER_NAME] = read_authors_sae_config
+NAMED_PRETRAINED_SAE_LOADERS[PRISMA_LOADER_NAME] = load_prisma_sae
+NAMED_PRETRAINED_SAE_CONFIG_GETTERS[PRISMA_LOADER_NAME] = read_prisma_sae_config
 
 
 def register_hub_release(spec: HubSAEReleaseSpec) -> None:

@@ -60,3 +60,36 @@ def baselines(vit, saes, reference_images):
 @pytest.fixture
 def mean_baselines(vit, saes, reference_images):
     return compute_baselines(vit, saes, reference_images, statistic="mean", progress=False)
+
+
+def prisma_like_saes(model, *, kind: str, d_sae=24):
+    """SAEs shaped like ViT-Prisma's CLIP releases, random weights, every bias non-zero.
+
+    `"relu"`: SAELens `StandardSAE`, no input normalisation, all tokens (the vanilla series).
+    `"topk_cls"`: `TopKSAE` on the class token only (`seqpos_slice=(0, 1)`), layer norm.
+    """
+    from sae_lens import StandardSAE, StandardSAEConfig, TopKSAE, TopKSAEConfig
+    from sae_lens.saes.sae import SAEMetadata
+
+    d = model.cfg.d_model
+    saes = {}
+    for layer in range(model.cfg.n_layers - 1):
+        hook = f"blocks.{layer}.hook_resid_post"
+        meta = dict(model_name="tiny", hook_name=hook, hook_head_index=None)
+        if kind == "relu":
+            sae = StandardSAE(StandardSAEConfig(
+                d_in=d, d_sae=d_sae, apply_b_dec_to_input=True, normalize_activations="none",
+                metadata=SAEMetadata(**meta)))
+        else:
+            sae = TopKSAE(TopKSAEConfig(
+                d_in=d, d_sae=d_sae, k=5, apply_b_dec_to_input=True,
+                normalize_activations="layer_norm",
+                metadata=SAEMetadata(**meta, seqpos_slice=(0, 1))))
+        g = torch.Generator().manual_seed(10 + layer)
+        with torch.no_grad():
+            sae.W_dec.copy_(torch.randn(d_sae, d, generator=g) / d**0.5)
+            sae.W_enc.copy_(torch.randn(d, d_sae, generator=g) / d**0.5)
+            sae.b_enc.copy_(torch.randn(d_sae, generator=g) * 0.3)
+            sae.b_dec.copy_(torch.randn(d, generator=g) * 0.3)
+        saes[hook] = sae
+    return saes

@@ -125,3 +125,21 @@ def test_token_edge_limit_is_enforced(vit, saes, images, baselines):
     with pytest.raises(ValueError, match="token-level edge matrix would have"):
         attribute(vit, saes, images[:1], baselines=baselines, granularity="token",
                   engine=EngineConfig(max_token_edges=10))
+
+
+@pytest.mark.parametrize("kind", ["relu", "topk_cls"])
+def test_engine_equals_reference_with_vit_prisma_style_saes(kind, vit, images, reference_images):
+    # ReLU SAEs without input normalisation (dense, with biases), and class-token-only TopK SAEs.
+    from tests.attribution.conftest import prisma_like_saes
+
+    saes = prisma_like_saes(vit, kind=kind)
+    base = compute_baselines(vit, saes, reference_images, progress=False)
+    graphs = assert_matches_reference(vit, saes, images[:2], base)
+    token_graph = attribute(vit, saes, images[:1], baselines=base, granularity="token")[0]
+    if kind == "topk_cls":
+        # Only the class token has features; the patches are carried by the error nodes.
+        for layer in token_graph.layers:
+            assert len(layer.tokens) > 0 and (layer.tokens == 0).all()
+        assert all(abs(g.layers[0].error_score) > 0 for g in graphs)
+    else:
+        assert any((layer.tokens > 0).any() for layer in token_graph.layers)

@@ -57,3 +57,23 @@ def test_trace_and_faithfulness_on_photos_with_vit_b16(vit_b16_hub, photo_folder
     assert sorted(os.path.basename(f) for f in data["metadata"]["files"]) == [
         "china.jpg", "flower.jpg"]
     assert "| rrm |" in printed and "median over the 2 input images" in printed
+
+
+def test_trace_with_vit_prismas_clip_b32_releases(datacomp_b32_hub, photo_folder, tmp_path):
+    """LAION DataComp CLIP ViT-B/32 (open_clip layout) with ViT-Prisma's two SAE series."""
+    photo = str(photo_folder / "flower.jpg")
+    # Class-token TopK SAEs: a token graph whose features all sit on token 0. Dense ReLU SAEs on
+    # all 50 tokens: a feature graph (their token graph would hold over 10^9 edges).
+    for release, granularity in [("prisma-clip-b32-topk64-cls", "token"),
+                                 ("prisma-clip-b32-vanilla-x64", "feature")]:
+        out = tmp_path / release
+        rrm(["trace", photo, "--model", "clip-vit-b32-datacomp", "--release", release,
+             "--granularity", granularity, "--out", str(out)], cache=datacomp_b32_hub,
+            scratch=tmp_path)
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["metadata"]["model"] == "clip-vit-b32-datacomp"
+        assert summary["circuit_nodes"] > 0
+        graph = json.loads((out / "graph.json").read_text())
+        assert {n["layer"] for n in graph["nodes"]} == set(range(12))
+        if granularity == "token":
+            assert {n["token"] for n in graph["nodes"]} == {0}

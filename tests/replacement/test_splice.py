@@ -148,3 +148,39 @@ def test_works_on_a_transformerlens_model():
                                                    lambda a, hook: sae(a))])
     torch.testing.assert_close(dropped, ref, atol=1e-5, rtol=1e-5)
     assert "blocks.0.hook_resid_post.hook_sae_acts_post" not in model.hook_dict
+
+
+def _class_token_only(saes):
+    for sae in saes.values():
+        sae.cfg.metadata.seqpos_slice = (0, 1)  # SAELens's record of the trained positions
+    return saes
+
+
+def test_class_token_sae_replaces_only_the_class_token(tiny_vit, tiny_saes, tiny_images):
+    saes = _class_token_only(tiny_saes)
+    hook = "blocks.1.hook_resid_post"
+    with torch.no_grad():
+        _, clean = tiny_vit.run_with_cache(tiny_images)
+        clean_logits = tiny_vit(tiny_images)
+        with rrm_plugin.replacement(tiny_vit, {hook: saes[hook]}, keep_error=False):
+            _, cache = tiny_vit.run_with_cache(tiny_images)
+        with rrm_plugin.replacement(tiny_vit, saes, keep_error=True):
+            kept = tiny_vit(tiny_images)
+    torch.testing.assert_close(kept, clean_logits, atol=1e-5, rtol=0)
+    acts = cache[f"{hook}.hook_sae_acts_post"]
+    assert (acts[:, 1:] == 0).all() and ((acts[:, 0] > 0).sum(-1) == saes[hook].cfg.k).all()
+    x = clean[hook]
+    torch.testing.assert_close(acts[:, 0], saes[hook].encode(x[:, :1])[:, 0])
+    # The class token is the SAE's reconstruction; the patches pass through unchanged.
+    out = cache[hook]
+    torch.testing.assert_close(out[:, 0], saes[hook](x[:, :1])[:, 0], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(out[:, 1:], x[:, 1:], atol=1e-6, rtol=0)
+    assert (out[:, 0] - x[:, 0]).abs().max() > 1e-3
+
+
+def test_bad_seqpos_slice_is_rejected(tiny_vit, tiny_saes, tiny_images):
+    hook = "blocks.0.hook_resid_post"
+    tiny_saes[hook].cfg.metadata.seqpos_slice = (0, "1")
+    with pytest.raises(ValueError, match="seqpos_slice"), rrm_plugin.replacement(
+            tiny_vit, {hook: tiny_saes[hook]}):
+        tiny_vit(tiny_images)

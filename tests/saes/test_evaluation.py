@@ -82,3 +82,29 @@ def test_batched_evaluation_is_exact_over_the_whole_set(tiny_vit, tiny_saes):
             assert batched[name][metric] == pytest.approx(value, rel=1e-5, abs=1e-6), (name, metric)
     # Without labels the model's own predictions stand in: clean accuracy is 1 by definition.
     assert evaluate_saes(tiny_vit, tiny_saes, images, None)["clean"]["top1_accuracy"] == 1.0
+
+
+def test_class_token_saes_are_measured_and_ablated_on_the_class_token(
+    tiny_vit, tiny_saes, tiny_images
+):
+    hook = "blocks.1.hook_resid_post"
+    sae = tiny_saes[hook]
+    sae.cfg.metadata.seqpos_slice = (0, 1)
+    results = evaluate_saes(tiny_vit, {hook: sae}, tiny_images, None)
+    _, cache = tiny_vit.run_with_cache(tiny_images)
+    expected = reconstruction_metrics(cache[hook][:, 0], sae)
+    for name, value in expected.items():
+        assert results[hook][name] == pytest.approx(value, rel=1e-6, abs=1e-9)
+
+    # Zero ablation of the class token only.
+    def zero_cls(act, hook):
+        act = act.clone()
+        act[:, 0] = 0
+        return act
+
+    with torch.no_grad():
+        ablated = tiny_vit.run_with_hooks(tiny_images, fwd_hooks=[(hook, zero_cls)])
+        clean = tiny_vit(tiny_images)
+    kl = torch.nn.functional.kl_div(ablated.log_softmax(-1), clean.log_softmax(-1),
+                                    log_target=True, reduction="batchmean")
+    assert results[hook]["kl_div_with_ablation"] == pytest.approx(float(kl), rel=1e-5)

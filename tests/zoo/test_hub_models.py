@@ -14,14 +14,23 @@ from sklearn.datasets import load_sample_images
 import rrm_plugin
 from rrm_plugin.saes.hub import CheckpointNotFoundError
 from rrm_plugin.zoo.hub_models import (
+    DATACOMP_B32_REPO,
     DINOV2_REPO,
     HUB_MODELS,
     cache_dir,
     dinov2_head_path,
+    open_clip_snapshot,
     openai_imagenet_prompts,
 )
 from tests.conftest import sample_photos
-from tests.hubcache import add_folder, torch_bytes, use_hub_cache
+from tests.hubcache import (
+    add_file,
+    add_folder,
+    add_open_clip,
+    tiny_open_clip_config,
+    torch_bytes,
+    use_hub_cache,
+)
 
 TOL = dict(atol=1e-4, rtol=1e-4)
 
@@ -47,6 +56,8 @@ def test_uncached_models_offline_name_what_was_looked_for(offline_hub):
         rrm_plugin.load_model("clip-vit-b16")
     with pytest.raises(CheckpointNotFoundError, match="facebook/dinov2-with-registers-base"):
         rrm_plugin.load_model("dinov2-vitb14-reg")
+    with pytest.raises(CheckpointNotFoundError, match="laion/CLIP-ViT-B-32-DataComp.XL-s13B-b90K"):
+        rrm_plugin.load_model("clip-vit-b32-datacomp")
     with pytest.raises(KeyError, match="unknown model 'vit-h14'; available models: .*clip-vit-b32"):
         rrm_plugin.load_model("vit-h14")
 
@@ -192,4 +203,62 @@ def test_dinov2_head_missing_offline_names_the_path(offline_hub, tmp_path):
 def test_list_models_names_every_model():
     rows = rrm_plugin.list_models(show=False)
     assert [r["model"] for r in rows] == ["digits-vit", "vit-b16-imagenet", "clip-vit-b16",
-                                          "dinov2-vitb14-reg", "clip-vit-b32"]
+                                          "dinov2-vitb14-reg", "clip-vit-b32",
+                                          "clip-vit-b32-datacomp"]
+
+
+# --- open_clip (LAION DataComp CLIP ViT-B/32) with its zero-shot head ---------------------------
+
+def open_clip_class_embedding(clip, tokenizer, class_name: str) -> torch.Tensor:
+    """open_clip's recipe: mean of the normalised per-template text features, normalised."""
+    _, templates = openai_imagenet_prompts()
+    with torch.no_grad():
+        feats = clip.encode_text(tokenizer([t(class_name) for t in templates]), normalize=True)
+    mean = feats.mean(0)
+    return mean / mean.norm()
+
+
+def test_open_clip_by_name_equals_upstream_zero_shot(offline_hub):
+    import open_clip
+
+    clip = add_open_clip(offline_hub, DATACOMP_B32_REPO, tiny_open_clip_config())
+    model = rrm_plugin.load_model("clip-vit-b32-datacomp")
+    assert model.cfg.activation_name == "gelu" and model.cfg.n_classes == 1000
+    x = photos("clip-vit-b32-datacomp")
+    tokenizer = open_clip.get_tokenizer("ViT-B-32")
+    names, _ = openai_imagenet_prompts()
+    chosen = [0, 417, 999]
+    classes = torch.stack([open_clip_class_embedding(clip, tokenizer, names[i]) for i in chosen])
+    with torch.no_grad():
+        image = clip.encode_image(x, normalize=True)
+        logits = model(x)
+        _, cache = model.run_with_cache(x, names_filter="blocks.1.hook_resid_post")
+        stream = clip.visual.transformer(clip.visual._embeds(x))  # open_clip's raw stream
+    torch.testing.assert_close(logits[:, chosen], image @ classes.T, **TOL)
+    torch.testing.assert_close(cache["blocks.1.hook_resid_post"], stream, **TOL)
+    assert (classes[0] - classes[1]).abs().max() > 1e-2
+
+
+def test_open_clip_snapshot_prefers_safetensors_and_falls_back_to_bin(offline_hub):
+    repo = "laion/some-open-clip"
+    with pytest.raises(CheckpointNotFoundError, match="laion/some-open-clip"):
+        open_clip_snapshot(repo)
+    add_file(offline_hub, repo, "open_clip_config.json", b"{}")
+    with pytest.raises(CheckpointNotFoundError, match="open_clip_pytorch_model.bin"):
+        open_clip_snapshot(repo)  # a config without weights is not a model
+    add_file(offline_hub, repo, "open_clip_pytorch_model.bin", b"weights")
+    assert (open_clip_snapshot(repo) / "open_clip_pytorch_model.bin").is_file()
+    add_file(offline_hub, repo, "open_clip_model.safetensors", b"weights")
+    folder = open_clip_snapshot(repo)
+    assert (folder / "open_clip_model.safetensors").is_file()
+
+
+def test_open_clip_preprocessing_matches_open_clips_transform():
+    import open_clip
+    from PIL import Image
+
+    transform = open_clip.image_transform(224, is_train=False)
+    theirs = torch.stack([transform(Image.fromarray(a)) for a in load_sample_images().images])
+    ours = photos("clip-vit-b32-datacomp")
+    assert ours.shape == theirs.shape == (2, 3, 224, 224)
+    assert (ours - theirs).abs().mean() < 0.01

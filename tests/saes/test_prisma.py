@@ -1,0 +1,171 @@
+"""ViT-Prisma's CLIP ViT-B/32 SAEs, loaded by release name from an offline hub cache.
+
+The oracle is ViT-Prisma's forward written out from its formulas (optional per-token layer norm
+with the unbiased std, `b_dec` subtracted before the encoder, ReLU or ReLU-after-TopK, decode,
+de-normalise); it shares no code with the SAELens classes the loader maps the SAEs to.
+"""
+
+import json
+
+import pytest
+import torch
+from sae_lens import SAE, StandardSAE, TopKSAE
+
+import rrm_plugin  # noqa: F401  (registers the releases)
+from rrm_plugin.io import CorruptFileError
+from rrm_plugin.saes.hub import CheckpointNotFoundError
+from rrm_plugin.zoo.releases import (
+    HUB_SAE_RELEASES,
+    prisma_topk_cls_repo,
+    prisma_vanilla_repo,
+)
+from tests.hubcache import (
+    add_file,
+    add_prisma_sae,
+    prisma_sae_config,
+    prisma_sae_state,
+    torch_bytes,
+)
+
+VANILLA = "prisma-clip-b32-vanilla-x64"
+TOPK_CLS = "prisma-clip-b32-topk64-cls"
+
+
+def prisma_forward(x, state, *, k=None, layer_norm=False):
+    """ViT-Prisma's SAE forward; returns (latents, reconstruction)."""
+    if layer_norm:
+        mu = x.mean(-1, keepdim=True)
+        centred = x - mu
+        std = centred.std(-1, keepdim=True)  # unbiased
+        x = centred / (std + 1e-5)
+    pre = (x - state["b_dec"]) @ state["W_enc"] + state["b_enc"]
+    if k is None:
+        z = torch.relu(pre)
+    else:
+        top = pre.topk(k, dim=-1)
+        z = torch.zeros_like(pre).scatter(-1, top.indices, torch.relu(top.values))
+    out = z @ state["W_dec"] + state["b_dec"]
+    if layer_norm:
+        out = out * std + mu
+    return z, out
+
+
+def stream(seed=1, tokens=50):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(3, tokens, 768, generator=g) * 2 + torch.randn(3, tokens, 1, generator=g) * 5
+
+
+def test_release_specs_name_vit_prismas_repos():
+    vanilla, topk = HUB_SAE_RELEASES[VANILLA], HUB_SAE_RELEASES[TOPK_CLS]
+    assert [la.path for la in vanilla.layers][:3] == [
+        "sparse-autoencoder-clip-b-32-sae-vanilla-x64-layer-0-hook_resid_post-l1-1e-05",
+        "sparse-autoencoder-clip-b-32-sae-vanilla-x64-layer-1-hook_resid_post-l1-1e-05",
+        "sparse-autoencoder-clip-b-32-sae-vanilla-x64-layer-2-hook_resid_post-l1-5e-05"]
+    assert topk.layers[11].path == "sae-top_k-64-cls_only-layer_11-hook_resid_post"
+    assert len(vanilla.layers) == len(topk.layers) == 12
+    assert {la.d_sae for la in vanilla.layers} == {49152} and {la.k for la in topk.layers} == {64}
+    assert vanilla.model_name == topk.model_name == "clip-vit-b32-datacomp"
+
+
+@pytest.mark.parametrize("layer", [2, 11])
+def test_vanilla_layer_reproduces_prisma_forward(offline_hub, layer):
+    state = prisma_sae_state(768, 1536, seed=layer)
+    add_prisma_sae(offline_hub, prisma_vanilla_repo(layer), prisma_sae_config(layer=layer), state)
+    sae = SAE.from_pretrained(VANILLA, f"blocks.{layer}.hook_resid_post")
+    assert isinstance(sae, StandardSAE) and sae.cfg.normalize_activations == "none"
+    assert sae.cfg.d_sae == 1536 and sae.cfg.metadata.hook_name == f"blocks.{layer}.hook_resid_post"
+    assert sae.cfg.metadata.model_name == "clip-vit-b32-datacomp"
+    assert sae.cfg.metadata.seqpos_slice == (None,)
+    x = stream()
+    z_ref, out_ref = prisma_forward(x, state)
+    with torch.no_grad():
+        z, out = sae.encode(x), sae(x)
+    assert 0 < (z > 0).float().mean() < 1
+    torch.testing.assert_close(z, z_ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out, out_ref, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("normalisation", ["missing", None])
+def test_topk_class_token_layer_reproduces_prisma_forward(offline_hub, normalisation):
+    layer = 5
+    extra = {} if normalisation == "missing" else {"normalize_activations": None}
+    cfg = prisma_sae_config(layer=layer, topk=64, cls_only=True, **extra)
+    state = prisma_sae_state(768, 1536, seed=7)
+    add_prisma_sae(offline_hub, prisma_topk_cls_repo(layer), cfg, state)
+    sae = SAE.from_pretrained(TOPK_CLS, f"blocks.{layer}.hook_resid_post")
+    # A config without the key used ViT-Prisma's default, layer norm.
+    layer_norm = normalisation == "missing"
+    assert isinstance(sae, TopKSAE) and sae.cfg.k == 64
+    assert sae.cfg.normalize_activations == ("layer_norm" if layer_norm else "none")
+    assert sae.cfg.metadata.seqpos_slice == (0, 1)
+    x = stream(tokens=1)  # trained on the class token
+    z_ref, out_ref = prisma_forward(x, state, k=64, layer_norm=layer_norm)
+    with torch.no_grad():
+        z, out = sae.encode(x), sae(x)
+    assert ((z > 0).sum(-1) <= 64).all() and (z > 0).sum() > 0
+    torch.testing.assert_close(z, z_ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out, out_ref, atol=1e-5 * x.abs().max().item(), rtol=1e-5)
+
+
+def test_legacy_state_dict_wrapper_loads(offline_hub):
+    state = prisma_sae_state(768, 1536, seed=3)
+    repo = f"Prisma-Multimodal/{prisma_vanilla_repo(0)}"
+    add_file(offline_hub, repo, "config.json", json.dumps(prisma_sae_config(layer=0)).encode())
+    add_file(offline_hub, repo, "weights.pt", torch_bytes({"cfg": {"d_in": 768},
+                                                           "state_dict": state}))
+    sae = SAE.from_pretrained(VANILLA, "blocks.0.hook_resid_post")
+    torch.testing.assert_close(sae.W_dec.detach(), state["W_dec"])
+
+
+class PickledConfig:  # stands in for ViT-Prisma's config object inside a training checkpoint
+    def __init__(self):
+        self.d_in = 768
+
+
+def test_bad_checkpoints_are_refused_with_their_reason(offline_hub):
+    hook = "blocks.0.hook_resid_post"
+    repo = f"Prisma-Multimodal/{prisma_vanilla_repo(0)}"
+    with pytest.raises(CheckpointNotFoundError, match=repo):
+        SAE.from_pretrained(VANILLA, hook)
+    add_file(offline_hub, repo, "config.json", json.dumps(prisma_sae_config(layer=0)).encode())
+    with pytest.raises(CheckpointNotFoundError, match="weights.pt"):
+        SAE.from_pretrained(VANILLA, hook)
+    state = prisma_sae_state(768, 1536, seed=0)
+    add_file(offline_hub, repo, "weights.pt", torch_bytes({"cfg": PickledConfig(),
+                                                           "state_dict": state}))
+    with pytest.raises(CorruptFileError, match="arbitrary unpickling"):
+        SAE.from_pretrained(VANILLA, hook)
+    add_file(offline_hub, repo, "weights.pt", torch_bytes({**state, "W_enc": state["W_dec"]}))
+    with pytest.raises(CorruptFileError, match=r"'W_enc' has shape \[1536, 768\], "
+                                               r"expected \[768, 1536\]"):
+        SAE.from_pretrained(VANILLA, hook)
+    bad = {**state, "b_dec": torch.full((768,), float("nan"))}
+    add_file(offline_hub, repo, "weights.pt", torch_bytes(bad))
+    with pytest.raises(CorruptFileError, match="NaN"):
+        SAE.from_pretrained(VANILLA, hook)
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"activation_fn_str": "jumprelu"}, "activation_fn_str='jumprelu'"),
+    ({"architecture": "gated"}, "architecture 'gated'"),
+    ({"activation_fn_str": "topk", "activation_fn_kwargs": {}}, "activation_fn_kwargs.k"),
+    ({"d_in": 512, "d_sae": None}, "d_in=512"),
+    ({"d_sae": 999}, "d_sae=999"),
+    ({"normalize_activations": "whiten"}, "normalize_activations='whiten'"),
+    ({"cls_token_only": True, "use_patches_only": True}, "both cls_token_only"),
+])
+def test_bad_configs_are_named(offline_hub, change, message):
+    cfg = {**prisma_sae_config(layer=0), **change}
+    add_prisma_sae(offline_hub, prisma_vanilla_repo(0), cfg, prisma_sae_state(768, 1536, seed=0))
+    with pytest.raises(CorruptFileError, match=message):
+        SAE.from_pretrained(VANILLA, "blocks.0.hook_resid_post")
+
+
+def test_config_of_another_layer_is_refused_at_the_hook(offline_hub, tiny_vit):
+    from rrm_plugin.replacement.splice import check_sae_for_hook
+
+    cfg = prisma_sae_config(layer=3)  # uploaded under layer 0's repo name
+    add_prisma_sae(offline_hub, prisma_vanilla_repo(0), cfg, prisma_sae_state(768, 1536, seed=0))
+    sae = SAE.from_pretrained(VANILLA, "blocks.0.hook_resid_post")
+    with pytest.raises(ValueError, match="trained at 'blocks.3.hook_resid_post'"):
+        check_sae_for_hook(tiny_vit, "blocks.0.hook_resid_post", sae)
