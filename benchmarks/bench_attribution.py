@@ -1,6 +1,6 @@
 """Attribution-graph speed and memory: the fast engine vs the authors' jacrev reference.
 
-Setting (METHOD.md section 1): a randomly initialised ViT-B/16-shaped HookedViT (12 layers,
+Setting (docs/method.md section 1): a randomly initialised ViT-B/16-shaped HookedViT (12 layers,
 d_model 768, 12 heads, d_mlp 3072, 224 px, patch 16 -> 197 tokens) with random TopK SAEs of the
 paper's sizes on block outputs 0..10, median baselines over a few random images, one image.
 

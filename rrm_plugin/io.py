@@ -19,8 +19,26 @@ class CorruptFileError(ValueError):
     """A weights or config file that cannot be read or does not have the expected content."""
 
 
+# The package's shipped weights are read-only for every command and API (issue 15): training and
+# baselines write elsewhere. Maintainers regenerating them set RRM_PLUGIN_WRITE_SHIPPED=1.
+SHIPPED_DIR = Path(__file__).resolve().parent / "zoo" / "weights"
+WRITE_SHIPPED_ENV = "RRM_PLUGIN_WRITE_SHIPPED"
+
+
+def check_not_shipped(path: Path) -> Path:
+    """Raise PermissionError if `path` lies inside the package's shipped weights."""
+    resolved = Path(path).resolve()
+    if os.environ.get(WRITE_SHIPPED_ENV) != "1" and (
+        resolved == SHIPPED_DIR or SHIPPED_DIR in resolved.parents
+    ):
+        raise PermissionError(
+            f"refusing to write {path}: it is inside rrm-plugin's shipped files ({SHIPPED_DIR}), "
+            "which no command changes; write to another folder (--out)")
+    return Path(path)
+
+
 def _atomic(path: Path, write: Callable[[Path], None]) -> Path:
-    path = Path(path)
+    path = check_not_shipped(Path(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
@@ -49,6 +67,11 @@ def read_json(path: Path) -> Any:
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise CorruptFileError(f"{path} is not valid JSON ({err})") from err
+
+
+def write_text(path: Path, text: str) -> Path:
+    """Atomic text file (markdown tables, HTML)."""
+    return _atomic(path, lambda tmp: tmp.write_text(text))
 
 
 def write_tensors(
@@ -88,7 +111,7 @@ def read_tensors(
 
 def replace_directory(build: Callable[[Path], None], target: Path) -> Path:
     """Build a directory in a temporary sibling, then swap it in, so a crash never leaves half."""
-    target = Path(target)
+    target = check_not_shipped(Path(target))
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
     try:

@@ -14,5 +14,8 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q torch==2.14.1 torchvision==0.29.1
   .venv/bin/python -m pip install -q -e ".[test]"
+  # circuit-tracer's graph-file models validate our export in the tests; its own requirements
+  # (nnsight, transformers<=4.57.3) clash with our pins, and the models need only pydantic.
+  .venv/bin/python -m pip install -q --no-deps circuit-tracer==0.5.0
   echo "$want" > "$stamp"
 fi

@@ -1,4 +1,4 @@
-"""Per-token-position baselines of SAE latents, SAE errors and the residual stream (METHOD.md 3).
+"""Per-token-position baselines of SAE latents, SAE errors, residual stream (docs/method.md §3).
 
 The attribution is gradient x (activation - baseline); insertion / deletion set nodes to their
 baseline. Baselines are the median (default) or mean over a reference image set, computed per
@@ -48,6 +48,7 @@ class Baselines:
         resid: `{hook: [pos, d_model]}` baseline residual stream (for "neuron" circuits).
         fingerprints: `{hook: sae_fingerprint}` of the SAEs used.
         n_images: Size of the reference set.
+        model_fingerprint: `provenance.model_fingerprint` of the model used (None: unknown).
     """
 
     statistic: str
@@ -56,13 +57,24 @@ class Baselines:
     resid: dict[str, Float[Tensor, "pos d_model"]]
     fingerprints: dict[str, str]
     n_images: int
+    model_fingerprint: str | None = None
 
     @property
     def hook_names(self) -> list[str]:
         return list(self.features)
 
-    def check(self, saes: Mapping[str, SAE], n_tokens: int | None = None) -> None:
-        """Raise if these baselines were not computed for `saes` (and `n_tokens` positions)."""
+    def check(self, saes: Mapping[str, SAE], n_tokens: int | None = None, *,
+              model: nn.Module | None = None) -> None:
+        """Raise if these baselines were not computed for `saes` (and `n_tokens` positions, and
+        `model`'s weights when both are known)."""
+        from rrm_plugin.provenance import ProvenanceError, model_fingerprint
+
+        if model is not None and self.model_fingerprint is not None:
+            have = model_fingerprint(model)
+            if have != self.model_fingerprint:
+                raise ProvenanceError(
+                    f"baselines were computed on model weights {self.model_fingerprint}, the "
+                    f"model given has weights {have}; recompute them with `rrm baselines`")
         missing = [h for h in saes if h not in self.features]
         if missing:
             raise KeyError(f"baselines have no entry for SAE hook(s) {missing}; "
@@ -77,13 +89,14 @@ class Baselines:
                                  f"images give {n_tokens}")
             stored = self.fingerprints.get(hook)
             if stored is not None and stored != sae_fingerprint(sae):
-                raise ValueError(f"baselines for {hook!r} were computed for different SAE weights "
-                                 "(fingerprint mismatch); recompute them with `rrm baselines`")
+                raise ProvenanceError(
+                    f"baselines for {hook!r} were computed for different SAE weights "
+                    "(fingerprint mismatch); recompute them with `rrm baselines`")
 
     def to(self, device: torch.device | str) -> Baselines:
         move = lambda d: {k: v.to(device) for k, v in d.items()}  # noqa: E731
         return Baselines(self.statistic, move(self.features), move(self.errors), move(self.resid),
-                         dict(self.fingerprints), self.n_images)
+                         dict(self.fingerprints), self.n_images, self.model_fingerprint)
 
     @classmethod
     def zeros(cls, saes: Mapping[str, SAE], *, n_tokens: int) -> Baselines:
@@ -101,6 +114,8 @@ class Baselines:
         tensors = {f"{kind}/{h}": getattr(self, kind)[h] for kind in _KINDS for h in self.features}
         metadata = {"statistic": self.statistic, "n_images": str(self.n_images),
                     **{f"fingerprint/{h}": f for h, f in self.fingerprints.items()}}
+        if self.model_fingerprint is not None:
+            metadata["model_fingerprint"] = self.model_fingerprint
         return write_tensors(Path(path), tensors, metadata=metadata)
 
     @classmethod
@@ -124,7 +139,18 @@ class Baselines:
         fingerprints = {k.split("/", 1)[1]: v for k, v in metadata.items()
                         if k.startswith("fingerprint/")}
         return cls(metadata["statistic"], parts["features"], parts["errors"], parts["resid"],
-                   fingerprints, int(metadata.get("n_images", 0)))
+                   fingerprints, int(metadata.get("n_images", 0)),
+                   metadata.get("model_fingerprint"))
+
+
+def require_baselines(baselines, *, caller: str) -> Baselines:
+    """Raise a TypeError naming the ways to get baselines unless `baselines` is a `Baselines`."""
+    if not isinstance(baselines, Baselines):
+        raise TypeError(
+            f"{caller} needs baselines=, got {baselines!r}: e.g. "
+            "load_release_baselines(release, saes), compute_baselines(model, saes, images) or "
+            "Baselines.zeros(saes, n_tokens=...) from rrm_plugin.attribution.baselines")
+    return baselines
 
 
 def _reduce(stacked: Tensor, statistic: str) -> Tensor:
@@ -146,6 +172,8 @@ def compute_baselines(
     progress: bool = True,
 ) -> Baselines:
     """Median or mean over `images` of latents, errors and residual, per token position."""
+    from rrm_plugin.provenance import model_fingerprint
+
     if statistic not in ("median", "mean"):
         raise ValueError(f"unknown baseline statistic {statistic!r}; expected 'median' or 'mean'")
     if len(images) == 0:
@@ -167,12 +195,13 @@ def compute_baselines(
         **{kind: {h: reduced[(kind, h)] for h in saes} for kind in _KINDS},
         fingerprints={h: sae_fingerprint(s) for h, s in saes.items()},
         n_images=len(images),
+        model_fingerprint=model_fingerprint(model),
     )
 
 
 def cached_baselines_path(release: str) -> Path:
-    """Where `rrm baselines` keeps the baselines of a non-shipped release: in the folder of a
-    release given as a folder, else in the user cache."""
+    """Where `rrm baselines` writes by default: into the folder of a release given as a folder,
+    else the user cache (never the package's shipped files)."""
     from rrm_plugin.zoo.hub_models import cache_dir
 
     if Path(release).is_dir():
@@ -188,8 +217,9 @@ def release_baselines_path(release: str) -> Path:
     return SAE_RELEASES[release].directory / BASELINES_FILENAME
 
 
-def load_release_baselines(release: str, saes: Mapping[str, SAE] | None = None) -> Baselines:
-    """The baselines shipped with an SAE release (checked against `saes` when given)."""
+def load_release_baselines(release: str, saes: Mapping[str, SAE] | None = None, *,
+                           model: nn.Module | None = None) -> Baselines:
+    """The baselines shipped with an SAE release (checked against `saes` and `model` if given)."""
     path = release_baselines_path(release)
     if not path.is_file():
         raise FileNotFoundError(
@@ -198,5 +228,5 @@ def load_release_baselines(release: str, saes: Mapping[str, SAE] | None = None) 
         )
     baselines = Baselines.load(path)
     if saes is not None:
-        baselines.check(saes)
+        baselines.check(saes, model=model)
     return baselines

@@ -2,7 +2,7 @@
 
 The SAEs are spliced in with their errors kept (the model is exact) and the errors are leaves, as
 in SAELens. With the linearisation of `linearise.py`, the gradient that reaches a layer's latents
-`z_l` is exactly `ghat_l` of METHOD.md section 3: for the top SAE layer `s_t (g_t . W_dec[i])`, and
+`z_l` is exactly `ghat_l` of docs/method.md §3: for the top SAE layer `s_t (g_t . W_dec[i])`, and
 below it `sum_o J_o[t] . W_dec[i] s_t`, because the only path from `z_l` to the metric goes through
 block l+1 and the latents `z_{l+1}` (errors and decoder statistics are constants). Node scores of
 every layer therefore come from this single backward pass; edges (`engine.py`) split them by target.

@@ -1,4 +1,4 @@
-"""Attribution graphs of the residual replacement model (METHOD.md section 3).
+"""Attribution graphs of the residual replacement model (docs/method.md section 3).
 
 Nodes are SAE latents `(layer, latent)` summed over tokens (or `(layer, token, latent)` with
 `granularity="token"`), one error node per layer (a leaf: credit reaches it but never flows
@@ -23,7 +23,7 @@ from sae_lens import SAE
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from rrm_plugin.attribution.baselines import Baselines
+from rrm_plugin.attribution.baselines import Baselines, require_baselines
 from rrm_plugin.attribution.engine import (
     DEFAULT_ENGINE,
     EngineConfig,
@@ -135,6 +135,15 @@ class Graph:
             tensors[f"edges.{k}"] = edge
         return {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
 
+    @staticmethod
+    def _tensor_names(n_layers: int, tensors: Mapping[str, Tensor]) -> list[str]:
+        names = ["logits", "error_scores", *(f"edges.{k}" for k in range(n_layers - 1))]
+        for k in range(n_layers):
+            names += [f"layers.{k}.{n}" for n in ("features", "activations", "deltas", "scores")]
+            if f"layers.{k}.tokens" in tensors:
+                names.append(f"layers.{k}.tokens")
+        return names
+
     def save(self, path: str | Path) -> tuple[Path, Path]:
         """Write `<stem>.json` and `<stem>.safetensors` (atomically); returns both paths."""
         json_path, tensor_path = _graph_paths(path)
@@ -177,6 +186,10 @@ class Graph:
                     error_score=error_scores[k],
                 ))
             edges = [tensors[f"edges.{k}"] for k in range(len(layers) - 1)]
+            stray = sorted(set(tensors) - set(cls._tensor_names(len(layers), tensors)))
+            if stray:  # e.g. a layer removed from the JSON but not from the tensor file
+                raise CorruptFileError(f"{json_path}: tensors {stray} belong to no layer of the "
+                                       f"{len(layers)} listed")
             target = meta["target"]
             graph = cls(
                 layers=layers, edges=edges, target_class=int(target["class"]),
@@ -193,7 +206,54 @@ class Graph:
         return graph
 
     def check(self) -> None:
-        """Raise CorruptFileError if the parts of the graph do not fit together."""
+        """Raise CorruptFileError if the parts of the graph do not fit together: known metric
+        and granularity, a class of the logits whose metric is the stored value, consecutive
+        blocks named as their hooks, node indices within `d_sae` / `n_tokens`, edge shapes."""
+        from rrm_plugin.attribution.targets import METRICS, metric_values
+
+        def bad(message: str) -> CorruptFileError:
+            return CorruptFileError(f"invalid attribution graph: {message}")
+
+        if self.metric not in METRICS:
+            raise bad(f"unknown metric {self.metric!r}; expected one of {list(METRICS)}")
+        if self.granularity not in ("feature", "token"):
+            raise bad(f"unknown granularity {self.granularity!r}; expected 'feature' or 'token'")
+        n_classes = self.logits.shape[-1]
+        if self.logits.ndim != 1 or not 0 <= self.target_class < n_classes:
+            raise bad(f"target class {self.target_class} is not one of the {n_classes} classes")
+        if not torch.isfinite(self.logits).all():
+            raise bad("logits contain NaN/inf")
+        expected_value = float(metric_values(self.logits[None].double(),
+                                             torch.tensor([self.target_class]), self.metric)[0])
+        eps = torch.finfo(self.logits.dtype).eps if self.logits.is_floating_point() else 0.0
+        tolerance = 64 * eps * (1 + float(self.logits.abs().max()))  # rounding of a mean
+        if not abs(expected_value - self.value) <= tolerance:
+            raise bad(f"stored {self.metric} {self.value:.6g} of class {self.target_class} "
+                      f"differs from the logits' {expected_value:.6g}")
+        if not self.layers:
+            raise bad("no layers")
+        for k, layer in enumerate(self.layers):
+            if layer.hook_name != f"blocks.{layer.block}.hook_resid_post" and \
+                    layer.hook_name.startswith("blocks."):
+                raise bad(f"layer {k} is {layer.hook_name!r} but says block {layer.block}")
+            if k and layer.block != self.layers[k - 1].block + 1:
+                raise bad(f"layers must be consecutive blocks (edges join adjacent layers); "
+                          f"block {self.layers[k - 1].block} is followed by {layer.block}")
+            if layer.d_sae < 1:
+                raise bad(f"layer {k} has d_sae {layer.d_sae}")
+            n = len(layer.features)
+            for name in ("activations", "deltas", "scores"):
+                if tuple(getattr(layer, name).shape) != (n,):
+                    raise bad(f"layer {k} {name} have shape {list(getattr(layer, name).shape)}, "
+                              f"expected [{n}]")
+            if layer.features.is_floating_point() or (n and not (
+                    int(layer.features.min()) >= 0 and int(layer.features.max()) < layer.d_sae)):
+                raise bad(f"layer {k} feature indices must be integers in [0, {layer.d_sae})")
+            if (layer.tokens is None) != (self.granularity == "feature"):
+                raise bad(f"layer {k}: token indices present iff granularity is 'token'")
+            if layer.tokens is not None and n and not (
+                    int(layer.tokens.min()) >= 0 and int(layer.tokens.max()) < self.n_tokens):
+                raise bad(f"layer {k} token indices must be in [0, {self.n_tokens})")
         if len(self.edges) != len(self.layers) - 1:
             raise CorruptFileError(f"graph has {len(self.layers)} layers but {len(self.edges)} "
                                    "edge matrices; expected one per adjacent pair")
@@ -246,6 +306,32 @@ class Graph:
             "logit_node": {"id": LOGIT_ID, "class": self.target_class, "value": self.value},
             "edges": edges, "edges_total": total, "metadata": self.metadata,
         }
+
+    def to_circuit_tracer(
+        self,
+        path: str | Path,
+        *,
+        node_threshold: float = 0.8,
+        edge_threshold: float = 0.98,
+        slug: str | None = None,
+        scan: str = "rrm",
+        n_prefix: int = 1,
+        class_names: Sequence[str] | None = None,
+    ) -> Path:
+        """Write a token-granularity graph as a circuit-tracer graph file (`<slug>.json` plus the
+        folder's `graph-metadata.json`), pruned by influence; see
+        `rrm_plugin.attribution.circuit_tracer` for how patches, errors and the logit map.
+
+        Args:
+            path: The graph file; its stem is the slug unless `slug` is given.
+            n_prefix: Tokens before the patches (CLS and registers).
+            class_names: Class names for the logit node's label.
+        """
+        from rrm_plugin.attribution.circuit_tracer import write_circuit_tracer
+
+        return write_circuit_tracer(self, path, node_threshold=node_threshold,
+                                    edge_threshold=edge_threshold, slug=slug, scan=scan,
+                                    n_prefix=n_prefix, class_names=class_names)
 
     def to_networkx(self):
         """A `networkx.DiGraph`: edge weight = attribution, node attributes as `node_table`."""
@@ -392,6 +478,7 @@ def attribute(
         engine: Chunking of the edge engine.
         metadata: Per-image dicts stored in each graph.
     """
+    require_baselines(baselines, caller="attribute")
     if edges and not linearise:
         raise ValueError("edges are defined for the linearised model; pass edges=False to get "
                          "node scores without the linearisation")

@@ -1,4 +1,4 @@
-"""Linearised backward pass ("LibraGrad", METHOD.md section 2) through the host's hook points.
+"""Linearised backward pass ("LibraGrad", docs/method.md section 2) through the host's hook points.
 
 Forward values are never changed. In the backward pass these are constants: the softmax attention
 pattern, every LayerNorm's standard deviation (mean-centring stays differentiable), the MLP gate
@@ -10,7 +10,7 @@ Two context managers:
 - `linearised(model, saes)`: the freezes above, as host forward hooks (`attn.hook_pattern`,
   `*.hook_scale`, `mlp.hook_pre` / `mlp.hook_post`) plus SAE normalisation functions whose std is
   a constant. In both modes the SAE decoder treats the input's mean and std as constants, so a
-  reconstruction depends on its input only through the latents (`x_hat_l(z_l)` of METHOD.md).
+  reconstruction depends on its input only through the latents (`x_hat_l(z_l)` of docs/method.md).
 - `frozen(model, saes, constants)`: the same model with every one of those constants (and the TopK
   selections and SAE errors) *replaced* by values captured at one input with `capture_constants`.
   Its forward pass is exactly affine in any residual stream; tests use it to check the linearised

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Literal
 
+import numpy as np
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
@@ -18,6 +19,22 @@ def check_metric(metric: str) -> None:
         raise ValueError(f"unknown target metric {metric!r}; expected one of {list(METRICS)}")
 
 
+def integer_tensor(values, *, what: str) -> Int[Tensor, "..."]:
+    """`values` (an int, a sequence of ints or an integer tensor) as a long tensor; floats,
+    strings and bools are refused rather than truncated or cast."""
+    if isinstance(values, Tensor):
+        if values.dtype == torch.bool or values.is_floating_point() or values.is_complex():
+            raise TypeError(f"{what} must be integers (class indices), got a {values.dtype} "
+                            "tensor")
+        return values.long()
+    items = [values] if not isinstance(values, (list, tuple, range)) else list(values)
+    bad = [v for v in items if isinstance(v, bool) or not isinstance(v, (int, np.integer))]
+    if bad:
+        raise TypeError(f"{what} must be integers (class indices), got {bad[0]!r} "
+                        f"({type(bad[0]).__name__})")
+    return torch.tensor([int(v) for v in items], dtype=torch.long)
+
+
 def resolve_classes(
     logits: Float[Tensor, "batch classes"],
     classes: int | Sequence[int] | Tensor | None,
@@ -26,7 +43,7 @@ def resolve_classes(
     n_images, n_classes = logits.shape
     if classes is None:
         return logits.argmax(-1)
-    resolved = torch.as_tensor(classes, dtype=torch.long, device=logits.device).reshape(-1)
+    resolved = integer_tensor(classes, what="classes").to(logits.device).reshape(-1)
     if resolved.numel() == 1:
         resolved = resolved.expand(n_images)
     if resolved.numel() != n_images:

@@ -18,7 +18,7 @@ from jaxtyping import Bool, Float
 from sae_lens import SAE
 from torch import Tensor, nn
 
-from rrm_plugin.attribution.baselines import Baselines
+from rrm_plugin.attribution.baselines import Baselines, require_baselines
 from rrm_plugin.attribution.graph import Graph, error_id, node_id
 from rrm_plugin.replacement.splice import replacement
 
@@ -199,7 +199,14 @@ def run_circuits(
     if missing:
         raise KeyError(f"circuit uses hook(s) {missing} that have no SAE; SAEs: {list(saes)}")
     used = {h: saes[h] for h in hook_names}
+    require_baselines(baselines, caller="run_circuits")
     baselines.check(used)
+    for circuit in circuits:
+        for hook, mask in zip(circuit.hook_names, circuit.latents, strict=True):
+            if hook not in saes or mask.shape[-1] != saes[hook].cfg.d_sae:
+                raise ValueError(f"circuit layer {hook!r} has {mask.shape[-1]} latents, the SAE "
+                                 f"there has {saes[hook].cfg.d_sae if hook in saes else 'none'}; "
+                                 "the circuit was built for other SAEs")
     if errors is None:
         errors = clean_errors(model, used, images)
     n_tokens = next(iter(errors.values())).shape[1]

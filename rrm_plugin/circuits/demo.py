@@ -53,4 +53,11 @@ def trace_demo(
               f"-> {summary['files']['circuit.png']}")
     result = {"images": reports, "figures": [r["files"]["circuit.png"] for r in reports]}
     write_json(root / "circuits.json", result)
+    from rrm_plugin.viewer.render import write_index
+
+    write_index(root / "index.html", [
+        {"href": f"image_{r['test_index']:04d}/circuit.html", "label": f"image {r['test_index']}",
+         "numbers": {"label": r["label"], "circuit nodes": r["circuit_nodes"],
+                     "kept adj. logit": round(r["insertion"]["adjusted_logit"], 3)}}
+        for r in reports], title="rrm demo: circuits of held-out digits")
     return result

@@ -1,4 +1,4 @@
-"""Circuit selection (METHOD.md section 4): the paper's rules and circuit-tracer's global pruning.
+"""Circuit selection (docs/method.md §4): the paper's rules and circuit-tracer's global pruning.
 
 Per-layer rules work on score vectors with one slot per latent (or token x latent) plus the
 layer's error node as the last slot, batched over any leading axes:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from jaxtyping import Float
 from sae_lens import SAE
@@ -36,6 +35,7 @@ class TraceConfig:
         max_nodes_per_layer: Latents drawn per layer in the figure.
         max_json_edges: Strongest edges written to the readable `graph.json` (the lossless
             files keep every edge).
+        viewer: Write the interactive `circuit.html` (and its `viewer.json`).
     """
 
     target_class: int | None = None
@@ -45,6 +45,7 @@ class TraceConfig:
     edge_threshold: float = 0.98
     max_nodes_per_layer: int = 6
     max_json_edges: int = 100_000
+    viewer: bool = True
 
 
 def _readout(logits: Tensor, cls: int) -> dict[str, float]:
@@ -67,12 +68,16 @@ def trace_image(
     config: TraceConfig = TraceConfig(),
     metadata: dict[str, Any] | None = None,
     display: Callable[[Tensor], Tensor] | None = None,
+    class_names: Sequence[str] | None = None,
+    cards: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Graph -> circuit-tracer pruning -> insertion / deletion of the circuit -> files.
 
     `display` maps model inputs to [0, 1] RGB for the figure (e.g. undoing the normalisation).
     Writes `graph.json` (readable), `graph.lossless.{json,safetensors}` (`Graph.load`),
-    `circuit.json`, `circuit.png` and `summary.json` under `out_dir`; returns the summary.
+    `circuit.json`, `circuit.png`, `summary.json` and the viewer `circuit.html` (with
+    `class_names` and the feature `cards` of `rrm_plugin.viewer`) under `out_dir`; returns the
+    summary.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -123,28 +128,14 @@ def trace_image(
         "thumbnails": {f"{h}/F{f}": [e._asdict() for e in ex] for (h, f), ex in examples.items()},
     })
     write_json(out_dir / "summary.json", summary)
-    summary["files"] = {name: str(out_dir / name) for name in
-                        ("circuit.png", "graph.json", "circuit.json", "summary.json")}
+    if config.viewer:
+        from rrm_plugin.viewer.build import build_viewer, write_viewer
+
+        write_viewer(out_dir, build_viewer(
+            graph, model=model, saes=saes, image=image, baselines=baselines, display=display,
+            class_names=class_names, cards=cards, all_at_baseline=runs["all_at_baseline"],
+            title=f"{(metadata or {}).get('model', 'model')}: class {cls}",
+            default_params={"node_threshold": config.node_threshold,
+                            "edge_threshold": config.edge_threshold}))
+    summary["files"] = {p.name: str(p) for p in sorted(out_dir.iterdir()) if p.is_file()}
     return summary
-
-
-def load_image_file(path: Path, *, image_size: int, n_channels: int = 3) -> Tensor:
-    """An RGB image file as a `[channels, size, size]` float tensor in [0, 1]."""
-    import matplotlib.image as mpimg
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no image file {path}")
-    try:
-        array = np.asarray(mpimg.imread(path))
-    except (OSError, ValueError, SyntaxError) as err:
-        raise ValueError(f"{path} is not a readable image file ({err})") from err
-    if array.dtype == np.uint8:
-        array = array.astype(np.float32) / 255.0
-    if array.ndim == 2:
-        array = np.repeat(array[..., None], 3, axis=-1)
-    array = array[..., :n_channels]
-    if array.shape[:2] != (image_size, image_size):
-        raise ValueError(f"{path} is {array.shape[1]}x{array.shape[0]} pixels, model expects "
-                         f"{image_size}x{image_size}")
-    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)).permute(2, 0, 1)

@@ -12,23 +12,23 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     p = sub.add_parser(name, help="compute attribution baselines of an SAE release")
     add_model_args(p)
     add_images_arg(p, help_default="fresh renders of the embedded model's training data")
-    p.add_argument("--statistic", choices=["median", "mean"], default="median")
+    p.add_argument("--statistic", choices=["median", "mean"], default="median",
+                   help="per-position statistic over the images (default median, as the paper)")
     p.add_argument("--n-images", type=int, default=2048,
                    help="reference renders when no --images are given")
     p.add_argument("--seed", type=int, default=4321, help="seed of the reference renders")
     p.add_argument("--batch-size", type=int, default=256, help="images per forward pass")
     p.add_argument("--out", type=Path, default=None,
-                   help="output file (default: the shipped release folder for embedded "
-                        "releases, else the user cache, where trace/faithfulness find it)")
+                   help="output file (default: inside a --release folder, else the user cache "
+                        "$RRM_PLUGIN_CACHE/baselines/RELEASE.safetensors, default "
+                        "~/.cache/rrm_plugin; trace and faithfulness find it there); the "
+                        "package's shipped files are never written")
     p.set_defaults(run=run)
 
 
 def default_output(release: str) -> Path:
-    from rrm_plugin.attribution.baselines import cached_baselines_path, release_baselines_path
-    from rrm_plugin.zoo.releases import SAE_RELEASES
+    from rrm_plugin.attribution.baselines import cached_baselines_path
 
-    if release in SAE_RELEASES:
-        return release_baselines_path(release)
     return cached_baselines_path(release)
 
 
@@ -43,6 +43,10 @@ def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(2)
     if args.n_images < 1:
         raise ValueError(f"--n-images must be at least 1, got {args.n_images}")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.release is None or args.release.lower() == "none":
+        raise ValueError("--release none: baselines need an SAE release")
     ws = load_workspace(args)
     if args.images:
         images = load_image_args(args.images, ws).images
@@ -54,6 +58,9 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"model {ws.model_name!r} has no embedded data: give --images "
                          "(the paper uses the ImageNet-1k training set)")
     out = args.out or default_output(ws.release)
+    from rrm_plugin.io import check_not_shipped
+
+    check_not_shipped(out)  # before the work, not after
     baselines = compute_baselines(ws.model, ws.saes, images, statistic=args.statistic,
                                   batch_size=args.batch_size)
     baselines.save(out)

@@ -61,6 +61,8 @@ def load_workspace(args: argparse.Namespace, *, with_saes: bool = True) -> Works
     import torch
 
     import rrm_plugin
+    from rrm_plugin.provenance import check_release_provenance
+    from rrm_plugin.saes.registry import local_release_directory
     from rrm_plugin.zoo.models import DTYPES
 
     release = getattr(args, "release", None)
@@ -82,9 +84,12 @@ def load_workspace(args: argparse.Namespace, *, with_saes: bool = True) -> Works
     saes = {}
     if with_saes and release is not None:
         saes = rrm_plugin.load_saes(release, device=args.device)
+        check_saes_fit(model, saes, release=release, model_name=name)
+        local = local_release_directory(release)
+        if local is not None:  # SAEs trained on other model weights are refused
+            check_release_provenance(local, model=model, saes=saes, release=release)
         if args.dtype is not None:
             saes = {h: s.to(DTYPES[args.dtype]) for h, s in saes.items()}
-        check_saes_fit(model, saes, release=release, model_name=name)
     return Workspace(model, saes, name, release, args.device)
 
 
@@ -153,18 +158,18 @@ def resolve_baselines(baselines_path: Path | None, ws: Workspace, images):
 
     if baselines_path is not None:
         found, what = Baselines.load(baselines_path), f"file {baselines_path}"
-    elif ws.release in SAE_RELEASES:
-        found, what = load_release_baselines(ws.release), f"shipped with {ws.release}"
-    elif cached_baselines_path(ws.release).is_file():
+    elif cached_baselines_path(ws.release).is_file():  # what `rrm baselines` wrote last
         path = cached_baselines_path(ws.release)
         found, what = Baselines.load(path), f"cached {path}"
+    elif ws.release in SAE_RELEASES:
+        found, what = load_release_baselines(ws.release), f"shipped with {ws.release}"
     elif len(images) >= 2:
         found = compute_baselines(ws.model, ws.saes, images, progress=False)
         what = f"median over the {len(images)} input images"
     else:
         n_tokens = ws.model(images[:1], stop_at_layer=0).shape[1]
         found, what = Baselines.zeros(ws.saes, n_tokens=n_tokens), "zero (one input image)"
-    found.check(ws.saes)
+    found.check(ws.saes, model=ws.model)
     return found.to(ws.device), what
 
 

@@ -6,10 +6,14 @@ import argparse
 import time
 from pathlib import Path
 
+from rrm_plugin.cli.output import add_overwrite_arg
+
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     p = sub.add_parser(name, help="run the method end to end on the embedded digits-vit")
-    p.add_argument("--out", type=Path, default=Path("rrm_demo"))
+    p.add_argument("--out", type=Path, default=Path("rrm_demo"),
+                   help="output folder, written as a unit (default ./rrm_demo)")
+    add_overwrite_arg(p)
     p.set_defaults(run=run)
 
 
@@ -34,15 +38,23 @@ def plot_predictions(images, labels, clean_pred, replaced_pred, path: Path, *, n
 
 
 def run(args: argparse.Namespace) -> int:
+    from rrm_plugin.cli.output import output_directory
+
+    start = time.time()
+    with output_directory(args.out, command="demo", overwrite=args.overwrite) as tmp:
+        figures = _demo(tmp)
+    print("circuit figures: " + ", ".join(str(args.out / p.relative_to(tmp)) for p in figures))
+    print(f"demo finished in {time.time() - start:.0f}s; results in {args.out}")
+    return 0
+
+
+def _demo(out: Path) -> list[Path]:
     import torch
 
     import rrm_plugin
-    from rrm_plugin.io import write_json
+    from rrm_plugin.io import write_json, write_text
     from rrm_plugin.saes.evaluation import evaluate_saes, format_table
 
-    out: Path = args.out
-    out.mkdir(parents=True, exist_ok=True)
-    start = time.time()
     model = rrm_plugin.load_model("digits-vit")
     saes = rrm_plugin.load_saes("rrm-digits-vit")
     test = rrm_plugin.load_test_set("digits-vit")
@@ -53,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     table = format_table(results)
     print(table)
     write_json(out / "sae_eval.json", results)
-    (out / "sae_eval.md").write_text(table + "\n")
+    write_text(out / "sae_eval.md", table + "\n")
 
     with torch.no_grad():
         clean_pred = model(test.images).argmax(-1)
@@ -71,6 +83,4 @@ def run(args: argparse.Namespace) -> int:
 
     lens_args = build_parser().parse_args(["lens", "--out", str(out / "lens"), "--no-progress"])
     lens_args.run(lens_args)
-    print("circuit figures: " + ", ".join(str(p) for p in circuits["figures"]))
-    print(f"demo finished in {time.time() - start:.0f}s; results in {out}")
-    return 0
+    return [Path(p) for p in circuits["figures"]]

@@ -13,7 +13,8 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     add_model_args(p)
     add_images_arg(p, help_default="the embedded model's held-out set")
     p.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
-    p.add_argument("--out", type=Path, default=Path("sae_eval.json"), help="JSON file to write")
+    p.add_argument("--out", type=Path, default=Path("sae_eval.json"),
+                   help="JSON file to write (default ./sae_eval.json)")
     p.set_defaults(run=run)
 
 
@@ -21,12 +22,15 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from rrm_plugin.cli.common import load_image_args, load_workspace
-    from rrm_plugin.io import write_json
+    from rrm_plugin.io import check_not_shipped, write_json
     from rrm_plugin.saes.evaluation import evaluate_saes, format_table
 
     torch.set_num_threads(2)
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
+    check_not_shipped(args.out)
+    if args.out.is_dir():
+        raise IsADirectoryError(f"--out {args.out} is a folder; expected a JSON file path")
     ws = load_workspace(args)
     loaded = load_image_args(args.images, ws)
     if loaded.labels is None:

@@ -7,13 +7,17 @@ import time
 from pathlib import Path
 
 from rrm_plugin.cli.common import add_images_arg, add_model_args
+from rrm_plugin.cli.output import add_overwrite_arg
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     p = sub.add_parser(
         name, help="project tokens and SAE features onto the class embedding space"
     )
-    p.add_argument("--out", type=Path, required=True, help="folder for lens.json and the plots")
+    p.add_argument("--out", type=Path, required=True,
+                   help="folder for lens.json, lens_tensors.safetensors and the plots (written "
+                        "as a unit)")
+    add_overwrite_arg(p)
     add_model_args(p)
     add_images_arg(p, help_default="the embedded model's held-out set (with object masks)")
     p.add_argument("--n-images", type=int, default=None,
@@ -29,8 +33,10 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
                    help="permutations of the context-vs-object test")
     p.add_argument("--random-repeats", type=int, default=3,
                    help="random patch orders averaged for the random-removal baseline")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=128,
+                   help="images per forward pass (default 128)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the random baselines, permutations and control model")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(run=run)
 
@@ -81,9 +87,17 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from rrm_plugin.cli.common import load_workspace
+    from rrm_plugin.cli.output import check_output_directory, output_directory
     from rrm_plugin.hosts.prisma import build_hooked_vit
     from rrm_plugin.lens.report import LensConfig, format_summary, run_lens, write_lens_report
 
+    for name in ("batch_size", "permutations", "random_repeats"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got "
+                             f"{getattr(args, name)}")
+    if args.n_probe_images < 0:
+        raise ValueError(f"--n-probe-images must be 0 or more, got {args.n_probe_images}")
+    check_output_directory(args.out, command="lens", overwrite=args.overwrite)
     start = time.time()
     no_saes = args.release is not None and args.release.lower() == "none"
     ws = load_workspace(args, with_saes=not no_saes)
@@ -100,10 +114,11 @@ def run(args: argparse.Namespace) -> int:
         ws.model, images=images, labels=labels, object_mask=mask, probe_images=probe_images,
         probe_labels=probe_labels, control=control, saes=ws.saes or None, config=config,
     )
-    written = write_lens_report(results, args.out, images=images, labels=labels,
-                                object_mask=mask, config=config)
+    with output_directory(args.out, command="lens", overwrite=args.overwrite) as tmp:
+        written = write_lens_report(results, tmp, images=images, labels=labels,
+                                    object_mask=mask, config=config)
     print(format_summary(results.summary))
     for path in written:
-        print(f"wrote {path}")
+        print(f"wrote {args.out / Path(path).relative_to(tmp)}")
     print(f"done in {time.time() - start:.0f} s")
     return 0

@@ -1,10 +1,17 @@
-"""`rrm` command line. Each sub-command lives in its own module with `add_parser` and `run`."""
+"""`rrm` command line. Each sub-command lives in its own module with `add_parser` and `run`.
+
+The parser is built without importing torch, SAELens or ViT-Prisma (`rrm --help` stays fast):
+command modules import their heavy dependencies inside `run`. Errors a user can fix (bad file,
+unknown name, bad option value) print one line, `rrm <command>: error: <message>`, and exit 2;
+other exceptions are internal errors and keep their traceback. `--debug` shows every traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
 import importlib
 import sys
+import traceback
 
 # Explicit registry: sub-command name -> module under rrm_plugin.cli.
 COMMANDS: dict[str, str] = {
@@ -16,23 +23,81 @@ COMMANDS: dict[str, str] = {
     "trace": "rrm_plugin.cli.trace",
     "faithfulness": "rrm_plugin.cli.faithfulness",
     "lens": "rrm_plugin.cli.lens",
+    "features": "rrm_plugin.cli.features",
     "list": "rrm_plugin.cli.listing",
+    "view": "rrm_plugin.cli.view",
 }
+
+USER_ERROR_EXIT = 2
+
+
+class UserError(Exception):
+    """A mistake in what the user asked for; printed as one line, exit status 2."""
+
+
+def user_error_types() -> tuple[type[BaseException], ...]:
+    """Exceptions that report bad input (our checks raise these with a full message)."""
+    return (UserError, ValueError, KeyError, IndexError, FileNotFoundError,
+            FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError)
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse's errors as one line, `rrm <command>: error: <message>`, exit status 2."""
+
+    def error(self, message: str):  # noqa: D401 - argparse's API
+        self.exit(USER_ERROR_EXIT, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="rrm", description="Residual replacement model circuits for vision transformers"
     )
+    parser.add_argument("--debug", action="store_true",
+                        help="show Python tracebacks for every error (also after the command)")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, module_name in COMMANDS.items():
         importlib.import_module(module_name).add_parser(sub, name)
+    parser.command_parsers = sub.choices
+    for command_parser in sub.choices.values():
+        command_parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                                    help="show Python tracebacks for every error")
     return parser
 
 
+def _message(err: BaseException) -> str:
+    # KeyError's str() quotes its message; the first argument is our sentence.
+    text = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+    return str(text) or type(err).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return int(args.run(args) or 0)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # reported by the command's own parser, so the message names the command
+        parser.command_parsers[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
+    prog = f"rrm {args.command}"
+    try:
+        return int(args.run(args) or 0)
+    except SystemExit as err:  # a command's own `raise SystemExit("message")`
+        if isinstance(err.code, str):
+            if args.debug:
+                raise
+            print(f"{prog}: error: {err.code}", file=sys.stderr)
+            return USER_ERROR_EXIT
+        raise
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except user_error_types() as err:
+        if args.debug:
+            raise
+        print(f"{prog}: error: {_message(err)}", file=sys.stderr)
+        return USER_ERROR_EXIT
+    except Exception:
+        traceback.print_exc()
+        print(f"{prog}: internal error (a bug in rrm-plugin; please report the traceback above)",
+              file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

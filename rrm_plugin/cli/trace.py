@@ -6,23 +6,34 @@ import argparse
 from pathlib import Path
 
 from rrm_plugin.cli.common import add_baselines_arg, add_model_args
+from rrm_plugin.cli.output import add_overwrite_arg
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     p = sub.add_parser(name, help="trace the circuit of one image (held-out index or image file)")
     p.add_argument("image", help="image file (PNG/JPEG), or an index into the embedded model's "
                                  "held-out test set")
-    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--out", type=Path, required=True,
+                   help="output folder (written as a unit: graph.json, graph.lossless.json + "
+                        ".safetensors, circuit.json, circuit.png, summary.json)")
+    add_overwrite_arg(p)
     add_model_args(p)
     add_baselines_arg(p)
     p.add_argument("--reference-images", nargs="+", default=None, metavar="PATH",
                    help="images for the figure's top-activating patches (default: the embedded "
                         "held-out set, else the traced image)")
     p.add_argument("--target", type=int, default=None, help="class to explain (default: predicted)")
-    p.add_argument("--metric", choices=["adjusted_logit", "logit"], default="adjusted_logit")
-    p.add_argument("--granularity", choices=["feature", "token"], default="feature")
-    p.add_argument("--node-threshold", type=float, default=0.8)
-    p.add_argument("--edge-threshold", type=float, default=0.98)
+    p.add_argument("--metric", choices=["adjusted_logit", "logit"], default="adjusted_logit",
+                   help="attributed quantity (default adjusted_logit: logit minus mean logit)")
+    p.add_argument("--granularity", choices=["feature", "token"], default="feature",
+                   help="graph nodes: latents summed over tokens, or (token, latent) pairs")
+    p.add_argument("--node-threshold", type=float, default=0.8,
+                   help="influence pruning: fraction of node influence kept (default 0.8)")
+    p.add_argument("--edge-threshold", type=float, default=0.98,
+                   help="influence pruning: fraction of edge influence kept (default 0.98)")
+    p.add_argument("--feature-cards", type=Path, default=None, metavar="PATH",
+                   help="feature cards (cards.json of the feature dashboards) for the viewer's "
+                        "hover cards (default: computed from the traced image)")
     p.set_defaults(run=run)
 
 
@@ -60,9 +71,15 @@ def run(args: argparse.Namespace) -> int:
         model_preprocessing,
         resolve_baselines,
     )
+    from rrm_plugin.cli.output import check_output_directory, output_directory
     from rrm_plugin.zoo.models import MODELS
 
     torch.set_num_threads(2)
+    for name in ("node_threshold", "edge_threshold"):
+        value = getattr(args, name)
+        if not 0 < value <= 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be in (0, 1], got {value}")
+    check_output_directory(args.out, command="trace", overwrite=args.overwrite)
     ws = load_workspace(args)
     image, meta = resolve_image(args.image, ws)
     baselines, how = resolve_baselines(args.baselines, ws, image[None])
@@ -72,15 +89,22 @@ def run(args: argparse.Namespace) -> int:
         reference = rrm_plugin.load_test_set(ws.model_name).images.to(image)
     else:
         reference = image[None]
+    from rrm_plugin.viewer.build import read_cards
+    from rrm_plugin.zoo.hub_models import HUB_MODELS
+
+    cards = read_cards(args.feature_cards) if args.feature_cards else None
+    names = HUB_MODELS[ws.model_name].class_names() if ws.model_name in HUB_MODELS else None
     config = TraceConfig(target_class=args.target, metric=args.metric,
                          granularity=args.granularity, node_threshold=args.node_threshold,
                          edge_threshold=args.edge_threshold)
-    summary = trace_image(
-        ws.model, ws.saes, image, baselines=baselines, out_dir=args.out,
-        reference_images=reference, config=config,
-        metadata={"model": ws.model_name, "release": args.release, "baselines": how, **meta},
-        display=model_preprocessing(ws.model_name, ws.model).to_display,
-    )
+    with output_directory(args.out, command="trace", overwrite=args.overwrite) as tmp:
+        summary = trace_image(
+            ws.model, ws.saes, image, baselines=baselines, out_dir=tmp,
+            reference_images=reference, config=config,
+            metadata={"model": ws.model_name, "release": args.release, "baselines": how, **meta},
+            display=model_preprocessing(ws.model_name, ws.model).to_display,
+            class_names=names, cards=cards,
+        )
     print(f"baselines: {how}")
     print(f"class {summary['target_class']} ({summary['metric']} {summary['value']:.3f}); "
           f"circuit: {summary['circuit_nodes']} nodes, {summary['circuit_edges']} edges of a "
@@ -91,5 +115,5 @@ def run(args: argparse.Namespace) -> int:
               f"{r['probability']:.3f}, predicted {r['predicted_class']}")
     print(f"  replacement score {summary['replacement_score']:.3f}, completeness "
           f"{summary['completeness_score']:.3f}")
-    print(f"files: {', '.join(summary['files'].values())}")
+    print(f"files in {args.out}: {', '.join(summary['files'])}")
     return 0

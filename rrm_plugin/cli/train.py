@@ -1,4 +1,8 @@
-"""`rrm train-model` and `rrm train-saes`: regenerate the shipped weights or train own SAEs."""
+"""`rrm train-model` and `rrm train-saes`: train the embedded recipes or SAEs for own models.
+
+Neither ever writes the package's shipped weights: both write to `--out` (required). Load what
+they wrote with `--model DIR` / `--release DIR` (or `register_sae_release`).
+"""
 
 from __future__ import annotations
 
@@ -6,19 +10,23 @@ import argparse
 import time
 from pathlib import Path
 
-from rrm_plugin.zoo.models import MODELS
+from rrm_plugin.cli.output import add_overwrite_arg
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     if name == "train-model":
-        p = sub.add_parser(name, help="train the embedded digits-vit (seeded, ~10 min on 2 cores)")
-        p.add_argument("--out", type=Path, default=MODELS["digits-vit"].directory)
-        p.add_argument("--steps", type=int, default=None, help="optimiser steps (default: recipe)")
+        p = sub.add_parser(name, help="train the embedded digits-vit recipe (seeded, ~10 min on 2 "
+                                      "cores) into a new folder")
+        p.add_argument("--out", type=Path, required=True,
+                       help="folder for config.json + model.safetensors (use it as --model DIR)")
+        p.add_argument("--steps", type=int, default=None,
+                       help="optimiser steps (default: the recipe's 3000)")
+        add_overwrite_arg(p)
         p.set_defaults(run=run_train_model)
     else:
         p = sub.add_parser(name, help="train one TopK SAE per block output of a HookedViT")
-        p.add_argument("--out", type=Path, default=None,
-                       help="release folder (default: the shipped rrm-digits-vit folder)")
+        p.add_argument("--out", type=Path, required=True,
+                       help="release folder to write (use it as --release DIR)")
         p.add_argument("--model", default=None,
                        help="model name (`rrm list`) to train SAEs for; default: digits-vit")
         p.add_argument("--model-dir", type=Path, default=None,
@@ -27,46 +35,76 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
         p.add_argument("--images", nargs="+", default=None, metavar="PATH",
                        help="training images: image files / folders (preprocessed as the model "
                             "expects) or one safetensors file with an 'images' tensor "
-                            "[n, c, h, w]; default: the embedded digits-vit recipe")
+                            "[n, c, h, w]; default: the embedded digits-vit recipe's renders")
         p.add_argument("--device", default="cpu", help="torch device (default cpu)")
-        p.add_argument("--d-sae", type=int, default=None)
-        p.add_argument("--k", type=int, default=None)
-        p.add_argument("--steps", type=int, default=2000)
-        p.add_argument("--lr", type=float, default=2e-4)
+        p.add_argument("--d-sae", type=int, default=None,
+                       help="latents per SAE (default: the digits recipe's 128/256/256; "
+                            "required for own models)")
+        p.add_argument("--k", type=int, default=None,
+                       help="active latents per token (default: the digits recipe's 8/16/16; "
+                            "required for own models)")
+        p.add_argument("--steps", type=int, default=None,
+                       help="optimiser steps per SAE (default 2000)")
+        p.add_argument("--lr", type=float, default=None,
+                       help="Adam learning rate (default: 1e-3 in the digits recipe, else 2e-4 "
+                            "as the paper)")
+        p.add_argument("--n-baseline-images", type=int, default=2048,
+                       help="digits recipe: renders for the release's median baselines "
+                            "(default 2048, as `rrm baselines`)")
+        add_overwrite_arg(p)
         p.set_defaults(run=run_train_saes)
 
 
+def _positive(name: str, value) -> None:
+    if value is not None and value < 1:
+        raise ValueError(f"{name} must be at least 1, got {value}")
+
+
 def run_train_model(args: argparse.Namespace) -> int:
+    from rrm_plugin.cli.output import output_directory
     from rrm_plugin.zoo.train_model import ModelTrainingConfig, train_digits_vit
 
+    _positive("--steps", args.steps)
     cfg = ModelTrainingConfig() if args.steps is None else ModelTrainingConfig(n_steps=args.steps)
     start = time.time()
-    _, acc = train_digits_vit(cfg, out=args.out)
+    with output_directory(args.out, command="train-model", overwrite=args.overwrite) as tmp:
+        _, acc = train_digits_vit(cfg, out=tmp)
     print(f"held-out top-1 accuracy {acc:.4f}; trained in {time.time() - start:.0f}s; "
-          f"saved to {args.out}")
+          f"saved to {args.out} (load it with --model {args.out})")
     return 0
 
 
 def run_train_saes(args: argparse.Namespace) -> int:
-    import rrm_plugin
-    from rrm_plugin.zoo.recipes import train_digits_saes
-    from rrm_plugin.zoo.releases import SAE_RELEASES
+    from rrm_plugin.cli.output import output_directory
 
+    for name in ("--steps", "--d-sae", "--k", "--n-baseline-images"):
+        _positive(name, getattr(args, name[2:].replace("-", "_")))
+    if args.lr is not None and not args.lr > 0:
+        raise ValueError(f"--lr must be positive, got {args.lr}")
     start = time.time()
+    with output_directory(args.out, command="train-saes", overwrite=args.overwrite) as tmp:
+        _train_saes_into(args, tmp)
     if args.images is None and args.model in (None, "digits-vit"):
-        out = args.out or SAE_RELEASES["rrm-digits-vit"].directory
-        train_digits_saes(out=out, model_dir=args.model_dir)
-        if args.out is None:
-            # Baselines are tied to the SAE weights (hash-checked): refresh the shipped ones.
-            from rrm_plugin.cli.main import build_parser
-
-            rrm_plugin.register_sae_release("rrm-digits-vit", out, model_name="digits-vit")
-            baseline_args = build_parser().parse_args(["baselines"])
-            baseline_args.run(baseline_args)
-    else:
-        out = _train_own_saes(args)
-    print(f"SAEs trained in {time.time() - start:.0f}s; saved to {out}")
+        model_arg = f"--model {args.model_dir}" if args.model_dir else "--model digits-vit"
+        print(f"use them with `{model_arg} --release {args.out}`")
+    print(f"SAEs trained in {time.time() - start:.0f}s; saved to {args.out}")
     return 0
+
+
+def _train_saes_into(args: argparse.Namespace, out: Path) -> None:
+    from dataclasses import replace
+
+    if args.images is None and args.model in (None, "digits-vit"):
+        from rrm_plugin.zoo.recipes import DIGITS_SAE_CONFIGS, train_digits_saes
+
+        overrides = {key: value for key, value in (
+            ("n_steps", args.steps), ("lr", args.lr), ("d_sae", args.d_sae), ("k", args.k))
+            if value is not None}
+        configs = {h: replace(c, **overrides) for h, c in DIGITS_SAE_CONFIGS.items()}
+        train_digits_saes(out=out, model_dir=args.model_dir, configs=configs,
+                          n_baseline_images=args.n_baseline_images)
+    else:
+        _train_own_saes(args, out)
 
 
 def _own_model_and_images(args: argparse.Namespace):
@@ -95,16 +133,17 @@ def _own_model_and_images(args: argparse.Namespace):
     return model, model_name, check_images(model, images.to(args.device))
 
 
-def _train_own_saes(args: argparse.Namespace) -> Path:
+def _train_own_saes(args: argparse.Namespace, out: Path) -> Path:
     from rrm_plugin.saes.pipeline import default_sae_hooks, train_sae_release
     from rrm_plugin.saes.training import TopKTrainingConfig
 
-    if args.out is None or args.d_sae is None or args.k is None:
-        raise SystemExit("to train own SAEs, give --out, --d-sae and --k")
+    if args.d_sae is None or args.k is None:
+        raise SystemExit("to train own SAEs, give --d-sae and --k")
     model, model_name, images = _own_model_and_images(args)
-    cfg = TopKTrainingConfig(d_sae=args.d_sae, k=args.k, n_steps=args.steps, lr=args.lr)
+    cfg = TopKTrainingConfig(d_sae=args.d_sae, k=args.k, n_steps=args.steps or 2000,
+                             lr=args.lr or 2e-4)
     configs = {hook: cfg for hook in default_sae_hooks(model)}
-    train_sae_release(model, images, configs, model_name=model_name, out=args.out)
+    train_sae_release(model, images, configs, model_name=model_name, out=out)
     print(f"load them with rrm_plugin.register_sae_release(NAME, {str(args.out)!r}, "
           f"model_name={model_name!r})")
     return args.out

@@ -43,6 +43,11 @@ def init_vit_weights(model: HookedViT, *, std: float = 0.02) -> None:
             nn.init.trunc_normal_(param, std=std)
 
 
+# Pixels in [0, 1], normalised by any usual mean/std, stay within about +-3; 0..255 images
+# (the common mistake) go far beyond.
+MAX_ABS_PIXEL = 10.0
+
+
 def check_images(
     model: HookedViT, images: Tensor
 ) -> Float[Tensor, "batch channels height width"]:
@@ -67,7 +72,16 @@ def check_images(
             f"images are {images.shape[2]}x{images.shape[3]} pixels, model expects "
             f"{cfg.image_size}x{cfg.image_size} (shape {expected})"
         )
+    weights_dtype = next(model.parameters()).dtype
+    if images.dtype != weights_dtype:
+        raise TypeError(f"images are {images.dtype} but the model's weights are {weights_dtype}: "
+                        f"convert them with images.to({weights_dtype})")
     if not torch.isfinite(images).all():
         n_bad = int((~torch.isfinite(images)).sum())
         raise ValueError(f"images contain {n_bad} NaN/inf values; expected finite pixels")
+    largest = float(images.detach().abs().max()) if images.numel() else 0.0
+    if largest > MAX_ABS_PIXEL:
+        raise ValueError(
+            f"images have values up to {largest:.4g}: expected pixels in [0, 1] (or normalised "
+            "as the model's preprocessing does, within a few units); divide 0..255 images by 255")
     return images

@@ -1,4 +1,4 @@
-"""Feature lens: each SAE feature's decoder direction read out in class space (METHOD.md 6).
+"""Feature lens: each SAE feature's decoder direction read out in class space (docs/method.md 6).
 
 A feature i adds `a_i * s * W_dec[i]` to the residual stream (s = the SAE's input std). Read
 through the final LayerNorm with its scale held fixed (as in the RRM linearisation), that is

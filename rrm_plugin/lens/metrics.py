@@ -1,4 +1,4 @@
-"""Class-identifiability metrics on class-space projections (Vilas et al. 2023; METHOD.md 6).
+"""Class-identifiability metrics on class-space projections (Vilas et al. 2023; docs/method.md 6).
 
 All rates are percentages (0-100); identifiability scores are in [0, 1]. "Image tokens" are the
 patch tokens (the CLS token, when there is one, is reported separately).

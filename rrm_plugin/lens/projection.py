@@ -1,4 +1,4 @@
-"""Projection of hidden states onto the class embedding space (Vilas et al. 2023; METHOD.md 6).
+"""Projection of hidden states onto the class embedding space (Vilas et al. 2023; docs/method.md 6).
 
 Every residual-stream vector `h` (block outputs, attention outputs, MLP outputs, any token) is read
 out with the model's own final LayerNorm and class head: `p = W_H^T LN_final(h) + b_H`. As in the

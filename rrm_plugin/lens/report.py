@@ -47,7 +47,7 @@ from rrm_plugin.lens.projection import (
     project_images,
 )
 
-# Vilas et al. (NeurIPS 2023), as summarised in METHOD.md section 6.
+# Vilas et al. (NeurIPS 2023), as summarised in docs/method.md section 6.
 PAPER = {
     "identifiability_rate_last_block": "60.7% (ViT-B/32) to 90.4% (ViT-B/16 CIFAR-100)",
     "perturbation_auc_vit_b32": {

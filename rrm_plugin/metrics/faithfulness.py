@@ -1,4 +1,4 @@
-"""Faithfulness of circuits (RRM paper Table 1 protocol, METHOD.md section 5).
+"""Faithfulness of circuits (RRM paper Table 1 protocol, docs/method.md section 5).
 
 Over correctly classified held-out images, circuits of growing size (the paper's sweep of `p`, the
 fraction of the largest layer kept per layer) are inserted (circuit kept, everything else at its

@@ -5,6 +5,7 @@ They are ordinary host forward hooks on `<hook>.hook_sae_acts_post`, for `run_wi
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -33,6 +34,22 @@ class FeatureIntervention:
     def __post_init__(self) -> None:
         if (self.value is None) == (self.scale is None):
             raise ValueError("give exactly one of value= or scale=")
+        for name in ("value", "scale"):
+            number = getattr(self, name)
+            if number is None:
+                continue
+            if isinstance(number, bool) or not isinstance(number, (int, float)):
+                raise TypeError(f"FeatureIntervention {name}= must be a number, got {number!r}")
+            if not math.isfinite(number):
+                raise ValueError(f"FeatureIntervention {name}= must be finite, got {number}")
+        for name in ("features", "tokens"):
+            indices = getattr(self, name)
+            if indices is None:
+                continue
+            bad = [i for i in indices if isinstance(i, bool) or not isinstance(i, int)]
+            if bad or isinstance(indices, (str, bytes)):
+                raise TypeError(f"FeatureIntervention {name}= must be integer indices, got "
+                                f"{indices!r}")
 
     def apply(self, acts: Tensor) -> Tensor:
         d_sae = acts.shape[-1]
@@ -50,9 +67,19 @@ class FeatureIntervention:
 
 
 def intervention_hooks(
-    interventions: Sequence[FeatureIntervention],
+    interventions: Sequence[FeatureIntervention], *, model=None,
 ) -> list[tuple[str, Callable]]:
-    """`fwd_hooks` for the host's `run_with_hooks`, one per intervention."""
+    """`fwd_hooks` for the host's `run_with_hooks`, one per intervention.
+
+    With `model`, checks that each intervention's SAE is spliced in (inside `replacement`).
+    """
+    names = [f"{iv.hook_name}.hook_sae_acts_post" for iv in interventions]
+    if model is not None:
+        missing = [iv.hook_name for iv, n in zip(interventions, names, strict=True)
+                   if n not in model.hook_dict]
+        if missing:
+            raise KeyError(f"no SAE is spliced at {missing}: run the interventions inside "
+                           "`with rrm_plugin.replacement(model, saes):` with SAEs at those hooks")
 
     def make(intervention: FeatureIntervention) -> Callable:
         def hook(acts: Tensor, hook) -> Tensor:
@@ -60,4 +87,4 @@ def intervention_hooks(
 
         return hook
 
-    return [(f"{iv.hook_name}.hook_sae_acts_post", make(iv)) for iv in interventions]
+    return [(name, make(iv)) for name, iv in zip(names, interventions, strict=True)]

@@ -16,7 +16,7 @@ from rrm_plugin.saes.training import TopKTrainingConfig, train_topk_sae
 
 
 def default_sae_hooks(model: nn.Module) -> list[str]:
-    """Block outputs 0..L-2: the last block output feeds the head directly (METHOD.md 1)."""
+    """Block outputs 0..L-2: the last block output feeds the head directly (docs/method.md 1)."""
     return [f"blocks.{layer}.hook_resid_post" for layer in range(model.cfg.n_layers - 1)]
 
 
@@ -57,8 +57,9 @@ def train_sae_release(
 ) -> dict[str, SAE]:
     """One TopK SAE per hook in `configs`, trained on all tokens of `images`.
 
-    With `out`, writes `out/<hook_name>/{cfg.json, sae_weights.safetensors}` and a
-    `training_log.json`; register the folder with `register_sae_release` to load it by name.
+    With `out`, writes `out/<hook_name>/{cfg.json, sae_weights.safetensors}`, a
+    `training_log.json` and `provenance.json` (the model's weights fingerprint); register the
+    folder with `register_sae_release` to load it by name.
     """
     hook_names = list(configs)
     unknown = [h for h in hook_names if h not in model.hook_dict]
@@ -76,7 +77,10 @@ def train_sae_release(
         if out is not None:
             save_sae(sae, Path(out) / hook_name)
     if out is not None:
+        from rrm_plugin.provenance import write_release_provenance
+
         write_json(Path(out) / "training_log.json", logs)
+        write_release_provenance(out, model=model, model_name=model_name, saes=saes)
     return saes
 
 

@@ -110,10 +110,22 @@ def register_sae_release(release: str, directory: Path, *, model_name: str) -> l
     return sae_ids
 
 
+def local_release_directory(release: str) -> Path | None:
+    """The folder of a release registered from local disk, else None."""
+    return _LOCAL_RELEASES.get(release)
+
+
 def load_saes(
-    release: str, *, sae_ids: list[str] | None = None, device: str = "cpu"
+    release: str, *, sae_ids: list[str] | None = None, device: str = "cpu", model=None
 ) -> dict[str, SAE]:
-    """All SAEs of a registered release as `{hook_name: SAE}`, through `SAE.from_pretrained`."""
+    """All SAEs of a registered release as `{hook_name: SAE}`, through `SAE.from_pretrained`.
+
+    With `model`, a local release's recorded provenance is checked: SAEs trained on other model
+    weights raise `ProvenanceError`.
+    """
+    from rrm_plugin.zoo.releases import ensure_registered
+
+    ensure_registered()
     directory = get_pretrained_saes_directory()
     if release not in directory:
         raise KeyError(
@@ -131,4 +143,23 @@ def load_saes(
     for sae_id in wanted:
         sae = SAE.from_pretrained(release, sae_id, device=device)
         saes[sae.cfg.metadata.hook_name or sae_id] = sae.eval()
+    if release in _LOCAL_RELEASES:
+        from rrm_plugin.provenance import check_release_provenance
+
+        check_release_provenance(_LOCAL_RELEASES[release], model=model, saes=saes,
+                                 release=release)
     return saes
+
+
+def _finish_pending_registration() -> None:
+    import rrm_plugin
+
+    # SAELens was first imported by this module (if by the releases module, that one finishes).
+    if rrm_plugin.registration_pending() and not rrm_plugin._initialising(
+            "rrm_plugin.zoo.releases"):
+        from rrm_plugin.zoo.releases import ensure_registered
+
+        ensure_registered()
+
+
+_finish_pending_registration()

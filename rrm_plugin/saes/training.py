@@ -1,4 +1,4 @@
-"""TopK SAE training on residual-stream activations (METHOD.md section 1).
+"""TopK SAE training on residual-stream activations (docs/method.md section 1).
 
 The trained module is a SAELens `TopKSAE` with `normalize_activations="layer_norm"`,
 `apply_b_dec_to_input=True` and a frozen zero `b_enc`, so SAELens runs it unchanged. We train it

@@ -13,6 +13,7 @@ from vit_prisma.models.base_vit import HookedViT
 from rrm_plugin.data.digits import DigitsCanvasConfig
 from rrm_plugin.hosts.vit import ExtendedViT, ExtendedViTConfig
 from rrm_plugin.io import CorruptFileError, read_json, read_tensors, write_json, write_tensors
+from rrm_plugin.provenance import FINGERPRINT_ATTR, remember_fingerprint
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 CONFIG_FILENAME = "config.json"
@@ -110,6 +111,7 @@ def load_model_from_directory(directory: Path, *, device: str = "cpu") -> Hooked
     state = read_tensors(directory / WEIGHTS_FILENAME, expected_shapes=expected)
     model = ExtendedViT(cfg)
     model.load_state_dict(state)
+    remember_fingerprint(model, state)  # what SAEs and baselines record (docs/method.md 1)
     return model.to(device).eval()
 
 
@@ -168,7 +170,7 @@ def load_model(
         if not (spec.directory / WEIGHTS_FILENAME).is_file():
             raise FileNotFoundError(
                 f"weights of {name!r} are missing at {spec.directory}; regenerate them with "
-                f"`rrm train-model --out {spec.directory}`"
+                f"`rrm train-model --out DIR` and load it with `--model DIR`"
             )
         model = load_model_from_directory(spec.directory)
     else:
@@ -180,6 +182,8 @@ def to_device(model: HookedViT, *, device: str | torch.device = "cpu", dtype: st
               ) -> HookedViT:
     """Move a HookedViT (weights and its config's dtype, which its LayerNorms read)."""
     if dtype is not None:
+        if getattr(model, FINGERPRINT_ATTR, None) is None:
+            remember_fingerprint(model)  # of the weights as loaded, not as cast
         model.cfg.dtype = DTYPES[dtype]
         model = model.to(DTYPES[dtype])
     model.cfg.device = str(device)

@@ -20,6 +20,7 @@ from sae_lens.loading.pretrained_saes_directory import (
     get_pretrained_saes_directory,
 )
 
+from rrm_plugin.io import SHIPPED_DIR as WEIGHTS_DIR
 from rrm_plugin.saes.authors import (
     AUTHORS_LOADER_NAME,
     authors_folder,
@@ -33,7 +34,6 @@ from rrm_plugin.saes.prisma import (
     read_prisma_sae_config,
 )
 from rrm_plugin.saes.registry import register_sae_release
-from rrm_plugin.zoo.models import WEIGHTS_DIR
 
 
 @dataclass(frozen=True)
@@ -189,6 +189,19 @@ def register_hub_release(spec: HubSAEReleaseSpec) -> None:
     )
 
 
+_REGISTERED: list[str] = []
+
+
+def ensure_registered() -> list[str]:
+    """Register the shipped and hub releases with SAELens once (idempotent)."""
+    import rrm_plugin
+
+    if not _REGISTERED:
+        _REGISTERED.extend(register_embedded_releases())
+        rrm_plugin._pending[0] = False
+    return list(_REGISTERED)
+
+
 def register_embedded_releases() -> list[str]:
     """Register every shipped release whose weights are present and every hub release."""
     registered = []
@@ -250,3 +263,13 @@ def format_release_table(rows: list[dict]) -> str:
         lines.append(f"| {r['release']} | {r['model']} | {span} | {compact(r['d_sae'])} | "
                      f"{compact(r['k'])} | {r['source']} |")
     return "\n".join(lines)
+
+
+def _finish_pending_registration() -> None:
+    import rrm_plugin
+
+    if rrm_plugin.registration_pending():  # SAELens was first imported by this module
+        ensure_registered()
+
+
+_finish_pending_registration()

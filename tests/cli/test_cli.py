@@ -1,6 +1,5 @@
 import json
 
-import pytest
 import torch
 from sae_lens import SAE
 
@@ -9,6 +8,7 @@ from rrm_plugin.hosts.prisma import build_hooked_vit
 from rrm_plugin.io import write_tensors
 from rrm_plugin.saes.registry import register_sae_release
 from rrm_plugin.zoo.models import save_model
+from tests.cli.conftest import expect_user_error
 from tests.conftest import tiny_vit_config
 
 
@@ -36,14 +36,13 @@ def test_train_saes_for_own_model_then_load_by_name(tmp_path):
     assert sae.cfg.d_sae == 24 and sae.cfg.k == 3
 
 
-def test_train_saes_rejects_images_of_wrong_size(tmp_path):
+def test_train_saes_rejects_images_of_wrong_size(tmp_path, capsys):
     save_model(build_hooked_vit(tiny_vit_config(), seed=0), tmp_path / "model")
     write_tensors(tmp_path / "images.safetensors", {"images": torch.rand(4, 3, 16, 16)})
     argv = ["train-saes", "--model-dir", str(tmp_path / "model"), "--images",
             str(tmp_path / "images.safetensors"), "--out", str(tmp_path / "rel"),
             "--d-sae", "24", "--k", "3"]
-    with pytest.raises(ValueError, match="16x16 pixels, model expects 8x8"):
-        main(argv)
+    expect_user_error(capsys, argv, "16x16 pixels, model expects 8x8")
 
 
 def test_own_model_and_release_folders_work_in_every_command(tmp_path, capsys):
@@ -74,8 +73,9 @@ def test_own_model_and_release_folders_work_in_every_command(tmp_path, capsys):
                  "--permutations", "5", "--random-repeats", "1", "--no-progress"]) == 0
     lens = json.loads((tmp_path / "lens" / "lens.json").read_text())
     assert lens["n_images"] == 6 and "feature_lens" in json.dumps(lens)
-    with pytest.raises(ValueError, match="is a folder of your own SAEs: give --model too"):
-        main(["eval-saes", "--release", str(tmp_path / "rel"), "--images", str(photos)])
+    expect_user_error(capsys, ["eval-saes", "--release", str(tmp_path / "rel"), "--images",
+                               str(photos)],
+                      "is a folder of your own SAEs: give --model too")
 
 
 def test_list_prints_models_and_releases(capsys):
@@ -87,7 +87,7 @@ def test_list_prints_models_and_releases(capsys):
         assert f"| {name} |" in out, name
 
 
-def test_cli_bad_inputs_name_what_was_wrong(tmp_path):
+def test_cli_bad_inputs_name_what_was_wrong(tmp_path, capsys):
     from PIL import Image
 
     model = build_hooked_vit(tiny_vit_config(), seed=0).eval()
@@ -96,23 +96,21 @@ def test_cli_bad_inputs_name_what_was_wrong(tmp_path):
     photos.mkdir()
     Image.new("RGB", (8, 8)).save(photos / "a.png")
     own = ["--model", str(tmp_path / "model")]
-    with pytest.raises(ValueError, match=r"SAE release 'rrm-digits-vit' does not fit model .*"
-                                         r"has d_in=64, but the residual stream there has width "
-                                         r"d_model=16"):
-        main(["eval-saes", *own, "--release", "rrm-digits-vit", "--images", str(photos)])
-    with pytest.raises(ValueError, match="has no embedded images: give --images"):
-        main(["faithfulness", *own, "--release", "none"])
-    with pytest.raises(ValueError, match="--batch-size must be at least 1, got 0"):
-        main(["eval-saes", "--batch-size", "0"])
-    with pytest.raises(ValueError, match=r"--n-images must be in \[1, 1\], got 5"):
-        main(["lens", *own, "--release", "none", "--images", str(photos), "--n-images", "5",
-              "--out", str(tmp_path / "lens")])
-    with pytest.raises(ValueError, match="--probe-images need labels: give an ImageFolder tree"):
-        main(["lens", *own, "--release", "none", "--images", str(photos), "--probe-images",
-              str(photos), "--out", str(tmp_path / "lens")])
-    with pytest.raises(SystemExit, match="give exactly one of --model NAME or --model-dir DIR"):
-        main(["train-saes", "--model", "digits-vit", "--model-dir", str(tmp_path / "model"),
-              "--images", str(photos), "--out", str(tmp_path / "rel"), "--d-sae", "8", "--k", "2"])
+    err = expect_user_error
+    err(capsys, ["eval-saes", *own, "--release", "rrm-digits-vit", "--images", str(photos)],
+        r"SAE release 'rrm-digits-vit' does not fit model .*has d_in=64, but the residual stream "
+        r"there has width d_model=16")
+    err(capsys, ["faithfulness", *own, "--release", "none"],
+        "has no embedded images: give --images")
+    err(capsys, ["eval-saes", "--batch-size", "0"], "--batch-size must be at least 1, got 0")
+    err(capsys, ["lens", *own, "--release", "none", "--images", str(photos), "--n-images", "5",
+                 "--out", str(tmp_path / "lens")], r"--n-images must be in \[1, 1\], got 5")
+    err(capsys, ["lens", *own, "--release", "none", "--images", str(photos), "--probe-images",
+                 str(photos), "--out", str(tmp_path / "lens")],
+        "--probe-images need labels: give an ImageFolder tree")
+    err(capsys, ["train-saes", "--model", "digits-vit", "--model-dir", str(tmp_path / "model"),
+                 "--images", str(photos), "--out", str(tmp_path / "rel"), "--d-sae", "8", "--k",
+                 "2"], "give exactly one of --model NAME or --model-dir DIR")
     if not torch.cuda.is_available():
-        with pytest.raises(ValueError, match="--device cuda: CUDA is not available"):
-            main(["eval-saes", "--device", "cuda"])
+        err(capsys, ["eval-saes", "--device", "cuda"],
+            "--device cuda: CUDA is not available")

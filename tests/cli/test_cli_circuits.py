@@ -8,6 +8,7 @@ import pytest
 from rrm_plugin.attribution.baselines import Baselines
 from rrm_plugin.attribution.graph import Graph
 from rrm_plugin.cli.main import main
+from tests.cli.conftest import expect_user_error
 
 
 def test_baselines_command_writes_a_loadable_file(tmp_path):
@@ -23,25 +24,31 @@ def test_trace_writes_graph_circuit_and_figure(tmp_path, capsys):
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["circuit_nodes"] > 0 and 0 <= summary["replacement_score"] <= 1
     assert (tmp_path / "circuit.png").read_bytes()[:4] == b"\x89PNG"
+    assert "rrm-circuit-viewer/1" in (tmp_path / "circuit.html").read_text()
     graph = json.loads((tmp_path / "graph.json").read_text())
     assert graph["target"]["class"] == summary["target_class"] and graph["edges"]
     lossless = Graph.load(tmp_path / "graph.lossless")
     assert lossless.value == pytest.approx(summary["value"])
-    assert "circuit:" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "circuit:" in out
+    listed = out.split(f"files in {tmp_path}: ", 1)[1].splitlines()[0].split(", ")
+    written = sorted(p.name for p in tmp_path.iterdir() if p.name != "rrm-output.json")
+    assert sorted(listed) == written and "graph.lossless.safetensors" in listed
 
 
-def test_trace_rejects_bad_images(tmp_path):
-    with pytest.raises(IndexError, match="image index 5000 out of range: the held-out set"):
-        main(["trace", "5000", "--out", str(tmp_path)])
+def test_trace_rejects_bad_images(tmp_path, capsys):
+    expect_user_error(capsys, ["trace", "5000", "--out", str(tmp_path)],
+                      "image index 5000 out of range: the held-out set")
     import matplotlib.image
 
     matplotlib.image.imsave(tmp_path / "big.png", np.zeros((32, 32, 3)))
-    with pytest.raises(ValueError, match="is 32x32 pixels, model expects 24x24"):
-        main(["trace", str(tmp_path / "big.png"), "--out", str(tmp_path / "o")])
-    with pytest.raises(FileNotFoundError, match="no image file"):
-        main(["trace", str(tmp_path / "missing.png"), "--out", str(tmp_path / "o")])
-    with pytest.raises(ValueError, match="unknown target class 12"):
-        main(["trace", "0", "--target", "12", "--out", str(tmp_path / "o")])
+    expect_user_error(capsys, ["trace", str(tmp_path / "big.png"), "--out", str(tmp_path / "o")],
+                      "is 32x32 pixels, model expects 24x24")
+    expect_user_error(capsys, ["trace", str(tmp_path / "missing.png"), "--out",
+                               str(tmp_path / "o")],
+                      "no image file")
+    expect_user_error(capsys, ["trace", "0", "--target", "12", "--out", str(tmp_path / "o")],
+                      "unknown target class 12")
 
 
 def test_trace_accepts_an_image_file(tmp_path):
@@ -57,13 +64,20 @@ def test_trace_accepts_an_image_file(tmp_path):
 
 
 def test_faithfulness_command_small(tmp_path, capsys):
-    argv = ["faithfulness", "--n-images", "6", "--methods", "rrm", "random", "neuron",
-            "--out", str(tmp_path)]
+    argv = ["faithfulness", "--n-images", "6", "--methods", "rrm", "rrm_edge", "random",
+            "neuron", "--out", str(tmp_path)]
     assert main(argv) == 0
     data = json.loads((tmp_path / "faithfulness.json").read_text())
-    assert data["n_images"] == 6 and set(data["auc"]) == {"rrm", "random", "neuron"}
+    assert data["n_images"] == 6
+    assert set(data["auc"]) == {"rrm", "rrm_edge", "random", "neuron"}
     assert (tmp_path / "faithfulness.png").read_bytes()[:4] == b"\x89PNG"
-    assert "| rrm |" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "| rrm |" in out
+    # The influence-pruned circuits are tabulated, not only stored in the JSON.
+    for name, value in data["influence_circuit"].items():
+        assert f"| {name} | {value:.3f} |" in out
+        assert f"| {name} | {value:.3f} |" in (tmp_path / "faithfulness.md").read_text()
+    assert data["influence_circuit"]
 
 
 def test_trace_demo_reports_circuits(tmp_path):

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 from rrm_plugin.cli.main import main
 
@@ -18,6 +19,10 @@ def test_demo_runs_the_whole_method_on_the_embedded_default(tmp_path):
         assert (tmp_path / "circuits").exists() and figure.endswith("circuit.png")
         with open(figure, "rb") as f:
             assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+        page = figure.replace("circuit.png", "circuit.html")
+        assert "rrm-circuit-viewer/1" in Path(page).read_text()
+        rel = page.split("/circuits/")[-1]
+        assert f'href="{rel}"' in (tmp_path / "circuits" / "index.html").read_text()
     lens = json.loads((tmp_path / "lens" / "lens.json").read_text())
     assert lens["n_images"] == 359
     rate = lens["identifiability"]["identifiability_rate"]

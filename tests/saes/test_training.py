@@ -10,7 +10,7 @@ from rrm_plugin.saes.training import (
 
 
 def _manual_topk(sae, x):
-    """METHOD.md section 1, written out: standardise, TopK(ReLU((x_n - b_dec) W_enc)), decode."""
+    """docs/method.md §1, written out: standardise, TopK(ReLU((x_n - b_dec) W_enc)), decode."""
     mu = x.mean(-1, keepdim=True)
     s = (x - mu).std(-1, keepdim=True)
     x_n = (x - mu) / (s + 1e-5)

@@ -22,3 +22,38 @@ def test_sae_training_is_reproducible_bit_for_bit():
     b, _ = train_topk_sae(x, cfg=cfg, hook_name="h", model_name="m", progress=False)
     for name, tensor in a.state_dict().items():
         assert torch.equal(tensor, b.state_dict()[name]), name
+
+
+def test_real_sae_recipe_is_reproducible_at_small_step_counts():
+    from dataclasses import replace
+
+    from rrm_plugin.zoo.recipes import DIGITS_SAE_CONFIGS, train_digits_saes
+
+    configs = {h: replace(c, n_steps=3) for h, c in DIGITS_SAE_CONFIGS.items()}
+    a = train_digits_saes(out=None, configs=configs, progress=False)
+    b = train_digits_saes(out=None, configs=configs, progress=False)
+    for hook in DIGITS_SAE_CONFIGS:
+        for name, tensor in a[hook].state_dict().items():
+            assert torch.equal(tensor, b[hook].state_dict()[name]), (hook, name)
+
+
+def test_train_saes_options_reach_the_recipe(tmp_path, monkeypatch):
+    """`--steps --lr --d-sae --k` used to be ignored unless `--images` was given."""
+    import rrm_plugin.zoo.recipes as recipes
+    from rrm_plugin.cli.main import main
+
+    seen = {}
+
+    def fake_recipe(*, out, model_dir, configs, n_baseline_images):
+        seen.update(configs=configs, n_baseline_images=n_baseline_images)
+        (out / "marker").write_text("")
+
+    monkeypatch.setattr(recipes, "train_digits_saes", fake_recipe)
+    argv = ["train-saes", "--steps", "7", "--lr", "0.01", "--k", "3", "--n-baseline-images", "5",
+            "--out", str(tmp_path / "r")]
+    assert main(argv) == 0
+    assert {(c.n_steps, c.lr, c.k) for c in seen["configs"].values()} == {(7, 0.01, 3)}
+    assert [c.d_sae for c in seen["configs"].values()] == [128, 256, 256]  # recipe kept
+    assert seen["n_baseline_images"] == 5
+    assert main(["train-saes", "--out", str(tmp_path / "d")]) == 0  # defaults: the recipe
+    assert {(c.n_steps, c.lr) for c in seen["configs"].values()} == {(2000, 1e-3)}

@@ -1,0 +1,105 @@
+"""`rrm features --out DIR`: dashboards of every feature of an SAE release over an image set."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from rrm_plugin.cli.common import add_baselines_arg, add_images_arg, add_model_args
+from rrm_plugin.cli.output import add_overwrite_arg
+
+
+def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
+    p = sub.add_parser(name, help="feature dashboards: top images, densities, lens, circuits")
+    p.add_argument("--out", type=Path, required=True,
+                   help="folder for features.json, cards.json, contact sheets and pages")
+    add_model_args(p)
+    add_images_arg(p, help_default="the embedded model's held-out set")
+    add_baselines_arg(p)
+    p.add_argument("--layers", type=int, nargs="+", default=None,
+                   help="SAE layers (0-based position in the release) to cover (default: all)")
+    p.add_argument("--k", type=int, default=8, help="top images per feature (default 8)")
+    p.add_argument("--n-circuit-images", type=int, default=None,
+                   help="attribute only the first N images for circuit statistics (default: "
+                        "all; 0 skips circuits)")
+    p.add_argument("--types", action="store_true",
+                   help="also measure feature types with generated probe stimuli (digits canvas "
+                        "models only)")
+    p.add_argument("--batch-size", type=int, default=64,
+                   help="images per forward pass (default 64)")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_overwrite_arg(p)
+    p.set_defaults(run=run)
+
+
+def _select_layers(saes: dict, layers: list[int] | None) -> dict:
+    hooks = list(saes)
+    if layers is None:
+        return saes
+    bad = [k for k in layers if not 0 <= k < len(hooks)]
+    if bad:
+        raise ValueError(f"--layers {bad} out of range: the release has layers 0..{len(hooks) - 1}"
+                         f" ({', '.join(hooks)})")
+    chosen = sorted(set(layers))
+    if chosen != list(range(chosen[0], chosen[-1] + 1)):
+        raise ValueError(f"--layers {chosen} must be consecutive (circuits join adjacent layers)")
+    return {hooks[k]: saes[hooks[k]] for k in chosen}
+
+
+def _class_names(ws) -> list[str] | None:
+    from rrm_plugin.zoo.hub_models import HUB_MODELS
+
+    if ws.model_name in HUB_MODELS:
+        return HUB_MODELS[ws.model_name].class_names()
+    return None
+
+
+def run(args: argparse.Namespace) -> int:
+    from rrm_plugin.cli.common import load_image_args, load_workspace, resolve_baselines
+    from rrm_plugin.cli.output import check_output_directory, output_directory
+    from rrm_plugin.features.dashboard import build_dashboards, write_dashboards
+
+    start = time.time()
+    if args.k < 1:
+        raise ValueError(f"--k must be >= 1, got {args.k}")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
+    check_output_directory(args.out, command="features", overwrite=args.overwrite)
+    ws = load_workspace(args)
+    if not ws.saes:
+        raise ValueError("rrm features needs an SAE release: give --release NAME or FOLDER")
+    saes = _select_layers(ws.saes, args.layers)
+    loaded = load_image_args(args.images, ws)
+    baselines = None
+    if args.n_circuit_images != 0:
+        baselines, what = resolve_baselines(args.baselines, ws._replace(saes=saes),
+                                            loaded.images)
+        print(f"baselines: {what}")
+    dash = build_dashboards(
+        ws.model, saes, loaded.images, model_name=ws.model_name, release=str(ws.release),
+        class_names=_class_names(ws), baselines=baselines,
+        n_circuit_images=args.n_circuit_images or None, k=args.k, batch_size=args.batch_size,
+        files=[str(f) for f in loaded.files] or None, progress=not args.no_progress,
+        layer_ids=[list(ws.saes).index(h) for h in saes],
+    )
+    if args.types:
+        from rrm_plugin.features.types import feature_types
+
+        result = feature_types(ws.model, saes, progress=not args.no_progress)
+        dash.types = {h: r.types for h, r in result.layers.items()}
+    with output_directory(args.out, command="features", overwrite=args.overwrite) as tmp:
+        written = write_dashboards(dash, tmp, progress=not args.no_progress)
+        if args.types:
+            from rrm_plugin.features.types import write_types
+
+            written += write_types(result, tmp)
+    written = [args.out / p.relative_to(tmp) for p in map(Path, written)]
+    for k, hook in enumerate(dash.hook_names):
+        t = dash.top[hook]
+        print(f"layer {k} ({hook}): {t.d_sae} features, {int((t.image_density == 0).sum())} "
+              f"never fire; median image density {float(t.image_density.median()):.3f}")
+    for path in written:
+        print(f"wrote {path}")
+    print(f"done in {time.time() - start:.0f} s")
+    return 0

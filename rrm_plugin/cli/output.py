@@ -1,0 +1,79 @@
+"""Output folders written as a unit: commands build into a temporary sibling and swap it in.
+
+`output_directory(out, command=...)` checks before any work that `out` can be written and is not
+someone else's folder, yields a fresh temporary sibling, and at the end writes a manifest (which
+command, which files) and renames the sibling into place. An interrupted run leaves `out` as it
+was. An existing `out` is replaced only if it is empty or an earlier output of the same command,
+unless `overwrite=True`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+MANIFEST = "rrm-output.json"
+
+
+def previous_command(out: Path) -> str | None:
+    """The command that wrote `out` (from its manifest), or None."""
+    try:
+        return json.loads((Path(out) / MANIFEST).read_text()).get("command")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def check_output_directory(out: Path, *, command: str, overwrite: bool = False) -> Path:
+    """Raise (before any work) unless `out` may be replaced by this command's output."""
+    from rrm_plugin.io import check_not_shipped
+
+    out = check_not_shipped(Path(out))
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"--out {out} is a file; expected a folder (new or empty)")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        found = previous_command(out)
+        if found != command:
+            what = "no rrm output manifest" if found is None else f"output of `rrm {found}`"
+            raise FileExistsError(f"--out {out} is a non-empty folder ({what}); give a new "
+                                  f"folder or --overwrite to replace it")
+    parent = out.resolve().parent
+    existing = next(p for p in (parent, *parent.parents) if p.exists())
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PermissionError(f"--out {out}: cannot create files in {existing} (not writable)")
+    return out
+
+
+@contextmanager
+def output_directory(out: Path, *, command: str, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary folder to write into; on success it becomes `out` (with a manifest)."""
+    from rrm_plugin.io import write_json
+
+    out = check_output_directory(out, command=command, overwrite=overwrite)
+    out.resolve().parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.resolve().parent, prefix=f".{out.name}.partial."))
+    try:
+        yield tmp
+        files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
+        write_json(tmp / MANIFEST, {"command": command, "files": files})
+        os.chmod(tmp, 0o755)  # mkdtemp makes 0700
+        if out.exists():
+            old = Path(tempfile.mkdtemp(dir=out.resolve().parent, prefix=f".{out.name}.old."))
+            os.replace(out, old / out.name)
+            os.replace(tmp, out)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
+def add_overwrite_arg(p) -> None:
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a non-empty --out folder that is not an earlier output of this "
+                        "command")

@@ -1,0 +1,150 @@
+"""The model-dependent parts of the viewer: image, heat maps, feature lens, per-step readouts."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+from jaxtyping import Float
+from sae_lens import SAE
+from torch import Tensor, nn
+
+from rrm_plugin.attribution.baselines import Baselines
+from rrm_plugin.attribution.graph import Graph
+from rrm_plugin.circuits.circuit import Circuit, clean_errors, run_circuits
+from rrm_plugin.hosts.vit import n_prefix_tokens
+from rrm_plugin.replacement.splice import replacement
+from rrm_plugin.viewer.payload import ImageContext
+from rrm_plugin.viewer.steps import CircuitStep
+
+
+def png_bytes(image: Float[Tensor, "c h w"], *, min_size: int = 0) -> bytes:
+    """A [0, 1] RGB (or grey) image as PNG bytes, upscaled by an integer factor to `min_size`."""
+    from PIL import Image
+
+    array = (image.detach().cpu().float().clamp(0, 1) * 255).round().to(torch.uint8)
+    array = array.permute(1, 2, 0).numpy()
+    if array.shape[-1] == 1:
+        array = array[..., 0]
+    picture = Image.fromarray(np.ascontiguousarray(array))
+    factor = max(1, -(-min_size // max(picture.size)))
+    if factor > 1:
+        picture = picture.resize((picture.width * factor, picture.height * factor),
+                                 Image.NEAREST)
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def readout(logits: Float[Tensor, " classes"], cls: int) -> dict[str, float]:
+    return {"logit": float(logits[cls]), "adjusted_logit": float(logits[cls] - logits.mean()),
+            "probability": float(logits.softmax(-1)[cls]), "predicted_class": int(logits.argmax())}
+
+
+@torch.no_grad()
+def patch_activations(
+    model: nn.Module, saes: Mapping[str, SAE], image: Float[Tensor, "c h w"], graph: Graph
+) -> Float[Tensor, "latent_nodes patches"]:
+    """Each latent node's SAE activation on every patch of the image (token nodes: own patch)."""
+    n_prefix = n_prefix_tokens(model)
+    names = {f"{layer.hook_name}.hook_sae_acts_post" for layer in graph.layers}
+    with replacement(model, saes, keep_error=True):
+        _, cache = model.run_with_cache(image[None], names_filter=lambda n: n in names)
+    rows = []
+    for layer in graph.layers:
+        acts = cache[f"{layer.hook_name}.hook_sae_acts_post"][0, n_prefix:].float().cpu()
+        per_node = acts[:, layer.features].T  # [nodes, patches]
+        if layer.tokens is not None:
+            # A token node is active on its own patch only (prefix tokens on none).
+            own = torch.zeros_like(per_node, dtype=torch.bool)
+            on_patch = layer.tokens >= n_prefix
+            own[torch.nonzero(on_patch)[:, 0], layer.tokens[on_patch] - n_prefix] = True
+            per_node = torch.where(own, per_node, 0.0)
+        rows.append(per_node)
+    return torch.cat(rows) if rows else torch.zeros(0, 0)
+
+
+def lens_top(
+    model: nn.Module, saes: Mapping[str, SAE], graph: Graph, *,
+    class_names: Sequence[str] | None = None, top_k: int = 5,
+) -> list[list[tuple[str, float]]] | None:
+    """Feature-lens classes of each latent node (None when the model has no class head)."""
+    from rrm_plugin.lens.features import feature_lens
+
+    try:
+        lens = feature_lens(model, {layer.hook_name: saes[layer.hook_name]
+                                    for layer in graph.layers},
+                            top_k=min(top_k, model.cfg.n_classes))
+    except (ValueError, TypeError, AttributeError):
+        return None
+    out = []
+    for layer in graph.layers:
+        fc = lens[layer.hook_name]
+        classes = fc.top_classes[layer.features].tolist()
+        scores = fc.top_scores[layer.features].tolist()
+        for cs, ss in zip(classes, scores, strict=True):
+            out.append([(class_names[c] if class_names else str(c), float(s))
+                        for c, s in zip(cs, ss, strict=True)])
+    return out
+
+
+@torch.no_grad()
+def step_runs(
+    model: nn.Module, saes: Mapping[str, SAE], image: Float[Tensor, "c h w"], graph: Graph,
+    steps: Sequence[CircuitStep], *, baselines: Baselines, batch_size: int = 32,
+) -> list[dict[str, dict[str, float]]]:
+    """Insertion and deletion readouts of every step's circuit (identical circuits run once)."""
+    unique: dict[bytes, int] = {}
+    circuits: list[Circuit] = []
+    which = []
+    for step in steps:
+        key = step.nodes.numpy().tobytes()
+        if key not in unique:
+            unique[key] = len(circuits)
+            circuits.append(Circuit.from_graph(graph, step.layer_masks(graph)))
+        which.append(unique[key])
+    used = {layer.hook_name: saes[layer.hook_name] for layer in graph.layers}
+    errors = clean_errors(model, used, image[None])
+    results: dict[str, list[dict[str, float]]] = {"insertion": [], "deletion": []}
+    cls = graph.target_class
+    for mode, out in results.items():
+        for start in range(0, len(circuits), batch_size):
+            chunk = circuits[start:start + batch_size]
+            batch = image[None].expand(len(chunk), *image.shape)
+            logits = run_circuits(model, used, batch, chunk, baselines=baselines, mode=mode,
+                                  errors={h: e.expand(len(chunk), *e.shape[1:])
+                                          for h, e in errors.items()})
+            out += [readout(row, cls) for row in logits]
+    return [{mode: results[mode][i] for mode in results} for i in which]
+
+
+def image_context(
+    model: nn.Module, saes: Mapping[str, SAE], image: Float[Tensor, "c h w"], graph: Graph,
+    steps: Sequence[CircuitStep], *, baselines: Baselines,
+    display: Callable[[Tensor], Tensor] | None = None,
+    class_names: Sequence[str] | None = None,
+    all_at_baseline: dict[str, float] | None = None,
+) -> ImageContext:
+    """Everything the page shows about the image that needs the model.
+
+    Args:
+        display: Maps model inputs to [0, 1] RGB (e.g. undoing the normalisation).
+        class_names: Names of the classes in logit order (default: their indices).
+        all_at_baseline: Readout with every latent at its baseline, if already computed.
+    """
+    show = display or (lambda x: x)
+    patch = model.cfg.patch_size
+    rows, cols = image.shape[-2] // patch, image.shape[-1] // patch
+    reference = {"clean": readout(graph.logits, graph.target_class)}
+    if all_at_baseline is not None:
+        reference["all_at_baseline"] = dict(all_at_baseline)
+    return ImageContext(
+        image_png=png_bytes(show(image), min_size=224), grid=(rows, cols),
+        n_prefix=n_prefix_tokens(model),
+        patch_activations=patch_activations(model, saes, image, graph),
+        lens_top=lens_top(model, saes, graph, class_names=class_names),
+        runs=step_runs(model, saes, image, graph, steps, baselines=baselines),
+        reference=reference,
+    )

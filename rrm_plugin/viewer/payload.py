@@ -1,0 +1,230 @@
+"""What the circuit viewer page embeds: the graph, the precomputed circuits, the image context.
+
+Everything is plain JSON (columnar arrays, bit-packed masks and uint8 heat maps in base64) so a
+ViT-B/16 graph of ten thousand nodes stays a few megabytes and parses in the browser in well
+under a second.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from rrm_plugin.attribution.graph import Graph
+from rrm_plugin.circuits.pruning import graph_scores, layered_adjacency, layered_influence
+from rrm_plugin.viewer.steps import CircuitStep, pack_bits
+
+PAYLOAD_SCHEMA = "rrm-circuit-viewer/1"
+CARDS_SCHEMA = "rrm-feature-cards/1"
+NODE_FEATURE, NODE_ERROR, NODE_LOGIT = 0, 1, 2
+
+
+@dataclass
+class ImageContext:
+    """What only the model knows about the traced image (optional parts of the page).
+
+    Args:
+        image_png: The input image as shown to people (PNG bytes), or None.
+        grid: Patch grid `(rows, cols)` of the model.
+        n_prefix: Tokens before the patches (class token, registers).
+        patch_activations: Per latent node in viewer order, its activation on every patch.
+        lens_top: Per latent node, its feature-lens classes `[(name, score), ...]`, best first.
+        runs: Per step (same order as the steps), the readouts of the circuit kept
+            (`"insertion"`) and removed (`"deletion"`): logit, adjusted logit, probability,
+            predicted class.
+        reference: Readouts of the clean model and of every latent at baseline.
+    """
+
+    image_png: bytes | None = None
+    grid: tuple[int, int] = (0, 0)
+    n_prefix: int = 1
+    patch_activations: Float[Tensor, "latent_nodes patches"] | None = None
+    lens_top: list[list[tuple[str, float]]] | None = None
+    runs: list[dict[str, dict[str, float]]] | None = None
+    reference: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+def _round(values: Tensor | Sequence[float], digits: int = 6) -> list[float]:
+    array = np.asarray(values.detach().cpu().float() if isinstance(values, Tensor) else values,
+                       dtype=np.float64)
+    out = [float(f"{v:.{digits}g}") for v in array.tolist()]
+    return out
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def node_offsets(graph: Graph) -> list[int]:
+    """First viewer index of each layer (latents then error); the last entry is the logit's."""
+    sizes = [len(layer) + 1 for layer in graph.layers]
+    return [0, *np.cumsum(sizes).tolist()]
+
+
+def _nodes(graph: Graph) -> dict[str, list]:
+    layer, feature, token, kind, score, activation = [], [], [], [], [], []
+    for k, lay in enumerate(graph.layers):
+        n = len(lay)
+        layer += [k] * (n + 1)
+        feature += lay.features.tolist() + [-1]
+        token += (lay.tokens.tolist() if lay.tokens is not None else [-1] * n) + [-1]
+        kind += [NODE_FEATURE] * n + [NODE_ERROR]
+        score += _round(lay.scores) + _round([lay.error_score])
+        activation += _round(lay.activations) + [0.0]
+    influence = _round(torch.cat(layered_influence(layered_adjacency(graph))))
+    top = len(graph.layers)
+    return {"layer": layer + [top], "feature": feature + [-1], "token": token + [-1],
+            "kind": kind + [NODE_LOGIT], "score": score + _round([graph.value]),
+            "activation": activation + [0.0], "influence": influence + [1.0]}
+
+
+def _flat_edges(graph: Graph) -> tuple[Tensor, Tensor, Tensor]:
+    """All edges as flat (source, target, weight), logit edges last, in `graph.edges` order."""
+    offsets = node_offsets(graph)
+    sources, targets, weights = [], [], []
+    for k, edge in enumerate(graph.edges):
+        rows, cols = torch.meshgrid(torch.arange(edge.shape[0]), torch.arange(edge.shape[1]),
+                                    indexing="ij")
+        sources.append(rows.flatten() + offsets[k])
+        targets.append(cols.flatten() + offsets[k + 1])
+        weights.append(edge.flatten().float())
+    logit = graph.logit_edges
+    sources.append(torch.arange(len(logit)) + offsets[-2])
+    targets.append(torch.full((len(logit),), offsets[-1]))
+    weights.append(logit.float())
+    return torch.cat(sources), torch.cat(targets), torch.cat(weights)
+
+
+def _step_edge_flat(step: CircuitStep) -> Tensor:
+    return torch.cat([m.flatten() for m in step.edge_masks] + [step.logit_edges])
+
+
+def embedded_edges(graph: Graph, max_edges: int) -> Tensor:
+    """Flat indices of the non-zero edges the page carries: the `max_edges` strongest."""
+    _, _, weights = _flat_edges(graph)
+    nonzero = torch.nonzero(weights != 0)[:, 0]
+    if len(nonzero) > max_edges:
+        nonzero = nonzero[weights[nonzero].abs().topk(max_edges).indices]
+    return nonzero.sort().values
+
+
+def _cards(
+    graph: Graph, cards: Mapping[str, Any] | None, context: ImageContext, order: Tensor
+) -> dict[str, Any]:
+    """Feature cards of the latent nodes, keyed by viewer node index (as a string)."""
+    by_feature = {}
+    if cards is not None:
+        for card in cards.get("cards", {}).values():
+            by_feature[(card.get("hook_name"), int(card.get("feature", -1)))] = card
+    offsets = node_offsets(graph)
+    out: dict[str, Any] = {}
+    for index in order.tolist():
+        k = int(np.searchsorted(offsets, index, side="right") - 1)
+        j = index - offsets[k]
+        layer = graph.layers[k]
+        if j >= len(layer):
+            continue  # error node
+        feature = int(layer.features[j])
+        card = dict(by_feature.get((layer.hook_name, feature), {}))
+        if context.lens_top is not None and not card.get("lens_top"):
+            card["lens_top"] = [{"class": c, "score": float(f"{s:.4g}")}
+                                for c, s in context.lens_top[index - k]]
+            card.setdefault("source", "computed from the traced image")
+        elif card:
+            card.setdefault("source", "feature cards")
+        if card:
+            out[str(index)] = card
+    return out
+
+
+def viewer_payload(
+    graph: Graph,
+    steps: Sequence[CircuitStep],
+    *,
+    context: ImageContext | None = None,
+    cards: Mapping[str, Any] | None = None,
+    title: str = "",
+    default_params: Mapping[str, float] | None = None,
+    max_edges: int = 20_000,
+    max_cards: int = 2_000,
+) -> dict[str, Any]:
+    """The JSON object the page reads (`rrm-circuit-viewer/1`).
+
+    Args:
+        graph: The attribution graph.
+        steps: Circuits the sliders step through (`influence_steps` + `paper_steps`).
+        context: Image, heat maps, feature lens and per-step readouts (from the model).
+        cards: A `rrm-feature-cards/1` object (the feature dashboards' `cards.json`).
+        title: Page title.
+        default_params: The influence step shown first (default: node 0.8, edge 0.98).
+        max_edges: Strongest edges embedded (all of them decide the circuits).
+        max_cards: Latent nodes with a feature card, by influence (the rest show their numbers).
+    """
+    if not steps:
+        raise ValueError("the viewer needs at least one circuit step (see rrm_plugin.viewer.steps)")
+    if cards is not None and cards.get("schema") != CARDS_SCHEMA:
+        raise ValueError(f"feature cards have schema {cards.get('schema')!r}, expected "
+                         f"{CARDS_SCHEMA!r}")
+    context = context or ImageContext()
+    n_latent = sum(len(layer) for layer in graph.layers)
+    nodes = _nodes(graph)
+    sources, targets, weights = _flat_edges(graph)
+    keep = embedded_edges(graph, max_edges)
+    default = dict(default_params or {"node_threshold": 0.8, "edge_threshold": 0.98})
+    default_index = next((i for i, s in enumerate(steps) if s.params == default), 0)
+
+    step_rows = []
+    for i, step in enumerate(steps):
+        if len(step.nodes) != len(nodes["kind"]) - 1:
+            raise ValueError(f"step {i} masks {len(step.nodes)} nodes, the graph has "
+                             f"{len(nodes['kind']) - 1} (latents + errors)")
+        row = {"mode": step.mode, "params": step.params, "node_count": step.node_count,
+               "edge_count": step.edge_count(graph), "nodes": _b64(pack_bits(step.nodes)),
+               "edges": _b64(pack_bits(_step_edge_flat(step)[keep]))}
+        if context.runs is not None:
+            row["runs"] = context.runs[i]
+        step_rows.append(row)
+
+    influence = torch.tensor(nodes["influence"][:-1])
+    is_latent = torch.tensor(nodes["kind"][:-1]) == NODE_FEATURE
+    card_order = torch.nonzero(is_latent)[:, 0]
+    card_order = card_order[influence[card_order].argsort(descending=True)[:max_cards]]
+
+    heat = None
+    if context.patch_activations is not None:
+        acts = context.patch_activations.detach().cpu().float().clamp(min=0)
+        if acts.shape[0] != n_latent:
+            raise ValueError(f"patch activations cover {acts.shape[0]} nodes, the graph has "
+                             f"{n_latent} latent nodes")
+        scale = acts.amax(-1)
+        quantised = (acts / scale.clamp(min=1e-12)[:, None] * 255).round().to(torch.uint8)
+        heat = {"scale": _round(scale, 4), "values": _b64(quantised.numpy().tobytes()),
+                "n_patches": acts.shape[1]}
+
+    scores = graph_scores(graph)
+    return {
+        "schema": PAYLOAD_SCHEMA, "title": title,
+        "target": {"class": graph.target_class, "metric": graph.metric, "value": graph.value},
+        "granularity": graph.granularity, "n_tokens": graph.n_tokens,
+        "n_prefix": context.n_prefix, "grid": list(context.grid),
+        "layers": [{"hook_name": lay.hook_name, "block": lay.block, "d_sae": lay.d_sae,
+                    "n_nodes": len(lay)} for lay in graph.layers],
+        "nodes": nodes,
+        "edges": {"source": sources[keep].tolist(), "target": targets[keep].tolist(),
+                  "weight": _round(weights[keep]), "total": int((weights != 0).sum())},
+        "steps": step_rows, "default_step": default_index,
+        "scores": {"replacement": scores.replacement, "completeness": scores.completeness},
+        "reference": context.reference,
+        "image": ("data:image/png;base64," + _b64(context.image_png)) if context.image_png
+        else None,
+        "heat": heat,
+        "cards": _cards(graph, cards, context, card_order),
+        "metadata": graph.metadata,
+    }

@@ -1,0 +1,113 @@
+"""The circuits the viewer's sliders step through, computed once in Python.
+
+The page never re-implements the pruning rules: for every slider position it reads the masks that
+`rrm_plugin.circuits.pruning` returned for that threshold, so what it draws is exactly the Python
+circuit. Node masks follow the viewer's node order: per layer its latent nodes then its error
+node, bottom to top (the logit node, always drawn, is not in the masks).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from jaxtyping import Bool
+from torch import Tensor
+
+from rrm_plugin.attribution.graph import Graph
+from rrm_plugin.circuits.pruning import (
+    PAPER_SWEEP,
+    edge_rule,
+    node_rule_on_graph,
+    prune_by_influence,
+)
+
+# Slider grids. The defaults of `prune_by_influence` (0.8, 0.98) are grid points.
+NODE_THRESHOLDS: tuple[float, ...] = tuple(round(0.05 * i, 2) for i in range(1, 21))
+EDGE_THRESHOLDS: tuple[float, ...] = (0.8, 0.9, 0.95, 0.98, 0.99, 1.0)
+TAU_STEPS: tuple[float, ...] = tuple(round(0.1 * i, 1) for i in range(1, 11))
+
+
+@dataclass(frozen=True)
+class CircuitStep:
+    """One slider position.
+
+    Args:
+        mode: `"influence"`, `"node_rule"`, `"edge_rule"` or `"threshold_rule"`.
+        params: The thresholds, e.g. `{"node_threshold": 0.8, "edge_threshold": 0.98}`.
+        nodes: Kept nodes in viewer order (per layer: latents, then the error node).
+        edge_masks: Kept edges, aligned with `graph.edges` (rows: sources + error).
+        logit_edges: Kept edges into the logit node (top layer's latents + error).
+    """
+
+    mode: str
+    params: dict[str, float]
+    nodes: Bool[Tensor, " n_nodes"]
+    edge_masks: list[Bool[Tensor, "src_plus_error tgt"]]
+    logit_edges: Bool[Tensor, " top_plus_error"]
+
+    @property
+    def node_count(self) -> int:
+        """Latent and error nodes kept (as `Circuit.node_count`)."""
+        return int(self.nodes.sum())
+
+    def edge_count(self, graph: Graph) -> int:
+        """Kept non-zero edges, the logit edges included (as `Circuit.edges`)."""
+        inner = sum(int((m & (e != 0)).sum()) for m, e in zip(self.edge_masks, graph.edges,
+                                                               strict=True))
+        return inner + int((self.logit_edges & (graph.logit_edges != 0)).sum())
+
+    def layer_masks(self, graph: Graph) -> list[Bool[Tensor, " n_plus_error"]]:
+        """The node mask split per layer, as the pruning functions return it."""
+        return list(torch.split(self.nodes, [len(layer) + 1 for layer in graph.layers]))
+
+
+def _between(graph: Graph, masks: Sequence[Tensor]) -> tuple[list[Tensor], Tensor]:
+    """Edges whose two ends are kept (the paper's rules select nodes only)."""
+    edges = [masks[k][:, None] & masks[k + 1][None, :-1] for k in range(len(graph.edges))]
+    return edges, masks[-1].clone()
+
+
+def _step(mode: str, params: dict[str, float], masks, edges, logit) -> CircuitStep:
+    return CircuitStep(mode, params, torch.cat(list(masks)).bool(), [e.bool() for e in edges],
+                       logit.bool())
+
+
+def influence_steps(
+    graph: Graph,
+    *,
+    node_thresholds: Sequence[float] = NODE_THRESHOLDS,
+    edge_thresholds: Sequence[float] = EDGE_THRESHOLDS,
+) -> list[CircuitStep]:
+    """`prune_by_influence` at every (node, edge) threshold pair, node-major order."""
+    steps = []
+    for node_t in node_thresholds:
+        for edge_t in edge_thresholds:
+            pruned = prune_by_influence(graph, node_threshold=node_t, edge_threshold=edge_t)
+            steps.append(_step("influence", {"node_threshold": node_t, "edge_threshold": edge_t},
+                               pruned.node_masks, pruned.edge_masks, pruned.logit_edge_mask))
+    return steps
+
+
+def paper_steps(
+    graph: Graph, *, sweep: Sequence[float] = PAPER_SWEEP, taus: Sequence[float] = TAU_STEPS
+) -> list[CircuitStep]:
+    """The paper's node and edge rules over the `p` sweep and the threshold rule over `tau`."""
+    steps = []
+    for p in sweep:
+        masks = node_rule_on_graph(graph, p=p)
+        steps.append(_step("node_rule", {"p": p}, masks, *_between(graph, masks)))
+    for p in sweep:
+        masks = edge_rule(graph, p=p)
+        steps.append(_step("edge_rule", {"p": p}, masks, *_between(graph, masks)))
+    for tau in taus:
+        masks = node_rule_on_graph(graph, tau=tau)
+        steps.append(_step("threshold_rule", {"tau": tau}, masks, *_between(graph, masks)))
+    return steps
+
+
+def pack_bits(mask: Bool[Tensor, " n"]) -> bytes:
+    """Little-endian bit packing (bit i of byte i // 8 is entry i), as the page unpacks it."""
+    return np.packbits(mask.cpu().numpy().astype(bool), bitorder="little").tobytes()

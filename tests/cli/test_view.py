@@ -1,0 +1,63 @@
+"""`rrm view GRAPH_DIR`: pages for one trace folder or a folder of them, feature cards, errors."""
+
+import json
+import re
+
+import pytest
+
+from rrm_plugin.circuits.pruning import prune_by_influence
+from rrm_plugin.cli.main import main
+from tests.viewer.conftest import hand_graph
+
+
+def page_payload(path):
+    html = path.read_text()
+    return json.loads(re.search(r'id="rrm-data">(.*?)</script>', html, re.S).group(1))
+
+
+def test_view_a_folder_of_traces(tmp_path, capsys):
+    graph = hand_graph()
+    for name in ("image_0001", "image_0002"):
+        graph.save(tmp_path / name / "graph.lossless")
+    assert main(["view", str(tmp_path)]) == 0
+    payload = page_payload(tmp_path / "image_0001" / "circuit.html")
+    expected = prune_by_influence(graph)
+    step = payload["steps"][payload["default_step"]]
+    assert step["node_count"] == sum(int(m.sum()) for m in expected.node_masks)
+    assert payload["image"] is None  # no model: the graph alone
+    index = (tmp_path / "index.html").read_text()
+    assert 'href="image_0001/circuit.html"' in index and 'href="image_0002/circuit.html"' in index
+    assert str(tmp_path / "index.html") in capsys.readouterr().out
+
+
+def test_view_uses_feature_cards(tmp_path):
+    hand_graph().save(tmp_path / "graph.lossless")
+    card = {"layer": 0, "feature": 7, "hook_name": "blocks.0.hook_resid_post",
+            "density_tokens": 0.125, "density_images": 0.5, "max_activation": 4.0,
+            "lens_top": [{"class": "seven", "score": 2.0}],
+            "top_images": [{"png": "data:image/png;base64,AAAA", "activation": 4.0}],
+            "type": "stroke"}
+    cards = tmp_path / "cards.json"
+    cards.write_text(json.dumps({"schema": "rrm-feature-cards/1", "model": "m", "release": "r",
+                                 "cards": {"0:7": card}}))
+    assert main(["view", str(tmp_path), "--feature-cards", str(cards)]) == 0
+    payload = page_payload(tmp_path / "circuit.html")
+    assert payload["cards"]["1"]["type"] == "stroke"  # node 1 = L0/F7
+    assert json.loads((tmp_path / "viewer.json").read_text())["cards"]["1"]["density_images"] \
+        == 0.5
+    assert not (tmp_path / "index.html").exists()
+
+
+def test_view_rejects_bad_input(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no folder .*expected an `rrm trace --out`"):
+        main(["view", str(tmp_path / "missing")])
+    with pytest.raises(FileNotFoundError, match="has no graph.lossless.json"):
+        main(["view", str(tmp_path)])
+    hand_graph().save(tmp_path / "graph.lossless")
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"schema": "something-else", "cards": {}}))
+    with pytest.raises(ValueError, match="schema 'something-else', expected 'rrm-feature-cards/1'"):
+        main(["view", str(tmp_path), "--feature-cards", str(bad)])
+    (tmp_path / "viewer.json").write_text(json.dumps({"schema": "x"}))
+    with pytest.raises(ValueError, match="is not a viewer payload"):
+        main(["view", str(tmp_path)])

@@ -1,0 +1,43 @@
+"""Fixtures of the viewer tests: a hand-built graph and real graphs of tiny and digits ViTs."""
+
+import pytest
+import torch
+
+from rrm_plugin.attribution.graph import Graph, GraphLayer
+from tests.attribution.conftest import (  # noqa: F401  (fixtures shared with attribution tests)
+    baselines,
+    images,
+    reference_images,
+    saes,
+    vit,
+)
+
+
+def hand_graph() -> Graph:
+    """Two SAE layers with known edges: L0 features 3, 7 (+ error); L1 features 1, 4, 5."""
+    edges0 = torch.tensor([[1.0, 0.0, -2.0],    # L0/F3 -> L1/F1, L1/F5
+                           [0.0, 3.0, 0.0],     # L0/F7 -> L1/F4
+                           [0.5, 0.0, 0.0]])    # L0 error -> L1/F1
+    layer0 = GraphLayer("blocks.0.hook_resid_post", 0, 8, torch.tensor([3, 7]), None,
+                        torch.tensor([1.0, 2.0]), torch.tensor([1.0, 2.0]),
+                        torch.tensor([-1.0, 3.0]), 0.5)
+    layer1 = GraphLayer("blocks.1.hook_resid_post", 1, 8, torch.tensor([1, 4, 5]), None,
+                        torch.tensor([1.0, 1.0, 1.0]), torch.tensor([1.0, 1.0, 1.0]),
+                        torch.tensor([2.5, -1.0, 0.0]), 0.25)
+    return Graph([layer0, layer1], [edges0], target_class=1, metric="adjusted_logit",
+                 value=1.75, logits=torch.tensor([0.0, 1.75, -1.0]), granularity="feature",
+                 n_tokens=5)
+
+
+@pytest.fixture
+def graph(vit, saes, images, baselines):  # noqa: F811
+    from rrm_plugin.attribution.graph import attribute
+
+    return attribute(vit, saes, images[:1], baselines=baselines)[0]
+
+
+@pytest.fixture
+def token_graph(vit, saes, images, baselines):  # noqa: F811
+    from rrm_plugin.attribution.graph import attribute
+
+    return attribute(vit, saes, images[:1], baselines=baselines, granularity="token")[0]
