@@ -62,8 +62,13 @@ class Circuit:
         *,
         edge_masks: Sequence[Tensor] | None = None,
         logit_edge_mask: Tensor | None = None,
+        list_edges: bool = True,
     ) -> Circuit:
-        """The circuit of the graph nodes selected by `node_masks` (error node last)."""
+        """The circuit of the graph nodes selected by `node_masks` (error node last).
+
+        `list_edges=False` leaves `edges` empty: running a circuit needs only its nodes, and a
+        ViT-B graph's kept edges can run to millions of Python tuples.
+        """
         if len(node_masks) != len(graph.layers):
             raise ValueError(f"got {len(node_masks)} node masks for {len(graph.layers)} layers")
         latents, errors = [], []
@@ -80,7 +85,7 @@ class Circuit:
                 dense[layer.tokens[chosen], layer.features[chosen]] = True
             latents.append(dense)
             errors.append(bool(mask[-1]))
-        edges = _kept_edges(graph, node_masks, edge_masks, logit_edge_mask)
+        edges = _kept_edges(graph, node_masks, edge_masks, logit_edge_mask) if list_edges else []
         return cls([layer.hook_name for layer in graph.layers], latents,
                    torch.tensor(errors, dtype=torch.bool), edges)
 

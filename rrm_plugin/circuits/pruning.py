@@ -202,9 +202,19 @@ def layered_influence(adjacency: LayeredAdjacency) -> list[Float[Tensor, " n_plu
     return influence
 
 
-def _find_threshold(scores: Tensor, threshold: float) -> Tensor:
+class _SortedScores(NamedTuple):
+    ordered: Tensor
+    cumulative: Tensor
+
+
+def _sort_scores(scores: Tensor) -> _SortedScores:
     ordered = torch.sort(scores, descending=True).values
-    cumulative = ordered.cumsum(0) / ordered.sum().clamp(min=1e-30)
+    return _SortedScores(ordered, ordered.cumsum(0) / ordered.sum().clamp(min=1e-30))
+
+
+def _cut_at(sorted_scores: _SortedScores, threshold: float) -> Tensor:
+    """The smallest score among those that carry `threshold` of the total."""
+    ordered, cumulative = sorted_scores
     index = min(int(torch.searchsorted(cumulative, torch.tensor(threshold))), len(ordered) - 1)
     return ordered[index]
 
@@ -229,26 +239,51 @@ def prune_by_influence(
     edge (latents and errors) or, for latents above the bottom layer, without an incoming one.
     Bottom-layer latents play the role of circuit-tracer's input tokens (they have no sources).
     """
-    _check_fraction("node_threshold", node_threshold)
-    _check_fraction("edge_threshold", edge_threshold)
+    grid = prune_by_influence_grid(graph, node_thresholds=[node_threshold],
+                                   edge_thresholds=[edge_threshold])
+    return grid[(node_threshold, edge_threshold)]
+
+
+def prune_by_influence_grid(
+    graph: Graph, *, node_thresholds: Sequence[float], edge_thresholds: Sequence[float]
+) -> dict[tuple[float, float], PruneResult]:
+    """`prune_by_influence` at every (node, edge) threshold pair.
+
+    The node influence is computed once and the edge scores (and their sort) once per node
+    threshold, since neither depends on the edge threshold: a slider grid of a ViT-B graph costs
+    a few sorts instead of one per position.
+    """
+    for t in node_thresholds:
+        _check_fraction("node_threshold", t)
+    for t in edge_thresholds:
+        _check_fraction("edge_threshold", t)
     influence = layered_influence(layered_adjacency(graph))
-    all_nodes = torch.cat(influence)
-    cut = _find_threshold(all_nodes, node_threshold)
-    nodes = [inf >= cut for inf in influence]
+    sorted_nodes = _sort_scores(torch.cat(influence))
+    results = {}
+    for node_t in node_thresholds:
+        cut = _cut_at(sorted_nodes, node_t)
+        nodes = [inf >= cut for inf in influence]
+        between = [nodes[k][:, None] & nodes[k + 1][None, :-1] for k in range(len(graph.edges))]
+        pruned = layered_adjacency(graph, [m.float() for m in between], nodes[-1].float())
+        pruned_influence = layered_influence(pruned)
+        # Edge score: normalised weight times the target's influence (+1 for the logit target).
+        scores = [pruned.blocks[k].T * pruned_influence[k + 1][None, :-1]
+                  for k in range(len(graph.edges))]
+        sorted_edges = _sort_scores(torch.cat([s.flatten() for s in scores] + [pruned.logit]))
+        for edge_t in edge_thresholds:
+            edge_cut = _cut_at(sorted_edges, edge_t)
+            edge_masks = [(s >= edge_cut) & m for s, m in zip(scores, between, strict=True)]
+            logit_mask = (pruned.logit >= edge_cut) & nodes[-1]
+            results[(node_t, edge_t)] = PruneResult(
+                *_drop_unconnected([n.clone() for n in nodes], edge_masks, logit_mask), influence)
+    return results
 
-    edge_masks = [nodes[k][:, None] & nodes[k + 1][None, :-1] for k in range(len(graph.edges))]
-    logit_mask = nodes[-1].clone()
-    pruned = layered_adjacency(graph, [m.float() for m in edge_masks], logit_mask.float())
-    pruned_influence = layered_influence(pruned)
-    # Edge score: normalised weight times the target's influence (+1 for the logit target).
-    scores = [pruned.blocks[k].T * pruned_influence[k + 1][None, :-1]
-              for k in range(len(graph.edges))]
-    logit_scores = pruned.logit
-    cut = _find_threshold(torch.cat([s.flatten() for s in scores] + [logit_scores]),
-                          edge_threshold)
-    edge_masks = [(s >= cut) & m for s, m in zip(scores, edge_masks, strict=True)]
-    logit_mask = (logit_scores >= cut) & logit_mask
 
+def _drop_unconnected(
+    nodes: list[Tensor], edge_masks: list[Tensor], logit_mask: Tensor
+) -> tuple[list[Tensor], list[Tensor], Tensor]:
+    """Drop nodes without an outgoing edge (or an incoming one above the bottom layer) and the
+    edges they ended, until nothing changes."""
     changed = True
     while changed:
         old = [n.clone() for n in nodes]
@@ -261,7 +296,7 @@ def prune_by_influence(
                       for k, m in enumerate(edge_masks)]
         logit_mask &= nodes[-1]
         changed = any(not torch.equal(a, b) for a, b in zip(old, nodes, strict=True))
-    return PruneResult(nodes, edge_masks, logit_mask, influence)
+    return nodes, edge_masks, logit_mask
 
 
 class GraphScores(NamedTuple):

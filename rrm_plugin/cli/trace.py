@@ -34,6 +34,9 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     p.add_argument("--feature-cards", type=Path, default=None, metavar="PATH",
                    help="feature cards (cards.json of the feature dashboards) for the viewer's "
                         "hover cards (default: computed from the traced image)")
+    p.add_argument("--no-viewer", action="store_true",
+                   help="skip circuit.html, whose slider readouts cost two forward passes per "
+                        "distinct circuit of the sliders (minutes for a ViT-B on a CPU)")
     p.set_defaults(run=run)
 
 
@@ -96,7 +99,9 @@ def run(args: argparse.Namespace) -> int:
     names = HUB_MODELS[ws.model_name].class_names() if ws.model_name in HUB_MODELS else None
     config = TraceConfig(target_class=args.target, metric=args.metric,
                          granularity=args.granularity, node_threshold=args.node_threshold,
-                         edge_threshold=args.edge_threshold)
+                         edge_threshold=args.edge_threshold, viewer=not args.no_viewer)
+    if args.no_viewer and args.feature_cards:
+        raise ValueError("--feature-cards is for the viewer; drop it or --no-viewer")
     with output_directory(args.out, command="trace", overwrite=args.overwrite) as tmp:
         summary = trace_image(
             ws.model, ws.saes, image, baselines=baselines, out_dir=tmp,

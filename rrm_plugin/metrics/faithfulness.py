@@ -326,7 +326,7 @@ def _influence_summary(model, saes, x, y, graphs, baselines, influence) -> None:
     circuits, stats = [], {"nodes": [], "replacement_score": [], "completeness_score": []}
     for graph in graphs:
         pruned = prune_by_influence(graph)
-        circuits.append(Circuit.from_graph(graph, pruned.node_masks))
+        circuits.append(Circuit.from_graph(graph, pruned.node_masks, list_edges=False))
         scores = graph_scores(graph)
         stats["nodes"].append(circuits[-1].node_count)
         stats["replacement_score"].append(scores.replacement)

@@ -103,7 +103,7 @@ def step_runs(
         key = step.nodes.numpy().tobytes()
         if key not in unique:
             unique[key] = len(circuits)
-            circuits.append(Circuit.from_graph(graph, step.layer_masks(graph)))
+            circuits.append(Circuit.from_graph(graph, step.layer_masks(graph), list_edges=False))
         which.append(unique[key])
     used = {layer.hook_name: saes[layer.hook_name] for layer in graph.layers}
     errors = clean_errors(model, used, image[None])

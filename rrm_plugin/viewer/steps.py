@@ -21,7 +21,7 @@ from rrm_plugin.circuits.pruning import (
     PAPER_SWEEP,
     edge_rule,
     node_rule_on_graph,
-    prune_by_influence,
+    prune_by_influence_grid,
 )
 
 # Slider grids. The defaults of `prune_by_influence` (0.8, 0.98) are grid points.
@@ -82,10 +82,12 @@ def influence_steps(
     edge_thresholds: Sequence[float] = EDGE_THRESHOLDS,
 ) -> list[CircuitStep]:
     """`prune_by_influence` at every (node, edge) threshold pair, node-major order."""
+    grid = prune_by_influence_grid(graph, node_thresholds=node_thresholds,
+                                   edge_thresholds=edge_thresholds)
     steps = []
     for node_t in node_thresholds:
         for edge_t in edge_thresholds:
-            pruned = prune_by_influence(graph, node_threshold=node_t, edge_threshold=edge_t)
+            pruned = grid[(node_t, edge_t)]
             steps.append(_step("influence", {"node_threshold": node_t, "edge_threshold": edge_t},
                                pruned.node_masks, pruned.edge_masks, pruned.logit_edge_mask))
     return steps

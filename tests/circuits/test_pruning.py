@@ -12,6 +12,7 @@ from rrm_plugin.circuits.pruning import (
     node_rule,
     normalise,
     prune_by_influence,
+    prune_by_influence_grid,
     threshold_rule,
 )
 
@@ -149,6 +150,25 @@ def test_influence_pruning_keeps_a_connected_circuit(vit, saes, images, baseline
         int(m.sum()) for m in result.node_masks)
     with pytest.raises(ValueError, match=r"node_threshold must be in \[0, 1\]"):
         prune_by_influence(graph, node_threshold=2.0)
+
+
+def test_influence_grid_positions_do_not_leak_into_each_other(vit, saes, images, baselines):
+    # The grid shares the influence and edge sort across positions; each position must still be
+    # the circuit that pruning at that pair alone gives (masks are not edited in place).
+    graph = attribute(vit, saes, images[:1], baselines=baselines)[0]
+    nodes, edges = [1.0, 0.5, 0.8], [0.5, 1.0, 0.9]
+    grid = prune_by_influence_grid(graph, node_thresholds=nodes, edge_thresholds=edges)
+    counts = set()
+    for node_t in reversed(nodes):
+        for edge_t in reversed(edges):
+            alone = prune_by_influence(graph, node_threshold=node_t, edge_threshold=edge_t)
+            shared = grid[(node_t, edge_t)]
+            for a, b in zip(alone.node_masks + alone.edge_masks + [alone.logit_edge_mask],
+                            shared.node_masks + shared.edge_masks + [shared.logit_edge_mask],
+                            strict=True):
+                assert torch.equal(a, b), (node_t, edge_t)
+            counts.add(sum(int(m.sum()) for m in shared.node_masks))
+    assert len(counts) >= 3  # the positions really differ
 
 
 def test_error_free_graph_scores_one():

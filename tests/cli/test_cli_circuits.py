@@ -58,9 +58,12 @@ def test_trace_accepts_an_image_file(tmp_path):
 
     image = load_test_set("digits-vit").images[3].permute(1, 2, 0).numpy()
     matplotlib.image.imsave(tmp_path / "digit.png", image)
-    assert main(["trace", str(tmp_path / "digit.png"), "--out", str(tmp_path / "o")]) == 0
+    assert main(["trace", str(tmp_path / "digit.png"), "--out", str(tmp_path / "o"),
+                 "--no-viewer"]) == 0
     summary = json.loads((tmp_path / "o" / "summary.json").read_text())
     assert summary["metadata"]["file"].endswith("digit.png")
+    assert (tmp_path / "o" / "graph.lossless.json").exists()
+    assert not (tmp_path / "o" / "circuit.html").exists()  # --no-viewer
 
 
 def test_faithfulness_command_small(tmp_path, capsys):

@@ -3,10 +3,9 @@
 import json
 import re
 
-import pytest
-
 from rrm_plugin.circuits.pruning import prune_by_influence
 from rrm_plugin.cli.main import main
+from tests.cli.conftest import expect_user_error
 from tests.viewer.conftest import hand_graph
 
 
@@ -48,16 +47,14 @@ def test_view_uses_feature_cards(tmp_path):
     assert not (tmp_path / "index.html").exists()
 
 
-def test_view_rejects_bad_input(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no folder .*expected an `rrm trace --out`"):
-        main(["view", str(tmp_path / "missing")])
-    with pytest.raises(FileNotFoundError, match="has no graph.lossless.json"):
-        main(["view", str(tmp_path)])
+def test_view_rejects_bad_input(tmp_path, capsys):
+    expect_user_error(capsys, ["view", str(tmp_path / "missing")],
+                      "no folder .*expected an `rrm trace --out`")
+    expect_user_error(capsys, ["view", str(tmp_path)], "has no graph.lossless.json")
     hand_graph().save(tmp_path / "graph.lossless")
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"schema": "something-else", "cards": {}}))
-    with pytest.raises(ValueError, match="schema 'something-else', expected 'rrm-feature-cards/1'"):
-        main(["view", str(tmp_path), "--feature-cards", str(bad)])
+    expect_user_error(capsys, ["view", str(tmp_path), "--feature-cards", str(bad)],
+                      "schema 'something-else', expected 'rrm-feature-cards/1'")
     (tmp_path / "viewer.json").write_text(json.dumps({"schema": "x"}))
-    with pytest.raises(ValueError, match="is not a viewer payload"):
-        main(["view", str(tmp_path)])
+    expect_user_error(capsys, ["view", str(tmp_path)], "is not a viewer payload")

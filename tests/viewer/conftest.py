@@ -25,8 +25,8 @@ def hand_graph() -> Graph:
                         torch.tensor([1.0, 1.0, 1.0]), torch.tensor([1.0, 1.0, 1.0]),
                         torch.tensor([2.5, -1.0, 0.0]), 0.25)
     return Graph([layer0, layer1], [edges0], target_class=1, metric="adjusted_logit",
-                 value=1.75, logits=torch.tensor([0.0, 1.75, -1.0]), granularity="feature",
-                 n_tokens=5)
+                 value=1.75, logits=torch.tensor([0.0, 2.125, -1.0]),  # 2.125 - mean = 1.75
+                 granularity="feature", n_tokens=5)
 
 
 @pytest.fixture
