@@ -50,8 +50,10 @@ def trace_demo(
               f"circuit only {summary['insertion']['adjusted_logit']:.2f}, circuit deleted "
               f"{summary['deletion']['adjusted_logit']:.2f}, all at baseline "
               f"{summary['all_at_baseline']['adjusted_logit']:.2f} "
-              f"-> {summary['files']['circuit.png']}")
-    result = {"images": reports, "figures": [r["files"]["circuit.png"] for r in reports]}
+              f"-> circuits/image_{index:04d}/circuit.png")
+    # Relative to `out_dir`, which the CLI renames into place when the run is done.
+    result = {"images": reports, "figures": [f"circuits/image_{r['test_index']:04d}/circuit.png"
+                                             for r in reports]}
     write_json(root / "circuits.json", result)
     from rrm_plugin.viewer.render import write_index
 

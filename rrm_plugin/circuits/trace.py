@@ -137,5 +137,6 @@ def trace_image(
             title=f"{(metadata or {}).get('model', 'model')}: class {cls}",
             default_params={"node_threshold": config.node_threshold,
                             "edge_threshold": config.edge_threshold}))
-    summary["files"] = {p.name: str(p) for p in sorted(out_dir.iterdir()) if p.is_file()}
+    # Names, not paths: the CLI writes into a temporary folder that is renamed when done.
+    summary["files"] = sorted(p.name for p in out_dir.iterdir() if p.is_file())
     return summary

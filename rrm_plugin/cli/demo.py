@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     start = time.time()
     with output_directory(args.out, command="demo", overwrite=args.overwrite) as tmp:
         figures = _demo(tmp)
-    print("circuit figures: " + ", ".join(str(args.out / p.relative_to(tmp)) for p in figures))
+    print("circuit figures: " + ", ".join(str(args.out / p) for p in figures))
     print(f"demo finished in {time.time() - start:.0f}s; results in {args.out}")
     return 0
 
@@ -83,4 +83,4 @@ def _demo(out: Path) -> list[Path]:
 
     lens_args = build_parser().parse_args(["lens", "--out", str(out / "lens"), "--no-progress"])
     lens_args.run(lens_args)
-    return [Path(p) for p in circuits["figures"]]
+    return [Path(p) for p in circuits["figures"]]  # relative to `out`

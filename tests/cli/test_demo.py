@@ -1,5 +1,4 @@
 import json
-from pathlib import Path
 
 from rrm_plugin.cli.main import main
 
@@ -16,12 +15,11 @@ def test_demo_runs_the_whole_method_on_the_embedded_default(tmp_path):
         # A faithful circuit: keeping it beats deleting it by a wide margin.
         assert report["insertion"]["adjusted_logit"] > report["deletion"]["adjusted_logit"] + 3
     for figure in circuits["figures"]:
-        assert (tmp_path / "circuits").exists() and figure.endswith("circuit.png")
-        with open(figure, "rb") as f:
-            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+        assert figure.startswith("circuits/") and figure.endswith("circuit.png")
+        assert (tmp_path / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         page = figure.replace("circuit.png", "circuit.html")
-        assert "rrm-circuit-viewer/1" in Path(page).read_text()
-        rel = page.split("/circuits/")[-1]
+        assert "rrm-circuit-viewer/1" in (tmp_path / page).read_text()
+        rel = page.removeprefix("circuits/")
         assert f'href="{rel}"' in (tmp_path / "circuits" / "index.html").read_text()
     lens = json.loads((tmp_path / "lens" / "lens.json").read_text())
     assert lens["n_images"] == 359
