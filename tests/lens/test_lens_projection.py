@@ -80,7 +80,8 @@ def _gaap_model(hand):
     for ln in [model.ln_final] + [ln for block in model.blocks for ln in (block.ln1, block.ln2)]:
         ln.w.copy_(0.5 + torch.rand(ln.w.shape, generator=gen))
         ln.b.copy_(torch.randn(ln.b.shape, generator=gen))
-    model.head.b_H.copy_(torch.randn(model.head.b_H.shape, generator=gen))
+    model.head.W_H.copy_(torch.eye(hand.d))  # class c reads coordinate c
+    model.head.b_H.copy_(0.1 * torch.randn(model.head.b_H.shape, generator=gen))
     return model
 
 
@@ -106,21 +107,32 @@ def test_mean_pooled_models_pass_sublayer_outputs_through_the_blocks_own_norm(ha
             proj.embed, by_hand(cache["blocks.0.hook_resid_pre"], model.ln_final))
 
 
-def test_sublayer_norm_leaves_cls_models_alone(tiny_vit):
+def test_sublayer_norm_leaves_cls_models_and_residuals_alone(tiny_vit, hand):
     h = torch.randn(2, 5, tiny_vit.cfg.d_model)
     for kind in ("resid", "attn", "mlp"):
         assert sublayer_norm(tiny_vit, h, layer=1, kind=kind) is h
+    gaap = _gaap_model(hand)
+    h = torch.randn(2, 5, hand.d)
+    assert sublayer_norm(gaap, h, layer=1, kind="resid") is h
     with pytest.raises(ValueError, match="kind must be"):
         sublayer_norm(tiny_vit, h, layer=1, kind="mlp_out")
 
 
-def test_probe_comparison_reads_the_same_projection_on_mean_pooled_models(hand, hand_images):
+def test_probe_comparison_reads_the_same_projection_on_mean_pooled_models(hand):
     model = _gaap_model(hand)
-    labels = torch.tensor([0, 3, 5])
+    images = torch.rand(8, 3, 8, 8, generator=torch.Generator().manual_seed(4))
+    proj = project_images(model, images, progress=False)
+    # Labels: the top class of block 1's attention output at token 0, read through ln1; read
+    # without it, the top class differs for some image (so the check below can tell them apart).
+    labels = proj.attn[1, :, 0].argmax(-1)
+    with torch.no_grad():
+        _, cache = model.run_with_cache(images)
+        raw = project(model, cache["blocks.1.hook_attn_out"][:, 0]).argmax(-1)
+    assert (raw != labels).any()
     comparison = compare_with_probes(
-        model, train_images=hand_images, train_labels=labels, test_images=hand_images,
+        model, train_images=images, train_labels=labels, test_images=images,
         test_labels=labels, progress=False)
-    proj = project_images(model, hand_images, progress=False)
+    assert comparison.projection_accuracy[1, 1, 0] == 100.0
     for k, kind in enumerate(comparison.kinds):
         correct = getattr(proj, kind).argmax(-1) == labels[None, :, None]  # [layer, image, pos]
         torch.testing.assert_close(comparison.projection_accuracy[k],
