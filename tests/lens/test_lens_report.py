@@ -7,6 +7,7 @@ from rrm_plugin.cli import lens as lens_cli
 from rrm_plugin.cli.main import build_parser
 from rrm_plugin.hosts.prisma import build_hooked_vit
 from rrm_plugin.lens.importance import (
+    chefer_rollout_importance,
     importance_by_block,
     importance_order,
     least_important_object_share,
@@ -15,6 +16,7 @@ from rrm_plugin.lens.importance import (
     random_order,
 )
 from rrm_plugin.lens.report import LensConfig, format_summary, run_lens, write_lens_report
+from tests.conftest import tiny_vit_config
 
 
 @pytest.fixture
@@ -107,33 +109,57 @@ def test_run_lens_on_a_mean_pooled_model(hand, lens_inputs):
         assert summary["perturbation"]["curves"][name][0] == pytest.approx(summary["accuracy"])
 
 
-def test_diagnostic_and_random_curves_are_the_documented_experiments(tiny_vit, lens_inputs):
-    images, labels, mask, _, _ = lens_inputs
+def test_diagnostic_and_random_curves_are_the_documented_experiments():
+    # A tiny ViT with sharp (15x) weights, 16 patches, and labels = its own predictions, so
+    # removal changes predictions and different orders give different curves.
+    model = build_hooked_vit(tiny_vit_config(image_size=16), seed=0).eval()
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.ndim >= 2:
+                param.mul_(15)
+    gen = torch.Generator().manual_seed(2)
+    images = torch.rand(24, 3, 16, 16, generator=gen)
+    labels = model(images).argmax(-1)
+    mask = torch.rand(24, 16, generator=gen) > 0.6
     config = LensConfig(n_permutations=5, random_repeats=1, random_shared_seeds=2, seed=4,
                         progress=False)
-    summary = run_lens(tiny_vit, images=images, labels=labels, object_mask=mask,
+    summary = run_lens(model, images=images, labels=labels, object_mask=mask,
                        config=config).summary
-    pert = summary["perturbation"]
-    by_block = importance_by_block(tiny_vit, images, labels=labels, progress=False)
+    pert, diagnostics = summary["perturbation"], summary["perturbation"]["diagnostics"]
+    by_block = importance_by_block(model, images, labels=labels, progress=False)
+    rollout = chefer_rollout_importance(model, images, labels=labels, progress=False)
 
-    def negative(order):
-        return perturbation_curve(tiny_vit, images, labels=labels, order=order, mode="negative",
-                                  progress=False).tolist()
+    def curve(order, mode="negative"):
+        return perturbation_curve(model, images, labels=labels, order=order, mode=mode,
+                                  progress=False)
 
-    n = images.shape[0]
-    for b in range(3):
-        assert pert["diagnostics"]["curves"][f"block_{b}_only"] == pytest.approx(
-            negative(importance_order(by_block[b])))
-    assert pert["diagnostics"]["curves"]["without_last_block"] == pytest.approx(
-        negative(importance_order(by_block[0] + by_block[1])))
+    expected = {f"block_{b}_only": curve(importance_order(by_block[b])) for b in range(3)}
+    expected["without_last_block"] = curve(importance_order(by_block[0] + by_block[1]))
+    # The parts rank differently (otherwise this test could not tell them apart).
+    assert len({tuple(c.tolist()) for c in expected.values()}) == 4
+    for name, c in expected.items():
+        assert diagnostics["curves"][name] == pytest.approx(c.tolist()), name
+        assert diagnostics["auc"][name] == pytest.approx(perturbation_auc(c))
+    assert diagnostics["mode"] == "negative"
+    for mode in ("negative", "positive"):
+        assert pert["curves"][f"chefer_{mode}"] == pytest.approx(
+            curve(importance_order(rollout), mode).tolist())
     # Shared: one permutation per seed (4, 5) for every image, curves averaged over seeds.
-    shared = [torch.randperm(4, generator=torch.Generator().manual_seed(s)).expand(n, -1)
+    n = len(images)
+    shared = [torch.randperm(16, generator=torch.Generator().manual_seed(s)).expand(n, -1)
               for s in (4, 5)]
-    expected = (torch.tensor(negative(shared[0])) + torch.tensor(negative(shared[1]))) / 2
-    assert pert["curves"]["random_shared"] == pytest.approx(expected.tolist())
-    assert pert["curves"]["random_per_image"] == pytest.approx(
-        negative(random_order(n, 4, seed=4)))
+    mean_shared = (curve(shared[0]) + curve(shared[1])) / 2
+    per_image = curve(random_order(n, 16, seed=4))
+    assert not torch.allclose(mean_shared, per_image)
+    assert not torch.allclose(mean_shared, curve(shared[0]))
+    assert pert["curves"]["random_shared"] == pytest.approx(mean_shared.tolist())
+    assert pert["curves"]["random_per_image"] == pytest.approx(per_image.tolist())
     assert summary["config"]["random_shared_seeds"] == 2
+    quarter = diagnostics["least_important_quarter"]["object_share"]
+    for name, importance in (("ours", by_block.sum(0)), ("chefer", rollout)):
+        assert quarter[name] == pytest.approx(least_important_object_share(
+            importance_order(importance), object_mask=mask))
+    assert quarter["ours"] != pytest.approx(quarter["chefer"])
 
 
 @pytest.mark.parametrize("extended", [
