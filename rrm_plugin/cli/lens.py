@@ -32,7 +32,10 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     p.add_argument("--permutations", type=int, default=1000,
                    help="permutations of the context-vs-object test")
     p.add_argument("--random-repeats", type=int, default=3,
-                   help="random patch orders averaged for the random-removal baseline")
+                   help="random per-image patch orders averaged for the random_per_image baseline")
+    p.add_argument("--random-shared-seeds", type=int, default=10,
+                   help="seeds of the random_shared baseline (the authors' protocol: one random "
+                        "patch order per seed, shared by all images; default 10)")
     p.add_argument("--batch-size", type=int, default=128,
                    help="images per forward pass (default 128)")
     p.add_argument("--seed", type=int, default=0,
@@ -91,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
     from rrm_plugin.hosts.prisma import build_hooked_vit
     from rrm_plugin.lens.report import LensConfig, format_summary, run_lens, write_lens_report
 
-    for name in ("batch_size", "permutations", "random_repeats"):
+    for name in ("batch_size", "permutations", "random_repeats", "random_shared_seeds"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got "
                              f"{getattr(args, name)}")
@@ -106,7 +109,8 @@ def run(args: argparse.Namespace) -> int:
         device=ws.device, dtype=next(ws.model.parameters()).dtype).eval()
     config = LensConfig(
         batch_size=args.batch_size, n_permutations=args.permutations,
-        random_repeats=args.random_repeats, seed=args.seed, progress=not args.no_progress,
+        random_repeats=args.random_repeats, random_shared_seeds=args.random_shared_seeds,
+        seed=args.seed, progress=not args.no_progress,
         map_blocks=None if args.blocks is None else tuple(args.blocks),
     )
     torch.manual_seed(args.seed)

@@ -8,8 +8,10 @@ analyses from it; `feature_lens` does the same for SAE decoder directions; `run_
 from rrm_plugin.lens.features import FeatureClasses, feature_class_scores, feature_lens
 from rrm_plugin.lens.importance import (
     attention_gradient_importance,
+    chefer_rollout_importance,
     perturbation_auc,
     perturbation_curve,
+    random_order,
 )
 from rrm_plugin.lens.memories import class_value_agreement, memory_agreement
 from rrm_plugin.lens.metrics import (
@@ -30,6 +32,7 @@ __all__ = [
     "LensResults",
     "attention_gradient_importance",
     "block_identifiability",
+    "chefer_rollout_importance",
     "class_rank",
     "class_value_agreement",
     "compare_with_probes",
@@ -45,6 +48,7 @@ __all__ = [
     "project",
     "project_cache",
     "project_images",
+    "random_order",
     "run_lens",
     "write_lens_report",
 ]

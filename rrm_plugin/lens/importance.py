@@ -5,6 +5,9 @@ the CLS token, `L_b = CE(softmax(W_H^T LN_final(attn_out_b[CLS]) + b_H), y)`; th
 patch k is `-sum_b sum_heads dL_b / dA_b[head, CLS, k]` (A_b = attention pattern of block b).
 A patch whose attention weight lowers the class loss is important.
 
+Comparison ranking (the authors' own): Chefer et al.'s gradient-weighted attention rollout
+(`chefer_rollout_importance`).
+
 Removal: patches are dropped from the token sequence after the position embedding (as the
 authors do), so the model sees fewer tokens rather than blanked pixels. Negative perturbation
 drops the least important patches first (a good ranking keeps accuracy: higher AUC is better);
@@ -17,7 +20,7 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 from vit_prisma.models.base_vit import HookedViT
@@ -32,6 +35,7 @@ from rrm_plugin.lens.projection import (
 )
 
 Perturbation = Literal["negative", "positive"]
+AucNormalisation = Literal["authors", "inclusive"]
 
 
 def attention_gradient_importance(
@@ -101,6 +105,56 @@ def importance_by_block(
     return torch.cat(parts, dim=1)
 
 
+def chefer_rollout_importance(
+    model: HookedViT,
+    images: Float[Tensor, "batch channels height width"],
+    *,
+    labels: Int[Tensor, " batch"],
+    batch_size: int = 64,
+    progress: bool = True,
+) -> Float[Tensor, "batch n_patches"]:
+    """Chefer et al.'s gradient-weighted attention rollout, as the authors compare against it.
+
+    With `A_b` the attention pattern of block b and `G_b = d logit_y / d A_b` (y = true class):
+    `Abar_b = mean_heads clamp(G_b * A_b, min=0)`, `R = I`, then `R <- R + Abar_b @ R` for
+    b = 0 .. L-1 (no row normalisation, as in Chefer's and the authors' code). The importance of
+    patch j is `R[CLS, j]`, over the patch columns only (CLS and register columns dropped).
+    """
+    check_class_head(model)
+    if model.cfg.classification_type != "cls":
+        raise ValueError("the attention rollout is read at the CLS token "
+                         "(classification_type='cls'); this model pools all tokens")
+    n_prefix = n_prefix_tokens(model)
+    check_images(model, images)
+    labels = check_labels(labels, n_classes=model.cfg.n_classes, n_images=len(images))
+    names = [f"blocks.{b}.attn.hook_pattern" for b in range(model.cfg.n_layers)]
+    saved: dict[str, Tensor] = {}
+
+    def save(pattern: Tensor, hook) -> Tensor:
+        saved[hook.name] = pattern
+        return pattern
+
+    parts = []
+    starts = range(0, len(images), batch_size)
+    for start in tqdm(starts, desc="attention rollout", disable=not progress, leave=False):
+        x = images[start : start + batch_size].clone().requires_grad_(True)
+        y = labels[start : start + batch_size]
+        with torch.enable_grad():
+            logits = model.run_with_hooks(x, fwd_hooks=[(n, save) for n in names])
+            # Summed over images: each image's logit depends only on its own patterns.
+            target = logits.gather(1, y[:, None]).sum()
+            patterns = [saved[n] for n in names]
+            grads = torch.autograd.grad(target, patterns)
+        n_tokens = patterns[0].shape[-1]
+        relevance = torch.eye(n_tokens, device=x.device).expand(len(x), -1, -1)
+        for pattern, grad in zip(patterns, grads, strict=True):
+            weighted = (grad * pattern).detach().clamp(min=0).mean(1)  # [batch, query, key]
+            relevance = relevance + weighted @ relevance
+        parts.append(relevance[:, 0, n_prefix:].cpu())
+        saved.clear()
+    return torch.cat(parts)
+
+
 def importance_order(
     importance: Float[Tensor, "batch n_patches"],
 ) -> Int[Tensor, "batch n_patches"]:
@@ -108,10 +162,34 @@ def importance_order(
     return importance.argsort(dim=-1, descending=True, stable=True)
 
 
-def random_order(n_images: int, n_patches: int, *, seed: int) -> Int[Tensor, "batch n_patches"]:
-    """An independent random patch order for every image."""
+def random_order(
+    n_images: int, n_patches: int, *, seed: int, shared: bool = False
+) -> Int[Tensor, "batch n_patches"]:
+    """A random patch order: independent per image, or (`shared=True`, the authors' protocol) one
+    permutation `torch.randperm(n_patches)` of the seed, used for every image."""
     generator = torch.Generator().manual_seed(seed)
+    if shared:
+        return torch.randperm(n_patches, generator=generator).expand(n_images, -1).clone()
     return torch.rand(n_images, n_patches, generator=generator).argsort(-1)
+
+
+def least_important_object_share(
+    order: Int[Tensor, "batch n_patches"],
+    *,
+    object_mask: Bool[Tensor, "batch n_patches"],
+    fraction: float = 0.25,
+) -> float:
+    """Share of object patches among each image's least important `fraction` of patches (the last
+    ones of the order, removed first by negative perturbation), pooled over images."""
+    n = order.shape[1]
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    if tuple(object_mask.shape) != tuple(order.shape):
+        raise ValueError(f"object_mask has shape {list(object_mask.shape)}, expected "
+                         f"{list(order.shape)} like the order")
+    n_last = max(1, round(fraction * n))
+    last = order[:, n - n_last :]
+    return float(object_mask.gather(1, last.to(object_mask.device)).float().mean())
 
 
 def check_order(order: Tensor, *, n_images: int, n_patches: int) -> Tensor:
@@ -178,12 +256,27 @@ def perturbation_curve(
     return accuracy
 
 
-def perturbation_auc(curve: Float[Tensor, " n_steps"]) -> float:
-    """Area under an accuracy-vs-fraction-removed curve, normalised by its maximum (as the
-    authors): `sum_k acc_k / (n_steps * max_k acc_k)`, k = patches removed, 0 .. n_steps-1."""
-    if curve.ndim != 1 or len(curve) == 0:
-        raise ValueError(f"curve must be a non-empty 1-D tensor, got shape {list(curve.shape)}")
-    top = float(curve.max())
+def perturbation_auc(
+    curve: Float[Tensor, " n_patches"], *, normalisation: AucNormalisation = "authors"
+) -> float:
+    """Normalised area under a `perturbation_curve` (`curve[k]` = accuracy with k of the
+    N = len(curve) patches removed, k = 0 .. N-1; `curve[0]` is the unperturbed model).
+
+    "authors": `sum_{k>=1} acc_k / (N * max_{k>=1} acc_k)`. The authors' code records accuracy with
+    n = 1 .. N-1 patches kept (k = N-n removed), so the unperturbed point is left out of both the
+    sum and the maximum, while the divisor stays N (`np.sum(acc) / (np.max(acc) * 49)`, ViT-B/32).
+    "inclusive": `sum_{k>=0} acc_k / (N * max_{k>=0} acc_k)`, unperturbed point included.
+    """
+    if curve.ndim != 1 or len(curve) < 2:
+        raise ValueError("curve must be a 1-D tensor with at least 2 points, got shape "
+                         f"{list(curve.shape)}")
+    if normalisation == "authors":
+        points = curve[1:]
+    elif normalisation == "inclusive":
+        points = curve
+    else:
+        raise ValueError(f"normalisation must be 'authors' or 'inclusive', got {normalisation!r}")
+    top = float(points.max())
     if top <= 0:
         return float("nan")
-    return float(curve.sum()) / (len(curve) * top)
+    return float(points.sum()) / (len(curve) * top)

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from vit_prisma.models.base_vit import HookedViT
 
 from rrm_plugin.hosts.prisma import check_images
-from rrm_plugin.lens.projection import check_class_head, check_labels, project
+from rrm_plugin.lens.projection import check_class_head, check_labels, project, sublayer_norm
 
 Sublayer = Literal["attn", "mlp"]
 SUBLAYERS: tuple[Sublayer, ...] = ("attn", "mlp")
@@ -164,7 +164,8 @@ def memory_agreement(
             keys = top_keys(cache, layer=b, kind=kind, k=k)  # [batch, pos, k]
             agree = _agreement(keys, class_top_values[b, labels[sl]]).float()  # [batch, pos]
             control = _agreement(keys, class_top_values[b, other[sl]]).float()
-            out = project(model, cache[f"blocks.{b}.hook_{kind}_out"]).argmax(-1)
+            hidden = sublayer_norm(model, cache[f"blocks.{b}.hook_{kind}_out"], layer=b, kind=kind)
+            out = project(model, hidden).argmax(-1)
             composed = (value_top_class[b][keys] == out[..., None]).any(-1).float()
             sums[0, b] += agree.mean(-1).sum()
             sums[1, b] += agree[:, 0].sum() if has_cls else torch.nan

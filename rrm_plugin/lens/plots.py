@@ -90,7 +90,8 @@ def plot_perturbation(summary: dict, path: Path) -> Path:
         shown = "undefined" if auc is None else f"{auc:.3f}"
         ax.plot(x, curve, styles.get(mode, ":"), label=f"{name} (AUC {shown})")
     ax.set(xlabel="% of patches removed", ylabel="accuracy", ylim=(0, 1.02),
-           title="patch removal: negative (least important first) / positive")
+           title="patch removal: negative (least important first) / positive\n"
+                 "AUC with the authors' normalisation (unperturbed point left out)")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

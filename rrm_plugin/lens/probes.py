@@ -19,7 +19,7 @@ from vit_prisma.models.base_vit import HookedViT
 
 from rrm_plugin.hosts.prisma import check_images
 from rrm_plugin.lens.metrics import class_rank
-from rrm_plugin.lens.projection import check_class_head, check_labels, project
+from rrm_plugin.lens.projection import check_class_head, check_labels, project, sublayer_norm
 
 KINDS = ("resid", "attn", "mlp")
 _HOOKS = {"resid": "hook_resid_post", "attn": "hook_attn_out", "mlp": "hook_mlp_out"}
@@ -153,7 +153,11 @@ def compare_with_probes(
         logits = rearrange(probe_logits(probes, flat), "(k l t) n c -> k l n t c", **shape)
         y = test_labels[sl]
         probe_correct = probe_correct + (logits.argmax(-1) == y[:, None]).sum(2)
-        proj_correct = proj_correct + (project(model, hidden).argmax(-1) == y[:, None]).sum(2)
+        normed = hidden if model.cfg.classification_type != "gaap" else torch.stack([
+            torch.stack([sublayer_norm(model, h, layer=b, kind=k) for b, h in enumerate(layers)])
+            for k, layers in zip(KINDS, hidden, strict=True)
+        ])  # the projection reads what the lens reads (block norms for mean-pooled models)
+        proj_correct = proj_correct + (project(model, normed).argmax(-1) == y[:, None]).sum(2)
         ranks.append(class_rank(logits[0], labels=y))
     n_test = len(test_images)
     return ProbeComparison(

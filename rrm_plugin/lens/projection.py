@@ -4,6 +4,8 @@ Every residual-stream vector `h` (block outputs, attention outputs, MLP outputs,
 out with the model's own final LayerNorm and class head: `p = W_H^T LN_final(h) + b_H`. As in the
 authors' code, `LN_final` normalises `h` with its own statistics (unlike TransformerLens's
 `apply_ln_to_stack`, which reuses the final residual's cached scale to *decompose* the logits).
+For mean-pooled (`classification_type="gaap"`) models the authors first pass attention and MLP
+outputs through the block's own LayerNorm (`ln1`, `ln2`); `sublayer_norm` does the same.
 """
 
 from __future__ import annotations
@@ -101,6 +103,22 @@ def project(
     return einsum(normed, model.head.W_H, "... d_model, d_model c -> ... c") + model.head.b_H
 
 
+def sublayer_norm(
+    model: HookedViT, hidden: Float[Tensor, "*stack d_model"], *, layer: int, kind: str
+) -> Float[Tensor, "*stack d_model"]:
+    """What the lens projects for a `kind` ("resid", "attn", "mlp") output of block `layer`.
+
+    Mean-pooled models: attention outputs through `blocks[layer].ln1`, MLP outputs through
+    `blocks[layer].ln2` (the authors' extractor, for their GAP ViT); otherwise unchanged.
+    """
+    if kind not in ("resid", "attn", "mlp"):
+        raise ValueError(f"kind must be 'resid', 'attn' or 'mlp', got {kind!r}")
+    if model.cfg.classification_type != "gaap" or kind == "resid":
+        return hidden
+    block = model.blocks[layer]
+    return block.ln1(hidden) if kind == "attn" else block.ln2(hidden)
+
+
 def lens_hook_names(model: HookedViT) -> list[str]:
     hooks = ("hook_resid_post", "hook_attn_out", "hook_mlp_out")
     return ["blocks.0.hook_resid_pre"] + [
@@ -111,13 +129,13 @@ def lens_hook_names(model: HookedViT) -> list[str]:
 def project_cache(model: HookedViT, cache) -> ClassProjection:
     """Project embeddings, block, attention and MLP outputs from a host `ActivationCache`."""
     n_layers = model.cfg.n_layers
+    sublayers = [
+        torch.stack([sublayer_norm(model, cache[f"blocks.{b}.hook_{kind}_out"], layer=b, kind=kind)
+                     for b in range(n_layers)])
+        for kind in ("attn", "mlp")
+    ]
     stack = torch.cat(
-        [
-            cache["blocks.0.hook_resid_pre"][None],
-            cache.stack_activation("resid_post"),
-            cache.stack_activation("attn_out"),
-            cache.stack_activation("mlp_out"),
-        ]
+        [cache["blocks.0.hook_resid_pre"][None], cache.stack_activation("resid_post"), *sublayers]
     )  # [1 + 3L, batch, pos, d_model]
     logits = project(model, stack)
     resid, attn, mlp = logits[1:].split(n_layers)

@@ -65,7 +65,9 @@ class LensConfig:
         batch_size: Images per forward pass.
         n_permutations: Permutations of the context-vs-object test.
         memory_top_k: k of the top-k keys and values (paper: 5).
-        random_repeats: Random patch orders averaged into the random-removal baseline.
+        random_repeats: Random per-image orders averaged into the `random_per_image` baseline.
+        random_shared_seeds: Seeds of the `random_shared` baseline (the authors' protocol: one
+            random permutation shared by all images per seed, curves averaged over 10 seeds).
         probe_alpha: Ridge penalty of the linear probes (paper: 1.0).
         softmax_before_ce: Importance loss as in the authors' code (softmax, then cross-entropy).
         map_blocks: Blocks shown in the per-token maps (None: every block).
@@ -79,6 +81,7 @@ class LensConfig:
     n_permutations: int = 1000
     memory_top_k: int = 5
     random_repeats: int = 3
+    random_shared_seeds: int = 10
     probe_alpha: float = 1.0
     softmax_before_ce: bool = True
     map_blocks: tuple[int, ...] | None = None
@@ -176,21 +179,65 @@ def _probes(comparison, *, n_prefix: int, n_train: int) -> dict[str, Any]:
     return out
 
 
+def _curve_runner(model, images, *, labels, config):
+    return partial(imp.perturbation_curve, model, images, labels=labels,
+                   batch_size=4 * config.batch_size, progress=config.progress)
+
+
+def _aucs(curves: Mapping[str, Tensor]) -> dict[str, Any]:
+    """AUCs with the authors' normalisation (`auc`) and with the unperturbed point included."""
+    return {
+        f"auc{suffix}": {name: _floats(imp.perturbation_auc(c, normalisation=norm))
+                         for name, c in curves.items()}
+        for suffix, norm in (("", "authors"), ("_inclusive", "inclusive"))
+    }
+
+
 def _perturbation_curves(model, images, *, labels, orders, config) -> dict[str, Tensor]:
     """Part 4a: removal curves of every ranking, both directions, and of random orders."""
     curves: dict[str, Tensor] = {}
-    run = partial(imp.perturbation_curve, model, images, labels=labels,
-                  batch_size=4 * config.batch_size, progress=config.progress)
+    run = _curve_runner(model, images, labels=labels, config=config)
     for name, order in orders.items():
         for mode in ("negative", "positive"):
             curves[f"{name}_{mode}"] = run(order=order, mode=mode)
     n_total = n_patches(model)
-    # For a random order, removing from either end is the same experiment.
-    curves["random"] = torch.stack([
-        run(order=imp.random_order(len(images), n_total, seed=config.seed + r), mode="negative")
-        for r in range(config.random_repeats)
-    ]).mean(0)
+
+    def random_curve(*, shared: bool, n_orders: int) -> Tensor:
+        # For a random order, removing from either end is the same experiment.
+        return torch.stack([
+            run(order=imp.random_order(len(images), n_total, seed=config.seed + r, shared=shared),
+                mode="negative")
+            for r in range(n_orders)
+        ]).mean(0)
+
+    curves["random_per_image"] = random_curve(shared=False, n_orders=config.random_repeats)
+    curves["random_shared"] = random_curve(shared=True, n_orders=config.random_shared_seeds)
     return curves
+
+
+def _importance_diagnostics(
+    model, images, *, labels, by_block, orders, object_mask, config
+) -> dict[str, Any]:
+    """Why the importance ranks as it does: negative-perturbation curves of each block's term
+    alone and of the sum without the last block; object share of the least important quarter."""
+    run = _curve_runner(model, images, labels=labels, config=config)
+    terms = {f"block_{b}_only": term for b, term in enumerate(by_block)}
+    if len(by_block) > 1:
+        terms["without_last_block"] = by_block[:-1].sum(0)
+    curves = {name: run(order=imp.importance_order(term), mode="negative")
+              for name, term in terms.items()}
+    out: dict[str, Any] = {"mode": "negative", **_aucs(curves),
+                           "curves": {name: _floats(c) for name, c in curves.items()}}
+    if object_mask is not None:
+        mask = object_mask.cpu()
+        out["least_important_quarter"] = {
+            "base_rate": float(mask.float().mean()),
+            "object_share": {
+                name: imp.least_important_object_share(order, object_mask=mask, fraction=0.25)
+                for name, order in orders.items() if name in ("ours", "chefer")
+            },
+        }
+    return out
 
 
 def _feature_lens(model, saes, *, config) -> tuple[dict[str, Any], dict[str, Tensor]]:
@@ -260,12 +307,15 @@ def run_lens(
 
     orders: dict[str, Tensor] = {}
     importance = torch.full((len(images), n_total), float("nan"))
-    if n_prefix:  # the attention-gradient importance is defined through the CLS token
+    by_block = None
+    if cfg.classification_type == "cls":  # both importances are read at the CLS token
         by_block = imp.importance_by_block(
             model, images, labels=labels, softmax_before_ce=config.softmax_before_ce,
             batch_size=max(1, bs // 2), progress=progress)
         importance = by_block.sum(0)
         orders["ours"] = imp.importance_order(importance)
+        orders["chefer"] = imp.importance_order(imp.chefer_rollout_importance(
+            model, images, labels=labels, batch_size=max(1, bs // 2), progress=progress))
         if object_mask is not None:
             summary["importance"] = {
                 "object_mean_by_block": _floats(by_block[:, object_mask].mean(-1)),
@@ -286,10 +336,14 @@ def run_lens(
             probe_importance(comparison.resid_rank, n_prefix=n_prefix))
     curves = _perturbation_curves(model, images, labels=labels, orders=orders, config=config)
     summary["perturbation"] = {
-        "auc": {name: _floats(imp.perturbation_auc(c)) for name, c in curves.items()},
+        **_aucs(curves),
         "curves": {name: _floats(c) for name, c in curves.items()},
         "fraction_removed": _floats(torch.arange(n_total) / n_total),
     }
+    if by_block is not None:
+        summary["perturbation"]["diagnostics"] = _importance_diagnostics(
+            model, images, labels=labels, by_block=by_block, orders=orders,
+            object_mask=object_mask, config=config)
 
     feature_scores: dict[str, Tensor] = {}
     if saes:
@@ -346,9 +400,19 @@ def format_summary(summary: dict) -> str:
         + f"  [paper, last block: {PAPER['identifiability_rate_last_block']}]",
         "images with >= 1 identifiable token per block (%): "
         + ", ".join(f"{v:.1f}" for v in ident["images_with_identifiable_token"]),
-        "perturbation AUC: " + ", ".join(f"{k} {v:.3f}" for k, v in pert.items() if v is not None)
+        "perturbation AUC (authors' normalisation): "
+        + ", ".join(f"{k} {v:.3f}" for k, v in pert.items() if v is not None)
         + "  [paper B/32: ours 0.836/0.413, random 0.716, probe 0.739/0.683]",
     ]
+    diagnostics = summary["perturbation"].get("diagnostics")
+    if diagnostics:
+        lines.append("negative AUC of importance parts: " + ", ".join(
+            f"{k} {v:.3f}" for k, v in diagnostics["auc"].items() if v is not None))
+        if "least_important_quarter" in diagnostics:
+            quarter = diagnostics["least_important_quarter"]
+            lines.append("object share of the least important quarter of patches: " + ", ".join(
+                f"{k} {100 * v:.1f}%" for k, v in quarter["object_share"].items())
+                + f" (base rate {100 * quarter['base_rate']:.1f}%)")
     for kind, entry in summary["memories"].items():
         lines.append(f"{kind} key-value agreement per block (%): "
                      + ", ".join(f"{v:.1f}" for v in entry["key_value_all"])

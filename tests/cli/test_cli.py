@@ -70,9 +70,12 @@ def test_own_model_and_release_folders_work_in_every_command(tmp_path, capsys):
     summary = json.loads((tmp_path / "t" / "summary.json").read_text())
     assert summary["circuit_nodes"] >= 0 and summary["metadata"]["file"].endswith("0.png")
     assert main(["lens", *own, "--images", str(photos), "--out", str(tmp_path / "lens"),
-                 "--permutations", "5", "--random-repeats", "1", "--no-progress"]) == 0
+                 "--permutations", "5", "--random-repeats", "1", "--random-shared-seeds", "2",
+                 "--no-progress"]) == 0
     lens = json.loads((tmp_path / "lens" / "lens.json").read_text())
     assert lens["n_images"] == 6 and "feature_lens" in json.dumps(lens)
+    assert lens["config"]["random_shared_seeds"] == 2
+    assert "random_shared" in lens["perturbation"]["auc"]
     expect_user_error(capsys, ["eval-saes", "--release", str(tmp_path / "rel"), "--images",
                                str(photos)],
                       "is a folder of your own SAEs: give --model too")

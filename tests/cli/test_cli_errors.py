@@ -54,6 +54,8 @@ def test_more_user_errors(tmp_path, capsys):
                       "--batch-size must be at least 1, got 0")
     expect_user_error(capsys, ["lens", "--release", "nope", "--out", str(tmp_path / "l")],
                       "unknown SAE release 'nope'")
+    expect_user_error(capsys, ["lens", "--random-shared-seeds", "0", "--out", str(tmp_path / "l")],
+                      "--random-shared-seeds must be at least 1, got 0")
     expect_user_error(capsys, ["trace", str(tmp_path / "missing.png"), "--out",
                                str(tmp_path / "t")], "no image file")
 

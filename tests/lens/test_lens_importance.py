@@ -1,5 +1,6 @@
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -12,6 +13,7 @@ from rrm_plugin.lens.importance import (
     importance_order,
     keep_tokens_hook,
     kept_patches,
+    least_important_object_share,
     perturbation_auc,
     perturbation_curve,
     random_order,
@@ -51,13 +53,38 @@ def patch_class_vit():
 
 
 def test_auc_of_known_curves():
-    assert perturbation_auc(torch.ones(10)) == pytest.approx(1.0)
-    assert perturbation_auc(torch.tensor([1.0, 0.75, 0.5, 0.25])) == pytest.approx(0.625)
-    # Normalised by the curve's maximum, as the authors.
-    assert perturbation_auc(torch.tensor([0.5, 0.5, 0.0, 0.0])) == pytest.approx(0.5)
+    # curve[k] = accuracy with k of N = 4 patches removed; curve[0] is the unperturbed model.
+    curve = torch.tensor([0.9, 0.8, 0.6, 0.2])
+    # Authors: points k = 1..3 only, their max 0.8, divisor N = 4: (0.8+0.6+0.2) / (4 * 0.8).
+    assert perturbation_auc(curve) == pytest.approx(0.5)
+    assert perturbation_auc(curve, normalisation="authors") == pytest.approx(0.5)
+    # Inclusive: (0.9+0.8+0.6+0.2) / (4 * 0.9).
+    assert perturbation_auc(curve, normalisation="inclusive") == pytest.approx(2.5 / 3.6)
+    assert perturbation_auc(torch.ones(10)) == pytest.approx(0.9)  # 9 points / (10 * 1)
+    assert perturbation_auc(torch.ones(10), normalisation="inclusive") == pytest.approx(1.0)
+    half = torch.tensor([0.5, 0.5, 0.0, 0.0])
+    assert perturbation_auc(half, normalisation="inclusive") == pytest.approx(0.5)
+    assert perturbation_auc(half) == pytest.approx(0.25)  # 0.5 / (4 * 0.5)
     assert math.isnan(perturbation_auc(torch.zeros(3)))
+    assert math.isnan(perturbation_auc(torch.tensor([1.0, 0.0, 0.0])))  # perturbed points all 0
     with pytest.raises(ValueError, match="1-D"):
         perturbation_auc(torch.ones(2, 2))
+    with pytest.raises(ValueError, match="at least 2"):
+        perturbation_auc(torch.ones(1))
+    with pytest.raises(ValueError, match="'authors' or 'inclusive'"):
+        perturbation_auc(curve, normalisation="trapezoid")
+
+
+def test_authors_auc_reproduces_their_formula_on_their_kept_counts():
+    # The authors' script stores accuracy for n = 1 .. N-1 patches *kept*, flips it to
+    # "n removed = 1 .. N-1" order and prints np.sum(acc) / (np.max(acc) * N).
+    n = 7
+    curve = torch.rand(n, generator=torch.Generator().manual_seed(3)).sort(descending=True).values
+    curve[0] = 1.0  # the unperturbed accuracy, larger than every perturbed point
+    accs = np.array([float(curve[n - kept]) for kept in range(1, n)])  # their list, kept = 1..N-1
+    flipped = accs[::-1]
+    expected = np.sum(flipped) / (np.max(flipped) * n)
+    assert perturbation_auc(curve) == pytest.approx(expected)
 
 
 def test_kept_patches_and_orders():
@@ -68,6 +95,35 @@ def test_kept_patches_and_orders():
     rnd = random_order(5, 7, seed=0)
     assert torch.equal(rnd.sort(-1).values, torch.arange(7).expand(5, -1))
     assert not torch.equal(rnd[0], rnd[1])
+
+
+def test_shared_random_orders():
+    orders = [random_order(6, 9, seed=s, shared=True) for s in range(4)]
+    for order in orders:
+        assert torch.equal(order.sort(-1).values, torch.arange(9).expand(6, -1))
+        assert (order == order[0]).all()  # one permutation for every image
+    # A different permutation for every seed, the same one again for the same seed.
+    assert len({tuple(o[0].tolist()) for o in orders}) == 4
+    assert torch.equal(random_order(6, 9, seed=2, shared=True), orders[2])
+    assert torch.equal(random_order(6, 9, seed=2), random_order(6, 9, seed=2))
+    # Rows are independent copies, not views of one row.
+    order = orders[0]
+    order[0, 0] = -1
+    assert order[1, 0] != -1
+
+
+def test_object_share_of_the_least_important_patches():
+    order = torch.tensor([[0, 1, 2, 3], [3, 2, 1, 0]])  # most to least important
+    mask = torch.tensor([[False, False, True, True], [True, False, False, False]])
+    # Last quarter (one patch): patch 3 of image 0 (object), patch 0 of image 1 (object).
+    assert least_important_object_share(order, object_mask=mask) == pytest.approx(1.0)
+    # Last half: {2, 3} of image 0 (both object), {1, 0} of image 1 (one object): 3 / 4.
+    assert least_important_object_share(order, object_mask=mask, fraction=0.5) == 0.75
+    assert least_important_object_share(order, object_mask=mask, fraction=1.0) == 0.375
+    with pytest.raises(ValueError, match="fraction"):
+        least_important_object_share(order, object_mask=mask, fraction=0.0)
+    with pytest.raises(ValueError, match="object_mask has shape"):
+        least_important_object_share(order, object_mask=mask[:, :3])
 
 
 def test_removal_hook_equals_running_the_blocks_on_the_kept_tokens(tiny_vit, tiny_images):

@@ -13,21 +13,21 @@ from rrm_plugin.lens.memories import (
 C, D, D_MLP = 5, 8, 16
 
 
-def _config() -> HookedViTConfig:
-    return HookedViTConfig(
+def _config(**overrides) -> HookedViTConfig:
+    return HookedViTConfig(**{**dict(
         n_layers=2, d_model=D, d_head=4, n_heads=2, d_mlp=D_MLP, activation_name="gelu",
         eps=1e-5, patch_size=4, image_size=8, n_channels=3, n_classes=C,
         return_type="class_logits", use_wandb=False,
-    )
+    ), **overrides})
 
 
 @torch.no_grad()
-def memory_vit():
+def memory_vit(**overrides):
     """Class c reads coordinate c. Value v (MLP row or flattened W_O row) is (v + 1) e_{v mod 5},
     so class c's values are those with v mod 5 == c, largest v first. Keys do not depend on the
     image: MLP hidden units are GELU(b_in) (W_in = 0) and attention keys are the per-head value
     bias b_V (W_V = 0; attention weights sum to one)."""
-    model = build_hooked_vit(_config(), seed=0).eval()
+    model = build_hooked_vit(_config(**overrides), seed=0).eval()
     model.head.W_H.zero_()
     model.head.W_H[:C, :C] = torch.eye(C)
     for block in model.blocks:
@@ -92,6 +92,19 @@ def test_key_value_agreement_and_compositionality_by_hand():
     # Keys {5, 1}; top-2 values: class 0 {5, 0}, class 1 {6, 1}, class 2 {7, 2}.
     torch.testing.assert_close(attn.key_value_all, torch.full((2,), 200 / 3))
     assert ((attn.key_value_control >= 0) & (attn.key_value_control <= 100)).all()
+
+
+def test_mean_pooled_compositionality_reads_the_mlp_output_through_ln2():
+    model = memory_vit(classification_type="gaap")
+    with torch.no_grad():
+        for block in model.blocks:
+            block.ln2.b[3] = 5.0  # LN2(110 e_0 + 63 e_1) = (2.25, 1.05, -0.55, 4.45, ...)
+    images = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    mlp = memory_agreement(model, images, labels=torch.tensor([0, 1]), kind="mlp", k=2,
+                           progress=False)
+    # Through ln2 the MLP output's top class is 3, not the class (0 or 1) of a top key.
+    torch.testing.assert_close(mlp.compositionality, torch.zeros(2))
+    assert mlp.key_value_cls.isnan().all()  # no CLS token
 
 
 def test_memory_agreement_checks(tiny_vit, tiny_images):

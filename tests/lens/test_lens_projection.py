@@ -3,12 +3,14 @@ import torch
 
 from rrm_plugin.hosts.prisma import build_hooked_vit
 from rrm_plugin.lens.metrics import class_rank
+from rrm_plugin.lens.probes import compare_with_probes
 from rrm_plugin.lens.projection import (
     check_labels,
     n_patches,
     project,
     project_cache,
     project_images,
+    sublayer_norm,
 )
 
 
@@ -68,6 +70,73 @@ def test_project_cache_reads_the_right_hooks(tiny_vit, tiny_images):
                 direct = project(tiny_vit, cache[f"blocks.{layer}.{hook}"])
                 torch.testing.assert_close(getattr(proj, kind)[layer], direct)
         assert proj.resid.shape == (3, 4, n_patches(tiny_vit) + 1, 5)
+
+
+@torch.no_grad()
+def _gaap_model(hand):
+    """A mean-pooled model whose block and final LayerNorms all have non-trivial weights."""
+    model = build_hooked_vit(hand.config(classification_type="gaap"), seed=0).eval()
+    gen = torch.Generator().manual_seed(5)
+    for ln in [model.ln_final] + [ln for block in model.blocks for ln in (block.ln1, block.ln2)]:
+        ln.w.copy_(0.5 + torch.rand(ln.w.shape, generator=gen))
+        ln.b.copy_(torch.randn(ln.b.shape, generator=gen))
+    model.head.W_H.copy_(torch.eye(hand.d))  # class c reads coordinate c
+    model.head.b_H.copy_(0.1 * torch.randn(model.head.b_H.shape, generator=gen))
+    return model
+
+
+def test_mean_pooled_models_pass_sublayer_outputs_through_the_blocks_own_norm(hand, hand_images):
+    model = _gaap_model(hand)
+
+    def by_hand(h, *norms):  # LayerNorm(s) with weights, written out, then the head
+        for ln in norms:
+            h = _layer_norm(h) * ln.w + ln.b
+        return h @ model.head.W_H + model.head.b_H
+
+    with torch.no_grad():
+        proj = project_images(model, hand_images, batch_size=2, progress=False)
+        _, cache = model.run_with_cache(hand_images)
+        for b, block in enumerate(model.blocks):
+            attn, mlp = cache[f"blocks.{b}.hook_attn_out"], cache[f"blocks.{b}.hook_mlp_out"]
+            resid = cache[f"blocks.{b}.hook_resid_post"]
+            torch.testing.assert_close(proj.attn[b], by_hand(attn, block.ln1, model.ln_final))
+            torch.testing.assert_close(proj.mlp[b], by_hand(mlp, block.ln2, model.ln_final))
+            torch.testing.assert_close(proj.resid[b], by_hand(resid, model.ln_final))
+            assert not torch.allclose(proj.attn[b], by_hand(attn, model.ln_final))
+        torch.testing.assert_close(
+            proj.embed, by_hand(cache["blocks.0.hook_resid_pre"], model.ln_final))
+
+
+def test_sublayer_norm_leaves_cls_models_and_residuals_alone(tiny_vit, hand):
+    h = torch.randn(2, 5, tiny_vit.cfg.d_model)
+    for kind in ("resid", "attn", "mlp"):
+        assert sublayer_norm(tiny_vit, h, layer=1, kind=kind) is h
+    gaap = _gaap_model(hand)
+    h = torch.randn(2, 5, hand.d)
+    assert sublayer_norm(gaap, h, layer=1, kind="resid") is h
+    with pytest.raises(ValueError, match="kind must be"):
+        sublayer_norm(tiny_vit, h, layer=1, kind="mlp_out")
+
+
+def test_probe_comparison_reads_the_same_projection_on_mean_pooled_models(hand):
+    model = _gaap_model(hand)
+    images = torch.rand(8, 3, 8, 8, generator=torch.Generator().manual_seed(4))
+    proj = project_images(model, images, progress=False)
+    # Labels: the top class of block 1's attention output at token 0, read through ln1; read
+    # without it, the top class differs for some image (so the check below can tell them apart).
+    labels = proj.attn[1, :, 0].argmax(-1)
+    with torch.no_grad():
+        _, cache = model.run_with_cache(images)
+        raw = project(model, cache["blocks.1.hook_attn_out"][:, 0]).argmax(-1)
+    assert (raw != labels).any()
+    comparison = compare_with_probes(
+        model, train_images=images, train_labels=labels, test_images=images,
+        test_labels=labels, progress=False)
+    assert comparison.projection_accuracy[1, 1, 0] == 100.0
+    for k, kind in enumerate(comparison.kinds):
+        correct = getattr(proj, kind).argmax(-1) == labels[None, :, None]  # [layer, image, pos]
+        torch.testing.assert_close(comparison.projection_accuracy[k],
+                                   100 * correct.float().mean(1))
 
 
 def test_batching_does_not_change_the_projection(tiny_vit, tiny_images):

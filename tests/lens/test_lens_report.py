@@ -6,7 +6,17 @@ import torch
 from rrm_plugin.cli import lens as lens_cli
 from rrm_plugin.cli.main import build_parser
 from rrm_plugin.hosts.prisma import build_hooked_vit
+from rrm_plugin.lens.importance import (
+    chefer_rollout_importance,
+    importance_by_block,
+    importance_order,
+    least_important_object_share,
+    perturbation_auc,
+    perturbation_curve,
+    random_order,
+)
 from rrm_plugin.lens.report import LensConfig, format_summary, run_lens, write_lens_report
+from tests.conftest import tiny_vit_config
 
 
 @pytest.fixture
@@ -38,9 +48,22 @@ def test_run_lens_and_report(tiny_vit, tiny_saes, lens_inputs, tmp_path):
     n_layers = tiny_vit.cfg.n_layers
     assert len(summary["identifiability"]["identifiability_rate"]) == n_layers
     assert len(summary["context_vs_object"]["identifiability"]) == n_layers
-    assert set(summary["perturbation"]["auc"]) == {
-        "ours_negative", "ours_positive", "linear_probe_negative", "linear_probe_positive",
-        "object_mask_negative", "object_mask_positive", "random"}
+    pert = summary["perturbation"]
+    assert set(pert["auc"]) == set(pert["auc_inclusive"]) == set(pert["curves"]) == {
+        "ours_negative", "ours_positive", "chefer_negative", "chefer_positive",
+        "linear_probe_negative", "linear_probe_positive", "object_mask_negative",
+        "object_mask_positive", "random_per_image", "random_shared"}
+    for name, curve in results.curves.items():
+        assert pert["auc"][name] == pytest.approx(perturbation_auc(curve))
+        assert pert["auc_inclusive"][name] == pytest.approx(
+            perturbation_auc(curve, normalisation="inclusive"))
+    diagnostics = pert["diagnostics"]
+    assert set(diagnostics["auc"]) == set(diagnostics["curves"]) == {
+        "block_0_only", "block_1_only", "block_2_only", "without_last_block"}
+    quarter = diagnostics["least_important_quarter"]
+    assert quarter["base_rate"] == pytest.approx(float(mask.float().mean()))
+    assert quarter["object_share"]["ours"] == pytest.approx(least_important_object_share(
+        importance_order(results.importance), object_mask=mask))
     assert len(summary["importance"]["object_mean_by_block"]) == n_layers
     # Nothing removed: every curve starts at the model's accuracy.
     for curve in summary["perturbation"]["curves"].values():
@@ -66,6 +89,9 @@ def test_cli_registers_lens():
     args = build_parser().parse_args(["lens", "--out", "somewhere", "--blocks", "0", "3"])
     assert args.run is lens_cli.run
     assert args.blocks == [0, 3] and args.release == "rrm-digits-vit"
+    assert args.random_shared_seeds == 10 == LensConfig().random_shared_seeds
+    args = build_parser().parse_args(["lens", "--out", "x", "--random-shared-seeds", "4"])
+    assert args.random_shared_seeds == 4
 
 
 def test_run_lens_on_a_mean_pooled_model(hand, lens_inputs):
@@ -75,10 +101,65 @@ def test_run_lens_on_a_mean_pooled_model(hand, lens_inputs):
                        config=LensConfig(n_permutations=10, random_repeats=1, progress=False))
     summary = results.summary
     assert summary["identifiability"]["cls_score"] == [None] * 2  # no CLS token
-    # The attention-gradient importance needs a CLS token: only the reference orders remain.
+    # Both importances need a CLS token: only the reference orders remain, and no diagnostics.
     assert set(summary["perturbation"]["auc"]) == {
-        "random", "object_mask_negative", "object_mask_positive"}
-    assert summary["perturbation"]["curves"]["random"][0] == pytest.approx(summary["accuracy"])
+        "random_per_image", "random_shared", "object_mask_negative", "object_mask_positive"}
+    assert "diagnostics" not in summary["perturbation"]
+    for name in ("random_per_image", "random_shared"):
+        assert summary["perturbation"]["curves"][name][0] == pytest.approx(summary["accuracy"])
+
+
+def test_diagnostic_and_random_curves_are_the_documented_experiments():
+    # A tiny ViT with sharp (15x) weights, 16 patches, and labels = its own predictions, so
+    # removal changes predictions and different orders give different curves.
+    model = build_hooked_vit(tiny_vit_config(image_size=16), seed=0).eval()
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.ndim >= 2:
+                param.mul_(15)
+    gen = torch.Generator().manual_seed(2)
+    images = torch.rand(24, 3, 16, 16, generator=gen)
+    labels = model(images).argmax(-1)
+    mask = torch.rand(24, 16, generator=gen) > 0.6
+    config = LensConfig(n_permutations=5, random_repeats=1, random_shared_seeds=2, seed=4,
+                        progress=False)
+    summary = run_lens(model, images=images, labels=labels, object_mask=mask,
+                       config=config).summary
+    pert, diagnostics = summary["perturbation"], summary["perturbation"]["diagnostics"]
+    by_block = importance_by_block(model, images, labels=labels, progress=False)
+    rollout = chefer_rollout_importance(model, images, labels=labels, progress=False)
+
+    def curve(order, mode="negative"):
+        return perturbation_curve(model, images, labels=labels, order=order, mode=mode,
+                                  progress=False)
+
+    expected = {f"block_{b}_only": curve(importance_order(by_block[b])) for b in range(3)}
+    expected["without_last_block"] = curve(importance_order(by_block[0] + by_block[1]))
+    # The parts rank differently (otherwise this test could not tell them apart).
+    assert len({tuple(c.tolist()) for c in expected.values()}) == 4
+    for name, c in expected.items():
+        assert diagnostics["curves"][name] == pytest.approx(c.tolist()), name
+        assert diagnostics["auc"][name] == pytest.approx(perturbation_auc(c))
+    assert diagnostics["mode"] == "negative"
+    for mode in ("negative", "positive"):
+        assert pert["curves"][f"chefer_{mode}"] == pytest.approx(
+            curve(importance_order(rollout), mode).tolist())
+    # Shared: one permutation per seed (4, 5) for every image, curves averaged over seeds.
+    n = len(images)
+    shared = [torch.randperm(16, generator=torch.Generator().manual_seed(s)).expand(n, -1)
+              for s in (4, 5)]
+    mean_shared = (curve(shared[0]) + curve(shared[1])) / 2
+    per_image = curve(random_order(n, 16, seed=4))
+    assert not torch.allclose(mean_shared, per_image)
+    assert not torch.allclose(mean_shared, curve(shared[0]))
+    assert pert["curves"]["random_shared"] == pytest.approx(mean_shared.tolist())
+    assert pert["curves"]["random_per_image"] == pytest.approx(per_image.tolist())
+    assert summary["config"]["random_shared_seeds"] == 2
+    quarter = diagnostics["least_important_quarter"]["object_share"]
+    for name, importance in (("ours", by_block.sum(0)), ("chefer", rollout)):
+        assert quarter[name] == pytest.approx(least_important_object_share(
+            importance_order(importance), object_mask=mask))
+    assert quarter["ours"] != pytest.approx(quarter["chefer"])
 
 
 @pytest.mark.parametrize("extended", [
