@@ -74,6 +74,9 @@ def test_axis_positions_index_p_and_nodes():
     # The mean count over images, as a fraction of the node total.
     nodes = axis_positions("nodes", sweep=sweep, node_counts=counts, node_total=10)
     np.testing.assert_allclose(nodes, [0, 0.3, 0.6, 1.0])
+    # A fraction of the node total, not of the largest circuit (a sweep may stop short of 1).
+    np.testing.assert_allclose(axis_positions("nodes", sweep=sweep, node_counts=counts,
+                                              node_total=20), [0, 0.15, 0.3, 0.5])
     y = np.array([[0.0, 1.0, 1.0, 1.0]])
     assert image_aucs(y, x=nodes)[0] == pytest.approx(0.3 * 0.5 + 0.3 + 0.4)
     with pytest.raises(ValueError, match="unknown AUC axis 'log'"):
@@ -127,6 +130,10 @@ def test_paired_margin_known_answers():
     # ratio 2; delta method: s.e. of mean((a - 2 b) / mean(b)) = s.e. of (-1, 0, 1).
     assert margin.ratio.mean == pytest.approx(2.0)
     assert margin.ratio.se == pytest.approx(1 / np.sqrt(3))
+    # R = 3 / 2; (a - R b) / mean(b) = (0.25, 0, -0.25). Not the s.e. of the per-image ratios.
+    margin = paired_margin(np.array([2.0, 3.0, 4.0]), np.array([1.0, 2.0, 3.0]))
+    assert margin.ratio.mean == pytest.approx(1.5)
+    assert margin.ratio.se == pytest.approx(0.25 / np.sqrt(3))
 
 
 def test_json_per_image_curves_recompute_every_reported_auc():
