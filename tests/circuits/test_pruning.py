@@ -92,6 +92,10 @@ def test_ties_order_the_slots_of_equal_normalised_score():
              for s in range(20)]
     assert all(2 in d for d in draws) and len(set(draws)) > 1
     assert draws[0] == tuple(kept("random", 3, generator=torch.Generator().manual_seed(0)))
+    many = torch.zeros(60)  # reproducible from the generator alone, not the global RNG
+    orders = [node_rule([many], p=0.5, ties="random", generator=torch.Generator().manual_seed(s))[0]
+              for s in (0, 0, 1)]
+    assert torch.equal(orders[0], orders[1]) and not torch.equal(orders[0], orders[2])
     # Batched rows draw their own orders.
     rows = node_rule([TIED.expand(50, 5)], p=0.4, n_max=5, ties="random",
                      generator=torch.Generator().manual_seed(0))[0]

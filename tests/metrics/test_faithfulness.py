@@ -9,7 +9,13 @@ import torch
 
 from rrm_plugin.attribution.forward import attribution_forward
 from rrm_plugin.attribution.linearise import NONE, SAE_LN_EPS, linearised
-from rrm_plugin.circuits.pruning import PAPER_SWEEP, THRESHOLD_SWEEP, threshold_rule, topk_rule
+from rrm_plugin.circuits.pruning import (
+    PAPER_SWEEP,
+    THRESHOLD_SWEEP,
+    node_rule,
+    threshold_rule,
+    topk_rule,
+)
 from rrm_plugin.metrics.faithfulness import (
     AXES,
     METHODS,
@@ -292,10 +298,18 @@ def test_criteria_in_method_masks():
     scores = {"rrm": [torch.randn(3, 9, generator=torch.Generator().manual_seed(0)),
                       torch.randn(3, 17, generator=torch.Generator().manual_seed(1))]}
 
-    def masks(criterion, value):
-        config = FaithfulnessConfig(methods=("rrm", "random"), criterion=criterion)
+    def masks(criterion, value, ties="raw"):
+        config = FaithfulnessConfig(methods=("rrm", "random"), criterion=criterion, ties=ties)
         return method_masks(scores, value=value, config=config, layout=layout, batch=3,
                             generators=gens)
+
+    # The tie rule reaches the selection (at 0.5 the rule keeps slots with scores <= 0).
+    by_index = masks("topn", 0.5, ties="index")["rrm"]
+    for got, want in zip(by_index, node_rule(scores["rrm"], p=0.5, n_max=17, ties="index"),
+                         strict=True):
+        assert torch.equal(got, want)
+    assert any(not torch.equal(a, b) for a, b in zip(by_index, masks("topn", 0.5)["rrm"],
+                                                     strict=True))
 
     # topk: a fraction of each layer's own size; random (ours) copies the counts.
     topk = masks("topk", 0.5)
