@@ -1,4 +1,4 @@
-"""`rrm faithfulness`: insertion / deletion curves and AUCs (RRM paper Table 1 protocol)."""
+"""`rrm faithfulness`: insertion / deletion curves and AUCs (the RRM paper's protocol)."""
 
 from __future__ import annotations
 
@@ -21,9 +21,22 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
                         "paper)")
     p.add_argument("--metric", choices=["adjusted_logit", "logit"], default="adjusted_logit",
                    help="attributed quantity (default adjusted_logit)")
-    # Checked in `run` against metrics.faithfulness.METHODS (the parser imports nothing heavy).
+    # Checked in `run` against metrics.faithfulness / circuits.pruning (the parser imports
+    # nothing heavy).
     p.add_argument("--methods", nargs="+", default=None,
-                   help="circuit methods to compare (default: all)")
+                   help="circuit methods to compare (default: all of rrm, rrm_edge, "
+                        "non_linearised, random, random_authors, neuron)")
+    p.add_argument("--criterion", default="topn",
+                   help="circuit size per layer, the authors' --graph_criterion: topn (default, "
+                        "the paper's: a fraction p of the largest layer, swept over 0 .. 1), "
+                        "topk (a fraction of each layer's own size, same sweep) or threshold "
+                        "(cumulative normalised score tau in 0, .1, .., .9, .99, .9999, 1)")
+    p.add_argument("--ties", default="raw",
+                   help="order among nodes of equal normalised score (every score <= 0 under "
+                        "clamp): raw (default: by raw score, then index), index, or random")
+    p.add_argument("--skip-early-layers", type=int, default=0, metavar="N",
+                   help="leave the first N SAE layers unmasked (the authors' "
+                        "--skip_early_layers skips round(L / 3)); default 0")
     p.add_argument("--normalisation", choices=["clamp", "abs"], default="clamp",
                    help="node ranking: negative scores count as zero (clamp, default) or by "
                         "absolute value (abs)")
@@ -38,6 +51,7 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from rrm_plugin.circuits.pruning import CRITERIA, TIES
     from rrm_plugin.cli.common import (
         load_image_args,
         load_workspace,
@@ -47,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
     from rrm_plugin.cli.output import check_output_directory, output_directory
     from rrm_plugin.io import write_json, write_text
     from rrm_plugin.metrics.faithfulness import (
+        HEADLINE_AXIS,
         METHODS,
         FaithfulnessConfig,
         evaluate_faithfulness,
@@ -58,6 +73,13 @@ def run(args: argparse.Namespace) -> int:
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ValueError(f"--methods: unknown {unknown}; expected some of {list(METHODS)}")
+    if args.criterion not in CRITERIA:
+        raise ValueError(f"--criterion: unknown {args.criterion!r}; expected one of "
+                         f"{list(CRITERIA)}")
+    if args.ties not in TIES:
+        raise ValueError(f"--ties: unknown {args.ties!r}; expected one of {list(TIES)}")
+    if args.skip_early_layers < 0:
+        raise ValueError(f"--skip-early-layers must be >= 0, got {args.skip_early_layers}")
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
     check_output_directory(args.out, command="faithfulness", overwrite=args.overwrite)
@@ -68,10 +90,14 @@ def run(args: argparse.Namespace) -> int:
         # Unlabelled images: explain the predicted class (every image counts as "correct").
         labels = predicted_labels(ws.model, loaded.images, batch_size=args.batch_size)
         print(f"{len(labels)} unlabelled images: explaining each image's predicted class")
+    if args.skip_early_layers >= len(ws.saes):
+        raise ValueError(f"--skip-early-layers {args.skip_early_layers} leaves no SAE layer to "
+                         f"mask ({len(ws.saes)} in {ws.release})")
     baselines, how = resolve_baselines(args.baselines, ws, loaded.images)
     config = FaithfulnessConfig(n_images=args.n_images, seed=args.seed, metric=args.metric,
                                 methods=tuple(methods), normalisation=args.normalisation,
-                                batch_size=args.batch_size)
+                                batch_size=args.batch_size, criterion=args.criterion,
+                                ties=args.ties, skip_early_layers=args.skip_early_layers)
     result = evaluate_faithfulness(ws.model, ws.saes, loaded.images, labels,
                                    baselines=baselines, config=config)
     summary = result.to_json_dict()
@@ -80,7 +106,9 @@ def run(args: argparse.Namespace) -> int:
                            if loaded.files else None}
     table = result.table()
     if result.influence_circuit:  # circuit-tracer influence pruning: printed, not only in JSON
-        table += "\n\n| influence-pruned circuits (mean over images) | value |\n|---|---|\n"
+        table += ("\n\ncircuit-tracer influence pruning (0.8 / 0.98) of the RRM graphs; its "
+                  "completeness score is circuit-tracer's, not the RRM paper's Table 1 column."
+                  "\n\n| influence-pruned circuits (mean over images) | value |\n|---|---|\n")
         table += "\n".join(f"| {name} | {value:.3f} |"
                            for name, value in sorted(result.influence_circuit.items()))
     with output_directory(args.out, command="faithfulness", overwrite=args.overwrite) as tmp:
@@ -90,9 +118,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"baselines: {how}")
     print(f"{len(result.image_indices)} correctly classified images of {ws.model_name}")
     print(table)
-    for other in ("random", "neuron", "non_linearised"):
-        if "rrm" in result.curves and other in result.curves:
-            mean, se = result.margin("rrm", other)
-            print(f"rrm - {other}: insertion AUC (adjusted logit) {mean:+.3f} +- {se:.3f} (s.e.)")
+    for other in result.margins():
+        margin = result.margin("rrm", other)
+        print(f"rrm vs {other}: insertion AUC (adjusted logit, {HEADLINE_AXIS} axis) difference "
+              f"{margin.difference.mean:+.3f} +- {margin.difference.se:.3f}, ratio "
+              f"{margin.ratio.mean:.2f} +- {margin.ratio.se:.2f} (s.e.)")
     print(f"results: {args.out / 'faithfulness.json'}, {args.out / 'faithfulness.png'}")
     return 0

@@ -118,7 +118,8 @@ def run(args: argparse.Namespace) -> int:
         r = summary[mode]
         print(f"  {mode:>15}: adjusted logit {r['adjusted_logit']:.3f}, probability "
               f"{r['probability']:.3f}, predicted {r['predicted_class']}")
-    print(f"  replacement score {summary['replacement_score']:.3f}, completeness "
-          f"{summary['completeness_score']:.3f}")
+    print(f"  circuit-tracer's replacement score "
+          f"{summary['circuit_tracer_replacement_score']:.3f}, completeness score "
+          f"{summary['circuit_tracer_completeness_score']:.3f} (not the RRM paper's Table 1)")
     print(f"files in {args.out}: {', '.join(summary['files'])}")
     return 0

@@ -1,15 +1,35 @@
-"""Faithfulness of circuits (RRM paper Table 1 protocol, docs/method.md section 5).
+"""Faithfulness of circuits (the RRM paper's insertion / deletion protocol, docs/method.md §5).
 
-Over correctly classified held-out images, circuits of growing size (the paper's sweep of `p`, the
-fraction of the largest layer kept per layer) are inserted (circuit kept, everything else at its
-baseline) and deleted (circuit set to baseline). At every sweep point we record the target logit,
-adjusted logit, probability, accuracy and node count; each curve is summarised by its area under
-the curve over the evenly spaced sweep points (x in [0, 1]). Methods on the same sweep:
+Over correctly classified held-out images, circuits of growing size are inserted (circuit kept,
+everything else at its baseline) and deleted (circuit set to baseline). The sweep and the
+per-layer circuit size follow one of the authors' criteria (`pruning.CRITERIA`): `topn` (the
+paper's rule, a fraction `p` of the largest layer), `topk` (a fraction of each layer's own size)
+or `threshold` (cumulative normalised score `tau`). As in the authors' code, the first sweep
+value 0 keeps no node and the value 1 keeps every node, whatever the criterion.
 
-- `rrm`: the linearised attribution, node rule.
+At every sweep point and for every image we record the target logit, adjusted logit,
+probability, accuracy and the circuit's node count (nodes kept in insertion, nodes set to
+baseline in deletion; the authors' files store the nodes left at their clean value instead).
+Each image's curve is summarised by its area under the curve on three x axes (`AXES`), each
+divided by the axis' range, so an AUC is the curve's mean height over the sweep:
+
+- `index`: evenly spaced sweep points (the previous default; with the paper's log-like sweep
+  it gives circuits of p <= 0.01 five of the ten intervals);
+- `p`: the sweep values themselves (p, k or tau), trapezoids over the linear axis;
+- `nodes`: the method's mean circuit size at each sweep point as a fraction of its node total
+  (the headline: the one axis on which methods and criteria with different counts at the same
+  sweep value are compared at equal circuit size).
+
+Methods on the same sweep:
+
+- `rrm`: the linearised attribution, node rule of the chosen criterion.
 - `rrm_edge`: the linearised attribution, the paper's edge rule (needs the graph's edges).
-- `non_linearised`: the same node rule on gradient x (activation - baseline) without linearisation.
+- `non_linearised`: the same node rule on gradient x (activation - baseline) without the
+  linearisation of attention, LayerNorm and MLP gate; the SAE input std stays a constant, as the
+  authors' code detaches it in both modes (`NON_LINEARISED`).
 - `random`: random nodes (error nodes included) with the same count per layer as `rrm`.
+- `random_authors`: the authors' random rule, `floor(v * (F_l + 1))` random slots of each
+  layer's own size `F_l + 1` at sweep value `v`, redrawn at every sweep point.
 - `neuron`: residual-stream dimensions ranked by gradient x (x - median x), set to their median.
 """
 
@@ -18,11 +38,11 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 from sae_lens import SAE
 from torch import Tensor, nn
 from tqdm.auto import tqdm
@@ -30,21 +50,37 @@ from tqdm.auto import tqdm
 from rrm_plugin.attribution.baselines import Baselines
 from rrm_plugin.attribution.forward import attribution_forward
 from rrm_plugin.attribution.graph import graphs_from_forward
-from rrm_plugin.attribution.linearise import FULL, NONE, linearised
+from rrm_plugin.attribution.linearise import FULL, Linearisation, linearised
 from rrm_plugin.attribution.targets import metric_values
 from rrm_plugin.circuits.circuit import Circuit, clean_errors, intervention_hooks, stack_masks
 from rrm_plugin.circuits.pruning import (
+    CRITERIA,
     PAPER_SWEEP,
+    THRESHOLD_SWEEP,
+    TIES,
     edge_rule,
     graph_scores,
-    node_rule,
     prune_by_influence,
+    select,
 )
 from rrm_plugin.replacement.splice import replacement
 
-METHODS: tuple[str, ...] = ("rrm", "rrm_edge", "non_linearised", "random", "neuron")
+METHODS: tuple[str, ...] = (
+    "rrm", "rrm_edge", "non_linearised", "random", "random_authors", "neuron"
+)
 QUANTITIES: tuple[str, ...] = ("logit", "adjusted_logit", "probability", "accuracy", "node_count")
+SCORED: tuple[str, ...] = ("logit", "adjusted_logit", "probability", "accuracy")
 MODES: tuple[str, ...] = ("insertion", "deletion")
+AXES: tuple[str, ...] = ("index", "p", "nodes")
+HEADLINE_AXIS = "nodes"
+REFERENCE = "rrm"  # margins are this method against each other one
+# The authors' mode without LibraGrad: plain gradients, but the SAE input std is detached there too.
+NON_LINEARISED = Linearisation(
+    attention_pattern=False, layer_norm_scale=False, gelu_gate=False, sae_input_std=True
+)
+# Separate generators, so that adding or dropping a method leaves the others' draws unchanged.
+_SEED_OFFSETS = {"random": 0, "random_authors": 1, "rrm": 2, "rrm_edge": 3, "non_linearised": 4,
+                 "neuron": 5}
 
 
 @dataclass(frozen=True)
@@ -52,82 +88,237 @@ class FaithfulnessConfig:
     """Settings of a faithfulness run.
 
     Args:
-        sweep: Circuit sizes `p` (fraction of the largest layer's node count, per layer).
+        sweep: Sweep values (p, k or tau); None: `PAPER_SWEEP`, or `THRESHOLD_SWEEP` for the
+            threshold criterion.
         n_images: Correctly classified held-out images to use (None: all of them).
         seed: Seed of the image subset and of the random circuits (paper: 42).
         metric: Attributed quantity (`"adjusted_logit"` or `"logit"`).
         methods: Circuits to evaluate (subset of `METHODS`).
         normalisation: `"clamp"` (negative scores count as zero) or `"abs"`.
         batch_size: Images per batched forward pass.
+        criterion: `"topn"` (the paper's), `"topk"` or `"threshold"` (`pruning.CRITERIA`).
+        ties: Order among equal normalised scores (`pruning.TIES`).
+        skip_early_layers: Leave the first N SAE layers unmasked (the authors' flag skips
+            round(L / 3) of them).
     """
 
-    sweep: tuple[float, ...] = PAPER_SWEEP
+    sweep: tuple[float, ...] | None = None
     n_images: int | None = None
     seed: int = 42
     metric: str = "adjusted_logit"
     methods: tuple[str, ...] = METHODS
     normalisation: str = "clamp"
     batch_size: int = 64
+    criterion: str = "topn"
+    ties: str = "raw"
+    skip_early_layers: int = 0
 
     def __post_init__(self) -> None:
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown:
             raise ValueError(f"unknown faithfulness method(s) {unknown}; expected {list(METHODS)}")
+        if self.criterion not in CRITERIA:
+            raise ValueError(f"unknown criterion {self.criterion!r}; expected one of "
+                             f"{list(CRITERIA)}")
+        if self.ties not in TIES:
+            raise ValueError(f"unknown ties {self.ties!r}; expected one of {list(TIES)}")
+        if self.skip_early_layers < 0:
+            raise ValueError(f"skip_early_layers must be >= 0, got {self.skip_early_layers}")
+        if self.sweep is None:
+            default = THRESHOLD_SWEEP if self.criterion == "threshold" else PAPER_SWEEP
+            object.__setattr__(self, "sweep", default)
         if not self.sweep or any(not 0 <= p <= 1 for p in self.sweep):
             raise ValueError(f"sweep values must be in [0, 1], got {self.sweep}")
+        if list(self.sweep) != sorted(self.sweep):
+            raise ValueError(f"sweep values must be increasing, got {self.sweep}")
 
 
-def auc(values: Sequence[float]) -> float:
-    """Trapezoidal area under a curve sampled at evenly spaced points of [0, 1]."""
+# ---- areas under the curve -------------------------------------------------------------------
+
+
+class Estimate(NamedTuple):
+    """A mean over images and its standard error (sample std / sqrt(n))."""
+
+    mean: float
+    se: float
+
+
+class Margin(NamedTuple):
+    """`method` against `other`, from paired per-image AUCs."""
+
+    difference: Estimate
+    """Mean of the per-image differences and its standard error."""
+    ratio: Estimate
+    """mean(method) / mean(other); standard error by the delta method on the paired AUCs."""
+
+
+def auc(values: Sequence[float], *, x: Sequence[float] | None = None) -> float:
+    """Trapezoidal area under `values` over `x`, divided by the range of `x` (its mean height).
+
+    Without `x`, the points are evenly spaced. A zero range (one point, or x constant) gives the
+    plain mean.
+    """
     y = np.asarray(values, dtype=np.float64)
-    if len(y) < 2:
-        return float(y.mean()) if len(y) else float("nan")
-    return float(((y[1:] + y[:-1]) / 2).sum() / (len(y) - 1))
+    return float(image_aucs(y[None], x=np.linspace(0, 1, len(y)) if x is None else x)[0])
+
+
+def image_aucs(
+    curves: Float[np.ndarray, "image sweep"], *, x: Float[np.ndarray, " sweep"]
+) -> Float[np.ndarray, " image"]:
+    """`auc` of every row of `curves` over the shared axis `x`."""
+    y, x = np.asarray(curves, dtype=np.float64), np.asarray(x, dtype=np.float64)
+    if y.shape[-1] != len(x):
+        raise ValueError(f"curves have {y.shape[-1]} points but the axis has {len(x)}")
+    if len(x) == 0:
+        return np.full(len(y), np.nan)
+    span = x[-1] - x[0]
+    if len(x) < 2 or span == 0:
+        return y.mean(-1)
+    return ((y[:, 1:] + y[:, :-1]) / 2 * np.diff(x)).sum(-1) / span
+
+
+def axis_positions(
+    axis: str, *, sweep: Sequence[float], node_counts: Float[np.ndarray, "image sweep"],
+    node_total: int,
+) -> Float[np.ndarray, " sweep"]:
+    """x of each sweep point on `axis` (`AXES`); `nodes` uses the mean count over images."""
+    if axis == "index":
+        return np.linspace(0.0, 1.0, len(sweep))
+    if axis == "p":
+        return np.asarray(sweep, dtype=np.float64)
+    if axis == "nodes":
+        # Shared by all images, so the mean of per-image AUCs is the AUC of the mean curve.
+        return np.asarray(node_counts, dtype=np.float64).mean(0) / node_total
+    raise ValueError(f"unknown AUC axis {axis!r}; expected one of {list(AXES)}")
+
+
+def mean_se(values: Float[np.ndarray, " n"]) -> Estimate:
+    values = np.asarray(values, dtype=np.float64)
+    se = values.std(ddof=1) / np.sqrt(len(values)) if len(values) > 1 else 0.0
+    return Estimate(float(values.mean()), float(se))
+
+
+def paired_margin(a: Float[np.ndarray, " n"], b: Float[np.ndarray, " n"]) -> Margin:
+    """Difference and ratio of paired per-image values `a` (method) and `b` (other)."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    ratio = a.mean() / b.mean()
+    # Delta method: R = mean(a) / mean(b) is, to first order, R + mean(a - R b) / mean(b).
+    linearised_ratio = (a - ratio * b) / b.mean()
+    return Margin(mean_se(a - b), Estimate(float(ratio), mean_se(linearised_ratio).se))
 
 
 @dataclass
 class FaithfulnessResult:
     config: FaithfulnessConfig
     image_indices: list[int]
-    curves: dict[str, dict[str, dict[str, list[float]]]]
-    """`curves[method][mode][quantity]`: mean over images at each sweep point."""
-    image_auc: dict[str, dict[str, dict[str, list[float]]]]
-    """`image_auc[method][mode][quantity]`: AUC of every image's own curve."""
+    image_curves: dict[str, dict[str, dict[str, Float[np.ndarray, "image sweep"]]]]
+    """`image_curves[method][mode][quantity]`: every image's curve, one column per sweep point."""
+    node_totals: dict[str, int]
+    """Nodes of the masked layers per method (the `nodes` axis divides by it)."""
     influence_circuit: dict[str, float] = field(default_factory=dict)
     """circuit-tracer pruning (0.8 / 0.98) of the RRM graphs: means over images."""
 
-    def auc(self, method: str, mode: str, quantity: str) -> float:
-        return auc(self.curves[method][mode][quantity])
+    @property
+    def methods(self) -> list[str]:
+        return list(self.image_curves)
+
+    @property
+    def curves(self) -> dict[str, dict[str, dict[str, list[float]]]]:
+        """`curves[method][mode][quantity]`: mean over images at each sweep point."""
+        return {m: {mode: {q: v.mean(0).tolist() for q, v in qs.items()}
+                    for mode, qs in modes.items()} for m, modes in self.image_curves.items()}
+
+    def axis(self, method: str, mode: str, axis: str) -> Float[np.ndarray, " sweep"]:
+        return axis_positions(axis, sweep=self.config.sweep,
+                              node_counts=self.image_curves[method][mode]["node_count"],
+                              node_total=self.node_totals[method])
+
+    def image_auc(self, method: str, mode: str, quantity: str, *, axis: str = HEADLINE_AXIS
+                  ) -> Float[np.ndarray, " image"]:
+        return image_aucs(self.image_curves[method][mode][quantity],
+                          x=self.axis(method, mode, axis))
+
+    def auc(self, method: str, mode: str, quantity: str, *, axis: str = HEADLINE_AXIS
+            ) -> Estimate:
+        """Mean per-image AUC (= the AUC of the mean curve) and its standard error."""
+        return mean_se(self.image_auc(method, mode, quantity, axis=axis))
 
     def margin(self, method: str, other: str, *, mode: str = "insertion",
-               quantity: str = "adjusted_logit") -> tuple[float, float]:
-        """Mean per-image AUC difference `method - other` and its standard error."""
-        a = np.asarray(self.image_auc[method][mode][quantity])
-        b = np.asarray(self.image_auc[other][mode][quantity])
-        diff = a - b
-        return float(diff.mean()), float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 \
-            else 0.0
+               quantity: str = "adjusted_logit", axis: str = HEADLINE_AXIS) -> Margin:
+        """`method` against `other` on paired per-image AUCs."""
+        return paired_margin(self.image_auc(method, mode, quantity, axis=axis),
+                             self.image_auc(other, mode, quantity, axis=axis))
+
+    def margins(self) -> list[str]:
+        return [m for m in self.methods if m != REFERENCE] if REFERENCE in self.methods else []
 
     def to_json_dict(self) -> dict[str, Any]:
+        methods = self.methods
         return {
             "config": asdict(self.config), "n_images": len(self.image_indices),
-            "image_indices": self.image_indices, "curves": self.curves,
-            "auc": {m: {mode: {q: self.auc(m, mode, q) for q in QUANTITIES if q != "node_count"}
-                        for mode in MODES} for m in self.curves},
-            "image_auc": self.image_auc, "influence_circuit": self.influence_circuit,
+            "image_indices": self.image_indices, "headline_axis": HEADLINE_AXIS,
+            "node_totals": self.node_totals,
+            "axes": {axis: {m: {mode: self.axis(m, mode, axis).tolist() for mode in MODES}
+                            for m in methods} for axis in AXES},
+            "curves": self.curves,
+            "image_curves": {m: {mode: {q: v.tolist() for q, v in qs.items()}
+                                 for mode, qs in modes.items()}
+                             for m, modes in self.image_curves.items()},
+            "auc": {axis: {m: {mode: {q: self.auc(m, mode, q, axis=axis)._asdict()
+                                      for q in SCORED} for mode in MODES}
+                           for m in methods} for axis in AXES},
+            "margins": {
+                "reference": REFERENCE,
+                "ratio_se": "delta method on the paired per-image AUCs",
+                "vs": {other: {axis: {mode: {q: _margin_dict(self.margin(
+                    REFERENCE, other, mode=mode, quantity=q, axis=axis)) for q in SCORED}
+                    for mode in MODES} for axis in AXES} for other in self.margins()},
+            },
+            "influence_circuit": self.influence_circuit,
         }
 
-    def table(self) -> str:
-        """Markdown table of AUCs (insertion: higher is better; deletion: lower is better)."""
-        cols = [("insertion", "adjusted_logit"), ("insertion", "probability"),
-                ("insertion", "accuracy"), ("deletion", "adjusted_logit"),
-                ("deletion", "probability"), ("deletion", "accuracy")]
-        head = "| method | " + " | ".join(f"{m} AUC {q.replace('_', ' ')}" for m, q in cols) + " |"
-        lines = [head, "|---" * (len(cols) + 1) + "|"]
-        for method in self.curves:
-            cells = [f"{self.auc(method, m, q):.3f}" for m, q in cols]
-            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    def table(self, quantity: str = "adjusted_logit") -> str:
+        """Markdown tables: AUCs on every axis, other quantities on the headline, margins."""
+        name = quantity.replace("_", " ")
+        head = ["method"] + [f"{mode[:3]}. AUC {name} ({axis})"
+                             for mode in MODES for axis in AXES]
+        lines = [_row(head), "|---" * len(head) + "|"]
+        for m in self.methods:
+            lines.append(_row([m] + [_fmt(self.auc(m, mode, quantity, axis=axis))
+                                     for mode in MODES for axis in AXES]))
+        others = [q for q in SCORED if q != quantity]
+        head = ["method"] + [f"{mode[:3]}. AUC {q.replace('_', ' ')} ({HEADLINE_AXIS})"
+                             for mode in MODES for q in others]
+        lines += ["", _row(head), "|---" * len(head) + "|"]
+        for m in self.methods:
+            lines.append(_row([m] + [_fmt(self.auc(m, mode, q)) for mode in MODES
+                                     for q in others]))
+        if self.margins():
+            head = [f"{REFERENCE} vs", "axis"] + [f"{mode[:3]}. {what}" for mode in MODES
+                                                for what in ("difference", "ratio")]
+            lines += ["", f"Margins on the {name} AUC (mean +- s.e. over paired images; ratio "
+                      "s.e. by the delta method):", "", _row(head), "|---" * len(head) + "|"]
+            for other in self.margins():
+                for axis in AXES:
+                    cells = []
+                    for mode in MODES:
+                        margin = self.margin(REFERENCE, other, mode=mode, quantity=quantity,
+                                             axis=axis)
+                        cells += [_fmt(margin.difference, sign=True), _fmt(margin.ratio)]
+                    lines.append(_row([other, axis] + cells))
         return "\n".join(lines)
+
+
+def _margin_dict(margin: Margin) -> dict[str, dict[str, float]]:
+    return {"difference": margin.difference._asdict(), "ratio": margin.ratio._asdict()}
+
+
+def _fmt(estimate: Estimate, *, sign: bool = False) -> str:
+    return f"{estimate.mean:{'+' if sign else ''}.3f} +- {estimate.se:.3f}"
+
+
+def _row(cells: Sequence[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
 
 
 # ---- circuits per method --------------------------------------------------------------------
@@ -138,13 +329,21 @@ def _dense_rrm_scores(forward) -> list[Float[Tensor, "batch d_sae_plus_error"]]:
             for t in forward.layers]
 
 
-def _random_masks(counts: Sequence[Tensor], sizes: Sequence[int], generator: torch.Generator
-                  ) -> list[Tensor]:
+def random_masks(
+    counts: Sequence[Int[Tensor, " batch"]], sizes: Sequence[int], generator: torch.Generator
+) -> list[Bool[Tensor, "batch n"]]:
+    """Per layer and image, `counts[l][i]` slots of `sizes[l]` drawn without replacement."""
     masks = []
     for count, size in zip(counts, sizes, strict=True):
         ranks = torch.argsort(torch.rand(len(count), size, generator=generator), dim=-1)
         masks.append(ranks < count[:, None])
     return masks
+
+
+def authors_random_counts(value: float, sizes: Sequence[int], batch: int
+                          ) -> list[Int[Tensor, " batch"]]:
+    """The authors' random rule: `int(value * size)` slots per layer, error slot included."""
+    return [torch.full((batch,), int(value * size), dtype=torch.long) for size in sizes]
 
 
 def _neuron_scores(
@@ -206,6 +405,32 @@ def select_images(correct: Tensor, n_images: int | None, seed: int) -> Tensor:
     return correct[torch.randperm(len(correct), generator=generator)[:n_images]].sort().values
 
 
+class Layout(NamedTuple):
+    """The SAE layers a run masks."""
+
+    hook_names: list[str]
+    """Bottom to top."""
+    sizes: list[int]
+    """Slots per layer: latents + the error node."""
+    d_model: int
+    skip: int
+    """The first `skip` layers stay unmasked."""
+    device: torch.device
+
+    def node_total(self, method: str) -> int:
+        masked = len(self.hook_names) - self.skip
+        return self.d_model * masked if method == "neuron" else sum(self.sizes[self.skip:])
+
+
+def sae_layout(saes: Mapping[str, SAE], *, skip_early_layers: int = 0) -> Layout:
+    hook_names = [h for _, h in sorted((int(h.split(".")[1]), h) for h in saes)]
+    if skip_early_layers >= len(hook_names):
+        raise ValueError(f"skip_early_layers={skip_early_layers} leaves no SAE layer to mask "
+                         f"(there are {len(hook_names)})")
+    return Layout(hook_names, [saes[h].cfg.d_sae + 1 for h in hook_names],
+                  saes[hook_names[0]].cfg.d_in, skip_early_layers, saes[hook_names[0]].W_dec.device)
+
+
 def evaluate_faithfulness(
     model: nn.Module,
     saes: Mapping[str, SAE],
@@ -217,55 +442,56 @@ def evaluate_faithfulness(
     progress: bool = True,
 ) -> FaithfulnessResult:
     """Insertion / deletion curves of every method over the correctly classified `images`."""
+    layout = sae_layout(saes, skip_early_layers=config.skip_early_layers)
     correct = correct_indices(model, images, labels)
     if len(correct) == 0:
         raise ValueError("no image is classified correctly; faithfulness needs correct images")
     chosen = select_images(correct, config.n_images, config.seed)
-    hook_names = [h for _, h in sorted((int(h.split(".")[1]), h) for h in saes)]
-    sizes = [saes[h].cfg.d_sae + 1 for h in hook_names]
-    n_max, d_model = max(sizes), saes[hook_names[0]].cfg.d_in
-    generator = torch.Generator().manual_seed(config.seed)
-    per_image: dict = {m: {mode: {q: [] for q in QUANTITIES} for mode in MODES}
-                       for m in config.methods}
+    generators = {m: torch.Generator().manual_seed(config.seed + _SEED_OFFSETS[m])
+                  for m in METHODS}
+    chunks: dict = {m: {mode: {q: [] for q in QUANTITIES} for mode in MODES}
+                    for m in config.methods}
     influence: dict[str, list[float]] = {}
 
     batches = range(0, len(chosen), config.batch_size)
     for start in tqdm(batches, desc="faithfulness", disable=not progress):
         idx = chosen[start : start + config.batch_size]
         x, y = images[idx], labels[idx]
-        scores = _batch_scores(model, saes, x, y, baselines, config, hook_names, influence)
+        scores = method_scores(model, saes, x, y, baselines=baselines, config=config,
+                               layout=layout, influence=influence)
         errors = clean_errors(model, saes, x)
-        for p in config.sweep:
-            masks = _batch_masks(scores, p, n_max, d_model, sizes, config, generator)
+        batch = {m: {mode: {q: torch.zeros(len(idx), len(config.sweep)) for q in QUANTITIES}
+                     for mode in MODES} for m in config.methods}
+        for j, value in enumerate(config.sweep):
+            masks = method_masks(scores, value=value, config=config, layout=layout,
+                                 batch=len(idx), generators=generators)
             for method, layer_masks in masks.items():
+                count = sum(m.sum(-1) for m in layer_masks[layout.skip:]).float()
                 for mode in MODES:
-                    logits = _run(model, saes, x, method, layer_masks, hook_names, baselines,
+                    logits = _run(model, saes, x, method, layer_masks, layout, baselines,
                                   errors, mode)
                     readout = _readout(logits, y)
-                    count = sum(m.sum(-1) for m in layer_masks).float()
                     for q in QUANTITIES:
-                        value = count if q == "node_count" else readout[q]
-                        per_image[method][mode][q].append(value)
+                        got = count if q == "node_count" else readout[q]
+                        batch[method][mode][q][:, j] = got.float().cpu()
+        for method, modes in batch.items():
+            for mode, quantities in modes.items():
+                for q, values in quantities.items():
+                    chunks[method][mode][q].append(values)
 
-    curves, image_auc = {}, {}
-    n_sweep = len(config.sweep)
-    for method, modes in per_image.items():
-        curves[method], image_auc[method] = {}, {}
-        for mode, quantities in modes.items():
-            curves[method][mode], image_auc[method][mode] = {}, {}
-            for q, chunks in quantities.items():
-                # chunks: [batches x sweep] of [batch]; reorder to [image, sweep].
-                stacked = torch.stack([torch.cat(chunks[s::n_sweep]) for s in range(n_sweep)], 1)
-                curves[method][mode][q] = stacked.mean(0).tolist()
-                if q != "node_count":
-                    image_auc[method][mode][q] = [auc(row) for row in stacked.tolist()]
+    image_curves = {m: {mode: {q: torch.cat(v).double().numpy() for q, v in qs.items()}
+                        for mode, qs in modes.items()} for m, modes in chunks.items()}
     return FaithfulnessResult(
-        config=config, image_indices=chosen.tolist(), curves=curves, image_auc=image_auc,
+        config=config, image_indices=chosen.tolist(), image_curves=image_curves,
+        node_totals={m: layout.node_total(m) for m in config.methods},
         influence_circuit={k: float(np.mean(v)) for k, v in influence.items()},
     )
 
 
-def _batch_scores(model, saes, x, y, baselines, config, hook_names, influence) -> dict:
+def method_scores(
+    model: nn.Module, saes: Mapping[str, SAE], x: Tensor, y: Tensor, *, baselines: Baselines,
+    config: FaithfulnessConfig, layout: Layout, influence: dict[str, list[float]] | None = None,
+) -> dict[str, Any]:
     """Node scores of each method for one batch (and influence-pruned circuits' results)."""
     scores: dict[str, Any] = {}
     methods = set(config.methods)
@@ -278,59 +504,92 @@ def _batch_scores(model, saes, x, y, baselines, config, hook_names, influence) -
         if need_graphs:
             graphs = graphs_from_forward(model, saes, forward)
             scores["graphs"] = graphs
-            _influence_summary(model, saes, x, y, graphs, baselines, influence)
+            if influence is not None:
+                _influence_summary(model, saes, x, y, graphs, baselines, influence)
     if "non_linearised" in methods:
         forward = attribution_forward(model, saes, x, baselines=baselines, classes=y,
-                                      metric=config.metric, linearisation=NONE)
+                                      metric=config.metric, linearisation=NON_LINEARISED)
         scores["non_linearised"] = _dense_rrm_scores(forward)
     if "neuron" in methods:
-        scores["neuron"] = _neuron_scores(model, hook_names, x, y, baselines, config.metric)
+        scores["neuron"] = _neuron_scores(model, layout.hook_names, x, y, baselines,
+                                          config.metric)
     return scores
 
 
-def _batch_masks(scores, p, n_max, d_model, sizes, config, generator) -> dict[str, list[Tensor]]:
-    mode = config.normalisation
+_EDGE_ARGUMENT = {"topn": "p", "topk": "k", "threshold": "tau"}
+
+
+def method_masks(
+    scores: Mapping[str, Any], *, value: float, config: FaithfulnessConfig, layout: Layout,
+    batch: int, generators: Mapping[str, torch.Generator],
+) -> dict[str, list[Bool[Tensor, "batch n"]]]:
+    """Per method, per-layer circuit masks (error slot last; neurons: d_model) at `value`."""
+    if value in (0.0, 1.0):
+        # As the authors: sweep value 0 is the empty circuit and 1 every node, for any criterion.
+        return {m: [torch.full((batch, layout.d_model if m == "neuron" else size), value == 1.0,
+                               device=layout.device) for size in layout.sizes]
+                for m in config.methods}
+    rule = dict(criterion=config.criterion, value=value, mode=config.normalisation,
+                ties=config.ties)
+    n_max = max(layout.sizes)
     masks: dict[str, list[Tensor]] = {}
     if "rrm" in scores:
-        rrm = node_rule(scores["rrm"], p=p, n_max=n_max, mode=mode)
+        rrm = select(scores["rrm"], n_max=n_max, generator=generators["rrm"], **rule)
         if "rrm" in config.methods:
             masks["rrm"] = rrm
         if "random" in config.methods:
-            masks["random"] = _random_masks([m.sum(-1) for m in rrm], sizes, generator)
+            masks["random"] = random_masks([m.sum(-1) for m in rrm], layout.sizes,
+                                           generators["random"])
     if "graphs" in scores:
         # Dense: the authors rank every latent, so large circuits reach beyond the graph's nodes.
-        per_graph = [edge_rule(g, p=p, mode=mode, dense=True) for g in scores["graphs"]]
+        size = {_EDGE_ARGUMENT[config.criterion]: value}
+        per_graph = [edge_rule(g, mode=config.normalisation, dense=True, ties=config.ties,
+                               generator=generators["rrm_edge"], **size)
+                     for g in scores["graphs"]]
         masks["rrm_edge"] = [torch.stack(layer) for layer in zip(*per_graph, strict=True)]
     if "non_linearised" in scores:
-        masks["non_linearised"] = node_rule(scores["non_linearised"], p=p, n_max=n_max, mode=mode)
+        masks["non_linearised"] = select(scores["non_linearised"], n_max=n_max,
+                                         generator=generators["non_linearised"], **rule)
+    if "random_authors" in config.methods:
+        counts = authors_random_counts(value, layout.sizes, batch)
+        masks["random_authors"] = random_masks(counts, layout.sizes,
+                                               generators["random_authors"])
     if "neuron" in scores:
-        masks["neuron"] = node_rule(scores["neuron"], p=p, n_max=d_model, mode=mode)
-    return masks
+        masks["neuron"] = select(scores["neuron"], n_max=layout.d_model,
+                                 generator=generators["neuron"], **rule)
+    return {m: masks[m] for m in config.methods}
 
 
 @torch.no_grad()
-def _run(model, saes, x, method, layer_masks, hook_names, baselines, errors, mode) -> Tensor:
+def _run(model, saes, x, method, layer_masks, layout, baselines, errors, mode) -> Tensor:
+    # Skipped layers get no hook: their latents and error run as in the clean model.
+    names, masks = layout.hook_names[layout.skip:], layer_masks[layout.skip:]
     if method == "neuron":
-        return model.run_with_hooks(x, fwd_hooks=_neuron_hooks(hook_names, layer_masks,
-                                                                 baselines, mode))
-    latents = [m[:, None, :-1] for m in layer_masks]
-    error_flags = torch.stack([m[:, -1] for m in layer_masks], dim=1)
-    hooks = intervention_hooks(hook_names, latents, error_flags, baselines=baselines,
+        return model.run_with_hooks(x, fwd_hooks=_neuron_hooks(names, masks, baselines, mode))
+    latents = [m[:, None, :-1] for m in masks]
+    error_flags = torch.stack([m[:, -1] for m in masks], dim=1)
+    hooks = intervention_hooks(names, latents, error_flags, baselines=baselines,
                                errors=errors, mode=mode)
     with replacement(model, saes, keep_error=True):
         return model.run_with_hooks(x, fwd_hooks=hooks)
 
 
 def _influence_summary(model, saes, x, y, graphs, baselines, influence) -> None:
-    """circuit-tracer pruning of each graph: node count, scores and the circuit's faithfulness."""
-    circuits, stats = [], {"nodes": [], "replacement_score": [], "completeness_score": []}
+    """circuit-tracer pruning of each graph: node count, scores and the circuit's faithfulness.
+
+    `circuit_tracer_completeness_score` is circuit-tracer's completeness score, not the RRM
+    paper's Table 1 completeness column (which the authors' public code does not compute).
+    """
+    circuits = []
+    stats: dict[str, list[float]] = {"nodes": [], "circuit_tracer_replacement_score": [],
+                                     "circuit_tracer_completeness_score": []}
     for graph in graphs:
         pruned = prune_by_influence(graph)
         circuits.append(Circuit.from_graph(graph, pruned.node_masks, list_edges=False))
         scores = graph_scores(graph)
         stats["nodes"].append(circuits[-1].node_count)
-        stats["replacement_score"].append(scores.replacement)
-        stats["completeness_score"].append(scores.completeness)
+        stats["circuit_tracer_replacement_score"].append(scores.replacement)
+        stats["circuit_tracer_completeness_score"].append(scores.completeness)
     errors = clean_errors(model, saes, x)
     latents, error_flags = stack_masks(circuits, 1)
     hook_names = circuits[0].hook_names
@@ -346,26 +605,33 @@ def _influence_summary(model, saes, x, y, graphs, baselines, influence) -> None:
 
 
 def plot_faithfulness(result: FaithfulnessResult, path: Path) -> Path:
-    """Insertion (top) and deletion (bottom) curves of every quantity and method (PNG)."""
+    """Insertion (top) and deletion (bottom) mean curves +- s.e. of every quantity (PNG)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    quantities = ("logit", "adjusted_logit", "probability", "accuracy")
-    fig, axes = plt.subplots(2, len(quantities), figsize=(4 * len(quantities), 7), squeeze=False)
+    fig, axes = plt.subplots(2, len(SCORED), figsize=(4.5 * len(SCORED), 7.5), squeeze=False)
     x = np.arange(len(result.config.sweep))
+    symbol = "tau" if result.config.criterion == "threshold" else "p"
     for row, mode in enumerate(MODES):
-        for col, q in enumerate(quantities):
+        for col, q in enumerate(SCORED):
             ax = axes[row, col]
-            for method in result.curves:
-                ax.plot(x, result.curves[method][mode][q], marker="o", ms=3,
-                        label=f"{method} (AUC {result.auc(method, mode, q):.2f})")
+            for method in result.methods:
+                curves = result.image_curves[method][mode][q]
+                mean, se = curves.mean(0), np.zeros(curves.shape[1])
+                if len(curves) > 1:
+                    se = curves.std(0, ddof=1) / np.sqrt(len(curves))
+                aucs = " / ".join(f"{result.auc(method, mode, q, axis=a).mean:.2f}" for a in AXES)
+                (line,) = ax.plot(x, mean, marker="o", ms=3, label=f"{method} ({aucs})")
+                ax.fill_between(x, mean - se, mean + se, color=line.get_color(), alpha=0.2)
             ax.set_xticks(x, [f"{p:g}" for p in result.config.sweep], rotation=60, fontsize=7)
             ax.set_title(f"{mode}: {q.replace('_', ' ')}", fontsize=10)
-            ax.set_xlabel("circuit size p (fraction of largest layer)", fontsize=8)
-            ax.legend(fontsize=7)
-    fig.suptitle(f"faithfulness over {len(result.image_indices)} correctly classified images")
+            ax.set_xlabel(f"sweep value {symbol} ({result.config.criterion}; evenly spaced)",
+                          fontsize=8)
+            ax.legend(fontsize=6, title=f"AUC {' / '.join(AXES)}", title_fontsize=6)
+    fig.suptitle(f"faithfulness over {len(result.image_indices)} correctly classified images "
+                 "(mean +- s.e.)")
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -5,15 +5,20 @@ import torch
 
 from rrm_plugin.attribution.graph import Graph, GraphLayer, attribute
 from rrm_plugin.circuits.pruning import (
+    PAPER_SWEEP,
+    THRESHOLD_SWEEP,
     edge_rule,
     graph_scores,
     layered_adjacency,
     layered_influence,
     node_rule,
+    node_rule_on_graph,
     normalise,
     prune_by_influence,
     prune_by_influence_grid,
+    select,
     threshold_rule,
+    topk_rule,
 )
 
 SCORES = torch.tensor([3.0, -1.0, 1.0, 0.0, 2.0])  # last slot: the error node
@@ -52,6 +57,66 @@ def test_threshold_rule_adds_nodes_until_tau():
     assert not threshold_rule([SCORES], tau=0.0)[0].any()
 
 
+def test_topk_rule_keeps_a_fraction_of_each_layers_own_size():
+    small, large = torch.arange(9.0), torch.arange(17.0)  # slots incl. the error
+    assert [int(m.sum()) for m in topk_rule([small, large], k=0.5)] == [4, 8]  # int(4.5), int(8.5)
+    assert [int(m.sum()) for m in topk_rule([small, large], k=0.9)] == [8, 15]
+    # topn counts from the largest layer instead: int(0.5 * 17) = 8 in both (the small one has 9).
+    assert [int(m.sum()) for m in node_rule([small, large], p=0.5)] == [8, 8]
+    # int() of the float product, as the authors: 0.29 * 100 = 28.999..., 28 slots.
+    assert int(topk_rule([torch.arange(100.0)], k=0.29)[0].sum()) == 28
+    (mask,) = topk_rule([SCORES], k=0.4)  # int(2.0): latent 0 and the error, as the node rule
+    assert mask.tolist() == [True, False, False, False, True]
+    batched = topk_rule([torch.stack([SCORES, -SCORES])], k=0.2)[0]
+    assert batched.tolist() == [[True, False, False, False, False],
+                                [False, True, False, False, False]]
+    assert torch.equal(select([SCORES], criterion="topk", value=0.6)[0],
+                       topk_rule([SCORES], k=0.6)[0])
+    with pytest.raises(ValueError, match=r"k must be in \[0, 1\]"):
+        topk_rule([SCORES], k=-0.1)
+    with pytest.raises(ValueError, match="unknown criterion 'top'"):
+        select([SCORES], criterion="top", value=0.5)
+
+
+TIED = torch.tensor([0.0, -2.0, 1.0, -1.0, 0.0])  # clamped: one positive slot, four ties at zero
+
+
+def test_ties_order_the_slots_of_equal_normalised_score():
+    def kept(ties, count, **kw):
+        return node_rule([TIED], p=count / 5, n_max=5, ties=ties, **kw)[0].nonzero()[:, 0].tolist()
+
+    assert kept("raw", 3) == [0, 2, 4]  # zeros before negatives
+    assert kept("raw", 4) == [0, 2, 3, 4]
+    assert kept("index", 3) == [0, 1, 2]  # by slot index, whatever the raw score
+    # Random: the positive slot always first, the ties in a seeded random order.
+    draws = [tuple(kept("random", 3, generator=torch.Generator().manual_seed(s)))
+             for s in range(20)]
+    assert all(2 in d for d in draws) and len(set(draws)) > 1
+    assert draws[0] == tuple(kept("random", 3, generator=torch.Generator().manual_seed(0)))
+    many = torch.zeros(60)  # reproducible from the generator alone, not the global RNG
+    orders = [node_rule([many], p=0.5, ties="random", generator=torch.Generator().manual_seed(s))[0]
+              for s in (0, 0, 1)]
+    assert torch.equal(orders[0], orders[1]) and not torch.equal(orders[0], orders[2])
+    # Batched rows draw their own orders.
+    rows = node_rule([TIED.expand(50, 5)], p=0.4, n_max=5, ties="random",
+                     generator=torch.Generator().manual_seed(0))[0]
+    assert rows[:, 2].all() and len({tuple(r.tolist()) for r in rows}) > 1
+    # Threshold and topk rules take the same tie rule; a positive prefix is unaffected.
+    assert threshold_rule([TIED], tau=0.5, ties="index")[0].nonzero()[:, 0].tolist() == [2]
+    assert topk_rule([TIED], k=0.4, ties="index")[0].nonzero()[:, 0].tolist() == [0, 2]
+    with pytest.raises(ValueError, match="unknown ties 'stable'"):
+        node_rule([TIED], p=0.5, ties="stable")
+
+
+def test_threshold_sweep_is_the_authors():
+    assert THRESHOLD_SWEEP == (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.99, 0.9999,
+                               1.0)
+    assert PAPER_SWEEP == (0.0, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+    for tau in THRESHOLD_SWEEP:
+        assert torch.equal(select([SCORES], criterion="threshold", value=tau)[0],
+                           threshold_rule([SCORES], tau=tau)[0])
+
+
 def hand_graph() -> Graph:
     def layer(k, scores, error):
         n = len(scores)
@@ -77,6 +142,14 @@ def test_edge_rule_follows_edges_into_selected_nodes():
     low_t, top_t = edge_rule(graph, tau=0.7)
     assert top_t.tolist() == [True, False, False]  # 5 / 6.5 >= 0.7
     assert low_t.tolist() == [False, True, False, True]  # 4/8, then 3/8 reaches 0.7
+    # topk: a fraction of each layer's own size, int(0.5 * 3) = 1 above, int(0.5 * 4) = 2 below.
+    low_k, top_k = edge_rule(graph, k=0.5)
+    assert top_k.tolist() == [True, False, False]
+    assert low_k.tolist() == [False, True, False, True]  # edges into latent 0: 4, then 3 (error)
+    assert [m.tolist() for m in node_rule_on_graph(graph, k=0.5)] == [
+        [True, False, False, True], [True, False, False]]
+    with pytest.raises(ValueError, match="give exactly one of"):
+        edge_rule(graph, p=0.5, k=0.5)
 
 
 def dense_adjacency(graph):

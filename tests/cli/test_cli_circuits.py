@@ -9,6 +9,7 @@ from rrm_plugin.attribution.baselines import Baselines
 from rrm_plugin.attribution.graph import Graph
 from rrm_plugin.cli.main import main
 from tests.cli.conftest import expect_user_error
+from tests.metrics.test_faithfulness import check_json_aucs
 
 
 def test_baselines_command_writes_a_loadable_file(tmp_path):
@@ -22,7 +23,7 @@ def test_baselines_command_writes_a_loadable_file(tmp_path):
 def test_trace_writes_graph_circuit_and_figure(tmp_path, capsys):
     assert main(["trace", "0", "--out", str(tmp_path)]) == 0
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["circuit_nodes"] > 0 and 0 <= summary["replacement_score"] <= 1
+    assert summary["circuit_nodes"] > 0 and 0 <= summary["circuit_tracer_replacement_score"] <= 1
     assert (tmp_path / "circuit.png").read_bytes()[:4] == b"\x89PNG"
     assert "rrm-circuit-viewer/1" in (tmp_path / "circuit.html").read_text()
     graph = json.loads((tmp_path / "graph.json").read_text())
@@ -68,19 +69,54 @@ def test_trace_accepts_an_image_file(tmp_path):
 
 def test_faithfulness_command_small(tmp_path, capsys):
     argv = ["faithfulness", "--n-images", "6", "--methods", "rrm", "rrm_edge", "random",
-            "neuron", "--out", str(tmp_path)]
+            "random_authors", "neuron", "--out", str(tmp_path)]
     assert main(argv) == 0
     data = json.loads((tmp_path / "faithfulness.json").read_text())
     assert data["n_images"] == 6
-    assert set(data["auc"]) == {"rrm", "rrm_edge", "random", "neuron"}
+    methods = {"rrm", "rrm_edge", "random", "random_authors", "neuron"}
+    assert set(data["image_curves"]) == methods
+    assert {axis: set(v) for axis, v in data["auc"].items()} == {
+        "index": methods, "p": methods, "nodes": methods}
+    check_json_aucs(data)  # per-image curves reproduce every reported AUC
     assert (tmp_path / "faithfulness.png").read_bytes()[:4] == b"\x89PNG"
     out = capsys.readouterr().out
-    assert "| rrm |" in out
+    assert "| rrm |" in out and "| random_authors | nodes |" in out
+    assert "rrm vs random_authors: insertion AUC" in out
     # The influence-pruned circuits are tabulated, not only stored in the JSON.
     for name, value in data["influence_circuit"].items():
         assert f"| {name} | {value:.3f} |" in out
         assert f"| {name} | {value:.3f} |" in (tmp_path / "faithfulness.md").read_text()
-    assert data["influence_circuit"]
+    assert "circuit_tracer_completeness_score" in data["influence_circuit"]
+    assert "not the RRM paper's Table 1 column" in out
+
+
+def test_faithfulness_criterion_ties_and_skipped_layers(tmp_path):
+    argv = ["faithfulness", "--n-images", "3", "--methods", "rrm", "random_authors",
+            "--criterion", "threshold", "--ties", "random", "--skip-early-layers", "1",
+            "--out", str(tmp_path)]
+    assert main(argv) == 0
+    data = json.loads((tmp_path / "faithfulness.json").read_text())
+    config = data["config"]
+    assert (config["criterion"], config["ties"], config["skip_early_layers"]) == (
+        "threshold", "random", 1)
+    assert config["sweep"] == [0, .1, .2, .3, .4, .5, .6, .7, .8, .9, .99, .9999, 1]
+    assert data["node_totals"] == {"rrm": 514, "random_authors": 514}  # layers 1, 2: 2 x 257
+    counts = np.array(data["image_curves"]["random_authors"]["insertion"]["node_count"])
+    assert counts[:, 5].tolist() == [2 * 128] * 3  # int(0.5 * 257) in each masked layer
+    check_json_aucs(data)
+
+
+def test_faithfulness_user_errors(tmp_path, capsys):
+    out = ["--out", str(tmp_path / "f")]
+    expect_user_error(capsys, ["faithfulness", "--criterion", "topm", *out],
+                      r"--criterion: unknown 'topm'; expected one of \['topn', 'topk', "
+                      r"'threshold'\]")
+    expect_user_error(capsys, ["faithfulness", "--ties", "first", *out],
+                      r"--ties: unknown 'first'")
+    expect_user_error(capsys, ["faithfulness", "--skip-early-layers", "-1", *out],
+                      "--skip-early-layers must be >= 0, got -1")
+    expect_user_error(capsys, ["faithfulness", "--skip-early-layers", "3", *out],
+                      "--skip-early-layers 3 leaves no SAE layer to mask")
 
 
 def test_trace_demo_reports_circuits(tmp_path):

@@ -55,7 +55,7 @@ def test_trace_and_faithfulness_on_photos_with_vit_b16(vit_b16_hub, photo_folder
     printed = rrm(["faithfulness", *model, "--images", str(photo_folder), "--methods", "rrm",
                    "random", "--out", str(out)], cache=cache, scratch=tmp_path)
     data = json.loads((out / "faithfulness.json").read_text())
-    assert data["n_images"] == 2 and set(data["auc"]) == {"rrm", "random"}
+    assert data["n_images"] == 2 and set(data["auc"]["nodes"]) == {"rrm", "random"}
     assert sorted(os.path.basename(f) for f in data["metadata"]["files"]) == [
         "china.jpg", "flower.jpg"]
     assert "| rrm |" in printed and "median over the 2 input images" in printed
