@@ -116,15 +116,21 @@ def replace_directory(build: Callable[[Path], None], target: Path) -> Path:
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
     try:
         build(tmp)
-        os.chmod(tmp, 0o755)  # mkdtemp makes 0700
-        if target.exists():
-            old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.old."))
-            os.replace(target, old / target.name)
-            os.replace(tmp, target)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, target)
+        swap_into_place(tmp, target)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
     return target
+
+
+def swap_into_place(tmp: Path, target: Path) -> None:
+    """Rename the finished folder `tmp` (a sibling of `target`) to `target`, replacing it."""
+    os.chmod(tmp, 0o755)  # mkdtemp makes 0700
+    if target.exists():
+        parent = target.resolve().parent
+        old = Path(tempfile.mkdtemp(dir=parent, prefix=f".{target.name}.old."))
+        os.replace(target, old / target.name)
+        os.replace(tmp, target)
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp, target)

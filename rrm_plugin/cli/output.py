@@ -51,7 +51,7 @@ def check_output_directory(out: Path, *, command: str, overwrite: bool = False) 
 @contextmanager
 def output_directory(out: Path, *, command: str, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary folder to write into; on success it becomes `out` (with a manifest)."""
-    from rrm_plugin.io import write_json
+    from rrm_plugin.io import swap_into_place, write_json
 
     out = check_output_directory(out, command=command, overwrite=overwrite)
     out.resolve().parent.mkdir(parents=True, exist_ok=True)
@@ -60,14 +60,7 @@ def output_directory(out: Path, *, command: str, overwrite: bool = False) -> Ite
         yield tmp
         files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
         write_json(tmp / MANIFEST, {"command": command, "files": files})
-        os.chmod(tmp, 0o755)  # mkdtemp makes 0700
-        if out.exists():
-            old = Path(tempfile.mkdtemp(dir=out.resolve().parent, prefix=f".{out.name}.old."))
-            os.replace(out, old / out.name)
-            os.replace(tmp, out)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, out)
+        swap_into_place(tmp, out)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
