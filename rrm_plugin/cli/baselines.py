@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
 
     from rrm_plugin.attribution.baselines import compute_baselines
     from rrm_plugin.cli.common import load_image_args, load_workspace
-    from rrm_plugin.data.digits import train_sampler
+    from rrm_plugin.data import training_sampler
     from rrm_plugin.zoo.models import MODELS
 
     torch.set_num_threads(2)
@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
         images = load_image_args(args.images, ws).images
         what = f"{len(images)} images"
     elif ws.model_name in MODELS:
-        images = train_sampler(MODELS[ws.model_name].data, seed=args.seed)(args.n_images).images
+        images = training_sampler(ws.model_name, seed=args.seed)(args.n_images).images
         images, what = images.to(ws.device), f"{args.n_images} renders"
     else:
         raise ValueError(f"model {ws.model_name!r} has no embedded data: give --images "

@@ -10,14 +10,15 @@ DEFAULT_RELEASE = "rrm-digits-vit"
 DTYPE_CHOICES = ("float32", "float64", "bfloat16", "float16")
 
 
-def add_model_args(p: argparse.ArgumentParser, *, release: bool = True) -> None:
+def add_model_args(p: argparse.ArgumentParser, *, release: bool = True,
+                   default_release: str = DEFAULT_RELEASE) -> None:
     p.add_argument("--model", default=None,
                    help="model name (`rrm list`) or a folder saved by `save_model`; default: "
                         "the model of --release")
     if release:
-        p.add_argument("--release", default=DEFAULT_RELEASE,
+        p.add_argument("--release", default=default_release,
                        help=f"SAE release (`rrm list`) or a folder written by `rrm train-saes` "
-                            f"(default {DEFAULT_RELEASE})")
+                            f"(default {default_release})")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
     p.add_argument("--dtype", choices=DTYPE_CHOICES, default=None,
                    help="model and SAE dtype (default: as loaded, float32)")

@@ -49,7 +49,7 @@ def _lens_inputs(args: argparse.Namespace, ws):
 
     import rrm_plugin
     from rrm_plugin.cli.common import load_image_args, predicted_labels
-    from rrm_plugin.data import train_sampler
+    from rrm_plugin.data import training_sampler
     from rrm_plugin.zoo.models import MODELS
 
     dtype = next(ws.model.parameters()).dtype
@@ -80,7 +80,7 @@ def _lens_inputs(args: argparse.Namespace, ws):
         probe_images, probe_labels = probes.images, probes.labels
     elif ws.model_name in MODELS and args.n_probe_images > 0:
         # Probes train on fresh renders of the training digits, never on the held-out images.
-        train = train_sampler(MODELS[ws.model_name].data, seed=args.seed + 1)(args.n_probe_images)
+        train = training_sampler(ws.model_name, seed=args.seed + 1)(args.n_probe_images)
         probe_images = train.images.to(ws.device, dtype)
         probe_labels = train.labels.to(ws.device)
     return images, labels, mask, probe_images, probe_labels

@@ -24,6 +24,7 @@ COMMANDS: dict[str, str] = {
     "faithfulness": "rrm_plugin.cli.faithfulness",
     "lens": "rrm_plugin.cli.lens",
     "features": "rrm_plugin.cli.features",
+    "debias": "rrm_plugin.cli.debias",
     "list": "rrm_plugin.cli.listing",
     "view": "rrm_plugin.cli.view",
 }

@@ -15,12 +15,16 @@ from rrm_plugin.cli.output import add_overwrite_arg
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     if name == "train-model":
-        p = sub.add_parser(name, help="train the embedded digits-vit recipe (seeded, ~10 min on 2 "
+        p = sub.add_parser(name, help="train an embedded model's recipe (seeded, 10-15 min on 2 "
                                       "cores) into a new folder")
         p.add_argument("--out", type=Path, required=True,
                        help="folder for config.json + model.safetensors (use it as --model DIR)")
+        p.add_argument("--recipe", default="digits-vit", choices=RECIPES,
+                       help="which embedded model to train (default digits-vit; "
+                            "digits-vit-spurious / digits-vit-balanced: the debiasing benchmark)")
         p.add_argument("--steps", type=int, default=None,
-                       help="optimiser steps (default: the recipe's 3000)")
+                       help="optimiser steps (default: the recipe's, 3000 for digits-vit, 2000 "
+                            "for the digits-spurious models)")
         add_overwrite_arg(p)
         p.set_defaults(run=run_train_model)
     else:
@@ -28,7 +32,8 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
         p.add_argument("--out", type=Path, required=True,
                        help="release folder to write (use it as --release DIR)")
         p.add_argument("--model", default=None,
-                       help="model name (`rrm list`) to train SAEs for; default: digits-vit")
+                       help="model name (`rrm list`) to train SAEs for; default: digits-vit "
+                            "(digits-vit-spurious: the rrm-digits-vit-spurious recipe)")
         p.add_argument("--model-dir", type=Path, default=None,
                        help="instead of --model: a HookedViT saved by rrm (config.json + "
                             "model.safetensors)")
@@ -55,23 +60,46 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
         p.set_defaults(run=run_train_saes)
 
 
+RECIPES = ("digits-vit", "digits-vit-spurious", "digits-vit-balanced")
+
+
 def _positive(name: str, value) -> None:
     if value is not None and value < 1:
         raise ValueError(f"{name} must be at least 1, got {value}")
 
 
 def run_train_model(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
     from rrm_plugin.cli.output import output_directory
+    from rrm_plugin.zoo.spurious import SPURIOUS_TRAINING, train_spurious_vit
     from rrm_plugin.zoo.train_model import ModelTrainingConfig, train_digits_vit
 
     _positive("--steps", args.steps)
-    cfg = ModelTrainingConfig() if args.steps is None else ModelTrainingConfig(n_steps=args.steps)
+    cfg = ModelTrainingConfig() if args.recipe == "digits-vit" else SPURIOUS_TRAINING
+    cfg = cfg if args.steps is None else replace(cfg, n_steps=args.steps)
     start = time.time()
     with output_directory(args.out, command="train-model", overwrite=args.overwrite) as tmp:
-        _, acc = train_digits_vit(cfg, out=tmp)
-    print(f"held-out top-1 accuracy {acc:.4f}; trained in {time.time() - start:.0f}s; "
-          f"saved to {args.out} (load it with --model {args.out})")
+        if args.recipe == "digits-vit":
+            _, acc = train_digits_vit(cfg, out=tmp)
+            score = f"held-out top-1 accuracy {acc:.4f}"
+        else:
+            model = train_spurious_vit(cfg, balanced=args.recipe == "digits-vit-balanced", out=tmp)
+            score = _spurious_accuracy_line(model)
+    print(f"{score}; trained in {time.time() - start:.0f}s; saved to {args.out} (load it with "
+          f"--model {args.out})")
     return 0
+
+
+def _spurious_accuracy_line(model) -> str:
+    from rrm_plugin.data.spurious import spurious_test_set
+    from rrm_plugin.debias.ablation import predict
+    from rrm_plugin.debias.evaluation import group_accuracy
+
+    test = spurious_test_set()
+    result = group_accuracy((predict(model, test.images) == test.labels).float(), test.groups)
+    return (f"digits-spurious test accuracy {result.average:.4f}, worst group "
+            f"{result.worst_group:.4f}")
 
 
 def run_train_saes(args: argparse.Namespace) -> int:
@@ -84,8 +112,8 @@ def run_train_saes(args: argparse.Namespace) -> int:
     start = time.time()
     with output_directory(args.out, command="train-saes", overwrite=args.overwrite) as tmp:
         _train_saes_into(args, tmp)
-    if args.images is None and args.model in (None, "digits-vit"):
-        model_arg = f"--model {args.model_dir}" if args.model_dir else "--model digits-vit"
+    if args.images is None and args.model in (None, "digits-vit", "digits-vit-spurious"):
+        model_arg = f"--model {args.model_dir or args.model or 'digits-vit'}"
         print(f"use them with `{model_arg} --release {args.out}`")
     print(f"SAEs trained in {time.time() - start:.0f}s; saved to {args.out}")
     return 0
@@ -94,15 +122,17 @@ def run_train_saes(args: argparse.Namespace) -> int:
 def _train_saes_into(args: argparse.Namespace, out: Path) -> None:
     from dataclasses import replace
 
-    if args.images is None and args.model in (None, "digits-vit"):
+    if args.images is None and args.model in (None, "digits-vit", "digits-vit-spurious"):
         from rrm_plugin.zoo.recipes import DIGITS_SAE_CONFIGS, train_digits_saes
+        from rrm_plugin.zoo.spurious import train_spurious_saes
 
         overrides = {key: value for key, value in (
             ("n_steps", args.steps), ("lr", args.lr), ("d_sae", args.d_sae), ("k", args.k))
             if value is not None}
         configs = {h: replace(c, **overrides) for h, c in DIGITS_SAE_CONFIGS.items()}
-        train_digits_saes(out=out, model_dir=args.model_dir, configs=configs,
-                          n_baseline_images=args.n_baseline_images)
+        train = train_spurious_saes if args.model == "digits-vit-spurious" else train_digits_saes
+        train(out=out, model_dir=args.model_dir, configs=configs,
+              n_baseline_images=args.n_baseline_images)
     else:
         _train_own_saes(args, out)
 

@@ -346,7 +346,7 @@ def authors_random_counts(value: float, sizes: Sequence[int], batch: int
     return [torch.full((batch,), int(value * size), dtype=torch.long) for size in sizes]
 
 
-def _neuron_scores(
+def neuron_scores(
     model: nn.Module, hook_names: Sequence[str], images: Tensor, classes: Tensor,
     baselines: Baselines, metric: str,
 ) -> list[Float[Tensor, "batch d_model"]]:
@@ -511,7 +511,7 @@ def method_scores(
                                       metric=config.metric, linearisation=NON_LINEARISED)
         scores["non_linearised"] = _dense_rrm_scores(forward)
     if "neuron" in methods:
-        scores["neuron"] = _neuron_scores(model, layout.hook_names, x, y, baselines,
+        scores["neuron"] = neuron_scores(model, layout.hook_names, x, y, baselines,
                                           config.metric)
     return scores
 

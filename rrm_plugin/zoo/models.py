@@ -29,12 +29,15 @@ class ModelSpec:
         directory: Folder holding `config.json` and `model.safetensors`.
         data: How its images are drawn (the data helper needs it).
         description: One line for listings.
+        benchmark: Where its training and test images come from: `"digits"` or
+            `"digits-spurious"` (the canvas with a class-coloured marker).
     """
 
     name: str
     directory: Path
     data: DigitsCanvasConfig
     description: str
+    benchmark: str = "digits"
 
 
 DIGITS_DATA = DigitsCanvasConfig(canvas_size=24, scale=2, patch_size=4)
@@ -46,13 +49,29 @@ MODELS: dict[str, ModelSpec] = {
         data=DIGITS_DATA,
         description="4-layer ViT on coloured, translated scikit-learn digits (24x24, patch 4)",
     ),
+    "digits-vit-spurious": ModelSpec(
+        name="digits-vit-spurious",
+        directory=WEIGHTS_DIR / "digits-vit-spurious",
+        data=DIGITS_DATA,
+        description="digits-vit trained where a corner marker's colour names the class on 95% of "
+                    "images (digits-spurious benchmark; biased)",
+        benchmark="digits-spurious",
+    ),
+    "digits-vit-balanced": ModelSpec(
+        name="digits-vit-balanced",
+        directory=WEIGHTS_DIR / "digits-vit-balanced",
+        data=DIGITS_DATA,
+        description="digits-vit trained on group-balanced digits-spurious data (the debiasing "
+                    "upper reference)",
+        benchmark="digits-spurious",
+    ),
 }
 
 
-def digits_vit_config() -> HookedViTConfig:
-    """Architecture of the embedded `digits-vit`."""
+def digits_vit_config(name: str = "digits-vit") -> HookedViTConfig:
+    """Architecture of the embedded `digits-vit` (and of its `digits-spurious` variants)."""
     return HookedViTConfig(
-        model_name="digits-vit",
+        model_name=name,
         n_layers=4,
         d_model=64,
         d_head=16,

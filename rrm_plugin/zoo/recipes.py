@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from sae_lens import SAE
+from torch import Tensor, nn
 
 from rrm_plugin.data.digits import train_sampler
 from rrm_plugin.saes.pipeline import train_sae_release
@@ -37,18 +39,26 @@ def train_digits_saes(
         configs: Per-hook training configs (default `DIGITS_SAE_CONFIGS`).
         n_baseline_images: Renders for the baselines written with `out`.
     """
-    from rrm_plugin.attribution.baselines import BASELINES_FILENAME, compute_baselines
-
     torch.set_num_threads(2)
     model = load_model("digits-vit") if model_dir is None else load_model_from_directory(model_dir)
     images = train_sampler(DIGITS_DATA, seed=SAE_DATA_SEED)(SAE_TRAINING_IMAGES).images
-    saes = train_sae_release(
+    # The same renders and statistic as `rrm baselines` (seed 4321, median).
+    reference = train_sampler(DIGITS_DATA, seed=BASELINE_DATA_SEED)
+    return train_release_with_baselines(
         model, images, configs or DIGITS_SAE_CONFIGS, model_name="digits-vit", out=out,
-        progress=progress,
-    )
+        reference=lambda: reference(n_baseline_images).images, progress=progress)
+
+
+def train_release_with_baselines(
+    model: nn.Module, images: Tensor, configs: dict[str, TopKTrainingConfig], *,
+    model_name: str, out: Path | None, reference: Callable[[], Tensor], progress: bool = True,
+) -> dict[str, SAE]:
+    """Train a release; with `out`, also write median baselines over `reference()` images."""
+    from rrm_plugin.attribution.baselines import BASELINES_FILENAME, compute_baselines
+
+    saes = train_sae_release(model, images, configs, model_name=model_name, out=out,
+                             progress=progress)
     if out is not None:
-        # The same renders and statistic as `rrm baselines` (seed 4321, median).
-        reference = train_sampler(DIGITS_DATA, seed=BASELINE_DATA_SEED)(n_baseline_images).images
-        compute_baselines(model, saes, reference, progress=progress).save(
+        compute_baselines(model, saes, reference(), progress=progress).save(
             Path(out) / BASELINES_FILENAME)
     return saes

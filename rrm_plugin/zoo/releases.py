@@ -57,6 +57,11 @@ SAE_RELEASES: dict[str, SAEReleaseSpec] = {
         model_name="digits-vit",
         directory=WEIGHTS_DIR / "rrm-digits-vit",
     ),
+    "rrm-digits-vit-spurious": SAEReleaseSpec(
+        release="rrm-digits-vit-spurious",
+        model_name="digits-vit-spurious",
+        directory=WEIGHTS_DIR / "rrm-digits-vit-spurious",
+    ),
 }
 
 

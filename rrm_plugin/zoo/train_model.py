@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from vit_prisma.models.base_vit import HookedViT
 
-from rrm_plugin.data.digits import DigitsCanvasConfig, held_out_set, train_sampler
+from rrm_plugin.data.digits import DigitsBatch, DigitsCanvasConfig, held_out_set, train_sampler
 from rrm_plugin.hosts.prisma import build_hooked_vit
 from rrm_plugin.zoo.models import DIGITS_DATA, digits_vit_config, save_model
 
@@ -50,12 +51,27 @@ def train_digits_vit(
     progress: bool = True,
 ) -> tuple[HookedViT, float]:
     """Train `digits-vit`; saves it to `out` if given. Returns the model and held-out accuracy."""
+    model = train_vit(cfg, name="digits-vit", sample=train_sampler(DIGITS_DATA, seed=cfg.seed),
+                      progress=progress)
+    acc = accuracy(model)
+    if out is not None:
+        save_model(model, out)
+    return model, acc
+
+
+def train_vit(
+    cfg: ModelTrainingConfig, *, name: str, sample: Callable[[int], DigitsBatch],
+    progress: bool = True, init: HookedViT | None = None,
+) -> HookedViT:
+    """The `digits-vit` architecture and recipe on any stream of labelled batches (eval mode);
+    with `init`, fine-tunes a copy of its weights instead of a fresh initialisation."""
     torch.set_num_threads(cfg.threads)
-    model = build_hooked_vit(digits_vit_config(), seed=cfg.seed)
+    model = build_hooked_vit(digits_vit_config(name), seed=cfg.seed)
+    if init is not None:
+        model.load_state_dict(init.state_dict())
     model.train()
-    sample = train_sampler(DIGITS_DATA, seed=cfg.seed)
     optimiser = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    bar = tqdm(range(cfg.n_steps), desc="train digits-vit", disable=not progress)
+    bar = tqdm(range(cfg.n_steps), desc=f"train {name}", disable=not progress)
     for step in bar:
         warm = min(1.0, (step + 1) / cfg.warmup_steps)
         lr = cfg.lr * warm * 0.5 * (1 + math.cos(math.pi * step / cfg.n_steps))
@@ -68,8 +84,4 @@ def train_digits_vit(
         optimiser.step()
         if step % 50 == 0:
             bar.set_postfix(loss=f"{loss.item():.3f}")
-    model.eval()
-    acc = accuracy(model)
-    if out is not None:
-        save_model(model, out)
-    return model, acc
+    return model.eval()

@@ -1,0 +1,174 @@
+"""`digits-spurious`: the digits canvas with a class-coloured corner marker, a spurious cue.
+
+Every image carries a solid square marker in its top-left patch whose hue names a class (hue
+`c / 10` for class `c`). In training the marker names the true class on `agreement` (95%) of the
+images and a uniformly random class otherwise, so a model can shortcut the digit through the
+marker, like the backgrounds of Waterbirds. Groups are class x (marker agrees / disagrees).
+
+Source digits are split three ways, all seeded: the held-out 20% of `digits-vit` is the test
+split; the rest is split into the training digits and validation digits. Validation and test
+images are rendered once with the marker of their class and once with the marker of a random
+other class, so that every group is populated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from jaxtyping import Bool, Float, Int
+from matplotlib.colors import hsv_to_rgb
+from torch import Tensor
+
+from rrm_plugin.data.digits import DigitsCanvasConfig, load_source_digits, render, split_indices
+
+N_CLASSES = 10
+
+
+@dataclass(frozen=True)
+class SpuriousConfig:
+    """The `digits-spurious` benchmark.
+
+    Args:
+        canvas: How digits are drawn (the same canvas as `digits-vit`).
+        agreement: Share of training images whose marker names their class (else random).
+        marker_size: Side of the square marker in pixels, at the top-left corner.
+        validation_fraction: Share of the non-test source digits kept for validation.
+        validation_seed: Seed of the training / validation split of source digits.
+        validation_render_seed: Seed of the placement, colours and markers of validation images.
+        test_render_seed: Seed of the placement, colours and markers of test images.
+    """
+
+    canvas: DigitsCanvasConfig = DigitsCanvasConfig(canvas_size=24, scale=2, patch_size=4)
+    agreement: float = 0.95
+    marker_size: int = 4
+    validation_fraction: float = 0.2
+    validation_seed: int = 7
+    validation_render_seed: int = 11
+    test_render_seed: int = 13
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.agreement <= 1.0:
+            raise ValueError(f"agreement must be in [0, 1], got {self.agreement}")
+        if not 1 <= self.marker_size <= self.canvas.canvas_size:
+            raise ValueError(f"marker_size must be in [1, {self.canvas.canvas_size}], got "
+                             f"{self.marker_size}")
+        if not 0.0 < self.validation_fraction < 1.0:
+            raise ValueError(f"validation_fraction must be in (0, 1), got "
+                             f"{self.validation_fraction}")
+
+
+class SpuriousBatch(NamedTuple):
+    """Images with labels, the class each marker names, and groups."""
+
+    images: Float[Tensor, "batch 3 height width"]
+    labels: Int[Tensor, " batch"]
+    markers: Int[Tensor, " batch"]
+    """The class whose hue the marker has."""
+    object_mask: Bool[Tensor, "batch n_patches"]
+    source_index: Int[Tensor, " batch"]
+
+    @property
+    def agrees(self) -> Bool[Tensor, " batch"]:
+        return self.markers == self.labels
+
+    @property
+    def groups(self) -> Int[Tensor, " batch"]:
+        """Group index `2 * class + (1 if the marker disagrees else 0)`."""
+        return group_index(self.labels, self.markers)
+
+
+def group_index(labels: Tensor, markers: Tensor) -> Tensor:
+    """`2 * class + disagrees`: groups 0, 2, 4, ... agree; 1, 3, 5, ... disagree."""
+    return 2 * labels + (markers != labels).long()
+
+
+def group_name(group: int) -> str:
+    return f"{group // 2}/{'disagree' if group % 2 else 'agree'}"
+
+
+def marker_colours() -> Float[np.ndarray, "classes 3"]:
+    """Saturated, bright RGB of each class's marker (hue c / 10)."""
+    hsv = np.stack([np.arange(N_CLASSES) / N_CLASSES, np.ones(N_CLASSES), np.ones(N_CLASSES)], 1)
+    return hsv_to_rgb(hsv).astype(np.float32)
+
+
+def paint_markers(
+    images: Float[np.ndarray, "batch 3 H W"], markers: Int[np.ndarray, " batch"], *, size: int
+) -> Float[np.ndarray, "batch 3 H W"]:
+    """Draw each image's marker (a `size` x `size` square of its class's hue) at the top left."""
+    out = images.copy()
+    out[:, :, :size, :size] = marker_colours()[markers][:, :, None, None]
+    return out
+
+
+def split_source_digits(cfg: SpuriousConfig, n_total: int) -> tuple[np.ndarray, ...]:
+    """Sorted (train, validation, test) source-digit indices; test is `digits-vit`'s held-out."""
+    rest, test = split_indices(cfg.canvas, n_total)
+    perm = np.random.default_rng(cfg.validation_seed).permutation(rest)
+    n_val = int(round(cfg.validation_fraction * len(rest)))
+    return np.sort(perm[n_val:]), np.sort(perm[:n_val]), test
+
+
+def _draw(digits: np.ndarray, labels: np.ndarray, idx: np.ndarray, markers: np.ndarray,
+          cfg: SpuriousConfig, rng: np.random.Generator) -> SpuriousBatch:
+    images, masks = render(digits[idx], cfg=cfg.canvas, rng=rng)
+    images = paint_markers(images, markers, size=cfg.marker_size)
+    return SpuriousBatch(
+        images=torch.from_numpy(images), labels=torch.from_numpy(labels[idx]),
+        markers=torch.from_numpy(markers.astype(np.int64)), object_mask=torch.from_numpy(masks),
+        source_index=torch.from_numpy(idx.astype(np.int64)))
+
+
+def _other_class(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    return (labels + rng.integers(1, N_CLASSES, len(labels))) % N_CLASSES
+
+
+def _paired_set(cfg: SpuriousConfig, which: int, seed: int) -> SpuriousBatch:
+    digits, labels = load_source_digits()
+    idx = split_source_digits(cfg, len(digits))[which]
+    rng = np.random.default_rng(seed)
+    both = np.concatenate([idx, idx])
+    markers = np.concatenate([labels[idx], _other_class(labels[idx], rng)])
+    return _draw(digits, labels, both, markers, cfg, rng)
+
+
+def spurious_test_set(cfg: SpuriousConfig = SpuriousConfig()) -> SpuriousBatch:
+    """Held-out digits, each once with its class's marker and once with another class's."""
+    return _paired_set(cfg, 2, cfg.test_render_seed)
+
+
+def spurious_validation_set(cfg: SpuriousConfig = SpuriousConfig()) -> SpuriousBatch:
+    """Validation digits (never trained on), rendered like the test set."""
+    return _paired_set(cfg, 1, cfg.validation_render_seed)
+
+
+def spurious_train_sampler(cfg: SpuriousConfig = SpuriousConfig(), *, seed: int,
+                           agreement: float | None = None, balanced: bool = False):
+    """Infinite seeded stream of training batches from the training digits.
+
+    Args:
+        cfg: The benchmark.
+        seed: Seed of the stream.
+        agreement: Override `cfg.agreement` (share of markers naming the true class).
+        balanced: Group-balanced stream instead: half the markers agree, the others name a
+            uniformly random other class (every class x agree/disagree group equally likely).
+    """
+    digits, labels = load_source_digits()
+    train_idx = split_source_digits(cfg, len(digits))[0]
+    rng = np.random.default_rng(seed)
+    share = cfg.agreement if agreement is None else agreement
+
+    def sample(batch_size: int) -> SpuriousBatch:
+        idx = train_idx[rng.integers(0, len(train_idx), batch_size)]
+        if balanced:
+            keep = rng.random(batch_size) < 0.5
+            markers = np.where(keep, labels[idx], _other_class(labels[idx], rng))
+        else:
+            keep = rng.random(batch_size) < share
+            markers = np.where(keep, labels[idx], rng.integers(0, N_CLASSES, batch_size))
+        return _draw(digits, labels, idx, markers, cfg, rng)
+
+    return sample

@@ -1,0 +1,132 @@
+"""How much each unit carries the spurious cue into the decision, on bias-conflicting images.
+
+On an image whose cue names class `s` while it shows class `y != s`, whatever pushes the model
+towards `s` is the cue (the evidence for `y` pushes the other way). The RRM score of a feature is
+its attribution to `s`'s adjusted logit inside the image's pruned circuit (zero when pruned away),
+averaged over images. The baselines score residual neurons by the same attribution, or features
+by how their activation differs with the cue, with no circuit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from jaxtyping import Float
+from sae_lens import SAE
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from rrm_plugin.attribution.baselines import Baselines
+from rrm_plugin.attribution.graph import attribute
+from rrm_plugin.circuits.pruning import prune_by_influence
+from rrm_plugin.debias.data import SpuriousSplit
+from rrm_plugin.replacement.splice import replacement
+
+UnitScores = dict[str, Float[Tensor, " units"]]
+"""Per hook point, one score per unit (SAE latent or residual dimension)."""
+
+
+def _batches(n: int, batch_size: int) -> range:
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    return range(0, n, batch_size)
+
+
+def circuit_feature_scores(
+    model: nn.Module,
+    saes: Mapping[str, SAE],
+    split: SpuriousSplit,
+    *,
+    baselines: Baselines,
+    node_threshold: float = 0.8,
+    edge_threshold: float = 0.98,
+    batch_size: int = 32,
+    progress: bool = False,
+) -> UnitScores:
+    """Mean attribution of each latent to the cue's class within each image's pruned circuit.
+
+    Args:
+        model: HookedViT.
+        saes: `{hook_name: SAE}` on consecutive block outputs.
+        split: Bias-conflicting images (`spurious != labels`); the targets are `split.spurious`.
+        baselines: Baselines of `saes` (the attribution's reference and the ablation value).
+        node_threshold: circuit-tracer node influence threshold of the pruning.
+        edge_threshold: circuit-tracer edge influence threshold of the pruning.
+        batch_size: Images per attribution pass.
+    """
+    totals = {h: torch.zeros(sae.cfg.d_sae) for h, sae in saes.items()}
+    starts = _batches(len(split.images), batch_size)
+    for start in tqdm(starts, desc="circuits", disable=not progress, leave=False):
+        part = slice(start, start + batch_size)
+        graphs = attribute(model, saes, split.images[part], baselines=baselines,
+                           classes=split.spurious[part], metric="adjusted_logit")
+        for graph in graphs:
+            pruned = prune_by_influence(graph, node_threshold=node_threshold,
+                                        edge_threshold=edge_threshold)
+            for layer, mask in zip(graph.layers, pruned.node_masks, strict=True):
+                kept = mask[:-1].cpu()  # the error node is last
+                totals[layer.hook_name].index_add_(0, layer.features.cpu()[kept],
+                                                   layer.scores.cpu()[kept].float())
+    return {h: total / len(split.images) for h, total in totals.items()}
+
+
+def neuron_attribution_scores(
+    model: nn.Module,
+    hook_names: list[str],
+    split: SpuriousSplit,
+    *,
+    baselines: Baselines,
+    batch_size: int = 64,
+) -> UnitScores:
+    """The same attribution for residual dimensions: gradient x (x - median x) of the cue's
+    class's adjusted logit in the linearised model, summed over tokens, mean over images."""
+    from rrm_plugin.metrics.faithfulness import neuron_scores
+
+    base = baselines.to(split.images.device)
+    totals = {h: torch.zeros(model.cfg.d_model) for h in hook_names}
+    for start in _batches(len(split.images), batch_size):
+        part = slice(start, start + batch_size)
+        scores = neuron_scores(model, hook_names, split.images[part], split.spurious[part], base,
+                               "adjusted_logit")
+        for h, s in zip(hook_names, scores, strict=True):
+            totals[h] += s.detach().sum(0).cpu()
+    return {h: total / len(split.images) for h, total in totals.items()}
+
+
+@torch.no_grad()
+def feature_activations(
+    model: nn.Module, saes: Mapping[str, SAE], images: Tensor, *, batch_size: int = 128,
+) -> dict[str, Float[Tensor, "n d_sae"]]:
+    """Latent activations summed over tokens, per image (errors kept: the model is exact)."""
+    names = {f"{h}.hook_sae_acts_post": h for h in saes}
+    chunks: dict[str, list[Tensor]] = {h: [] for h in saes}
+    with replacement(model, saes, keep_error=True):
+        for start in _batches(len(images), batch_size):
+            _, cache = model.run_with_cache(images[start:start + batch_size],
+                                            names_filter=lambda n: n in names)
+            for name, h in names.items():
+                chunks[h].append(cache[name].sum(1).cpu())
+    return {h: torch.cat(c) for h, c in chunks.items()}
+
+
+def activation_difference_scores(
+    model: nn.Module,
+    saes: Mapping[str, SAE],
+    split: SpuriousSplit,
+    *,
+    batch_size: int = 128,
+) -> UnitScores:
+    """No circuit: for each cue value v, mean activation on images whose cue is v minus on the
+    others; a latent's score is its largest such difference over the values present."""
+    acts = feature_activations(model, saes, split.images, batch_size=batch_size)
+    values = split.spurious.cpu()
+    present = [v for v in values.unique().tolist() if 0 < int((values == v).sum()) < len(values)]
+    if not present:
+        raise ValueError("activation-difference scores need images with at least two different "
+                         "cue values")
+    scores = {}
+    for h, a in acts.items():
+        diffs = torch.stack([a[values == v].mean(0) - a[values != v].mean(0) for v in present])
+        scores[h] = diffs.max(0).values
+    return scores

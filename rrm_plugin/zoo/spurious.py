@@ -1,0 +1,75 @@
+"""Seeded recipes of the `digits-spurious` benchmark's models and SAE release.
+
+As Waterbirds models are ImageNet-pretrained networks fine-tuned on biased data, both models
+start from the shipped `digits-vit` (which knows digits, and never saw a marker) and are
+fine-tuned:
+
+- `digits-vit-spurious`: on the biased stream (the marker names the class on 95% of images);
+  the model that `rrm debias` repairs. Trained from scratch instead, the same architecture
+  learned the marker alone (0% accuracy whenever marker and digit disagree): nothing would be
+  left to recover.
+- `digits-vit-balanced`: on the group-balanced stream; the upper reference.
+- `rrm-digits-vit-spurious`: TopK SAEs of `digits-vit-spurious` (the `rrm-digits-vit` recipe) on
+  renders of the biased training stream, with median baselines.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sae_lens import SAE
+from torch import nn
+
+from rrm_plugin.data.spurious import SpuriousConfig, spurious_train_sampler
+from rrm_plugin.saes.training import TopKTrainingConfig
+from rrm_plugin.zoo.models import save_model
+from rrm_plugin.zoo.train_model import ModelTrainingConfig, train_vit
+
+SPURIOUS_MODEL = "digits-vit-spurious"
+BALANCED_MODEL = "digits-vit-balanced"
+SPURIOUS_RELEASE = "rrm-digits-vit-spurious"
+SPURIOUS_BENCHMARK = SpuriousConfig()
+# One thread: the run reproduces bit for bit on any machine and does not slow down when other
+# work shares the cores (two threads did, 5x, in a trial).
+SPURIOUS_TRAINING = ModelTrainingConfig(n_steps=1000, lr=3e-4, warmup_steps=50, threads=1)
+
+
+def train_spurious_vit(
+    cfg: ModelTrainingConfig = SPURIOUS_TRAINING, *, balanced: bool = False,
+    out: Path | None = None, progress: bool = True,
+) -> nn.Module:
+    """Fine-tune `digits-vit` into `digits-vit-spurious` (or, with `balanced`,
+    `digits-vit-balanced`)."""
+    from rrm_plugin.zoo.models import load_model
+
+    name = BALANCED_MODEL if balanced else SPURIOUS_MODEL
+    sample = spurious_train_sampler(SPURIOUS_BENCHMARK, seed=cfg.seed, balanced=balanced)
+    model = train_vit(cfg, name=name, sample=sample, progress=progress,
+                      init=load_model("digits-vit"))
+    if out is not None:
+        save_model(model, out)
+    return model
+
+
+def train_spurious_saes(
+    *, out: Path | None, model_dir: Path | None = None, progress: bool = True,
+    configs: dict[str, TopKTrainingConfig] | None = None, n_baseline_images: int = 2048,
+) -> dict[str, SAE]:
+    """Train the `rrm-digits-vit-spurious` SAEs (the `rrm-digits-vit` recipe) on biased renders."""
+    from rrm_plugin.zoo.models import load_model, load_model_from_directory
+    from rrm_plugin.zoo.recipes import (
+        BASELINE_DATA_SEED,
+        DIGITS_SAE_CONFIGS,
+        SAE_DATA_SEED,
+        SAE_TRAINING_IMAGES,
+        train_release_with_baselines,
+    )
+
+    model = load_model(SPURIOUS_MODEL) if model_dir is None else \
+        load_model_from_directory(model_dir)
+    images = spurious_train_sampler(SPURIOUS_BENCHMARK, seed=SAE_DATA_SEED)(SAE_TRAINING_IMAGES)
+    reference = spurious_train_sampler(SPURIOUS_BENCHMARK, seed=BASELINE_DATA_SEED)
+    return train_release_with_baselines(
+        model, images.images, configs or DIGITS_SAE_CONFIGS, model_name=SPURIOUS_MODEL, out=out,
+        reference=lambda: reference(n_baseline_images).images, progress=progress)
+

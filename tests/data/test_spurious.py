@@ -1,0 +1,60 @@
+"""The digits-spurious benchmark: marker agreement, splits, paired test images, markers drawn."""
+
+import numpy as np
+import torch
+
+from rrm_plugin.data.spurious import (
+    SpuriousConfig,
+    group_name,
+    marker_colours,
+    split_source_digits,
+    spurious_test_set,
+    spurious_train_sampler,
+    spurious_validation_set,
+)
+
+CFG = SpuriousConfig()
+
+
+def test_training_markers_agree_at_the_configured_rate():
+    batch = spurious_train_sampler(CFG, seed=0)(10_000)
+    # 95% agree by design plus 5% x 1/10 random markers that agree by chance: 95.5%.
+    assert abs(float(batch.agrees.float().mean()) - 0.955) < 0.006
+    balanced = spurious_train_sampler(CFG, seed=0, balanced=True)(10_000)
+    assert abs(float(balanced.agrees.float().mean()) - 0.5) < 0.015
+    disagree = balanced.markers[~balanced.agrees]
+    counts = torch.bincount(disagree, minlength=10).float() / len(disagree)
+    assert counts.min() > 0.08 and counts.max() < 0.12  # other classes uniformly
+
+
+def test_markers_are_painted_in_their_class_colour():
+    batch = spurious_train_sampler(CFG, seed=1)(64)
+    corner = batch.images[:, :, : CFG.marker_size, : CFG.marker_size]
+    expected = torch.from_numpy(marker_colours())[batch.markers]
+    torch.testing.assert_close(corner, expected[:, :, None, None].expand_as(corner))
+    # The rest of the canvas is the usual render: never the marker patch in every pixel.
+    assert not torch.equal(batch.images[:, :, CFG.marker_size:, :], corner[:, :, :1, :1].expand(
+        -1, -1, 24 - CFG.marker_size, 24))
+
+
+def test_splits_are_disjoint_and_test_is_digits_vits_held_out():
+    train, val, test = split_source_digits(CFG, 1797)
+    assert not (set(train) & set(val)) and not (set(train) | set(val)) & set(test)
+    assert len(train) + len(val) + len(test) == 1797
+    from rrm_plugin.data.digits import split_indices
+
+    assert np.array_equal(test, split_indices(CFG.canvas, 1797)[1])
+    stream = spurious_train_sampler(CFG, seed=3)(2000)
+    assert set(stream.source_index.tolist()) <= set(train.tolist())
+
+
+def test_paired_sets_hold_each_digit_once_agreeing_once_not():
+    for split in (spurious_test_set(CFG), spurious_validation_set(CFG)):
+        n = len(split.labels) // 2
+        assert torch.equal(split.source_index[:n], split.source_index[n:])
+        assert split.agrees[:n].all() and not split.agrees[n:].any()
+        sizes = torch.bincount(split.groups, minlength=20)
+        assert sizes.min() >= 10  # every group populated
+    a, b = spurious_test_set(CFG), spurious_test_set(CFG)
+    assert torch.equal(a.images, b.images)  # seeded
+    assert group_name(7) == "3/disagree" and group_name(6) == "3/agree"

@@ -1,0 +1,236 @@
+"""The debiasing method on the hand-built model of conftest.py, and its statistics by hand."""
+
+import math
+
+import pytest
+import torch
+
+from rrm_plugin.debias.ablation import Ablation, ablation_hooks, predict
+from rrm_plugin.debias.evaluation import bootstrap_accuracy, group_accuracy
+from rrm_plugin.debias.experiment import RRM, DebiasConfig, run_debias, select_ablations
+from rrm_plugin.debias.scoring import (
+    activation_difference_scores,
+    circuit_feature_scores,
+    neuron_attribution_scores,
+)
+from rrm_plugin.debias.selection import choose_count, random_ablation, rank_units
+from rrm_plugin.replacement.splice import replacement
+from tests.debias.conftest import HOOK, MARKER_LATENT, all_groups, planted_split
+
+CONFLICTING = planted_split([0, 0, 1, 1], [1, 1, 0, 0], noise_seed=3)
+
+
+def test_circuit_scores_select_the_planted_marker_latent_only(planted):
+    model, saes, baselines = planted
+    scores = circuit_feature_scores(model, saes, CONFLICTING, baselines=baselines)
+    ranking = rank_units(scores)
+    # Only the marker latent pushes towards the marker's class; the digit latents push away.
+    assert ranking.index.tolist() == [MARKER_LATENT]
+    assert ranking.hook_names[int(ranking.hook[0])] == HOOK
+    # Known answer: z = sqrt(2) on each of 4 tokens of the two images with a marker. The adjusted
+    # logit of class 1 equals logit_1 = (a + 2 m) / std(v) (logit_0 = -logit_1), std(v) =
+    # 1 / sqrt(2) frozen by the linearisation; latent 0 adds z / sqrt(2) to v_1 and removes it
+    # from v_3, so d logit_1 / dz = sqrt(2) / std(v) = 2 per token, a quarter of it through the
+    # mean over tokens. Score per image 4 * (2 / 4) * sqrt(2); the images without a marker give
+    # 0; the mean over the 4 images is sqrt(2).
+    assert scores[HOOK][MARKER_LATENT].item() == pytest.approx(math.sqrt(2), rel=2e-5)  # LN eps
+
+
+def test_ablating_the_selected_latent_removes_the_markers_effect(planted):
+    model, saes, baselines = planted
+    ablation = Ablation("feature", {HOOK: torch.tensor([MARKER_LATENT])})
+    with_marker = planted_split([0, 1], [1, 1])
+    without = planted_split([0, 1], [0, 0])
+    with replacement(model, saes, keep_error=True):
+        hooks = ablation_hooks(ablation, baselines)
+        edited = model.run_with_hooks(with_marker.images, fwd_hooks=hooks)
+        clean = model.run_with_hooks(without.images, fwd_hooks=hooks)
+    torch.testing.assert_close(edited, clean, atol=1e-5, rtol=0)
+    assert model(with_marker.images).argmax(-1).tolist() == [1, 1]  # biased before
+    split = all_groups(2)
+    predicted = predict(model, split.images, saes=saes, ablation=ablation, baselines=baselines)
+    assert predicted.tolist() == split.labels.tolist()
+
+
+def test_neuron_attribution_known_answer(planted):
+    model, saes, baselines = planted
+    scores = neuron_attribution_scores(model, [HOOK], CONFLICTING, baselines=baselines)
+    ranking = rank_units(scores)
+    # The marker lives in residual dimensions 1 (+m) and 3 (-m), equally.
+    assert sorted(ranking.index[:2].tolist()) == [1, 3]
+    assert len(ranking.index) == 2
+    assert scores[HOOK][1].item() == pytest.approx(scores[HOOK][3].item(), rel=1e-5)
+
+
+def test_activation_difference_cannot_tell_marker_from_digit(planted):
+    """On bias-conflicting images the digit is anti-correlated with the cue, so without the
+    circuit the marker latent ties with both digit latents (each sqrt(2) x 4 tokens)."""
+    model, saes, _ = planted
+    scores = activation_difference_scores(model, saes, CONFLICTING)[HOOK]
+    expected = torch.tensor([1, -1, 1, 1, 0, 0]) * 4 * math.sqrt(2)
+    expected[1] = 0.0  # never fires: no difference
+    torch.testing.assert_close(scores, expected, atol=1e-5, rtol=0)
+
+
+def test_choose_count_takes_the_best_validation_worst_group(planted):
+    model, saes, baselines = planted
+    ranking = rank_units({HOOK: torch.tensor([0.1, 0.0, 0.5, 0.0, 0.0, 0.0]) +
+                          torch.tensor([1.0, 0, 0, 0, 0, 0])})
+    # Ranking: latent 0 (1.1), then latent 2 (0.5); ablating 2 as well breaks class 1 images.
+    chosen = choose_count(model, ranking, all_groups(2), method="x", kind="feature",
+                          counts=[1, 2, 5], baselines=baselines, saes=saes)
+    assert chosen.ablation.as_lists() == {HOOK: [0]}
+    assert sorted(chosen.validation) == [0, 1, 2]  # 5 is capped at the two positive units
+    assert chosen.validation[0]["worst_group"] == 0.0  # class 0 with marker
+    assert chosen.validation[1] == {"average": 1.0, "worst_group": 1.0}
+    # Latent 4 never fires: ablating it too ties with ablating latent 0 alone; fewer units win.
+    tied = rank_units({HOOK: torch.tensor([2.0, 0, 0, 0, 1.0, 0])})
+    chosen = choose_count(model, tied, all_groups(2), method="x", kind="feature",
+                          counts=[2, 1], baselines=baselines, saes=saes)
+    assert chosen.validation[1] == chosen.validation[2]
+    assert chosen.ablation.as_lists() == {HOOK: [0]}
+
+
+def test_choose_count_ranks_by_worst_group_not_average(planted):
+    """Ablating the marker fixes the one class-0 image with a marker but breaks the class-1
+    images whose digit looks like a 0 (a = -1) and that only the marker got right: the worst
+    group improves (0 -> 0.5) while the average drops (18/19 -> 14/19)."""
+    model, saes, baselines = planted
+    labels = [1] * 10 + [0] + [0] * 4 + [1] * 4
+    markers = [1] * 10 + [1] + [0] * 4 + [0] * 4
+    evidence = [-1.0] * 5 + [1.0] * 5 + [-1.0] + [-1.0] * 4 + [1.0] * 4
+    validation = planted_split(labels, markers, evidence=evidence)
+    ranking = rank_units({HOOK: torch.tensor([1.0, 0, 0, 0, 0, 0])})
+    chosen = choose_count(model, ranking, validation, method="x", kind="feature",
+                          counts=[1], baselines=baselines, saes=saes)
+    assert chosen.validation[0] == pytest.approx({"average": 18 / 19, "worst_group": 0.0})
+    assert chosen.validation[1] == pytest.approx({"average": 14 / 19, "worst_group": 0.5})
+    assert chosen.ablation.size == 1
+
+
+def test_circuit_scores_count_only_what_the_pruning_keeps(planted):
+    model, saes, baselines = planted
+    full = circuit_feature_scores(model, saes, CONFLICTING, baselines=baselines,
+                                  node_threshold=1.0, edge_threshold=1.0)
+    pruned = circuit_feature_scores(model, saes, CONFLICTING, baselines=baselines,
+                                    node_threshold=0.3, edge_threshold=1.0)
+    # Unpruned: every active latent has its mean node score (digit latents negative).
+    assert set(torch.nonzero(full[HOOK])[:, 0].tolist()) == {0, 2, 3}
+    kept = set(torch.nonzero(pruned[HOOK])[:, 0].tolist())
+    assert kept < {0, 2, 3}
+    for latent in kept:
+        assert pruned[HOOK][latent].item() == pytest.approx(full[HOOK][latent].item())
+
+
+def test_feature_ablation_acts_on_the_sae_latents_hook(planted):
+    _, _, baselines = planted
+    hooks = ablation_hooks(Ablation("feature", {HOOK: torch.tensor([0])}), baselines)
+    assert [name for name, _ in hooks] == [f"{HOOK}.hook_sae_acts_post"]
+    hooks = ablation_hooks(Ablation("neuron", {HOOK: torch.tensor([0])}), baselines)
+    assert [name for name, _ in hooks] == [HOOK]
+
+
+def test_ablation_writes_the_per_position_baselines(planted):
+    model, saes, zeros = planted
+    base = zeros.features[HOOK] + torch.arange(4.0)[:, None] * 10 + torch.arange(6.0)
+    baselines = zeros.__class__(zeros.statistic, {HOOK: base}, zeros.errors, zeros.resid,
+                                zeros.fingerprints, zeros.n_images)
+    images = all_groups(1).images
+    ablation = Ablation("feature", {HOOK: torch.tensor([0, 3])})
+    name = f"{HOOK}.hook_sae_acts_post"
+    with replacement(model, saes, keep_error=True):
+        _, clean = model.run_with_cache(images, names_filter=name)
+        with model.hooks(fwd_hooks=ablation_hooks(ablation, baselines)):
+            _, edited = model.run_with_cache(images, names_filter=name)
+    torch.testing.assert_close(edited[name][:, :, [0, 3]], base[:, [0, 3]].expand(4, 4, 2))
+    torch.testing.assert_close(edited[name][:, :, [1, 2, 4, 5]], clean[name][:, :, [1, 2, 4, 5]])
+
+
+def test_selection_never_reads_the_test_split(planted):
+    model, saes, baselines = planted
+    selection = planted_split([0, 1] * 8 + [0, 1], [0, 1] * 8 + [1, 0], noise_seed=1)
+    validation = all_groups(3, noise_seed=2)
+    test = all_groups(4, noise_seed=5)
+    config = DebiasConfig(counts=(1, 2), random_draws=3, n_bootstrap=50)
+    first = run_debias(model, saes, selection=selection, validation=validation, test=test,
+                       baselines=baselines, config=config)
+    permuted = test._replace(labels=test.labels[torch.randperm(len(test.labels),
+                                                generator=torch.Generator().manual_seed(0))])
+    second = run_debias(model, saes, selection=selection, validation=validation, test=permuted,
+                        baselines=baselines, config=config)
+    for method in (RRM, "neuron_attribution", "activation_difference", "random_features"):
+        assert first.selections[method].ablation.as_lists() == \
+            second.selections[method].ablation.as_lists()
+        assert first.selections[method].validation == second.selections[method].validation
+    assert first.selections[RRM].ablation.as_lists() == {HOOK: [MARKER_LATENT]}
+    assert first.selections["random_features"].ablation.size == 1  # the RRM's number
+    assert first.bootstrap.worst_group[RRM].estimate == 1.0
+    assert first.bootstrap.worst_group["original"].estimate == 0.0
+    # The test labels do reach the evaluation.
+    assert first.correct["original"].tolist() != second.correct["original"].tolist()
+    assert set(select_ablations(model, saes, selection=selection, validation=validation,
+                                baselines=baselines, config=config)) == \
+        {RRM, "neuron_attribution", "activation_difference"}
+
+
+def test_group_accuracy_known_answer():
+    correct = torch.tensor([1.0, 0.0, 1.0, 1.0, 1.0, 0.5, 1.0, 1.0])
+    groups = torch.tensor([0, 0, 1, 1, 3, 3, 3, 3])
+    result = group_accuracy(correct, groups)
+    assert result.per_group == {0: 0.5, 1: 1.0, 3: 0.875}
+    assert result.sizes == {0: 2, 1: 2, 3: 4}
+    assert (result.worst, result.worst_group) == (0, 0.5)
+    assert result.average == pytest.approx(6.5 / 8)  # over images, not the mean of groups
+
+
+def test_bootstrap_intervals_and_paired_margins():
+    groups = torch.tensor([0] * 10 + [1] * 10)
+    perfect = torch.ones(20)
+    half = torch.tensor([1.0, 0.0] * 5 + [1.0] * 10)  # group 0 at 50%
+    result = bootstrap_accuracy({"a": perfect, "b": half}, groups, reference="a",
+                                n_bootstrap=400, seed=0)
+    assert result.worst_group["a"] == (1.0, 1.0, 1.0)  # nothing to resample away
+    b = result.worst_group["b"]
+    assert b.estimate == 0.5 and b.low < 0.5 < b.high and b.high <= 1.0
+    margin = result.worst_group_margin["b"]
+    assert margin.estimate == 0.5
+    # Paired: the margin's resamples are 1 - (b's worst group), so the interval mirrors b's.
+    assert margin.low == pytest.approx(1 - b.high) and margin.high == pytest.approx(1 - b.low)
+    # Group sizes are fixed, so the average is (mean of group 0 + 1) / 2 in every resample.
+    assert result.average["b"].estimate == 0.75
+    assert 0.5 < result.average["b"].low < 0.75 < result.average["b"].high < 1.0
+    # Resampling within groups: a method right on group 1 only averages 0.5 in every resample;
+    # two identical methods differ by exactly 0 in every paired resample.
+    split = torch.tensor([0.0] * 10 + [1.0] * 10)
+    result = bootstrap_accuracy({"b": half, "same": half.clone(), "split": split}, groups,
+                                reference="b", n_bootstrap=400, seed=1)
+    assert result.average["split"] == (0.5, 0.5, 0.5)
+    assert result.worst_group_margin["same"] == (0.0, 0.0, 0.0)
+
+
+def test_random_ablation_draws_distinct_units_across_hooks():
+    draw = random_ablation({"a": 3, "b": 5}, 6, kind="feature",
+                           generator=torch.Generator().manual_seed(0))
+    flat = [("a", i) for i in draw.units["a"].tolist()] + \
+        [("b", i) for i in draw.units["b"].tolist()]
+    assert len(set(flat)) == 6 and all(0 <= i < (3 if h == "a" else 5) for h, i in flat)
+    with pytest.raises(ValueError, match="cannot draw 9 of 8"):
+        random_ablation({"a": 3, "b": 5}, 9, kind="feature", generator=torch.Generator())
+
+
+def test_bad_inputs_name_what_is_wrong(planted):
+    model, saes, baselines = planted
+    split = all_groups(1)
+    with pytest.raises(ValueError, match="test labels must be classes in \\[0, 2\\)"):
+        split._replace(labels=split.labels + 5).check(name="test", n_classes=2)
+    with pytest.raises(ValueError, match="validation images contain NaN"):
+        split._replace(images=split.images * float("nan")).check(name="validation")
+    with pytest.raises(IndexError, match="must be in \\[0, 6\\)"):
+        ablation_hooks(Ablation("feature", {HOOK: torch.tensor([6])}), baselines)
+    with pytest.raises(ValueError, match="unknown unit kind"):
+        Ablation("latent", {})
+    with pytest.raises(ValueError, match="no bias-conflicting images"):
+        select_ablations(model, saes, selection=planted_split([0, 1], [0, 1]),
+                         validation=split, baselines=baselines)
+    with pytest.raises(ValueError, match="counts must be positive integers"):
+        DebiasConfig(counts=(0, 2))
