@@ -8,7 +8,9 @@
 # checkout gets no `mutants/` folder. Mutates only MODULE_DIR, runs only the given tests (default:
 # the tests/ folder of the same name), one child process at a time (MUTMUT_CHILDREN to change),
 # and prints killed / survived / other counts and the survivors' names. `mutmut` must be installed
-# in the environment (`pip install "mutmut>=3,<4"`).
+# in the environment (`pip install "mutmut>=3,<4"`). mutmut puts `mutants/` first on sys.path
+# itself; do not set PYTHONPATH to the tree (the tests then import the unmutated code and mutmut
+# finds no test for any mutant).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 module=${1:?usage: scripts/mutation.sh MODULE_DIR [TEST_PATH ...]}
@@ -28,12 +30,14 @@ cd "$work"
   echo "[mutmut]"
   echo "source_paths=rrm_plugin"
   echo "only_mutate=$module/*"
-  echo "pytest_add_cli_args=-p no:cacheprovider -q"
+  echo "pytest_add_cli_args="
+  echo "    -p"
+  echo "    no:cacheprovider"
   echo "pytest_add_cli_args_test_selection="
   for t in "${tests[@]}"; do echo "    $t"; done
 } > setup.cfg
 start=$(date +%s)
-PYTHONPATH="$work/mutants:$work" "$mutmut" run --max-children "${MUTMUT_CHILDREN:-1}" || true
+"$mutmut" run --max-children "${MUTMUT_CHILDREN:-1}" || true
 end=$(date +%s)
 "$mutmut" results --all true > results.txt 2>&1 || "$mutmut" results > results.txt 2>&1 || true
 echo "module: $module; tests: ${tests[*]}; seconds: $((end - start)); workdir: $work"
