@@ -143,8 +143,11 @@ def task_ours(threads: int, pairs: list[int] | None, out_path: str) -> None:
 
 
 def task_reference(threads: int, pairs: list[int], out_path: str) -> None:
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the reference is a test oracle
     from rrm_plugin.attribution.forward import attribution_forward
-    from rrm_plugin.attribution.reference import reference_graph
+    from tests.attribution.reference import reference_graph
 
     model, saes, baselines, image = setup(threads)
     top_pair = max(pairs)

@@ -17,6 +17,13 @@ __version__ = "0.1.0"
 
 # Public name -> module that defines it; imported on first access (PEP 562).
 _LAZY = {
+    "attribute": "rrm_plugin.attribution.graph",
+    "Graph": "rrm_plugin.attribution.graph",
+    "compute_baselines": "rrm_plugin.attribution.baselines",
+    "Circuit": "rrm_plugin.circuits.circuit",
+    "prune_by_influence": "rrm_plugin.circuits.pruning",
+    "evaluate_faithfulness": "rrm_plugin.metrics.faithfulness",
+    "run_lens": "rrm_plugin.lens.report",
     "FeatureIntervention": "rrm_plugin.replacement.interventions",
     "intervention_hooks": "rrm_plugin.replacement.interventions",
     "load_saes": "rrm_plugin.saes.registry",
@@ -128,13 +135,20 @@ def list_releases(*, show: bool = True) -> list[dict]:
 
 
 __all__ = [
+    "Circuit",
     "FeatureIntervention",
+    "Graph",
+    "attribute",
+    "compute_baselines",
+    "evaluate_faithfulness",
     "intervention_hooks",
     "list_models",
     "list_releases",
     "load_model",
     "load_saes",
     "load_test_set",
+    "prune_by_influence",
     "register_sae_release",
     "replacement",
+    "run_lens",
 ]

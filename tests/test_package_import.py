@@ -41,3 +41,17 @@ def test_replacement_is_the_context_manager_after_the_subpackage_loads():
 
     assert rrm_plugin.replacement is replacement
     assert rrm_plugin.FeatureIntervention.__name__ == "FeatureIntervention"
+
+
+def test_main_api_is_exported_at_the_top_level():
+    from rrm_plugin.attribution.baselines import compute_baselines
+    from rrm_plugin.attribution.graph import Graph, attribute
+    from rrm_plugin.circuits.circuit import Circuit
+    from rrm_plugin.circuits.pruning import prune_by_influence
+    from rrm_plugin.lens.report import run_lens
+    from rrm_plugin.metrics.faithfulness import evaluate_faithfulness
+
+    for obj in (attribute, Graph, Circuit, prune_by_influence, compute_baselines,
+                evaluate_faithfulness, run_lens):
+        assert getattr(rrm_plugin, obj.__name__) is obj
+        assert obj.__name__ in rrm_plugin.__all__

@@ -1,6 +1,6 @@
 """Fast edge engine: exact edges of the linearised model, batched over active target latents.
 
-The reference (`reference.py`, the authors' way) gets each layer's edges from
+The reference (`tests/attribution/reference.py`, the authors' way) gets each layer's edges from
 `torch.func.jacrev` over the whole residual stream, materialising `J = [F_out, T, D]` for every
 latent of the upper SAE, active or not. Here we use the structure of the linearised block
 instead. With the attention pattern `A`, LayerNorm scales `sigma`, MLP gate `Phi` and SAE std

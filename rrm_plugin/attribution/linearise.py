@@ -26,11 +26,11 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
-from jaxtyping import Float
 from sae_lens import SAE
 from torch import Tensor, nn
 
-SAE_LN_EPS = 1e-5  # SAELens's layer_norm normalisation epsilon
+from rrm_plugin.saes.normalisation import SAE_LN_EPS
+from rrm_plugin.saes.normalisation import input_stats as sae_input_stats
 
 
 @dataclass(frozen=True)
@@ -130,14 +130,6 @@ def check_sae_normalisation(sae: SAE) -> None:
         )
 
 
-def sae_input_stats(
-    x: Float[Tensor, "... d_in"],
-) -> tuple[Float[Tensor, "... 1"], Float[Tensor, "... 1"]]:
-    """Mean and (unbiased) std of an SAE input, with the same operations as SAELens."""
-    mu = x.mean(dim=-1, keepdim=True)
-    return mu, (x - mu).std(dim=-1, keepdim=True)
-
-
 @contextmanager
 def _sae_norm(
     sae: SAE,
@@ -159,11 +151,9 @@ def _sae_norm(
     stats: list[tuple[Tensor, Tensor]] = []
 
     def norm_in(x: Tensor, eps: float = SAE_LN_EPS) -> Tensor:
-        mu = x.mean(dim=-1, keepdim=True)
-        x = x - mu
-        std = x.std(dim=-1, keepdim=True)
+        mu, std = sae_input_stats(x)
         stats.append(decoder_stats(mu, std))
-        return x / (encoder_std(std) + eps)
+        return (x - mu) / (encoder_std(std) + eps)
 
     def norm_out(x: Tensor, eps: float = SAE_LN_EPS) -> Tensor:  # noqa: ARG001 (SAELens signature)
         mu, std = stats.pop()

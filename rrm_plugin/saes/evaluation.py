@@ -1,6 +1,8 @@
-"""SAE evaluation with SAELens's metric names, per layer and for the whole replacement model.
+"""SAE evaluation with SAELens's metric names and definitions (`sae_lens.evals`), per layer and
+for the whole replacement model.
 
-Reconstruction: `explained_variance`, `mse`, `cossim`, `l0`, `dead_features_pct`.
+Reconstruction: `explained_variance` (SAELens's `ExplainedVarianceCalculator`), `mse` (squared
+error summed over `d_in`, averaged over tokens), `cossim`, `l0`, `dead_features_pct`.
 Spliced in (error dropped): `top1_accuracy`, `kl_div_with_sae`, `kl_div_score` and `ce_loss_score`
 against zero ablation of the same hook point, as SAELens defines them:
 `kl_div_score = (KL_zero - KL_sae) / KL_zero`,
@@ -15,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from jaxtyping import Float, Int
 from sae_lens import SAE
+from sae_lens.evals import ExplainedVarianceCalculator
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
@@ -29,31 +32,25 @@ class ReconstructionStats:
 
     def __init__(self, d_sae: int) -> None:
         self.n = 0
-        self.sum_x: Tensor | float = 0.0
-        self.sum_sq = self.resid = self.cossim = self.l0 = 0.0
-        self.d_in = 0
+        self.resid = self.cossim = self.l0 = 0.0
+        self.variance = ExplainedVarianceCalculator()
         self.alive = torch.zeros(d_sae, dtype=torch.bool)
 
     @torch.no_grad()
     def update(self, x: Float[Tensor, "n d"], sae: SAE) -> None:
         z = sae.encode(x)
         x_hat = sae.decode(z)
-        x64 = x.double()
         self.n += x.shape[0]
-        self.d_in = x.shape[1]
-        self.sum_x = self.sum_x + x64.sum(0)
-        self.sum_sq += float(x64.pow(2).sum())
-        self.resid += float((x64 - x_hat.double()).pow(2).sum())
+        self.variance.add_batch(sae_output=x_hat, hidden_acts=x)
+        self.resid += float((x.double() - x_hat.double()).pow(2).sum())
         self.cossim += float(F.cosine_similarity(x, x_hat, dim=-1).double().sum())
         self.l0 += float((z > 0).double().sum())
         self.alive |= ((z > 0).sum(0) > 0).cpu()
 
     def metrics(self) -> dict[str, float]:
-        # sum ||x - mean||^2 = sum ||x||^2 - n ||mean||^2
-        total = self.sum_sq - float(self.sum_x.pow(2).sum()) / self.n
         return {
-            "explained_variance": 1 - self.resid / total,
-            "mse": self.resid / (self.n * self.d_in),
+            "explained_variance": self.variance.compute(),
+            "mse": self.resid / self.n,
             "cossim": self.cossim / self.n,
             "l0": self.l0 / self.n,
             "dead_features_pct": float(100 * (~self.alive).float().mean()),

@@ -18,7 +18,7 @@ from sae_lens.saes.sae import SAEMetadata
 from torch import Tensor
 from tqdm.auto import tqdm
 
-LN_EPS = 1e-5  # SAELens's layer_norm normalisation uses this epsilon
+from rrm_plugin.saes.normalisation import standardise
 
 
 @dataclass(frozen=True)
@@ -52,16 +52,6 @@ class TrainingLog(NamedTuple):
     mse: list[float]
     aux: list[float]
     dead_fraction: list[float]
-
-
-def standardise(
-    x: Float[Tensor, "... d_in"],
-) -> tuple[Float[Tensor, "... d_in"], Float[Tensor, "... 1"], Float[Tensor, "... 1"]]:
-    """Per-token standardisation exactly as SAELens's `layer_norm` mode (unbiased std, +eps)."""
-    mu = x.mean(-1, keepdim=True)
-    centred = x - mu
-    std = centred.std(-1, keepdim=True)
-    return centred / (std + LN_EPS), mu, std
 
 
 def new_topk_sae(

@@ -6,8 +6,8 @@ import torch
 from rrm_plugin.attribution.baselines import compute_baselines
 from rrm_plugin.attribution.engine import EngineConfig
 from rrm_plugin.attribution.graph import attribute
-from rrm_plugin.attribution.reference import reference_graph
 from tests.attribution.conftest import random_saes, sharp_vit
+from tests.attribution.reference import reference_graph
 
 
 def dense_edges(graph, k):

@@ -32,8 +32,11 @@ def test_gelu_gate_matches_activation():
     x = torch.linspace(-4, 4, 101)
     from transformers.activations import ACT2FN
 
+    tanh_gelu = lambda v: torch.nn.functional.gelu(v, approximate="tanh")  # noqa: E731
     for name, act in [("gelu", torch.nn.functional.gelu), ("relu", torch.relu),
-                      ("silu", torch.nn.functional.silu), ("quick_gelu", ACT2FN["quick_gelu"])]:
+                      ("silu", torch.nn.functional.silu), ("quick_gelu", ACT2FN["quick_gelu"]),
+                      ("gelu_new", ACT2FN["gelu_new"]), ("gelu_fast", ACT2FN["gelu_fast"]),
+                      ("gelu_pytorch_tanh", tanh_gelu)]:
         torch.testing.assert_close(x * activation_gate(name)(x), act(x), atol=1e-6, rtol=1e-6)
     with pytest.raises(ValueError, match="cannot linearise MLP activation 'solu_ln'"):
         activation_gate("solu_ln")

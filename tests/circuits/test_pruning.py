@@ -251,3 +251,123 @@ def test_error_free_graph_scores_one():
     graph.layers[1].error_score = 0.0
     assert graph_scores(graph).replacement == pytest.approx(1.0)
     assert graph_scores(graph).completeness == pytest.approx(1.0)
+
+
+# ---- known answers on small hand graphs (issue 13) -------------------------------------------
+
+
+def _layer(k, d_sae, features, scores, error):
+    n = len(features)
+    return GraphLayer(f"blocks.{k}.hook_resid_post", k, d_sae, torch.tensor(features), None,
+                      torch.ones(n), torch.ones(n), torch.tensor(scores), error)
+
+
+def influence_graph() -> Graph:
+    """Two layers of two latents; every weight below is exact in binary. By hand (row-normalised
+    |A|, influence w (A + A^2 + ...)):
+
+    logit row |5, 2, 1| / 8           -> layer 1 influence (b0, b1, err1) = (.625, .25, .125)
+    into b0: |2, 1, 1| / 4, into b1: |1, -2, 1| / 4
+    layer 0 influence: a0 = .625 * .5 + .25 * .25 = .375, a1 = .625 * .25 + .25 * .5 = .28125,
+                       err0 = .625 * .25 + .25 * .25 = .21875
+    All six sorted: .625, .375, .28125, .25, .21875, .125 (total 1.875); cumulative shares
+    .333, .533, .683, .817, .933, 1.
+    """
+    edges = torch.tensor([[2.0, 1.0], [1.0, -2.0], [1.0, 1.0]])  # rows a0, a1, err0; cols b0, b1
+    return Graph(layers=[_layer(0, 2, [0, 1], [3.0, -1.0], 2.0),
+                         _layer(1, 2, [0, 1], [5.0, 2.0], 1.0)],
+                 edges=[edges], target_class=0, metric="adjusted_logit", value=8.0,
+                 logits=torch.zeros(3), n_tokens=5)
+
+
+def _masks(result):
+    return ([m.tolist() for m in result.node_masks], [m.tolist() for m in result.edge_masks],
+            result.logit_edge_mask.tolist())
+
+
+def test_influence_known_answer():
+    influence = layered_influence(layered_adjacency(influence_graph()))
+    assert influence[1].tolist() == [0.625, 0.25, 0.125]
+    assert influence[0].tolist() == [0.375, 0.28125, 0.21875]
+
+
+T, F = True, False
+# Edge scores after node pruning: renormalised weight x the target's pruned influence (in the
+# comments, x/21 or x/28 of these scores; the logit edges score the top nodes' influence).
+INFLUENCE_CASES = [
+    # node .5: the smallest influence reaching .5 of the total is .375 -> a0, b0. Scores: a0->b0 1,
+    # logit b0 1: any edge threshold keeps both.
+    (0.5, 0.98, [[T, F, F], [T, F, F]], [[T, F], [F, F], [F, F]], [T, F, F]),
+    # node .6: cut .28125 -> a0, a1, b0. Scores a0->b0 2/3, a1->b0 1/3, logit 1 (cum .5, .83, 1).
+    (0.6, 0.98, [[T, T, F], [T, F, F]], [[T, F], [T, F], [F, F]], [T, F, F]),
+    # edge .8: cut 2/3 drops a1 -> b0, and with it a1 (no outgoing edge).
+    (0.6, 0.8, [[T, F, F], [T, F, F]], [[T, F], [F, F], [F, F]], [T, F, F]),
+    # edge .5: cut 1 keeps only the logit edge; a0 loses its out-edge, then b0 its in-edge.
+    (0.6, 0.5, [[F, F, F], [F, F, F]], [[F, F], [F, F], [F, F]], [F, F, F]),
+    # node .7 and .8 (the default): cut .25 -> both latents of both layers, no error. Scores (/21):
+    # a0->b0 10, a1->b0 5, a0->b1 2, a1->b1 4, logit 15, 6 (cum /42: 15, 25, 31, 36, 40, 42).
+    (0.7, 0.98, [[T, T, F], [T, T, F]], [[T, T], [T, T], [F, F]], [T, T, F]),
+    (0.8, 0.98, [[T, T, F], [T, T, F]], [[T, T], [T, T], [F, F]], [T, T, F]),
+    # edge .9: cut 4/21 drops a0 -> b1 only.
+    (0.8, 0.9, [[T, T, F], [T, T, F]], [[T, F], [T, T], [F, F]], [T, T, F]),
+    # edge .8: cut 5/21 drops both edges into b1, so b1 and its logit edge go.
+    (0.8, 0.8, [[T, T, F], [T, F, F]], [[T, F], [T, F], [F, F]], [T, F, F]),
+    # edge .7: cut 6/21 also drops a1 -> b0 (5/21), then a1.
+    (0.8, 0.7, [[T, F, F], [T, F, F]], [[T, F], [F, F], [F, F]], [T, F, F]),
+    # node .85: cut .21875 adds err0. Scores (/28): into b0 10, 5, 5; into b1 2, 4, 2; logit 20,
+    # 8 (cum /56: 20, 30, 38, 43, 48, 52, 54, 56). Edge .98: cut 2/28, every edge (ties kept).
+    (0.85, 0.98, [[T, T, T], [T, T, F]], [[T, T], [T, T], [T, T]], [T, T, F]),
+    # edge .9: cut 4/28 drops the two 2/28 edges into b1.
+    (0.85, 0.9, [[T, T, T], [T, T, F]], [[T, F], [T, T], [T, F]], [T, T, F]),
+    # edge .8: cut 5/28 keeps the tie a1->b0 = err0->b0 = 5/28 and drops everything into b1.
+    (0.85, 0.8, [[T, T, T], [T, F, F]], [[T, F], [T, F], [T, F]], [T, F, F]),
+]
+
+
+@pytest.mark.parametrize(("node_t", "edge_t", "nodes", "edges", "logit"), INFLUENCE_CASES)
+def test_influence_pruning_known_answers(node_t, edge_t, nodes, edges, logit):
+    result = prune_by_influence(influence_graph(), node_threshold=node_t, edge_threshold=edge_t)
+    assert _masks(result) == (nodes, [edges], logit)
+
+
+def test_influence_grid_known_answers():
+    node_ts = sorted({c[0] for c in INFLUENCE_CASES})
+    edge_ts = sorted({c[1] for c in INFLUENCE_CASES})
+    grid = prune_by_influence_grid(influence_graph(), node_thresholds=node_ts,
+                                   edge_thresholds=edge_ts)
+    for node_t, edge_t, nodes, edges, logit in INFLUENCE_CASES:
+        assert _masks(grid[(node_t, edge_t)]) == (nodes, [edges], logit), (node_t, edge_t)
+
+
+def test_influence_pruning_defaults_are_circuit_tracers():
+    # 0.8 / 0.98: the case above, which differs from its neighbours on this graph.
+    assert _masks(prune_by_influence(influence_graph())) == (
+        [[T, T, F], [T, T, F]], [[[T, T], [T, T], [F, F]]], [T, T, F])
+
+
+def sparse_graph() -> Graph:
+    """d_sae = 4 per layer; the graph holds latents 0, 2 below and 1, 3 above."""
+    edges = torch.tensor([[1.5, -0.5], [-0.25, -0.25], [0.5, 0.0]])  # rows f0, f2, err
+    return Graph(layers=[_layer(0, 4, [0, 2], [1.0, -0.5], 0.5),
+                         _layer(1, 4, [1, 3], [2.0, -1.0], 0.25)],
+                 edges=[edges], target_class=0, metric="adjusted_logit", value=2.0,
+                 logits=torch.zeros(3), n_tokens=5)
+
+
+def test_edge_rule_dense_ranks_every_latent():
+    graph = sparse_graph()  # n_max = 4 + 1
+    # Dense top layer: slots (0, 2, 0, -1, .25). p = .4: 2 slots, latent 1 and the error.
+    # Edges into latent 1 by source slot: (1.5, 0, -.25, 0, .5): latent 0 and the error.
+    low, top = edge_rule(graph, p=0.4, dense=True)
+    assert top.tolist() == [False, True, False, False, True]
+    assert low.tolist() == [True, False, False, False, True]
+    # p = .6: 3 slots; the third is a zero-score tie, latent 0 (outside the graph) before the
+    # negative latent 3. Below, the same edges, then the tie of zeros: latent 1 (raw 0).
+    low, top = edge_rule(graph, p=0.6, dense=True)
+    assert top.tolist() == [True, True, False, False, True]
+    assert low.tolist() == [True, True, False, False, True]
+    # Not dense: masks over the graph's nodes only; at p = .6 all three slots of each layer.
+    low, top = edge_rule(graph, p=0.6)
+    assert top.tolist() == [True, True, True] and low.tolist() == [True, True, True]
+    low, top = edge_rule(graph, p=0.4)
+    assert top.tolist() == [True, False, True] and low.tolist() == [True, False, True]

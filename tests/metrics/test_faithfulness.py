@@ -327,6 +327,27 @@ def test_criteria_in_method_masks():
     assert not any(m.any() for m in masks("threshold", 0.0)["rrm"])
 
 
+def test_random_method_draws_its_own_slots_with_the_rrm_counts():
+    layout = Layout(["blocks.0.hook_resid_post", "blocks.1.hook_resid_post"], [33, 33], 4, 0,
+                    torch.device("cpu"))
+    scores = {"rrm": [torch.randn(40, 33, generator=torch.Generator().manual_seed(s))
+                      for s in (0, 1)]}
+    config = FaithfulnessConfig(methods=("rrm", "random"))
+
+    def masks():
+        return method_masks(scores, value=0.2, config=config, layout=layout, batch=40,
+                            generators=generators())
+
+    got = masks()
+    for rrm, random in zip(got["rrm"], got["random"], strict=True):
+        assert torch.equal(rrm.sum(-1), random.sum(-1))  # floor(.2 * 33) = 6 per image
+        assert (rrm.sum(-1) == 6).all()
+        # Not the RRM circuit: 6 of 33 slots drawn at random overlap it in ~1 slot on average.
+        assert (rrm & random).sum() < 0.5 * rrm.sum()
+    again = masks()  # seeded: the same draws from the same generators
+    assert all(torch.equal(a, b) for a, b in zip(got["random"], again["random"], strict=True))
+
+
 def test_config_sweeps_and_errors():
     assert FaithfulnessConfig().sweep == PAPER_SWEEP
     assert FaithfulnessConfig(criterion="topk").sweep == PAPER_SWEEP
@@ -350,6 +371,43 @@ def test_config_sweeps_and_errors():
         FaithfulnessConfig(ties="first")
     with pytest.raises(ValueError, match="skip_early_layers must be >= 0"):
         FaithfulnessConfig(skip_early_layers=-1)
+
+
+def test_rrm_edge_masks_are_the_dense_edge_rule(vit, saes, images, baselines):
+    from rrm_plugin.circuits.pruning import edge_rule
+
+    layout = sae_layout(saes)
+    y = vit(images).argmax(-1)
+    config = FaithfulnessConfig(methods=("rrm_edge",))
+    scores = method_scores(vit, saes, images, y, baselines=baselines, config=config,
+                           layout=layout)
+    got = method_masks(scores, value=0.5, config=config, layout=layout, batch=len(images),
+                       generators=generators())["rrm_edge"]
+    assert [m.shape for m in got] == [(len(images), size) for size in layout.sizes]
+    for b, graph in enumerate(scores["graphs"]):
+        want = edge_rule(graph, p=0.5, dense=True)
+        assert all(torch.equal(g[b], w) for g, w in zip(got, want, strict=True))
+
+
+def test_neuron_scores_are_gradient_times_delta(vit, saes, images, baselines):
+    from tests.attribution.reference import frozen_backward
+
+    layout = sae_layout(saes)
+    y = vit(images).argmax(-1)
+    config = FaithfulnessConfig(methods=("neuron",))
+    got = method_scores(vit, saes, images, y, baselines=baselines, config=config,
+                        layout=layout)["neuron"]
+    # Oracle: the test's own frozen backward pass and metric.
+    live = {}
+    hooks = [(h, lambda t, hook: live.__setitem__(hook.name, t)) for h in layout.hook_names]
+    with frozen_backward(vit), vit.hooks(fwd_hooks=hooks), torch.enable_grad():
+        logits = vit(images.requires_grad_(True))
+        chosen = logits.gather(-1, y[:, None])[:, 0] - logits.mean(-1)
+        grads = torch.autograd.grad(chosen.sum(), [live[h] for h in layout.hook_names])
+    for g, h, score in zip(grads, layout.hook_names, got, strict=True):
+        want = (g * (live[h].detach() - baselines.resid[h])).sum(1)
+        assert want.abs().max() > 0
+        torch.testing.assert_close(score, want, rtol=1e-4, atol=1e-6)
 
 
 # ---- without linearisation: the SAE input std stays a constant -------------------------------

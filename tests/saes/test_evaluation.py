@@ -1,8 +1,15 @@
+import math
+
 import pytest
 import torch
 
 import rrm_plugin
-from rrm_plugin.saes.evaluation import evaluate_saes, format_table, reconstruction_metrics
+from rrm_plugin.saes.evaluation import (
+    downstream_metrics,
+    evaluate_saes,
+    format_table,
+    reconstruction_metrics,
+)
 from rrm_plugin.saes.training import new_topk_sae
 
 
@@ -55,13 +62,14 @@ def test_reported_replacement_accuracy_and_kl_are_the_replacement_models(
 def test_reconstruction_metrics_known_answer():
     hook = "h"
     sae = new_topk_sae(d_in=4, d_sae=8, k=1, hook_name=hook, model_name="m")
-    x = torch.randn(100, 4)
+    x = torch.randn(100, 4, generator=torch.Generator().manual_seed(0))
     metrics = reconstruction_metrics(x, sae)
     with torch.no_grad():
         z = sae.encode(x)
         x_hat = sae.decode(z)
     assert metrics["l0"] == pytest.approx(float((z > 0).sum(-1).float().mean()))
-    assert metrics["mse"] == pytest.approx(float((x - x_hat).pow(2).mean()), rel=1e-5)
+    # SAELens: squared error summed over d_in, averaged over tokens (not over every element).
+    assert metrics["mse"] == pytest.approx(float((x - x_hat).pow(2).sum(-1).mean()), rel=1e-5)
     dead = 100 * float(((z > 0).sum(0) == 0).float().mean())
     assert metrics["dead_features_pct"] == pytest.approx(dead)
     residual = (x - x_hat).pow(2).sum()
@@ -108,3 +116,43 @@ def test_class_token_saes_are_measured_and_ablated_on_the_class_token(
     kl = torch.nn.functional.kl_div(ablated.log_softmax(-1), clean.log_softmax(-1),
                                     log_target=True, reduction="batchmean")
     assert results[hook]["kl_div_with_ablation"] == pytest.approx(float(kl), rel=1e-5)
+
+
+def test_reconstruction_metrics_follow_sae_lens_evals():
+    from sae_lens.evals import ExplainedVarianceCalculator
+
+    sae = new_topk_sae(d_in=6, d_sae=12, k=2, hook_name="h", model_name="m", seed=1)
+    x = torch.randn(50, 6, generator=torch.Generator().manual_seed(1)) * 3 + 1
+    with torch.no_grad():
+        x_hat = sae.decode(sae.encode(x))
+    calculator = ExplainedVarianceCalculator()
+    calculator.add_batch(sae_output=x_hat, hidden_acts=x)
+    metrics = reconstruction_metrics(x, sae)
+    assert metrics["explained_variance"] == pytest.approx(calculator.compute(), rel=1e-6)
+    # sae_lens.evals.get_sparsity_and_variance_metrics: mse = mean over tokens of the summed
+    # squared residual (its training loss's convention).
+    assert metrics["mse"] == pytest.approx(float((x - x_hat).pow(2).sum(-1).mean()), rel=1e-5)
+
+
+def test_downstream_metrics_known_answers():
+    from sae_lens.evals import _kl as sae_lens_kl
+
+    clean = torch.log(torch.tensor([[0.5, 0.25, 0.25], [0.25, 0.5, 0.25]]))
+    spliced = torch.log(torch.tensor([[0.25, 0.5, 0.25], [0.25, 0.5, 0.25]]))
+    ablated = torch.log(torch.tensor([[0.25, 0.25, 0.5], [0.5, 0.25, 0.25]]))
+    labels = torch.tensor([0, 1])
+    m = downstream_metrics(clean=clean, spliced=spliced, ablated=ablated, labels=labels)
+    ln2 = math.log(2)
+    # KL(clean || spliced): image 0 .5 ln 2 + .25 ln(1/2) = .25 ln 2, image 1 0; mean .125 ln 2.
+    assert m["kl_div_with_sae"] == pytest.approx(0.125 * ln2)
+    # KL(clean || ablated): image 0 .25 ln 2 (by symmetry of the swap), image 1 .25 ln 2.
+    assert m["kl_div_with_ablation"] == pytest.approx(0.25 * ln2)
+    assert m["kl_div_with_sae"] == pytest.approx(float(sae_lens_kl(clean, spliced).mean()))
+    assert m["kl_div_with_ablation"] == pytest.approx(float(sae_lens_kl(clean, ablated).mean()))
+    assert m["kl_div_score"] == pytest.approx(0.5)  # (.25 - .125) / .25
+    # CE: clean -ln .5 both; spliced -ln .25, -ln .5; ablated -ln .25, -ln .25.
+    assert m["ce_loss_without_sae"] == pytest.approx(ln2)
+    assert m["ce_loss_with_sae"] == pytest.approx(1.5 * ln2)
+    assert m["ce_loss_with_ablation"] == pytest.approx(2 * ln2)
+    assert m["ce_loss_score"] == pytest.approx(0.5)  # (2 - 1.5) / (2 - 1)
+    assert m["top1_accuracy"] == 0.5  # spliced argmax 1, 1 against labels 0, 1

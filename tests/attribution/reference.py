@@ -1,4 +1,4 @@
-"""Reference attribution graph computed the authors' way, for tests and the benchmark only.
+"""Independent reference attribution graph (the authors' way), for the engine tests and benchmark.
 
 Written after the structure of `rubato-yeong/RRM`
 (`compute_node_and_edge_with_leaf_error_attributions`):
@@ -7,13 +7,18 @@ the top layer's scores come from one backward pass of the linearised model; for 
 block l+1, the standardisation (std detached) and the TopK (or ReLU) encoder, with latents
 outside an SAE's `seqpos_slice` zeroed, over the *whole* residual
 stream, materialising `J = [d_sae_out, T, D]` and then `J W_dec^T = [d_sae_out, T, d_sae_in]`.
-The SAE encoder is re-implemented inline (as the authors do) rather than calling SAELens, so the
-engine and this reference share no code beyond the host block and its linearisation hooks.
+
+It is an oracle, so it shares no code with what it checks: the linearisation (frozen attention
+pattern, LayerNorm scale and MLP gate, with the gates written from their formulas), the SAE
+encoder, the metric and the layer ordering are written here again, and the package is used only
+for the host model, the SAE weights and the `Baselines` container.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import math
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import NamedTuple
 
 import torch
@@ -23,9 +28,74 @@ from sae_lens import SAE
 from torch import Tensor, nn
 
 from rrm_plugin.attribution.baselines import Baselines
-from rrm_plugin.attribution.forward import sae_layers
-from rrm_plugin.attribution.linearise import FULL, SAE_LN_EPS, linearised
-from rrm_plugin.attribution.targets import metric_values, resolve_classes
+
+SAE_EPS = 1e-5  # SAELens's `run_time_activation_ln_in` default
+
+
+def _sigmoid(x: Tensor) -> Tensor:
+    return 1.0 / (1.0 + torch.exp(-x))
+
+
+# gate(x) = act(x) / x, from each activation's formula.
+GATES: dict[str, Callable[[Tensor], Tensor]] = {
+    "gelu": lambda x: 0.5 * (1.0 + torch.erf(x / math.sqrt(2.0))),  # x Phi(x)
+    "gelu_new": lambda x: 0.5 * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi)
+                                                  * (x + 0.044715 * x**3))),
+    "relu": lambda x: (x > 0).to(x.dtype),
+    "silu": _sigmoid,  # x sigmoid(x)
+    "quick_gelu": lambda x: _sigmoid(1.702 * x),  # x sigmoid(1.702 x)
+}
+GATES["gelu_fast"] = GATES["gelu_pytorch_tanh"] = GATES["gelu_new"]
+
+
+def _gate(model: nn.Module) -> Callable[[Tensor], Tensor]:
+    cfg = model.cfg
+    return GATES[getattr(cfg, "activation_name", None) or cfg.act_fn]
+
+
+@contextmanager
+def frozen_backward(model: nn.Module) -> Iterator[None]:
+    """Attention patterns, LayerNorm scales and MLP gates as constants in the backward pass.
+
+    The MLP output becomes `pre * gate(pre).detach()`: its forward value is the activation
+    recomputed from the formula, its derivative the frozen gate.
+    """
+    gate = _gate(model)
+    pre: dict[str, Tensor] = {}
+
+    def constant(tensor: Tensor, hook) -> Tensor:
+        return tensor.detach()
+
+    def remember(tensor: Tensor, hook) -> None:
+        pre[hook.name.removesuffix("hook_pre")] = tensor
+
+    def gated(tensor: Tensor, hook) -> Tensor:
+        x = pre.pop(hook.name.removesuffix("hook_post"))
+        return x * gate(x).detach()
+
+    hooks = []
+    for name in model.hook_dict:
+        if name.endswith(("attn.hook_pattern", "hook_scale")):
+            hooks.append((name, constant))
+        elif name.endswith("mlp.hook_pre"):
+            hooks.append((name, remember))
+        elif name.endswith("mlp.hook_post"):
+            hooks.append((name, gated))
+    with model.hooks(fwd_hooks=hooks):
+        yield
+
+
+def _metric(logits: Tensor, cls: int, metric: str) -> Tensor:
+    if metric == "logit":
+        return logits[0, cls]
+    if metric == "adjusted_logit":
+        return logits[0, cls] - logits[0].mean()
+    raise ValueError(metric)
+
+
+def _layers(saes: Mapping[str, SAE]) -> list[tuple[int, str]]:
+    """`(block, hook)` bottom to top, from `blocks.<l>.hook_resid_post`."""
+    return sorted((int(h.split(".")[1]), h) for h in saes)
 
 
 class ReferenceGraph(NamedTuple):
@@ -46,7 +116,7 @@ def _latents(sae: SAE, x: Tensor, *, detach_std: bool) -> tuple[Tensor, Tensor, 
     if sae.cfg.normalize_activations == "layer_norm":
         mu, std = x.mean(-1, keepdim=True), x.std(-1, keepdim=True)
         std = std.detach() if detach_std else std
-        x_n = (x - mu) / (std + SAE_LN_EPS)
+        x_n = (x - mu) / (std + SAE_EPS)
     else:
         mu, std = torch.zeros_like(x[:, :1]), torch.ones_like(x[:, :1])
         x_n = x
@@ -98,14 +168,14 @@ def reference_graph(
             subset, `upper_grads[k+1]` must give ghat of each pair's upper layer.
         upper_grads: ghat by SAE layer index, to start the chain below the top.
     """
-    layers = sae_layers(saes)
+    layers = _layers(saes)
     top = len(layers) - 1
     xs: dict[int, Tensor] = {}
     hooks = [(h, lambda t, hook, k=k: xs.__setitem__(k, t)) for k, (_, h) in enumerate(layers)]
-    with linearised(model, config=FULL), model.hooks(fwd_hooks=hooks), torch.enable_grad():
+    with frozen_backward(model), model.hooks(fwd_hooks=hooks), torch.enable_grad():
         logits = model(image.detach().requires_grad_(True))
-        cls = resolve_classes(logits.detach(), target_class)
-        value = metric_values(logits, cls, metric).sum()
+        cls = int(logits[0].argmax()) if target_class is None else target_class
+        value = _metric(logits, cls, metric)
         g_top = torch.autograd.grad(value, xs[top])[0][0]
     x = {k: v.detach()[0] for k, v in xs.items()}
     state = {}
@@ -126,7 +196,7 @@ def reference_graph(
     errors[top] = float((g_top * de).sum())
 
     wanted = range(top - 1, -1, -1) if pairs is None else sorted(pairs, reverse=True)
-    with linearised(model, config=FULL), torch.no_grad():
+    with frozen_backward(model), torch.no_grad():
         for k in wanted:
             block, h_src = layers[k + 1][0], layers[k][1]
             if k + 1 not in grads:

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Mutation testing with mutmut 3 (not part of the default test run: it is slow).
+#
+#   scripts/mutation.sh MODULE_DIR [TEST_PATH ...]
+#   e.g. scripts/mutation.sh rrm_plugin/circuits tests/circuits
+#
+# Works on a copy of the committed tree (git archive HEAD) in a temporary folder, so the
+# checkout gets no `mutants/` folder. Mutates only MODULE_DIR, runs only the given tests (default:
+# the tests/ folder of the same name), one child process at a time (MUTMUT_CHILDREN to change),
+# and prints killed / survived / other counts and the survivors' names. `mutmut` must be installed
+# in the environment (`pip install "mutmut>=3,<4"`). mutmut puts `mutants/` first on sys.path
+# itself; do not set PYTHONPATH to the tree (the tests then import the unmutated code and mutmut
+# finds no test for any mutant).
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+module=${1:?usage: scripts/mutation.sh MODULE_DIR [TEST_PATH ...]}
+shift
+tests=("$@")
+if [ ${#tests[@]} -eq 0 ]; then
+  tests=("tests/$(basename "$module")")
+fi
+python=${PYTHON:-$root/.venv/bin/python}
+[ -x "$python" ] || python=$(command -v python3)
+mutmut="$(dirname "$python")/mutmut"
+[ -x "$mutmut" ] || { echo "mutmut not installed: $python -m pip install 'mutmut>=3,<4'" >&2; exit 2; }
+work=${MUTATION_WORKDIR:-$(mktemp -d)}
+git -C "$root" archive HEAD | tar -x -C "$work"
+cd "$work"
+{
+  echo "[mutmut]"
+  echo "source_paths=rrm_plugin"
+  echo "only_mutate=$module/*"
+  echo "pytest_add_cli_args="
+  echo "    -p"
+  echo "    no:cacheprovider"
+  echo "pytest_add_cli_args_test_selection="
+  for t in "${tests[@]}"; do echo "    $t"; done
+} > setup.cfg
+start=$(date +%s)
+"$mutmut" run --max-children "${MUTMUT_CHILDREN:-1}" || true
+end=$(date +%s)
+"$mutmut" results --all true > results.txt 2>&1 || "$mutmut" results > results.txt 2>&1 || true
+echo "module: $module; tests: ${tests[*]}; seconds: $((end - start)); workdir: $work"
+for status in killed survived "no tests" timeout suspicious skipped "segfault" "not checked"; do
+  printf '%-12s %s\n' "$status" "$(grep -c ": $status\$" results.txt || true)"
+done
+echo "survivors:"
+grep ": survived$" results.txt || true
