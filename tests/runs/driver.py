@@ -1,8 +1,8 @@
 """Runs every dataset-level command on a few digits images, as one process or under torchrun.
 
-`python tests/runs/driver.py OUT` (one process) or
-`python -m torch.distributed.run --nproc-per-node 2 tests/runs/driver.py OUT` (two): both write
-the same files under OUT/<command> when sharding is right. `--only CMD` runs one command;
+`python tests/runs/driver.py OUT --images DIR` (one process) or
+`python -m torch.distributed.run --nproc-per-node 2 tests/runs/driver.py OUT --images DIR`
+(two): both write the same files under OUT when sharding is right. `--only CMD` runs one command;
 `--kill-after N --signal SIG` sends SIG to this process right after its N-th chunk file is
 written (the kill-and-resume test).
 """
@@ -18,22 +18,21 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-N_IMAGES = 12
+N_IMAGES = 8
 BATCH = 4
 
 
-def write_images(folder: Path) -> None:
-    """The first N_IMAGES held-out digits as PNGs in class folders (ImageFolder labels)."""
+def write_images(folder: Path, *, n: int = N_IMAGES, size: int = 24) -> Path:
+    """`n` seeded random RGB images of the digits model's size, unlabelled (predicted classes
+    stand in for labels, so every image counts as correctly classified)."""
+    import numpy as np
     from PIL import Image
 
-    import rrm_plugin
-
-    test = rrm_plugin.load_test_set("digits-vit")
-    for i in range(N_IMAGES):
-        label = int(test.labels[i])
-        pixels = (test.images[i].permute(1, 2, 0).clamp(0, 1) * 255).round().byte().numpy()
-        (folder / str(label)).mkdir(parents=True, exist_ok=True)
-        Image.fromarray(pixels).save(folder / str(label) / f"{i:03d}.png")
+    folder.mkdir(parents=True, exist_ok=True)
+    pixels = np.random.default_rng(0).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+    for i, image in enumerate(pixels):
+        Image.fromarray(image).save(folder / f"{i:03d}.png")
+    return folder
 
 
 def commands(out: Path, images: Path) -> dict[str, list[str]]:
@@ -44,10 +43,10 @@ def commands(out: Path, images: Path) -> dict[str, list[str]]:
                          str(out / "faithfulness"), *common],
         "baselines": ["baselines", *img, "--out", str(out / "baselines.safetensors"), *common],
         "eval-saes": ["eval-saes", *img, "--out", str(out / "eval.json"), *common],
-        "features": ["features", *img, "--n-circuit-images", "8", "--k", "3", "--no-progress",
+        "features": ["features", *img, "--k", "3", "--no-progress",
                      "--out", str(out / "features"), *common],
         "lens": ["lens", *img, "--permutations", "5", "--random-repeats", "1",
-                 "--random-shared-seeds", "2", "--n-probe-images", "16", "--no-progress",
+                 "--random-shared-seeds", "2", "--n-probe-images", "8", "--no-progress",
                  "--out", str(out / "lens"), *common],
     }
 
@@ -70,6 +69,7 @@ def kill_after(n: int, sig: int) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("out", type=Path)
+    parser.add_argument("--images", type=Path, required=True)
     parser.add_argument("--only", nargs="+", default=None)
     parser.add_argument("--kill-after", type=int, default=None)
     parser.add_argument("--signal", default="SIGKILL")
@@ -79,12 +79,9 @@ def main() -> int:
         torch.distributed.init_process_group(backend="gloo")
     from rrm_plugin.cli.main import main as rrm
 
-    images = args.out / "images"
-    if not images.is_dir():
-        write_images(images)  # every rank writes the same bytes
     if args.kill_after is not None:
         kill_after(args.kill_after, getattr(signal, args.signal))
-    for name, argv in commands(args.out, images).items():
+    for name, argv in commands(args.out, args.images).items():
         if args.only is None or name in args.only:
             code = rrm(argv)
             if code:
