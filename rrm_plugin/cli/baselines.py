@@ -24,6 +24,7 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
                         "$RRM_PLUGIN_CACHE/baselines/RELEASE.safetensors, default "
                         "~/.cache/rrm_plugin; trace and faithfulness find it there); the "
                         "package's shipped files are never written")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     add_run_args(p)
     p.set_defaults(run=run)
 
@@ -68,7 +69,8 @@ def run(args: argparse.Namespace) -> int:
     with dataset_run(args, ws, ctx, command="baselines", out=out, images=images) as run:
         # Gathered per image from every process, then one median: exactly one process's result.
         baselines = compute_baselines(ws.model, ws.saes, images, statistic=args.statistic,
-                                      batch_size=args.batch_size, progress=ctx.is_main)
+                                      batch_size=args.batch_size,
+                                      progress=ctx.is_main and not args.no_progress)
         report = chunk_report(run)
         if ctx.is_main:
             baselines.save(out)

@@ -75,8 +75,9 @@ class ChunkStore:
         expected = {"key": key, "phase": _safe(phase), "start": str(start), "stop": str(stop)}
         found = {k: metadata.get(k) for k in expected}
         if found != expected:
-            raise CorruptFileError(f"chunk file {path} was written for another run ({found}, "
-                                   f"expected {expected}); delete it or give another --chunks "
+            raise CorruptFileError(f"chunk file {path} was written for another run (key "
+                                   f"{found['key']}, {found['phase']}, {found['start']}:"
+                                   f"{found['stop']}); delete it or give another --chunks "
                                    "folder")
         return tensors
 

@@ -137,7 +137,8 @@ def test_changed_settings_never_mix_with_old_chunks(tmp_path, images, capsys):
     old = chunk_files(tmp_path / "chunks")
     assert len(old) == N_IMAGES // BATCH
     capsys.readouterr()
-    argv = baselines_argv(tmp_path, images, "--keep-chunks", "--statistic", "mean")
+    argv = baselines_argv(tmp_path, images, "--keep-chunks", "--statistic", "mean",
+                          "--no-progress")
     assert main(argv) == 0
     assert f"{N_IMAGES // BATCH} chunks computed, 0 read back" in capsys.readouterr().out
     new = [p for p in chunk_files(tmp_path / "chunks") if p not in old]
