@@ -133,6 +133,11 @@ def test_ctrl_c_leaves_complete_chunks_and_the_rerun_gives_the_exact_median(
 
 
 def test_changed_settings_never_mix_with_old_chunks(tmp_path, images, capsys):
+    import shutil
+
+    from PIL import Image
+
+    images = shutil.copytree(images, tmp_path / "images")  # changed in place below
     assert main(baselines_argv(tmp_path, images, "--keep-chunks")) == 0
     old = chunk_files(tmp_path / "chunks")
     assert len(old) == N_IMAGES // BATCH
@@ -148,3 +153,10 @@ def test_changed_settings_never_mix_with_old_chunks(tmp_path, images, capsys):
     expect_user_error(capsys, argv, "was written for another run")
     new[0].write_bytes(b"\x00" * 10)
     expect_user_error(capsys, argv, "is corrupt .*delete it to recompute that chunk")
+    # Other image content under the same file names (one pixel changed) is another run too.
+    first = sorted(images.glob("*.png"))[0]
+    image = Image.open(first)
+    image.putpixel((0, 0), tuple(255 - v for v in image.getpixel((0, 0))))
+    image.save(first)
+    assert main(baselines_argv(tmp_path, images, "--no-progress")) == 0
+    assert f"{N_IMAGES // BATCH} chunks computed, 0 read back" in capsys.readouterr().out
