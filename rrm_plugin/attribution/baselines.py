@@ -19,10 +19,10 @@ import torch
 from jaxtyping import Float
 from sae_lens import SAE
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from rrm_plugin.io import CorruptFileError, read_tensors, write_tensors
 from rrm_plugin.replacement.splice import replacement
+from rrm_plugin.runs.sharded import concat, map_batches
 
 Statistic = Literal["median", "mean", "zero"]
 BASELINES_FILENAME = "baselines.safetensors"
@@ -180,16 +180,16 @@ def compute_baselines(
         raise ValueError("need at least one reference image to compute baselines")
     names = {f"{h}.{suffix}": (kind, h) for h in saes for kind, suffix in
              zip(_KINDS, ("hook_sae_acts_post", "hook_sae_error", "hook_sae_input"), strict=True)}
-    chunks: dict[tuple[str, str], list[Tensor]] = {key: [] for key in names.values()}
-    starts = range(0, len(images), batch_size)
-    with replacement(model, saes, keep_error=True):
-        for start in tqdm(starts, desc="baselines", disable=not progress, leave=False):
-            _, cache = model.run_with_cache(
-                images[start : start + batch_size], names_filter=lambda n: n in names
-            )
-            for name, key in names.items():
-                chunks[key].append(cache[name].cpu())
-    reduced = {key: _reduce(torch.cat(c), statistic) for key, c in chunks.items()}
+
+    def batch(sl: slice) -> dict[str, Tensor]:
+        with replacement(model, saes, keep_error=True):
+            _, cache = model.run_with_cache(images[sl], names_filter=lambda n: n in names)
+        return {name: cache[name].cpu() for name in names}
+
+    # Gathered over every image (and every process), then reduced: the exact median.
+    parts = map_batches(batch, n=len(images), batch_size=batch_size, name="baselines",
+                        progress=progress)
+    reduced = {key: _reduce(concat(parts, name), statistic) for name, key in names.items()}
     return Baselines(
         statistic=statistic,
         **{kind: {h: reduced[(kind, h)] for h in saes} for kind in _KINDS},

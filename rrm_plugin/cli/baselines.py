@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from rrm_plugin.cli.common import add_images_arg, add_model_args
+from rrm_plugin.cli.dataset import add_run_args
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
@@ -23,6 +24,8 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
                         "$RRM_PLUGIN_CACHE/baselines/RELEASE.safetensors, default "
                         "~/.cache/rrm_plugin; trace and faithfulness find it there); the "
                         "package's shipped files are never written")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_run_args(p)
     p.set_defaults(run=run)
 
 
@@ -37,6 +40,7 @@ def run(args: argparse.Namespace) -> int:
 
     from rrm_plugin.attribution.baselines import compute_baselines
     from rrm_plugin.cli.common import load_image_args, load_workspace
+    from rrm_plugin.cli.dataset import chunk_report, dataset_run, start_processes
     from rrm_plugin.data import training_sampler
     from rrm_plugin.zoo.models import MODELS
 
@@ -47,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.release is None or args.release.lower() == "none":
         raise ValueError("--release none: baselines need an SAE release")
+    ctx = start_processes(args)
     ws = load_workspace(args)
     if args.images:
         images = load_image_args(args.images, ws).images
@@ -61,8 +66,14 @@ def run(args: argparse.Namespace) -> int:
     from rrm_plugin.io import check_not_shipped
 
     check_not_shipped(out)  # before the work, not after
-    baselines = compute_baselines(ws.model, ws.saes, images, statistic=args.statistic,
-                                  batch_size=args.batch_size)
-    baselines.save(out)
-    print(f"{args.statistic} baselines of {ws.release} over {what} -> {out}")
+    with dataset_run(args, ws, ctx, command="baselines", out=out, images=images) as run:
+        # Gathered per image from every process, then one median: exactly one process's result.
+        baselines = compute_baselines(ws.model, ws.saes, images, statistic=args.statistic,
+                                      batch_size=args.batch_size,
+                                      progress=ctx.is_main and not args.no_progress)
+        report = chunk_report(run)
+        if ctx.is_main:
+            baselines.save(out)
+            print(f"{args.statistic} baselines of {ws.release} over {what} -> {out}")
+            print(report)
     return 0

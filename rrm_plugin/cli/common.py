@@ -110,9 +110,15 @@ def predicted_labels(model, images, *, batch_size: int):
     """The model's own predicted classes, in batches: labels for unlabelled images."""
     import torch
 
-    with torch.no_grad():
-        return torch.cat([model(images[i : i + batch_size]).argmax(-1)
-                          for i in range(0, len(images), batch_size)])
+    from rrm_plugin.runs.sharded import concat, map_batches
+
+    @torch.no_grad()
+    def batch(sl: slice) -> dict:
+        return {"predicted": model(images[sl]).argmax(-1)}
+
+    parts = map_batches(batch, n=len(images), batch_size=batch_size, name="predictions",
+                        progress=False)
+    return concat(parts, "predicted").to(images.device)
 
 
 def model_preprocessing(model_name: str, model):

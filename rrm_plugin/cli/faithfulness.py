@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from rrm_plugin.cli.common import add_baselines_arg, add_images_arg, add_model_args
+from rrm_plugin.cli.dataset import add_run_args
 from rrm_plugin.cli.output import add_overwrite_arg
 
 
@@ -45,6 +46,7 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
                    help="output folder, written as a unit (default ./faithfulness): "
                         "faithfulness.json, .png, .md")
     add_overwrite_arg(p)
+    add_run_args(p)
     p.set_defaults(run=run)
 
 
@@ -58,14 +60,17 @@ def run(args: argparse.Namespace) -> int:
         predicted_labels,
         resolve_baselines,
     )
+    from rrm_plugin.cli.dataset import (
+        baseline_tensors,
+        chunk_report,
+        dataset_run,
+        start_processes,
+    )
     from rrm_plugin.cli.output import check_output_directory, output_directory
-    from rrm_plugin.io import write_json, write_text
     from rrm_plugin.metrics.faithfulness import (
-        HEADLINE_AXIS,
         METHODS,
         FaithfulnessConfig,
         evaluate_faithfulness,
-        plot_faithfulness,
     )
 
     torch.set_num_threads(2)
@@ -83,23 +88,40 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
     check_output_directory(args.out, command="faithfulness", overwrite=args.overwrite)
+    ctx = start_processes(args)
     ws = load_workspace(args)
     loaded = load_image_args(args.images, ws)
-    labels = loaded.labels
-    if labels is None:
-        # Unlabelled images: explain the predicted class (every image counts as "correct").
-        labels = predicted_labels(ws.model, loaded.images, batch_size=args.batch_size)
-        print(f"{len(labels)} unlabelled images: explaining each image's predicted class")
     if args.skip_early_layers >= len(ws.saes):
         raise ValueError(f"--skip-early-layers {args.skip_early_layers} leaves no SAE layer to "
                          f"mask ({len(ws.saes)} in {ws.release})")
-    baselines, how = resolve_baselines(args.baselines, ws, loaded.images)
-    config = FaithfulnessConfig(n_images=args.n_images, seed=args.seed, metric=args.metric,
-                                methods=tuple(methods), normalisation=args.normalisation,
-                                batch_size=args.batch_size, criterion=args.criterion,
-                                ties=args.ties, skip_early_layers=args.skip_early_layers)
-    result = evaluate_faithfulness(ws.model, ws.saes, loaded.images, labels,
-                                   baselines=baselines, config=config)
+    with dataset_run(args, ws, ctx, command="faithfulness", out=args.out,
+                     images=loaded.images) as run:
+        labels = loaded.labels
+        if labels is None:
+            # Unlabelled images: explain the predicted class (every image counts as "correct").
+            labels = predicted_labels(ws.model, loaded.images, batch_size=args.batch_size)
+        baselines, how = resolve_baselines(args.baselines, ws, loaded.images)
+        run.extend_key(baseline_tensors(baselines))
+        config = FaithfulnessConfig(n_images=args.n_images, seed=args.seed, metric=args.metric,
+                                    methods=tuple(methods), normalisation=args.normalisation,
+                                    batch_size=args.batch_size, criterion=args.criterion,
+                                    ties=args.ties, skip_early_layers=args.skip_early_layers)
+        result = evaluate_faithfulness(ws.model, ws.saes, loaded.images, labels,
+                                       baselines=baselines, config=config,
+                                       progress=ctx.is_main)
+        report = chunk_report(run)
+        if ctx.is_main:
+            _write(args, ws, loaded, result, how, output_directory)
+            if loaded.labels is None:
+                print(f"{len(labels)} unlabelled images: explaining each image's predicted class")
+            print(report)
+    return 0
+
+
+def _write(args, ws, loaded, result, how, output_directory) -> None:
+    from rrm_plugin.io import write_json, write_text
+    from rrm_plugin.metrics.faithfulness import HEADLINE_AXIS, plot_faithfulness
+
     summary = result.to_json_dict()
     summary["metadata"] = {"model": ws.model_name, "release": ws.release, "baselines": how,
                            "files": [loaded.files[i] for i in result.image_indices]
@@ -124,4 +146,3 @@ def run(args: argparse.Namespace) -> int:
               f"{margin.difference.mean:+.3f} +- {margin.difference.se:.3f}, ratio "
               f"{margin.ratio.mean:.2f} +- {margin.ratio.se:.2f} (s.e.)")
     print(f"results: {args.out / 'faithfulness.json'}, {args.out / 'faithfulness.png'}")
-    return 0

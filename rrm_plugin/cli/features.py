@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from rrm_plugin.cli.common import add_baselines_arg, add_images_arg, add_model_args
+from rrm_plugin.cli.dataset import add_run_args
 from rrm_plugin.cli.output import add_overwrite_arg
 
 
@@ -30,6 +31,7 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
                    help="images per forward pass (default 64)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     add_overwrite_arg(p)
+    add_run_args(p)
     p.set_defaults(run=run)
 
 
@@ -57,8 +59,14 @@ def _class_names(ws) -> list[str] | None:
 
 def run(args: argparse.Namespace) -> int:
     from rrm_plugin.cli.common import load_image_args, load_workspace, resolve_baselines
+    from rrm_plugin.cli.dataset import (
+        baseline_tensors,
+        chunk_report,
+        dataset_run,
+        start_processes,
+    )
     from rrm_plugin.cli.output import check_output_directory, output_directory
-    from rrm_plugin.features.dashboard import build_dashboards, write_dashboards
+    from rrm_plugin.features.dashboard import build_dashboards
 
     start = time.time()
     if args.k < 1:
@@ -66,30 +74,47 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
     check_output_directory(args.out, command="features", overwrite=args.overwrite)
+    ctx = start_processes(args)
     ws = load_workspace(args)
     if not ws.saes:
         raise ValueError("rrm features needs an SAE release: give --release NAME or FOLDER")
     saes = _select_layers(ws.saes, args.layers)
     loaded = load_image_args(args.images, ws)
-    baselines = None
-    if args.n_circuit_images != 0:
-        baselines, what = resolve_baselines(args.baselines, ws._replace(saes=saes),
-                                            loaded.images)
-        print(f"baselines: {what}")
-    dash = build_dashboards(
-        ws.model, saes, loaded.images, model_name=ws.model_name, release=str(ws.release),
-        class_names=_class_names(ws), baselines=baselines,
-        n_circuit_images=args.n_circuit_images or None, k=args.k, batch_size=args.batch_size,
-        files=[str(f) for f in loaded.files] or None, progress=not args.no_progress,
-        layer_ids=[list(ws.saes).index(h) for h in saes],
-    )
-    if args.types:
+    progress = not args.no_progress and ctx.is_main
+    with dataset_run(args, ws, ctx, command="features", out=args.out, images=loaded.images,
+                     progress=progress) as run:
+        baselines = what = None
+        if args.n_circuit_images != 0:
+            baselines, what = resolve_baselines(args.baselines, ws._replace(saes=saes),
+                                                loaded.images)
+            run.extend_key(baseline_tensors(baselines))
+        dash = build_dashboards(
+            ws.model, saes, loaded.images, model_name=ws.model_name, release=str(ws.release),
+            class_names=_class_names(ws), baselines=baselines,
+            n_circuit_images=args.n_circuit_images or None, k=args.k,
+            batch_size=args.batch_size, files=[str(f) for f in loaded.files] or None,
+            progress=progress, layer_ids=[list(ws.saes).index(h) for h in saes],
+        )
+        report = chunk_report(run)
+        if ctx.is_main:
+            if what is not None:
+                print(f"baselines: {what}")
+            _write(args, ws.model, dash, saes, output_directory, progress=progress)
+            print(report)
+            print(f"done in {time.time() - start:.0f} s")
+    return 0
+
+
+def _write(args, model, dash, saes, output_directory, *, progress: bool) -> None:
+    from rrm_plugin.features.dashboard import write_dashboards
+
+    if args.types:  # generated stimuli, not the image set: rank 0 alone
         from rrm_plugin.features.types import feature_types
 
-        result = feature_types(ws.model, saes, progress=not args.no_progress)
+        result = feature_types(model, saes, progress=progress)
         dash.types = {h: r.types for h, r in result.layers.items()}
     with output_directory(args.out, command="features", overwrite=args.overwrite) as tmp:
-        written = write_dashboards(dash, tmp, progress=not args.no_progress)
+        written = write_dashboards(dash, tmp, progress=progress)
         if args.types:
             from rrm_plugin.features.types import write_types
 
@@ -101,5 +126,3 @@ def run(args: argparse.Namespace) -> int:
               f"never fire; median image density {float(t.image_density.median()):.3f}")
     for path in written:
         print(f"wrote {path}")
-    print(f"done in {time.time() - start:.0f} s")
-    return 0

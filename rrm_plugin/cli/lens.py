@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from rrm_plugin.cli.common import add_images_arg, add_model_args
+from rrm_plugin.cli.dataset import add_run_args
 from rrm_plugin.cli.output import add_overwrite_arg
 
 
@@ -41,6 +42,7 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the random baselines, permutations and control model")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_run_args(p)
     p.set_defaults(run=run)
 
 
@@ -90,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from rrm_plugin.cli.common import load_workspace
+    from rrm_plugin.cli.dataset import chunk_report, dataset_run, start_processes
     from rrm_plugin.cli.output import check_output_directory, output_directory
     from rrm_plugin.hosts.prisma import build_hooked_vit
     from rrm_plugin.lens.report import LensConfig, format_summary, run_lens, write_lens_report
@@ -103,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
     check_output_directory(args.out, command="lens", overwrite=args.overwrite)
     start = time.time()
     no_saes = args.release is not None and args.release.lower() == "none"
+    ctx = start_processes(args)
     ws = load_workspace(args, with_saes=not no_saes)
     images, labels, mask, probe_images, probe_labels = _lens_inputs(args, ws)
     control = build_hooked_vit(ws.model.cfg, seed=args.seed).to(
@@ -110,19 +114,25 @@ def run(args: argparse.Namespace) -> int:
     config = LensConfig(
         batch_size=args.batch_size, n_permutations=args.permutations,
         random_repeats=args.random_repeats, random_shared_seeds=args.random_shared_seeds,
-        seed=args.seed, progress=not args.no_progress,
+        seed=args.seed, progress=not args.no_progress and ctx.is_main,
         map_blocks=None if args.blocks is None else tuple(args.blocks),
     )
-    torch.manual_seed(args.seed)
-    results = run_lens(
-        ws.model, images=images, labels=labels, object_mask=mask, probe_images=probe_images,
-        probe_labels=probe_labels, control=control, saes=ws.saes or None, config=config,
-    )
-    with output_directory(args.out, command="lens", overwrite=args.overwrite) as tmp:
-        written = write_lens_report(results, tmp, images=images, labels=labels,
-                                    object_mask=mask, config=config)
-    print(format_summary(results.summary))
-    for path in written:
-        print(f"wrote {args.out / Path(path).relative_to(tmp)}")
-    print(f"done in {time.time() - start:.0f} s")
+    with dataset_run(args, ws, ctx, command="lens", out=args.out, images=images,
+                     progress=config.progress) as run:
+        run.extend_key([t for t in (labels, mask, probe_images, probe_labels) if t is not None])
+        torch.manual_seed(args.seed)
+        results = run_lens(
+            ws.model, images=images, labels=labels, object_mask=mask, probe_images=probe_images,
+            probe_labels=probe_labels, control=control, saes=ws.saes or None, config=config,
+        )
+        report = chunk_report(run)
+        if ctx.is_main:
+            with output_directory(args.out, command="lens", overwrite=args.overwrite) as tmp:
+                written = write_lens_report(results, tmp, images=images, labels=labels,
+                                            object_mask=mask, config=config)
+            print(format_summary(results.summary))
+            for path in written:
+                print(f"wrote {args.out / Path(path).relative_to(tmp)}")
+            print(report)
+            print(f"done in {time.time() - start:.0f} s")
     return 0

@@ -39,6 +39,8 @@ class SpuriousConfig:
         validation_seed: Seed of the training / validation split of source digits.
         validation_render_seed: Seed of the placement, colours and markers of validation images.
         test_render_seed: Seed of the placement, colours and markers of test images.
+        renders: Validation and test renders of each source digit per marker kind (agreeing,
+            disagreeing): more renders, tighter group accuracies (the digits are few).
     """
 
     canvas: DigitsCanvasConfig = DigitsCanvasConfig(canvas_size=24, scale=2, patch_size=4)
@@ -48,6 +50,7 @@ class SpuriousConfig:
     validation_seed: int = 7
     validation_render_seed: int = 11
     test_render_seed: int = 13
+    renders: int = 2
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.agreement <= 1.0:
@@ -130,8 +133,9 @@ def _paired_set(cfg: SpuriousConfig, which: int, seed: int) -> SpuriousBatch:
     digits, labels = load_source_digits()
     idx = split_source_digits(cfg, len(digits))[which]
     rng = np.random.default_rng(seed)
-    both = np.concatenate([idx, idx])
-    markers = np.concatenate([labels[idx], _other_class(labels[idx], rng)])
+    copies = np.tile(idx, cfg.renders)
+    both = np.concatenate([copies, copies])
+    markers = np.concatenate([labels[copies], _other_class(labels[copies], rng)])
     return _draw(digits, labels, both, markers, cfg, rng)
 
 

@@ -17,7 +17,8 @@ import torch
 from jaxtyping import Float, Int
 from sae_lens import SAE
 from torch import Tensor
-from tqdm.auto import tqdm
+
+from rrm_plugin.runs.sharded import map_batches
 
 # Histogram of nonzero token activations: log10 bins from 1e-3 to 1e3 (below/above clamp).
 HIST_LOG10_RANGE = (-3.0, 3.0)
@@ -77,33 +78,52 @@ class _Accumulator:
         self.hist = torch.zeros(d_sae, HIST_BINS, dtype=torch.long, device=device)
 
     def add(self, acts: Float[Tensor, "batch tokens d_sae"], offset: int) -> None:
-        acts = acts.float()
-        batch, _, d_sae = acts.shape
-        scores = acts.amax(dim=1).T  # [d_sae, batch]
-        # The batch's own top-k first (stable: ties keep the earlier image), so only k maps per
-        # feature are gathered; then merge with the running top-k, running entries first.
-        local = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, : self.k]
-        features = torch.arange(d_sae, device=acts.device)[:, None]
-        values = torch.cat([self.values, scores.gather(1, local)], dim=1)
-        indices = torch.cat([self.indices, local + offset], dim=1)
-        maps = torch.cat([self.maps, acts[local, :, features]], dim=1)  # [d_sae, ., tokens]
+        self.merge(batch_summary(acts, offset=offset, k=self.k))
+
+    def merge(self, summary: dict[str, Tensor]) -> None:
+        """Fold one batch's `batch_summary` in (batches in image order, running entries first)."""
+        s = {key: value.to(self.values.device) for key, value in summary.items()}
+        values = torch.cat([self.values, s["values"]], dim=1)
+        indices = torch.cat([self.indices, s["indices"]], dim=1)
+        maps = torch.cat([self.maps, s["maps"]], dim=1)  # [d_sae, ., tokens]
         top = torch.sort(values, dim=1, descending=True, stable=True).indices[:, : self.k]
         self.values = values.gather(1, top)
         self.indices = indices.gather(1, top)
         self.maps = maps.gather(1, top[..., None].expand(-1, -1, maps.shape[-1]))
+        self.token_count += s["token_count"]
+        self.image_count += s["image_count"]
+        self.max = torch.maximum(self.max, s["max"])
+        self.total += s["total"]
+        self.hist += s["hist"]
 
-        firing = acts > 0
-        self.token_count += firing.sum(dim=(0, 1))
-        self.image_count += firing.any(dim=1).sum(0)
-        self.max = torch.maximum(self.max, scores.amax(dim=1))
-        self.total += acts.sum(dim=(0, 1)).double()
-        # Histogram of the nonzero activations only (SAE codes are sparse): one bincount.
-        live = acts[firing]
-        feature = firing.nonzero()[:, 2]
-        lo, hi = HIST_LOG10_RANGE
-        bins = ((live.log10() - lo) / (hi - lo) * HIST_BINS).floor().clamp(0, HIST_BINS - 1)
-        flat = feature * HIST_BINS + bins.long()
-        self.hist += torch.bincount(flat, minlength=d_sae * HIST_BINS).view(d_sae, HIST_BINS)
+
+def batch_summary(
+    acts: Float[Tensor, "batch tokens d_sae"], *, offset: int, k: int
+) -> dict[str, Tensor]:
+    """One batch's top-k images per feature (with their maps), counts, maximum, sum and histogram.
+
+    The batch's own top-k is taken first (stable: ties keep the earlier image), so only k maps
+    per feature are gathered; `_Accumulator.merge` folds it into the running top-k.
+    """
+    acts = acts.float()
+    batch, _, d_sae = acts.shape
+    scores = acts.amax(dim=1).T  # [d_sae, batch]
+    local = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :k]
+    features = torch.arange(d_sae, device=acts.device)[:, None]
+    firing = acts > 0
+    # Histogram of the nonzero activations only (SAE codes are sparse): one bincount.
+    live = acts[firing]
+    feature = firing.nonzero()[:, 2]
+    lo, hi = HIST_LOG10_RANGE
+    bins = ((live.log10() - lo) / (hi - lo) * HIST_BINS).floor().clamp(0, HIST_BINS - 1)
+    flat = feature * HIST_BINS + bins.long()
+    return {
+        "values": scores.gather(1, local), "indices": local + offset,
+        "maps": acts[local, :, features],
+        "token_count": firing.sum(dim=(0, 1)), "image_count": firing.any(dim=1).sum(0),
+        "max": scores.amax(dim=1), "total": acts.sum(dim=(0, 1)).double(),
+        "hist": torch.bincount(flat, minlength=d_sae * HIST_BINS).view(d_sae, HIST_BINS),
+    }
 
 
 def _check_inputs(model, saes: Mapping[str, SAE], images: Tensor, k: int) -> None:
@@ -147,16 +167,28 @@ def collect_top_activations(
     dtype = next(model.parameters()).dtype
     hooks = list(saes)
     k = min(k, len(images))
-    acc: dict[str, _Accumulator] = {}
-    for start in tqdm(range(0, len(images), batch_size), desc="feature activations",
-                      disable=not progress, unit="batch"):
-        batch = images[start : start + batch_size].to(device=device, dtype=dtype)
-        _, cache = model.run_with_cache(batch, names_filter=hooks)
+
+    def batch(sl: slice) -> dict[str, Tensor]:
+        x = images[sl].to(device=device, dtype=dtype)
+        _, cache = model.run_with_cache(x, names_filter=hooks)
+        out = {}
         for hook, sae in saes.items():
             acts = sae.encode(cache[hook].to(sae.dtype))
+            summary = batch_summary(acts, offset=sl.start, k=k)
+            out.update({f"{hook}/{key}": value for key, value in summary.items()})
+        return out
+
+    parts = map_batches(batch, n=len(images), batch_size=batch_size,
+                        name="feature activations", progress=progress)
+    acc: dict[str, _Accumulator] = {}
+    for part in parts:  # in image order, whichever process computed each batch
+        for hook in saes:
+            summary = {key.removeprefix(f"{hook}/"): value for key, value in part.items()
+                       if key.startswith(f"{hook}/")}
             if hook not in acc:
-                acc[hook] = _Accumulator(acts.shape[-1], k, acts.shape[1], device)
-            acc[hook].add(acts, start)
+                d_sae, _, n_tokens = summary["maps"].shape
+                acc[hook] = _Accumulator(d_sae, k, n_tokens, device)
+            acc[hook].merge(summary)
     n = len(images)
     result = {}
     for hook, a in acc.items():

@@ -81,6 +81,17 @@ def circuit_participation(
     """
     if not graphs:
         raise ValueError("no graphs given: expected at least one attribution graph")
+    sums = participation_sums(graphs, node_threshold=node_threshold,
+                              edge_threshold=edge_threshold)
+    return participation_from_sums([sums], hook_names=[layer.hook_name
+                                                       for layer in graphs[0].layers])
+
+
+def participation_sums(
+    graphs: Sequence[Graph], *, node_threshold: float = 0.8, edge_threshold: float = 0.98
+) -> dict[str, Tensor]:
+    """The sums of `circuit_participation` over `graphs`, as flat tensors: batches of graphs
+    (possibly from other processes) are combined by `participation_from_sums`."""
     first = graphs[0]
     hooks = [layer.hook_name for layer in first.layers]
     sizes = [layer.d_sae for layer in first.layers]
@@ -115,8 +126,29 @@ def circuit_participation(
                                 kept, accumulate=True)
         top = graph.layers[-1]
         logit.index_add_(0, top.features, top.scores.double() * pruned.logit_edge_mask[:-1])
+    sums = {"n_graphs": torch.tensor(len(graphs)), "logit_edges": logit}
+    for name, per_layer in (("count", count), ("positive", positive), ("negative", negative),
+                            ("score_sum", score_sum), ("edges", edges)):
+        sums.update({f"{name}/{k}": t for k, t in enumerate(per_layer)})
+    return sums
+
+
+def participation_from_sums(
+    parts: Sequence[dict[str, Tensor]], *, hook_names: Sequence[str]
+) -> CircuitParticipation:
+    """`CircuitParticipation` of the `participation_sums` of consecutive batches of graphs."""
+    total = dict(parts[0])
+    for part in parts[1:]:  # in batch order, so every process count gives the same sums
+        total = {key: total[key] + part[key] for key in total}
+    n_layers = len(hook_names)
+
+    def layers(name: str, n: int) -> list[Tensor]:
+        return [total[f"{name}/{k}"] for k in range(n)]
+
     return CircuitParticipation(
-        hook_names=hooks, count=count, positive=positive, negative=negative,
-        score_sum=[s.float() for s in score_sum], edges=[e.float() for e in edges],
-        logit_edges=logit.float(), n_graphs=len(graphs),
+        hook_names=list(hook_names), count=layers("count", n_layers),
+        positive=layers("positive", n_layers), negative=layers("negative", n_layers),
+        score_sum=[s.float() for s in layers("score_sum", n_layers)],
+        edges=[e.float() for e in layers("edges", n_layers - 1)],
+        logit_edges=total["logit_edges"].float(), n_graphs=int(total["n_graphs"]),
     )

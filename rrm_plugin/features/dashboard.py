@@ -28,7 +28,11 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from rrm_plugin.features.activations import TopActivations, collect_top_activations
-from rrm_plugin.features.circuits import CircuitParticipation, circuit_participation
+from rrm_plugin.features.circuits import (
+    CircuitParticipation,
+    participation_from_sums,
+    participation_sums,
+)
 from rrm_plugin.features.render import (
     contact_sheet,
     display_images,
@@ -40,6 +44,7 @@ from rrm_plugin.features.render import (
     write_png,
 )
 from rrm_plugin.io import _atomic, write_json
+from rrm_plugin.runs.sharded import map_batches
 
 CARDS_SCHEMA = "rrm-feature-cards/1"
 LENS_TOP = 5
@@ -133,13 +138,15 @@ def build_dashboards(
         n = len(images) if n_circuit_images is None else n_circuit_images
         if not 1 <= n <= len(images):
             raise ValueError(f"n_circuit_images must be in [1, {len(images)}], got {n}")
-        graphs = []
         device = next(model.parameters()).device
-        for start in tqdm(range(0, n, batch_size), desc="circuits", disable=not progress,
-                          unit="batch"):
-            batch = images[start : min(start + batch_size, n)].to(device)
-            graphs += attribute(model, saes, batch, baselines=baselines)
-        circuits = circuit_participation(graphs)
+
+        def batch(sl: slice) -> dict[str, Tensor]:
+            graphs = attribute(model, saes, images[sl].to(device), baselines=baselines)
+            return participation_sums(graphs)
+
+        parts = map_batches(batch, n=n, batch_size=batch_size, name="circuits",
+                            progress=progress)
+        circuits = participation_from_sums(parts, hook_names=list(saes))
     return FeatureDashboards(
         model_name=model_name, release=release, hook_names=list(saes), top=top, lens=lens,
         class_names=names, circuits=circuits, n_prefix=n_prefix_tokens(model),

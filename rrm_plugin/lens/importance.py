@@ -22,7 +22,6 @@ import torch
 import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
-from tqdm.auto import tqdm
 from vit_prisma.models.base_vit import HookedViT
 
 from rrm_plugin.hosts.prisma import check_images
@@ -33,6 +32,7 @@ from rrm_plugin.lens.projection import (
     n_prefix_tokens,
     project,
 )
+from rrm_plugin.runs.sharded import concat, map_batches
 
 Perturbation = Literal["negative", "positive"]
 AucNormalisation = Literal["authors", "inclusive"]
@@ -84,12 +84,11 @@ def importance_by_block(
 
     hooks = [(f"blocks.{b}.{name}", save)
              for b in range(n_layers) for name in ("attn.hook_pattern", "hook_attn_out")]
-    parts = []
-    starts = range(0, len(images), batch_size)
-    for start in tqdm(starts, desc="attention gradients", disable=not progress, leave=False):
+
+    def batch(sl: slice) -> dict[str, Tensor]:
         # The input requires grad so the graph exists even if the weights are frozen.
-        x = images[start : start + batch_size].clone().requires_grad_(True)
-        y = labels[start : start + batch_size]
+        x = images[sl].clone().requires_grad_(True)
+        y = labels[sl]
         importance = torch.zeros(n_layers, len(x), n_patches(model) + n_prefix, device=x.device)
         with torch.enable_grad(), model.hooks(fwd_hooks=hooks):
             model(x)
@@ -100,9 +99,12 @@ def importance_by_block(
                 pattern = saved[f"blocks.{b}.attn.hook_pattern"]
                 (grad,) = torch.autograd.grad(loss, pattern, retain_graph=b < n_layers - 1)
                 importance[b] = -grad[:, :, 0, :].sum(1)  # CLS query, summed over heads
-        parts.append(importance[..., n_prefix:].detach().cpu())
         saved.clear()
-    return torch.cat(parts, dim=1)
+        return {"importance": importance[..., n_prefix:].detach().cpu()}
+
+    parts = map_batches(batch, n=len(images), batch_size=batch_size,
+                        name="attention gradients", progress=progress)
+    return concat(parts, "importance", dim=1)
 
 
 def chefer_rollout_importance(
@@ -134,11 +136,10 @@ def chefer_rollout_importance(
         saved[hook.name] = pattern
         return pattern
 
-    parts = []
-    starts = range(0, len(images), batch_size)
-    for start in tqdm(starts, desc="attention rollout", disable=not progress, leave=False):
-        x = images[start : start + batch_size].clone().requires_grad_(True)
-        y = labels[start : start + batch_size]
+
+    def batch(sl: slice) -> dict[str, Tensor]:
+        x = images[sl].clone().requires_grad_(True)
+        y = labels[sl]
         with torch.enable_grad():
             logits = model.run_with_hooks(x, fwd_hooks=[(n, save) for n in names])
             # Summed over images: each image's logit depends only on its own patterns.
@@ -150,9 +151,12 @@ def chefer_rollout_importance(
         for pattern, grad in zip(patterns, grads, strict=True):
             weighted = (grad * pattern).detach().clamp(min=0).mean(1)  # [batch, query, key]
             relevance = relevance + weighted @ relevance
-        parts.append(relevance[:, 0, n_prefix:].cpu())
         saved.clear()
-    return torch.cat(parts)
+        return {"rollout": relevance[:, 0, n_prefix:].cpu()}
+
+    parts = map_batches(batch, n=len(images), batch_size=batch_size, name="attention rollout",
+                        progress=progress)
+    return concat(parts, "rollout")
 
 
 def importance_order(
@@ -242,18 +246,20 @@ def perturbation_curve(
     n_total = n_patches(model)
     check_order(order, n_images=len(images), n_patches=n_total)
     n_prefix = n_prefix_tokens(model)
-    accuracy = torch.zeros(n_total)
-    for n_removed in tqdm(range(n_total), desc=f"{mode} perturbation", disable=not progress,
-                          leave=False):
-        keep = kept_patches(order, n_removed=n_removed, mode=mode)
-        correct = 0
-        for start in range(0, len(images), batch_size):
-            sl = slice(start, start + batch_size)
-            hook = keep_tokens_hook(keep[sl], n_prefix=n_prefix)
+
+    def batch(sl: slice) -> dict[str, Tensor]:
+        # Every removal count for this batch of images: correct predictions per count.
+        correct = torch.zeros(n_total, dtype=torch.long)
+        for n_removed in range(n_total):
+            keep = kept_patches(order[sl], n_removed=n_removed, mode=mode)
+            hook = keep_tokens_hook(keep, n_prefix=n_prefix)
             logits = model.run_with_hooks(images[sl], fwd_hooks=[("blocks.0.hook_resid_pre", hook)])
-            correct += int((logits.argmax(-1) == labels[sl]).sum())
-        accuracy[n_removed] = correct / len(images)
-    return accuracy
+            correct[n_removed] = int((logits.argmax(-1) == labels[sl]).sum())
+        return {"correct": correct}
+
+    parts = map_batches(batch, n=len(images), batch_size=batch_size,
+                        name=f"{mode} perturbation", progress=progress)
+    return (torch.stack([p["correct"] for p in parts]).sum(0).double() / len(images)).float()
 
 
 def perturbation_auc(

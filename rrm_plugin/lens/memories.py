@@ -14,11 +14,11 @@ import torch
 from einops import einsum, rearrange
 from jaxtyping import Float, Int
 from torch import Tensor
-from tqdm.auto import tqdm
 from vit_prisma.models.base_vit import HookedViT
 
 from rrm_plugin.hosts.prisma import check_images
 from rrm_plugin.lens.projection import check_class_head, check_labels, project, sublayer_norm
+from rrm_plugin.runs.sharded import map_batches
 
 Sublayer = Literal["attn", "mlp"]
 SUBLAYERS: tuple[Sublayer, ...] = ("attn", "mlp")
@@ -154,11 +154,10 @@ def memory_agreement(
     other = (labels + torch.randint(1, n_classes, labels.shape, generator=generator)) % n_classes
     has_cls = model.cfg.classification_type == "cls"
 
-    sums = torch.zeros(4, n_layers)
     names = memory_hook_names(model)
-    starts = range(0, len(images), batch_size)
-    for start in tqdm(starts, desc=f"{kind} memories", disable=not progress, leave=False):
-        sl = slice(start, start + batch_size)
+
+    def batch(sl: slice) -> dict[str, Tensor]:
+        sums = torch.zeros(4, n_layers)
         _, cache = model.run_with_cache(images[sl], names_filter=names)
         for b in range(n_layers):
             keys = top_keys(cache, layer=b, kind=kind, k=k)  # [batch, pos, k]
@@ -171,5 +170,12 @@ def memory_agreement(
             sums[1, b] += agree[:, 0].sum() if has_cls else torch.nan
             sums[2, b] += control.mean(-1).sum()
             sums[3, b] += composed.mean(-1).sum()
+        return {"sums": sums}
+
+    parts = map_batches(batch, n=len(images), batch_size=batch_size, name=f"{kind} memories",
+                        progress=progress)
+    sums = torch.zeros(4, n_layers)
+    for part in parts:  # in batch order, whichever process computed each batch
+        sums += part["sums"]
     rates = 100 * sums / len(images)
     return MemoryAgreement(*rates)

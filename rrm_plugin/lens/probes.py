@@ -14,12 +14,12 @@ import torch.nn.functional as F
 from einops import einsum, rearrange
 from jaxtyping import Float, Int
 from torch import Tensor
-from tqdm.auto import tqdm
 from vit_prisma.models.base_vit import HookedViT
 
 from rrm_plugin.hosts.prisma import check_images
 from rrm_plugin.lens.metrics import class_rank
 from rrm_plugin.lens.projection import check_class_head, check_labels, project, sublayer_norm
+from rrm_plugin.runs.sharded import map_batches
 
 KINDS = ("resid", "attn", "mlp")
 _HOOKS = {"resid": "hook_resid_post", "attn": "hook_attn_out", "mlp": "hook_mlp_out"}
@@ -100,12 +100,6 @@ def stacked_hidden(model: HookedViT, cache) -> Float[Tensor, "kind layer batch p
     return torch.stack([cache.stack_activation(_HOOKS[k].removeprefix("hook_")) for k in KINDS])
 
 
-def _batches(images: Tensor, batch_size: int, desc: str, progress: bool):
-    starts = range(0, len(images), batch_size)
-    for start in tqdm(starts, desc=desc, disable=not progress, leave=False):
-        yield slice(start, start + batch_size)
-
-
 class ProbeComparison(NamedTuple):
     """Top-1 accuracy (%) on the test images, for every sublayer kind, block and token."""
 
@@ -137,28 +131,40 @@ def compare_with_probes(
         check_labels(labels, n_classes=n_classes, n_images=len(images))
     names = hidden_hook_names(model)
 
-    moments = None
-    for sl in _batches(train_images, batch_size, "probe training", progress):
+
+    def train_batch(sl: slice) -> dict[str, Tensor]:
         _, cache = model.run_with_cache(train_images[sl], names_filter=names)
         hidden = rearrange(stacked_hidden(model, cache), "k l n t d -> (k l t) n d")
-        moments = _add(moments, _moments(hidden, _targets(train_labels[sl], n_classes)))
+        moments = _moments(hidden, _targets(train_labels[sl], n_classes))
+        return {**moments._asdict(), "n": torch.tensor(moments.n)}
+
+    parts = map_batches(train_batch, n=len(train_images), batch_size=batch_size,
+                        name="probe training", progress=progress)
+    moments = None
+    for part in parts:  # summed in batch order, whichever process computed each batch
+        moments = _add(moments, _Moments(**{**part, "n": int(part["n"])}))
     probes = _solve(moments, alpha=alpha)
 
-    probe_correct, proj_correct, ranks = 0, 0, []
-    for sl in _batches(test_images, batch_size, "probe testing", progress):
+    def test_batch(sl: slice) -> dict[str, Tensor]:
         _, cache = model.run_with_cache(test_images[sl], names_filter=names)
         hidden = stacked_hidden(model, cache)  # [kind, layer, batch, pos, d]
         shape = dict(zip("klnt", hidden.shape[:4], strict=True))
         flat = rearrange(hidden, "k l n t d -> (k l t) n d")
         logits = rearrange(probe_logits(probes, flat), "(k l t) n c -> k l n t c", **shape)
         y = test_labels[sl]
-        probe_correct = probe_correct + (logits.argmax(-1) == y[:, None]).sum(2)
         normed = hidden if model.cfg.classification_type != "gaap" else torch.stack([
             torch.stack([sublayer_norm(model, h, layer=b, kind=k) for b, h in enumerate(layers)])
             for k, layers in zip(KINDS, hidden, strict=True)
         ])  # the projection reads what the lens reads (block norms for mean-pooled models)
-        proj_correct = proj_correct + (project(model, normed).argmax(-1) == y[:, None]).sum(2)
-        ranks.append(class_rank(logits[0], labels=y))
+        return {"probe_correct": (logits.argmax(-1) == y[:, None]).sum(2),
+                "proj_correct": (project(model, normed).argmax(-1) == y[:, None]).sum(2),
+                "ranks": class_rank(logits[0], labels=y)}
+
+    parts = map_batches(test_batch, n=len(test_images), batch_size=batch_size,
+                        name="probe testing", progress=progress)
+    probe_correct = torch.stack([p["probe_correct"] for p in parts]).sum(0)
+    proj_correct = torch.stack([p["proj_correct"] for p in parts]).sum(0)
+    ranks = [p["ranks"] for p in parts]
     n_test = len(test_images)
     return ProbeComparison(
         probe_accuracy=100 * probe_correct.float() / n_test,

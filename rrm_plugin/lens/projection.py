@@ -16,10 +16,10 @@ import torch
 from einops import einsum
 from jaxtyping import Float
 from torch import Tensor
-from tqdm.auto import tqdm
 from vit_prisma.models.base_vit import HookedViT
 
 from rrm_plugin.hosts.prisma import check_images
+from rrm_plugin.runs.sharded import concat, map_batches
 
 
 class ClassProjection(NamedTuple):
@@ -154,14 +154,12 @@ def project_images(
     check_class_head(model)
     check_images(model, images)
     names = lens_hook_names(model)
-    parts = []
-    starts = range(0, len(images), batch_size)
-    for start in tqdm(starts, desc="class projection", disable=not progress, leave=False):
-        _, cache = model.run_with_cache(images[start : start + batch_size], names_filter=names)
-        parts.append(project_cache(model, cache))
-    return ClassProjection(
-        embed=torch.cat([p.embed for p in parts]),
-        resid=torch.cat([p.resid for p in parts], dim=1),
-        attn=torch.cat([p.attn for p in parts], dim=1),
-        mlp=torch.cat([p.mlp for p in parts], dim=1),
-    )
+
+    def batch(sl: slice) -> dict[str, Tensor]:
+        _, cache = model.run_with_cache(images[sl], names_filter=names)
+        return project_cache(model, cache)._asdict()
+
+    parts = map_batches(batch, n=len(images), batch_size=batch_size, name="class projection",
+                        progress=progress)
+    return ClassProjection(embed=concat(parts, "embed"), resid=concat(parts, "resid", dim=1),
+                           attn=concat(parts, "attn", dim=1), mlp=concat(parts, "mlp", dim=1))

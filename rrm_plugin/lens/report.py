@@ -46,6 +46,7 @@ from rrm_plugin.lens.projection import (
     n_prefix_tokens,
     project_images,
 )
+from rrm_plugin.runs.sharded import map_batches
 
 # Vilas et al. (NeurIPS 2023), as summarised in docs/method.md section 6.
 PAPER = {
@@ -115,8 +116,12 @@ def _tuple_dict(t: NamedTuple) -> dict[str, Any]:
 
 @torch.no_grad()
 def model_accuracy(model: HookedViT, images: Tensor, labels: Tensor, *, batch_size: int) -> float:
-    correct = sum(int((model(images[s : s + batch_size]).argmax(-1) == labels[s : s + batch_size])
-                      .sum()) for s in range(0, len(images), batch_size))
+    def batch(sl: slice) -> dict[str, Tensor]:
+        return {"correct": (model(images[sl]).argmax(-1) == labels[sl]).sum()}
+
+    parts = map_batches(batch, n=len(images), batch_size=batch_size, name="accuracy",
+                        progress=False)
+    correct = sum(int(p["correct"]) for p in parts)
     return correct / len(images)
 
 

@@ -45,7 +45,6 @@ import torch
 from jaxtyping import Bool, Float, Int
 from sae_lens import SAE
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from rrm_plugin.attribution.baselines import Baselines
 from rrm_plugin.attribution.forward import attribution_forward
@@ -64,6 +63,7 @@ from rrm_plugin.circuits.pruning import (
     select,
 )
 from rrm_plugin.replacement.splice import replacement
+from rrm_plugin.runs.sharded import concat, map_batches
 
 METHODS: tuple[str, ...] = (
     "rrm", "rrm_edge", "non_linearised", "random", "random_authors", "neuron"
@@ -386,10 +386,13 @@ def _readout(logits: Tensor, labels: Tensor) -> dict[str, Tensor]:
 def correct_indices(
     model: nn.Module, images: Tensor, labels: Tensor, *, batch_size: int = 256
 ) -> Int[Tensor, " n"]:
-    with torch.no_grad():
-        preds = torch.cat([model(images[s : s + batch_size]).argmax(-1)
-                           for s in range(0, len(images), batch_size)])
-    return torch.nonzero(preds == labels)[:, 0]
+    @torch.no_grad()
+    def batch(sl: slice) -> dict[str, Tensor]:
+        return {"correct": model(images[sl]).argmax(-1) == labels[sl]}
+
+    parts = map_batches(batch, n=len(images), batch_size=batch_size, name="correct",
+                        progress=False)
+    return torch.nonzero(concat(parts, "correct").to(labels.device))[:, 0]
 
 
 def select_images(correct: Tensor, n_images: int | None, seed: int) -> Tensor:
@@ -447,45 +450,62 @@ def evaluate_faithfulness(
     if len(correct) == 0:
         raise ValueError("no image is classified correctly; faithfulness needs correct images")
     chosen = select_images(correct, config.n_images, config.seed)
-    generators = {m: torch.Generator().manual_seed(config.seed + _SEED_OFFSETS[m])
-                  for m in METHODS}
-    chunks: dict = {m: {mode: {q: [] for q in QUANTITIES} for mode in MODES}
-                    for m in config.methods}
-    influence: dict[str, list[float]] = {}
 
-    batches = range(0, len(chosen), config.batch_size)
-    for start in tqdm(batches, desc="faithfulness", disable=not progress):
-        idx = chosen[start : start + config.batch_size]
-        x, y = images[idx], labels[idx]
-        scores = method_scores(model, saes, x, y, baselines=baselines, config=config,
-                               layout=layout, influence=influence)
-        errors = clean_errors(model, saes, x)
-        batch = {m: {mode: {q: torch.zeros(len(idx), len(config.sweep)) for q in QUANTITIES}
-                     for mode in MODES} for m in config.methods}
-        for j, value in enumerate(config.sweep):
-            masks = method_masks(scores, value=value, config=config, layout=layout,
-                                 batch=len(idx), generators=generators)
-            for method, layer_masks in masks.items():
-                count = sum(m.sum(-1) for m in layer_masks[layout.skip:]).float()
-                for mode in MODES:
-                    logits = _run(model, saes, x, method, layer_masks, layout, baselines,
-                                  errors, mode)
-                    readout = _readout(logits, y)
-                    for q in QUANTITIES:
-                        got = count if q == "node_count" else readout[q]
-                        batch[method][mode][q][:, j] = got.float().cpu()
-        for method, modes in batch.items():
-            for mode, quantities in modes.items():
-                for q, values in quantities.items():
-                    chunks[method][mode][q].append(values)
+    def batch(sl: slice) -> dict[str, Tensor]:
+        idx = chosen[sl]
+        return faithfulness_batch(model, saes, images[idx], labels[idx], baselines=baselines,
+                                  config=config, layout=layout,
+                                  batch_index=sl.start // config.batch_size)
 
-    image_curves = {m: {mode: {q: torch.cat(v).double().numpy() for q, v in qs.items()}
-                        for mode, qs in modes.items()} for m, modes in chunks.items()}
+    parts = map_batches(batch, n=len(chosen), batch_size=config.batch_size,
+                        name="faithfulness", progress=progress)
+    image_curves = {m: {mode: {q: concat(parts, f"{m}/{mode}/{q}").double().numpy()
+                               for q in QUANTITIES} for mode in MODES} for m in config.methods}
+    influence = {k.split("/", 1)[1]: concat(parts, k).double().numpy()
+                 for k in parts[0] if k.startswith("influence/")}
     return FaithfulnessResult(
         config=config, image_indices=chosen.tolist(), image_curves=image_curves,
         node_totals={m: layout.node_total(m) for m in config.methods},
         influence_circuit={k: float(np.mean(v)) for k, v in influence.items()},
     )
+
+
+def batch_generators(config: FaithfulnessConfig, batch_index: int) -> dict[str, torch.Generator]:
+    """Random generators of one batch: seeded by the batch's place in the run, so a batch draws
+    the same circuits whichever process computes it and whatever was computed before it."""
+    return {m: torch.Generator().manual_seed(config.seed + _SEED_OFFSETS[m] + 64 * batch_index)
+            for m in METHODS}
+
+
+def faithfulness_batch(
+    model: nn.Module, saes: Mapping[str, SAE], x: Float[Tensor, "batch c h w"],
+    y: Int[Tensor, " batch"], *, baselines: Baselines, config: FaithfulnessConfig,
+    layout: Layout, batch_index: int,
+) -> dict[str, Tensor]:
+    """Curves of one batch: `"method/mode/quantity"` -> `[batch, sweep]`, and
+    `"influence/<stat>"` -> `[batch]` when the edge rule's graphs are built."""
+    influence: dict[str, list[float]] = {}
+    generators = batch_generators(config, batch_index)
+    scores = method_scores(model, saes, x, y, baselines=baselines, config=config, layout=layout,
+                           influence=influence)
+    errors = clean_errors(model, saes, x)
+    out = {f"{m}/{mode}/{q}": torch.zeros(len(x), len(config.sweep))
+           for m in config.methods for mode in MODES for q in QUANTITIES}
+    for j, value in enumerate(config.sweep):
+        masks = method_masks(scores, value=value, config=config, layout=layout, batch=len(x),
+                             generators=generators)
+        for method, layer_masks in masks.items():
+            count = sum(m.sum(-1) for m in layer_masks[layout.skip:]).float()
+            for mode in MODES:
+                logits = _run(model, saes, x, method, layer_masks, layout, baselines, errors,
+                              mode)
+                readout = _readout(logits, y)
+                for q in QUANTITIES:
+                    got = count if q == "node_count" else readout[q]
+                    out[f"{method}/{mode}/{q}"][:, j] = got.float().cpu()
+    out.update({f"influence/{k}": torch.tensor(v, dtype=torch.float64)
+                for k, v in influence.items()})
+    return out
 
 
 def method_scores(

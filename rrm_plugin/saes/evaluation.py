@@ -19,9 +19,9 @@ from jaxtyping import Float, Int
 from sae_lens import SAE
 from sae_lens.evals import ExplainedVarianceCalculator
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from rrm_plugin.replacement.splice import replacement
+from rrm_plugin.runs.sharded import concat, map_batches
 from rrm_plugin.saes.positions import sae_positions
 
 ALL_LAYERS = "all"
@@ -38,14 +38,38 @@ class ReconstructionStats:
 
     @torch.no_grad()
     def update(self, x: Float[Tensor, "n d"], sae: SAE) -> None:
+        self.add(self.sums(x, sae))
+
+    @staticmethod
+    @torch.no_grad()
+    def sums(x: Float[Tensor, "n d"], sae: SAE) -> dict[str, Tensor]:
+        """One batch's sums (what `add` accumulates; a batched pass can gather them)."""
         z = sae.encode(x)
         x_hat = sae.decode(z)
-        self.n += x.shape[0]
-        self.variance.add_batch(sae_output=x_hat, hidden_acts=x)
-        self.resid += float((x.double() - x_hat.double()).pow(2).sum())
-        self.cossim += float(F.cosine_similarity(x, x_hat, dim=-1).double().sum())
-        self.l0 += float((z > 0).double().sum())
-        self.alive |= ((z > 0).sum(0) > 0).cpu()
+        x64 = x.double()
+        return {
+            "n": torch.tensor(x.shape[0]), "sum_x": x64.sum(0), "sum_sq": x64.pow(2).sum(),
+            "resid": (x64 - x_hat.double()).pow(2).sum(),
+            "cossim": F.cosine_similarity(x, x_hat, dim=-1).double().sum(),
+            "l0": (z > 0).double().sum(), "alive": ((z > 0).sum(0) > 0).cpu(),
+        }
+
+    def add(self, sums: dict[str, Tensor]) -> None:
+        """Accumulate one batch's `sums`, in the order the batches come."""
+        n = int(sums["n"])
+        self.n += n
+        # SAELens's streaming calculator, fed the same per-batch sums its `add_batch` would
+        # accumulate (here they may come gathered from other processes).
+        variance = self.variance
+        sum_x = sums["sum_x"].cpu().double()
+        variance.sum_x = sum_x if variance.sum_x is None else variance.sum_x + sum_x
+        variance.sum_squared_norm += float(sums["sum_sq"])
+        variance.sum_squared_residual += float(sums["resid"])
+        variance.num_samples += n
+        self.resid += float(sums["resid"])
+        self.cossim += float(sums["cossim"])
+        self.l0 += float(sums["l0"])
+        self.alive |= sums["alive"].cpu()
 
     def metrics(self) -> dict[str, float]:
         return {
@@ -125,27 +149,36 @@ def evaluate_saes(
     """
     hook_names = list(saes)
     stats = {h: ReconstructionStats(sae.cfg.d_sae) for h, sae in saes.items()}
-    logits: dict[str, list[Tensor]] = {}
 
-    def keep(key: str, value: Tensor) -> None:
-        logits.setdefault(key, []).append(value.float().cpu())
-
-    for start in tqdm(range(0, len(images), batch_size), desc="eval-saes", disable=not progress):
-        x = images[start : start + batch_size]
+    def batch(sl: slice) -> dict[str, Tensor]:
+        x = images[sl]
+        out: dict[str, Tensor] = {}
         clean, cache = model.run_with_cache(x, names_filter=lambda n: n in hook_names)
-        keep("clean", clean)
+        out["clean"] = clean
         for hook_name, sae in saes.items():
             acts = cache[hook_name][:, sae_positions(sae)]
-            stats[hook_name].update(acts.reshape(-1, acts.shape[-1]), sae)
+            sums = ReconstructionStats.sums(acts.reshape(-1, acts.shape[-1]), sae)
+            out.update({f"stats/{hook_name}/{k}": v for k, v in sums.items()})
             with replacement(model, {hook_name: sae}, keep_error=False):
-                keep(f"spliced/{hook_name}", model(x))
-            keep(f"ablated/{hook_name}",
-                 model.run_with_hooks(x, fwd_hooks=[(hook_name, _zero_ablation(sae))]))
+                out[f"spliced/{hook_name}"] = model(x)
+            out[f"ablated/{hook_name}"] = model.run_with_hooks(
+                x, fwd_hooks=[(hook_name, _zero_ablation(sae))])
         with replacement(model, saes, keep_error=False):
-            keep(f"spliced/{ALL_LAYERS}", model(x))
-        keep(f"ablated/{ALL_LAYERS}", model.run_with_hooks(
-            x, fwd_hooks=[(h, _zero_ablation(sae)) for h, sae in saes.items()]))
-    full = {key: torch.cat(chunks) for key, chunks in logits.items()}
+            out[f"spliced/{ALL_LAYERS}"] = model(x)
+        out[f"ablated/{ALL_LAYERS}"] = model.run_with_hooks(
+            x, fwd_hooks=[(h, _zero_ablation(sae)) for h, sae in saes.items()])
+        return out
+
+    # Batches may run in other processes (rrm_plugin.runs); sums are added in batch order.
+    parts = map_batches(batch, n=len(images), batch_size=batch_size, name="eval-saes",
+                        progress=progress)
+    for part in parts:
+        for hook_name in saes:
+            prefix = f"stats/{hook_name}/"
+            stats[hook_name].add({k.removeprefix(prefix): v for k, v in part.items()
+                                  if k.startswith(prefix)})
+    full = {key: concat(parts, key).float().cpu() for key in parts[0]
+            if not key.startswith("stats/")}
     clean = full["clean"]
     labels = clean.argmax(-1) if labels is None else labels.cpu()
     results: dict[str, dict[str, float]] = {

@@ -54,7 +54,7 @@ def test_paired_sets_hold_each_digit_once_agreeing_once_not():
         assert torch.equal(split.source_index[:n], split.source_index[n:])
         assert split.agrees[:n].all() and not split.agrees[n:].any()
         sizes = torch.bincount(split.groups, minlength=20)
-        assert sizes.min() >= 10  # every group populated
+        assert sizes.min() >= 20  # every group populated
     a, b = spurious_test_set(CFG), spurious_test_set(CFG)
     assert torch.equal(a.images, b.images)  # seeded
     assert group_name(7) == "3/disagree" and group_name(6) == "3/agree"
