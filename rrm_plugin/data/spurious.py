@@ -7,8 +7,8 @@ marker, like the backgrounds of Waterbirds. Groups are class x (marker agrees / 
 
 Source digits are split three ways, all seeded: the held-out 20% of `digits-vit` is the test
 split; the rest is split into the training digits and validation digits. Validation and test
-images are rendered once with the marker of their class and once with the marker of a random
-other class, so that every group is populated.
+images are rendered `renders` times with the marker of their class and as many times with the
+marker of a random other class, so that every group is populated.
 """
 
 from __future__ import annotations

@@ -28,8 +28,9 @@ def plot_debias(summary: dict, path: Path) -> Path:
     ax1.set_xticks(x, groups, rotation=60, fontsize=7)
     ax1.set_ylabel("test accuracy (%)")
     ax1.set_title("accuracy per group (class / marker agrees or disagrees), before and after")
-    ax1.legend(fontsize=8, loc="lower left")
-    ax1.set_ylim(0, 105)
+    ax1.legend(fontsize=8, loc="upper center", ncol=len(shown))
+    ax1.set_ylim(0, 122)
+    ax1.set_yticks(range(0, 101, 20))
 
     names = list(methods)
     y = np.arange(len(names))

@@ -57,3 +57,22 @@ def test_train_saes_options_reach_the_recipe(tmp_path, monkeypatch):
     assert seen["n_baseline_images"] == 5
     assert main(["train-saes", "--out", str(tmp_path / "d")]) == 0  # defaults: the recipe
     assert {(c.n_steps, c.lr) for c in seen["configs"].values()} == {(2000, 1e-3)}
+
+
+def test_spurious_recipe_keeps_digits_vits_lower_layers_and_reproduces():
+    from dataclasses import replace
+
+    import rrm_plugin
+    from rrm_plugin.zoo.spurious import SPURIOUS_TRAINING, partly_pretrained, train_spurious_vit
+
+    base = rrm_plugin.load_model("digits-vit").state_dict()
+    init = partly_pretrained("digits-vit-spurious", seed=0).state_dict()
+    for name, tensor in init.items():
+        kept = not name.startswith(("blocks.2.", "blocks.3.", "ln_final.", "head."))
+        assert torch.equal(tensor, base[name]) == kept, name
+    cfg = replace(SPURIOUS_TRAINING, n_steps=2, batch_size=8)
+    a = train_spurious_vit(cfg, progress=False).state_dict()
+    b = train_spurious_vit(cfg, progress=False).state_dict()
+    assert all(torch.equal(a[name], b[name]) for name in a)
+    balanced = train_spurious_vit(cfg, balanced=True, progress=False).state_dict()
+    assert not torch.equal(a["head.W_H"], balanced["head.W_H"])  # another stream

@@ -1,0 +1,68 @@
+"""`rrm debias` on the shipped digits-spurious benchmark (small settings) and on a --data file."""
+
+import json
+
+import pytest
+import torch
+
+from rrm_plugin.cli.main import main
+from rrm_plugin.io import write_tensors
+from tests.cli.conftest import expect_user_error
+
+SMALL = ["--pool", "400", "--counts", "2", "--random-draws", "1", "--bootstrap", "50"]
+
+
+def test_debias_on_the_embedded_benchmark(tmp_path, capsys):
+    out = tmp_path / "debias"
+    assert main(["debias", "--out", str(out), *SMALL]) == 0
+    summary = json.loads((out / "debias.json").read_text())
+    methods = summary["methods"]
+    assert set(methods) == {"original", "rrm_circuit", "random_features", "neuron_attribution",
+                            "activation_difference", "balanced_retrain"}
+    assert (out / "debias.png").stat().st_size > 10_000
+    table = (out / "debias.md").read_text()
+    assert table.count("\n") == len(methods) + 2
+    rrm = methods["rrm_circuit"]
+    # The chosen count is one of the candidates (or 0) and has the best validation worst group.
+    validation = {int(n): v for n, v in rrm["validation"].items()}
+    assert rrm["n_units"] in validation
+    best = max(v["worst_group"] for v in validation.values())
+    assert validation[rrm["n_units"]]["worst_group"] == best
+    assert methods["random_features"]["n_units"] == rrm["n_units"]
+    assert summary["split_sizes"]["test"] == sum(summary["test_group_sizes"].values())
+    assert len(summary["test_group_sizes"]) == 20
+    for m in methods.values():
+        for key in ("average", "worst_group"):
+            iv = m[key]
+            assert iv["low"] - 1e-9 <= iv["estimate"] <= iv["high"] + 1e-9
+
+
+def test_debias_reads_a_data_file_and_refuses_bad_ones(tmp_path, capsys):
+    from rrm_plugin.data.spurious import spurious_test_set, spurious_validation_set
+
+    test, validation = spurious_test_set(), spurious_validation_set()
+    pick = torch.arange(0, len(test.labels), 16)
+    tensors = {}
+    for split, batch in (("select", validation), ("validation", validation), ("test", test)):
+        index = pick[pick < len(batch.labels)]
+        tensors |= {f"{split}_images": batch.images[index], f"{split}_labels": batch.labels[index],
+                    f"{split}_spurious": batch.markers[index]}
+    path = write_tensors(tmp_path / "data.safetensors", tensors)
+    out = tmp_path / "own"
+    assert main(["debias", "--data", str(path), "--out", str(out), "--counts", "2",
+                 "--random-draws", "1", "--bootstrap", "20"]) == 0
+    summary = json.loads((out / "debias.json").read_text())
+    assert "balanced_retrain" not in summary["methods"]  # no reference model by default
+    assert summary["split_sizes"]["test"] == len(tensors["test_labels"])
+    del tensors["test_spurious"]
+    bad = write_tensors(tmp_path / "bad.safetensors", tensors)
+    expect_user_error(capsys, ["debias", "--data", str(bad), "--out", str(tmp_path / "x")],
+                      r"missing tensors \['test_spurious'\]")
+    expect_user_error(capsys, ["debias", "--pool", "0", "--out", str(tmp_path / "y")],
+                      "--pool must be at least 1")
+
+
+@pytest.mark.parametrize("counts", [["0"], ["-3"]])
+def test_debias_refuses_non_positive_counts(tmp_path, capsys, counts):
+    expect_user_error(capsys, ["debias", "--counts", *counts, "--out", str(tmp_path / "z")],
+                      "counts must be positive integers")
