@@ -18,10 +18,9 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
 
 
 def plot_predictions(images, labels, clean_pred, replaced_pred, path: Path, *, n: int = 12) -> Path:
-    import matplotlib
+    from rrm_plugin.plotting import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(2, n // 2, figsize=(n, 4.6))
     for ax, img, y, p_clean, p_rrm in zip(

@@ -78,10 +78,11 @@ NAMED_PRETRAINED_SAE_CONFIG_GETTERS[LOCAL_LOADER_NAME] = read_local_sae_config
 def list_sae_ids(directory: Path) -> list[str]:
     """The sae_ids (sub-folders with a `cfg.json`) of a release folder, in layer order."""
     ids = [p.name for p in Path(directory).iterdir() if (p / SAE_CFG_FILENAME).is_file()]
-    return sorted(ids, key=_hook_sort_key)
+    return sorted(ids, key=hook_sort_key)
 
 
-def _hook_sort_key(hook_name: str) -> tuple:
+def hook_sort_key(hook_name: str) -> tuple:
+    """Sort key of hook names in layer order, numeric parts as numbers (blocks.2 < blocks.10)."""
     parts = hook_name.split(".")
     return tuple((0, int(p)) if p.isdigit() else (1, p) for p in parts)
 
