@@ -11,6 +11,17 @@ from rrm_plugin.circuits.trace import TraceConfig, trace_image
 from rrm_plugin.io import write_json
 
 
+def describe_circuit(report: dict[str, Any]) -> str:
+    """One line on one traced image of `trace_demo`'s result (the CLI prints it)."""
+    index = report["test_index"]
+    return (f"image {index} (label {report['label']}): circuit of {report['circuit_nodes']} "
+            f"nodes; adjusted logit clean {report['value']:.2f}, circuit only "
+            f"{report['insertion']['adjusted_logit']:.2f}, circuit deleted "
+            f"{report['deletion']['adjusted_logit']:.2f}, all at baseline "
+            f"{report['all_at_baseline']['adjusted_logit']:.2f} "
+            f"-> circuits/image_{index:04d}/circuit.png")
+
+
 def trace_demo(
     out_dir: Path,
     *,
@@ -22,7 +33,8 @@ def trace_demo(
     """Trace circuits for `n_images` correctly classified held-out images and report them.
 
     Writes one folder per image (`circuit.png`, `graph.json`, `circuit.json`, `summary.json`)
-    under `out_dir/circuits/` plus `out_dir/circuits/circuits.json`; returns that summary.
+    under `out_dir/circuits/` plus `out_dir/circuits/circuits.json`; returns that summary (one
+    line per image: `describe_circuit`). Prints nothing.
     """
     import rrm_plugin
     from rrm_plugin.attribution.baselines import load_release_baselines
@@ -45,12 +57,6 @@ def trace_demo(
                                             "test_index": index, "label": int(test.labels[index])},
         )
         reports.append({"test_index": index, "label": int(test.labels[index]), **summary})
-        print(f"image {index} (label {int(test.labels[index])}): circuit of "
-              f"{summary['circuit_nodes']} nodes; adjusted logit clean {summary['value']:.2f}, "
-              f"circuit only {summary['insertion']['adjusted_logit']:.2f}, circuit deleted "
-              f"{summary['deletion']['adjusted_logit']:.2f}, all at baseline "
-              f"{summary['all_at_baseline']['adjusted_logit']:.2f} "
-              f"-> circuits/image_{index:04d}/circuit.png")
     # Relative to `out_dir`, which the CLI renames into place when the run is done.
     result = {"images": reports, "figures": [f"circuits/image_{r['test_index']:04d}/circuit.png"
                                              for r in reports]}

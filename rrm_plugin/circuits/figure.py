@@ -109,10 +109,9 @@ def plot_circuit(
     `feature_classes` (hook name -> [d_sae] class index, e.g. the top class of each feature in
     `rrm_plugin.lens.feature_lens`) labels every feature node with the class it writes towards.
     """
-    import matplotlib
+    from rrm_plugin.plotting import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     n_layers = len(graph.layers)
     fig = plt.figure(figsize=(13, 2.3 * (n_layers + 1) + 0.6))

@@ -18,10 +18,9 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
 
 
 def plot_predictions(images, labels, clean_pred, replaced_pred, path: Path, *, n: int = 12) -> Path:
-    import matplotlib
+    from rrm_plugin.plotting import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(2, n // 2, figsize=(n, 4.6))
     for ax, img, y, p_clean, p_rrm in zip(
@@ -74,9 +73,11 @@ def _demo(out: Path) -> list[Path]:
     plot_predictions(test.images, test.labels, clean_pred, rrm_pred, out / "predictions.png")
 
     # Circuits of a few held-out images, with their faithfulness (as `rrm trace`).
-    from rrm_plugin.circuits.demo import trace_demo
+    from rrm_plugin.circuits.demo import describe_circuit, trace_demo
 
     circuits = trace_demo(out, n_images=3)
+    for report in circuits["images"]:
+        print(describe_circuit(report))
 
     # Class-embedding-space lens of tokens and SAE features (same code as `rrm lens`).
     from rrm_plugin.cli.main import build_parser

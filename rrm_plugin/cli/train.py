@@ -72,6 +72,7 @@ def run_train_model(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from rrm_plugin.cli.output import output_directory
+    from rrm_plugin.threads import torch_threads
     from rrm_plugin.zoo.spurious import SPURIOUS_TRAINING, train_spurious_vit
     from rrm_plugin.zoo.train_model import ModelTrainingConfig, train_digits_vit
 
@@ -79,7 +80,8 @@ def run_train_model(args: argparse.Namespace) -> int:
     cfg = ModelTrainingConfig() if args.recipe == "digits-vit" else SPURIOUS_TRAINING
     cfg = cfg if args.steps is None else replace(cfg, n_steps=args.steps)
     start = time.time()
-    with output_directory(args.out, command="train-model", overwrite=args.overwrite) as tmp:
+    with (output_directory(args.out, command="train-model", overwrite=args.overwrite) as tmp,
+          torch_threads(cfg.threads)):  # the recipe's threads, for the accuracy line too
         if args.recipe == "digits-vit":
             _, acc = train_digits_vit(cfg, out=tmp)
             score = f"held-out top-1 accuracy {acc:.4f}"

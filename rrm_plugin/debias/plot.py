@@ -11,10 +11,9 @@ from rrm_plugin.debias.experiment import RRM
 
 
 def plot_debias(summary: dict, path: Path) -> Path:
-    import matplotlib
+    from rrm_plugin.plotting import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     methods = summary["methods"]
     groups = list(methods["original"]["per_group"])

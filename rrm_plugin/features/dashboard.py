@@ -260,10 +260,9 @@ def feature_cards(dash: FeatureDashboards, *, tile: int = 72) -> dict[str, Any]:
 
 
 def _density_figure(dash: FeatureDashboards, hook: str, path: Path) -> Path:
-    import matplotlib
+    from rrm_plugin.plotting import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     t = dash.top[hook]
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))

@@ -357,10 +357,9 @@ def shares_table(result: FeatureTypes) -> str:
 
 def write_types(result: FeatureTypes, out_dir: Path) -> list[Path]:
     """types.json, types_table.md, type_shares.png and tuning_examples.png."""
-    import matplotlib
+    from rrm_plugin.plotting import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     out = Path(out_dir)
     written = [write_json(out / "types.json", types_records(result))]

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import numpy as np
+import scipy.stats
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
@@ -147,10 +149,16 @@ class PermutationTest(NamedTuple):
     out_mean: float
     difference: float
     p_value: float
-    """One-sided, in > out (the paper's test): `(1 + #{permuted >= observed}) / (1 + n_perm)`."""
+    """One-sided, in > out (the paper's test): `(1 + #{permuted >= observed}) / (1 + n_perm)`,
+    or `#{split >= observed} / #splits` when `n_permutations` covers every split (exact test)."""
     p_value_lower: float
-    """The other tail, in < out: `(1 + #{permuted <= observed}) / (1 + n_perm)`."""
+    """The other tail, in < out, the same way with `<=`."""
     n_permutations: int
+    """Permutations asked for; an exact test uses all distinct splits instead."""
+
+
+def _difference_in_means(x: np.ndarray, y: np.ndarray, axis: int) -> np.ndarray:
+    return x.mean(axis=axis) - y.mean(axis=axis)
 
 
 def permutation_test(
@@ -161,7 +169,13 @@ def permutation_test(
     seed: int = 0,
     chunk: int = 64,
 ) -> PermutationTest:
-    """Permutation test of a difference in means, all permutations of a chunk drawn at once."""
+    """Permutation test of a difference in means: `scipy.stats.permutation_test`, both tails.
+
+    Random group relabellings (`permutation_type="independent"`), `chunk` of them at a time, from
+    `numpy.random.default_rng(seed)`; ties with the observed difference count as at least as
+    extreme (SciPy's relative tolerance). When `n_permutations` is at least the number of distinct
+    splits, SciPy runs the exact test over all of them.
+    """
     values, in_group = values.flatten().double(), in_group.flatten().bool()
     if values.shape != in_group.shape:
         raise ValueError(f"values ({values.numel()}) and in_group ({in_group.numel()}) "
@@ -172,31 +186,23 @@ def permutation_test(
         raise ValueError(f"both groups need members, got {n_in} in and {n_out} out of the group")
     if n_permutations < 1:
         raise ValueError(f"n_permutations must be >= 1, got {n_permutations}")
-    total = values.sum()
+    x = values[in_group].cpu().numpy()
+    y = values[~in_group].cpu().numpy()
 
-    def difference(sum_in: Tensor) -> Tensor:
-        return sum_in / n_in - (total - sum_in) / n_out
+    def tail(alternative: str):  # SciPy's PermutationTestResult
+        return scipy.stats.permutation_test(
+            (x, y), _difference_in_means, permutation_type="independent", vectorized=True,
+            n_resamples=n_permutations, batch=chunk, alternative=alternative,
+            random_state=np.random.default_rng(seed),
+        )
 
-    observed = difference(values[in_group].sum())
-    # Ties (e.g. constant values) count as at least as extreme; the tolerance absorbs rounding.
-    tolerance = 1e-9 * (float(values.abs().max()) + 1.0)
-    generator = torch.Generator().manual_seed(seed)
-    n_higher = n_lower = 0
-    for start in range(0, n_permutations, chunk):
-        size = min(chunk, n_permutations - start)
-        # A uniformly random group of n_in tokens: those with the n_in smallest random keys
-        # (float64 keys, so ties at the threshold have negligible probability).
-        keys = torch.rand(size, values.numel(), generator=generator, dtype=torch.float64)
-        members = keys <= keys.kthvalue(n_in, dim=-1, keepdim=True).values
-        permuted = difference(members.double() @ values)
-        n_higher += int((permuted >= observed - tolerance).sum())
-        n_lower += int((permuted <= observed + tolerance).sum())
+    upper, lower = tail("greater"), tail("less")
     return PermutationTest(
-        in_mean=float(values[in_group].mean()),
-        out_mean=float(values[~in_group].mean()),
-        difference=float(observed),
-        p_value=(1 + n_higher) / (1 + n_permutations),
-        p_value_lower=(1 + n_lower) / (1 + n_permutations),
+        in_mean=float(x.mean()),
+        out_mean=float(y.mean()),
+        difference=float(upper.statistic),
+        p_value=float(upper.pvalue),
+        p_value_lower=float(lower.pvalue),
         n_permutations=n_permutations,
     )
 

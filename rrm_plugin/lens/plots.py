@@ -6,18 +6,11 @@ from pathlib import Path
 
 from torch import Tensor
 
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+from rrm_plugin.plotting import pyplot
 
 
 def plot_identifiability(summary: dict, path: Path) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     ident = summary["identifiability"]
     blocks = list(range(1, summary["model"]["n_layers"] + 1))
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
@@ -50,7 +43,7 @@ def plot_token_maps(
     blocks: list[int],
     object_mask: Tensor | None = None,
 ) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     n = len(images)
     side = int(round(token_scores.shape[-1] ** 0.5))
     fig, axes = plt.subplots(n, len(blocks) + 1, figsize=(1.9 * (len(blocks) + 1), 1.9 * n),
@@ -79,7 +72,7 @@ def plot_token_maps(
 
 
 def plot_perturbation(summary: dict, path: Path) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     pert = summary["perturbation"]
     x = [100 * f for f in pert["fraction_removed"]]
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
@@ -101,7 +94,7 @@ def plot_perturbation(summary: dict, path: Path) -> Path:
 
 def plot_mechanisms(summary: dict, path: Path) -> Path:
     """Sublayer change rates, residual composition, class-value and key-value agreement."""
-    plt = _pyplot()
+    plt = pyplot()
     blocks = list(range(1, summary["model"]["n_layers"] + 1))
     fig, axes = plt.subplots(1, 4, figsize=(17, 3.8))
     for name, rate in summary["sublayer_change_rate"].items():
@@ -137,7 +130,7 @@ def plot_mechanisms(summary: dict, path: Path) -> Path:
 
 
 def plot_probes(summary: dict, path: Path) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     probes = summary["linear_probes"]
     blocks = list(range(1, summary["model"]["n_layers"] + 1))
     fig, axes = plt.subplots(1, len(probes["kinds"]), figsize=(4.2 * len(probes["kinds"]), 3.6),

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
+import scipy.integrate
 import torch
 from jaxtyping import Bool, Float, Int
 from sae_lens import SAE
@@ -64,6 +65,7 @@ from rrm_plugin.circuits.pruning import (
 )
 from rrm_plugin.replacement.splice import replacement
 from rrm_plugin.runs.sharded import concat, map_batches
+from rrm_plugin.saes.registry import hook_sort_key
 
 METHODS: tuple[str, ...] = (
     "rrm", "rrm_edge", "non_linearised", "random", "random_authors", "neuron"
@@ -174,7 +176,7 @@ def image_aucs(
     span = x[-1] - x[0]
     if len(x) < 2 or span == 0:
         return y.mean(-1)
-    return ((y[:, 1:] + y[:, :-1]) / 2 * np.diff(x)).sum(-1) / span
+    return scipy.integrate.trapezoid(y, x, axis=-1) / span
 
 
 def axis_positions(
@@ -426,7 +428,7 @@ class Layout(NamedTuple):
 
 
 def sae_layout(saes: Mapping[str, SAE], *, skip_early_layers: int = 0) -> Layout:
-    hook_names = [h for _, h in sorted((int(h.split(".")[1]), h) for h in saes)]
+    hook_names = sorted(saes, key=hook_sort_key)
     if skip_early_layers >= len(hook_names):
         raise ValueError(f"skip_early_layers={skip_early_layers} leaves no SAE layer to mask "
                          f"(there are {len(hook_names)})")
@@ -626,10 +628,9 @@ def _influence_summary(model, saes, x, y, graphs, baselines, influence) -> None:
 
 def plot_faithfulness(result: FaithfulnessResult, path: Path) -> Path:
     """Insertion (top) and deletion (bottom) mean curves +- s.e. of every quantity (PNG)."""
-    import matplotlib
+    from rrm_plugin.plotting import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(2, len(SCORED), figsize=(4.5 * len(SCORED), 7.5), squeeze=False)
     x = np.arange(len(result.config.sweep))

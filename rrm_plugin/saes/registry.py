@@ -2,9 +2,12 @@
 
 SAELens resolves a release through two explicit registries: its pretrained-SAE directory (release
 -> repo_id, sae_id -> folder) and `NAMED_PRETRAINED_SAE_LOADERS` (how to read a folder). We add a
-loader that reads SAELens's own on-disk format (`cfg.json` + `sae_weights.safetensors`) from a
-local folder, and directory entries whose `repo_id` is that folder. Both registries are plain
-dicts in SAELens 6.x; this module is the one place that writes to them.
+loader that reads SAELens's own on-disk format (its `SAE_CFG_FILENAME` + `SAE_WEIGHTS_FILENAME`,
+as `SAE.save_model` writes them) from a local folder, and directory entries whose `repo_id` is
+that folder. Both registries are plain dicts in SAELens 6.x; this module is the one place that
+writes to them. The loader is ours rather than SAELens's `sae_lens_disk_loader` for its checks:
+a corrupt or incomplete file is named (`CorruptFileError`), and tensor names and shapes are
+verified against the config before SAELens builds the SAE.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from typing import Any
 
 import torch
 from sae_lens import SAE
+from sae_lens.constants import SAE_CFG_FILENAME, SAE_WEIGHTS_FILENAME
 from sae_lens.loading.pretrained_sae_loaders import (
     NAMED_PRETRAINED_SAE_CONFIG_GETTERS,
     NAMED_PRETRAINED_SAE_LOADERS,
@@ -26,8 +30,6 @@ from sae_lens.loading.pretrained_saes_directory import (
 from rrm_plugin.io import CorruptFileError, read_json, read_tensors
 
 LOCAL_LOADER_NAME = "rrm_plugin_local"
-SAE_CFG_FILENAME = "cfg.json"
-SAE_WEIGHTS_FILENAME = "sae_weights.safetensors"
 
 _LOCAL_RELEASES: dict[str, Path] = {}
 
@@ -49,7 +51,8 @@ def read_local_sae_config(
     cfg = read_json(Path(repo_id) / folder_name / SAE_CFG_FILENAME)
     for key in ("architecture", "d_in", "d_sae"):
         if key not in cfg:
-            raise CorruptFileError(f"{Path(repo_id) / folder_name}/cfg.json lacks {key!r}")
+            raise CorruptFileError(
+                f"{Path(repo_id) / folder_name / SAE_CFG_FILENAME} lacks {key!r}")
     if device is not None:
         cfg["device"] = device
     cfg.update(cfg_overrides or {})
@@ -78,10 +81,11 @@ NAMED_PRETRAINED_SAE_CONFIG_GETTERS[LOCAL_LOADER_NAME] = read_local_sae_config
 def list_sae_ids(directory: Path) -> list[str]:
     """The sae_ids (sub-folders with a `cfg.json`) of a release folder, in layer order."""
     ids = [p.name for p in Path(directory).iterdir() if (p / SAE_CFG_FILENAME).is_file()]
-    return sorted(ids, key=_hook_sort_key)
+    return sorted(ids, key=hook_sort_key)
 
 
-def _hook_sort_key(hook_name: str) -> tuple:
+def hook_sort_key(hook_name: str) -> tuple:
+    """Sort key of hook names in layer order, numeric parts as numbers (blocks.2 < blocks.10)."""
     parts = hook_name.split(".")
     return tuple((0, int(p)) if p.isdigit() else (1, p) for p in parts)
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-import torch
 from sae_lens import SAE
 from torch import Tensor, nn
 
 from rrm_plugin.data.digits import train_sampler
 from rrm_plugin.saes.pipeline import train_sae_release
 from rrm_plugin.saes.training import TopKTrainingConfig
+from rrm_plugin.threads import torch_threads
 from rrm_plugin.zoo.models import DIGITS_DATA, load_model, load_model_from_directory
 
 # Width and k grow with depth, as in the paper's ViT-B/16 table (docs/method.md section 1).
@@ -39,14 +39,15 @@ def train_digits_saes(
         configs: Per-hook training configs (default `DIGITS_SAE_CONFIGS`).
         n_baseline_images: Renders for the baselines written with `out`.
     """
-    torch.set_num_threads(2)
-    model = load_model("digits-vit") if model_dir is None else load_model_from_directory(model_dir)
-    images = train_sampler(DIGITS_DATA, seed=SAE_DATA_SEED)(SAE_TRAINING_IMAGES).images
-    # The same renders and statistic as `rrm baselines` (seed 4321, median).
-    reference = train_sampler(DIGITS_DATA, seed=BASELINE_DATA_SEED)
-    return train_release_with_baselines(
-        model, images, configs or DIGITS_SAE_CONFIGS, model_name="digits-vit", out=out,
-        reference=lambda: reference(n_baseline_images).images, progress=progress)
+    with torch_threads(2):  # the shipped release was trained with 2 threads
+        model = (load_model("digits-vit") if model_dir is None
+                 else load_model_from_directory(model_dir))
+        images = train_sampler(DIGITS_DATA, seed=SAE_DATA_SEED)(SAE_TRAINING_IMAGES).images
+        # The same renders and statistic as `rrm baselines` (seed 4321, median).
+        reference = train_sampler(DIGITS_DATA, seed=BASELINE_DATA_SEED)
+        return train_release_with_baselines(
+            model, images, configs or DIGITS_SAE_CONFIGS, model_name="digits-vit", out=out,
+            reference=lambda: reference(n_baseline_images).images, progress=progress)
 
 
 def train_release_with_baselines(

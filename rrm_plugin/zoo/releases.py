@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sae_lens.constants import SAE_CFG_FILENAME
 from sae_lens.loading.pretrained_sae_loaders import (
     NAMED_PRETRAINED_SAE_CONFIG_GETTERS,
     NAMED_PRETRAINED_SAE_LOADERS,
@@ -241,7 +242,7 @@ def list_releases() -> list[dict]:
     for spec in SAE_RELEASES.values():
         hooks, d_sae, k = [], [], []
         for folder in sorted(spec.directory.iterdir()):
-            cfg_path = folder / "cfg.json"
+            cfg_path = folder / SAE_CFG_FILENAME
             if cfg_path.is_file():
                 cfg = json.loads(cfg_path.read_text())
                 hooks.append(cfg["metadata"]["hook_name"])

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
+from torch.optim.lr_scheduler import LambdaLR
 from tqdm.auto import tqdm
 from vit_prisma.models.base_vit import HookedViT
 
 from rrm_plugin.data.digits import DigitsBatch, DigitsCanvasConfig, held_out_set, train_sampler
 from rrm_plugin.hosts.prisma import build_hooked_vit
+from rrm_plugin.threads import torch_threads
 from rrm_plugin.zoo.models import DIGITS_DATA, digits_vit_config, save_model
 
 
@@ -51,12 +54,30 @@ def train_digits_vit(
     progress: bool = True,
 ) -> tuple[HookedViT, float]:
     """Train `digits-vit`; saves it to `out` if given. Returns the model and held-out accuracy."""
-    model = train_vit(cfg, name="digits-vit", sample=train_sampler(DIGITS_DATA, seed=cfg.seed),
-                      progress=progress)
-    acc = accuracy(model)
+    with torch_threads(cfg.threads):  # the held-out accuracy too, as when it was shipped
+        model = train_vit(cfg, name="digits-vit",
+                          sample=train_sampler(DIGITS_DATA, seed=cfg.seed), progress=progress)
+        acc = accuracy(model)
     if out is not None:
         save_model(model, out)
     return model, acc
+
+
+def lr_at(cfg: ModelTrainingConfig, step: int) -> float:
+    """Learning rate of `step` (0-based): linear warm-up times cosine decay from `cfg.lr`."""
+    warm = min(1.0, (step + 1) / cfg.warmup_steps)
+    return cfg.lr * warm * 0.5 * (1 + math.cos(math.pi * step / cfg.n_steps))
+
+
+def lr_scheduler(cfg: ModelTrainingConfig, params: Iterable[Tensor]) -> LambdaLR:
+    """AdamW under a `LambdaLR` that follows `lr_at` bit for bit.
+
+    The optimiser's base rate is 1.0 and the schedule's factor is the whole rate `lr_at(step)`:
+    factoring `cfg.lr` out (`cfg.lr * factor`) rounds differently at some steps, and the shipped
+    weights were trained with exactly these floats. Step it after each optimiser step.
+    """
+    optimiser = torch.optim.AdamW(params, lr=1.0, weight_decay=cfg.weight_decay)
+    return LambdaLR(optimiser, lambda step: lr_at(cfg, step))
 
 
 def train_vit(
@@ -65,23 +86,21 @@ def train_vit(
 ) -> HookedViT:
     """The `digits-vit` architecture and recipe on any stream of labelled batches (eval mode);
     with `init`, fine-tunes a copy of its weights instead of a fresh initialisation."""
-    torch.set_num_threads(cfg.threads)
-    model = build_hooked_vit(digits_vit_config(name), seed=cfg.seed)
-    if init is not None:
-        model.load_state_dict(init.state_dict())
-    model.train()
-    optimiser = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    bar = tqdm(range(cfg.n_steps), desc=f"train {name}", disable=not progress)
-    for step in bar:
-        warm = min(1.0, (step + 1) / cfg.warmup_steps)
-        lr = cfg.lr * warm * 0.5 * (1 + math.cos(math.pi * step / cfg.n_steps))
-        for group in optimiser.param_groups:
-            group["lr"] = lr
-        batch = sample(cfg.batch_size)
-        loss = F.cross_entropy(model(batch.images), batch.labels)
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        optimiser.step()
-        if step % 50 == 0:
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-    return model.eval()
+    with torch_threads(cfg.threads):
+        model = build_hooked_vit(digits_vit_config(name), seed=cfg.seed)
+        if init is not None:
+            model.load_state_dict(init.state_dict())
+        model.train()
+        scheduler = lr_scheduler(cfg, model.parameters())
+        optimiser = scheduler.optimizer
+        bar = tqdm(range(cfg.n_steps), desc=f"train {name}", disable=not progress)
+        for step in bar:
+            batch = sample(cfg.batch_size)
+            loss = F.cross_entropy(model(batch.images), batch.labels)
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            scheduler.step()
+            if step % 50 == 0:
+                bar.set_postfix(loss=f"{loss.item():.3f}")
+        return model.eval()

@@ -119,10 +119,14 @@ def test_faithfulness_user_errors(tmp_path, capsys):
                       "--skip-early-layers 3 leaves no SAE layer to mask")
 
 
-def test_trace_demo_reports_circuits(tmp_path):
-    from rrm_plugin.circuits.demo import trace_demo
+def test_trace_demo_reports_circuits(tmp_path, capsys):
+    from rrm_plugin.circuits.demo import describe_circuit, trace_demo
 
     result = trace_demo(tmp_path, n_images=1)
+    assert capsys.readouterr().out == ""  # library code prints nothing; `rrm demo` does
+    line = describe_circuit(result["images"][0])
+    assert line.startswith(f"image {result['images'][0]['test_index']} (label ")
+    assert line.endswith(result["figures"][0])
     assert len(result["images"]) == 1 and result["figures"][0].endswith("circuit.png")
     report = result["images"][0]
     assert report["insertion"]["adjusted_logit"] > report["deletion"]["adjusted_logit"]

@@ -1,6 +1,8 @@
 import math
 
+import numpy as np
 import pytest
+import scipy.stats
 import torch
 
 from rrm_plugin.lens.metrics import (
@@ -107,6 +109,28 @@ def test_permutation_test_known_answers():
     # Reversed (group lower than the rest): the paper's tail says nothing, the other one does.
     low = permutation_test(big, in_group=torch.arange(250) >= 200, n_permutations=99)
     assert low.p_value == 1.0 and low.p_value_lower == pytest.approx(1 / 100)
+
+
+def test_permutation_test_is_scipys_on_a_seeded_case():
+    gen = torch.Generator().manual_seed(0)
+    values = torch.randn(40, generator=gen) + 0.4 * (torch.arange(40) < 12)
+    in_group = torch.arange(40) < 12
+    ours = permutation_test(values, in_group=in_group, n_permutations=499, seed=7, chunk=50)
+    x, y = values[:12].double().numpy(), values[12:].double().numpy()
+
+    def scipy_p(alternative):
+        return scipy.stats.permutation_test(
+            (x, y), lambda a, b, axis: a.mean(axis) - b.mean(axis), vectorized=True,
+            permutation_type="independent", n_resamples=499, alternative=alternative,
+            random_state=np.random.default_rng(7),
+        )
+
+    upper, lower = scipy_p("greater"), scipy_p("less")
+    assert ours.difference == pytest.approx(x.mean() - y.mean(), rel=1e-12)
+    assert ours.p_value == pytest.approx(upper.pvalue, rel=1e-12)
+    assert ours.p_value_lower == pytest.approx(lower.pvalue, rel=1e-12)
+    assert ours.p_value * 500 == pytest.approx(round(ours.p_value * 500))  # (1 + count) / 500
+    assert 0 < ours.p_value < 1 and ours.p_value + ours.p_value_lower >= 1
 
 
 def test_permutation_test_rejects_empty_groups():

@@ -436,3 +436,25 @@ def test_non_linearised_mode_freezes_only_the_sae_std(vit, saes, images, baselin
                                                      classes=y, linearisation=linearisation))
         close = all(torch.allclose(a, b, atol=1e-6) for a, b in zip(got, want, strict=True))
         assert close == same, linearisation
+
+
+def test_sae_layout_orders_hooks_by_layer_number():
+    from rrm_plugin.saes.training import new_topk_sae
+
+    hooks = ["blocks.10.hook_resid_post", "blocks.2.hook_resid_post", "blocks.1.hook_resid_pre",
+             "blocks.1.hook_resid_post"]
+    saes = {h: new_topk_sae(d_in=4, d_sae=6 + i, k=1, hook_name=h, model_name="m")
+            for i, h in enumerate(hooks)}
+    layout = sae_layout(saes)
+    assert layout.hook_names == ["blocks.1.hook_resid_post", "blocks.1.hook_resid_pre",
+                                 "blocks.2.hook_resid_post", "blocks.10.hook_resid_post"]
+    assert layout.sizes == [saes[h].cfg.d_sae + 1 for h in layout.hook_names]
+
+
+def test_image_aucs_equal_the_hand_written_trapezoid_bit_for_bit():
+    # The shipped faithfulness numbers were computed with the trapezoid written out by hand.
+    rng = np.random.default_rng(0)
+    for n in (2, 3, 11):
+        y, x = rng.normal(size=(20, n)), np.sort(rng.uniform(size=n))
+        by_hand = ((y[:, 1:] + y[:, :-1]) / 2 * np.diff(x)).sum(-1) / (x[-1] - x[0])
+        np.testing.assert_array_equal(image_aucs(y, x=x), by_hand)

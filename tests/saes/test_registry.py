@@ -82,3 +82,16 @@ def test_missing_release_folder(tmp_path):
 def _saved_bytes(sae, folder):
     save_sae(sae, folder)
     return (folder / "sae_weights.safetensors").read_bytes()
+
+
+def test_local_loader_reads_what_saelens_own_disk_loader_reads(release_dir, monkeypatch):
+    # Our loader (kept for its file checks) against SAELens's `SAE.load_from_disk`.
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    directory, saes = release_dir
+    register_sae_release("test-rel-disk", directory, model_name="m")
+    for hook in saes:
+        ours = SAE.from_pretrained("test-rel-disk", hook)
+        theirs = SAE.load_from_disk(directory / hook)
+        assert type(ours) is type(theirs) and ours.cfg.to_dict() == theirs.cfg.to_dict()
+        for name, tensor in theirs.state_dict().items():
+            assert torch.equal(ours.state_dict()[name], tensor), name
