@@ -13,9 +13,15 @@ during the timed region minus the resident set size just before it.
   the reference's memory grows with the upper SAE's width and does not fit this machine for the
   wider layers), each including its own forward + backward pass. The reference gets the upper
   layer's `ghat` of the subset from our backward pass (equal to the authors' chain, see tests).
+- `circuit_tracer_subset`: the same pairs the way circuit-tracer computes edges, batched VJPs of
+  the linearised block, `--ct-rows` (512) active target rows per backward pass (see
+  `circuit_tracer_edges`); like the reference it gets the upper layer's `ghat` from our pass.
 - `forward_overhead`: the plain model vs the replacement model (SAEs spliced, error dropped).
 
-    python benchmarks/bench_attribution.py [--pairs 0 1] [--threads 2] [--out results.json]
+`--image-size` shrinks the images (same widths and SAEs, fewer tokens) for a reduced setting.
+
+    python benchmarks/bench_attribution.py [--pairs 0 1] [--threads 2] [--image-size 224]
+        [--out results.json]
 """
 
 from __future__ import annotations
