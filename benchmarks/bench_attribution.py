@@ -13,9 +13,15 @@ during the timed region minus the resident set size just before it.
   the reference's memory grows with the upper SAE's width and does not fit this machine for the
   wider layers), each including its own forward + backward pass. The reference gets the upper
   layer's `ghat` of the subset from our backward pass (equal to the authors' chain, see tests).
+- `circuit_tracer_subset`: the same pairs the way circuit-tracer computes edges, batched VJPs of
+  the linearised block, `--ct-rows` (512) active target rows per backward pass (see
+  `circuit_tracer_edges`); like the reference it gets the upper layer's `ghat` from our pass.
 - `forward_overhead`: the plain model vs the replacement model (SAEs spliced, error dropped).
 
-    python benchmarks/bench_attribution.py [--pairs 0 1] [--threads 2] [--out results.json]
+`--image-size` shrinks the images (same widths and SAEs, fewer tokens) for a reduced setting.
+
+    python benchmarks/bench_attribution.py [--pairs 0 1] [--threads 2] [--image-size 224]
+        [--out results.json]
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ PAPER_SAES = [(4, 0.25), (32, 0.5), (64, 1), (96, 2), (96, 2), (128, 2), (128, 4
               (160, 4), (160, 4), (128, 2)]  # (k, expansion) for block outputs 0..10
 
 
-def setup(threads: int):
+def setup(threads: int, image_size: int = 224):
     from vit_prisma.configs.HookedViTConfig import HookedViTConfig
 
     from rrm_plugin.attribution.baselines import compute_baselines
@@ -45,7 +51,7 @@ def setup(threads: int):
     torch.set_num_threads(threads)
     cfg = HookedViTConfig(
         model_name="vit-b16-random", n_layers=12, d_model=768, d_head=64, n_heads=12,
-        d_mlp=3072, activation_name="gelu", eps=1e-6, patch_size=16, image_size=224,
+        d_mlp=3072, activation_name="gelu", eps=1e-6, patch_size=16, image_size=image_size,
         n_channels=3, n_classes=1000, classification_type="cls", return_type="class_logits",
         normalization_type="LN", use_wandb=False,
     )
@@ -60,9 +66,9 @@ def setup(threads: int):
         for p in saes[hook].parameters():
             p.requires_grad_(False)
     generator = torch.Generator().manual_seed(0)
-    reference_images = torch.rand(4, 3, 224, 224, generator=generator)
+    reference_images = torch.rand(4, 3, image_size, image_size, generator=generator)
     baselines = compute_baselines(model, saes, reference_images, batch_size=2, progress=False)
-    image = torch.rand(1, 3, 224, 224, generator=generator)
+    image = torch.rand(1, 3, image_size, image_size, generator=generator)
     return model, saes, baselines, image
 
 
@@ -94,12 +100,12 @@ class PeakMemory:
         self.bytes = self.peak - self.start
 
 
-def task_ours(threads: int, pairs: list[int] | None, out_path: str) -> None:
+def task_ours(threads: int, image_size: int, pairs: list[int] | None, out_path: str) -> None:
     from rrm_plugin.attribution.engine import block_weights, feature_edges, pair_inputs
     from rrm_plugin.attribution.forward import attribution_forward
     from rrm_plugin.attribution.graph import graphs_from_forward
 
-    model, saes, baselines, image = setup(threads)
+    model, saes, baselines, image = setup(threads, image_size)
     hooks = list(saes)
     with PeakMemory() as mem:
         t0 = time.perf_counter()
@@ -142,14 +148,14 @@ def task_ours(threads: int, pairs: list[int] | None, out_path: str) -> None:
     torch.save({"result": result, "tensors": tensors}, out_path)
 
 
-def task_reference(threads: int, pairs: list[int], out_path: str) -> None:
+def task_reference(threads: int, image_size: int, pairs: list[int], out_path: str) -> None:
     import sys
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the reference is a test oracle
     from rrm_plugin.attribution.forward import attribution_forward
     from tests.attribution.reference import reference_graph
 
-    model, saes, baselines, image = setup(threads)
+    model, saes, baselines, image = setup(threads, image_size)
     top_pair = max(pairs)
     forward = attribution_forward(model, saes, image, baselines=baselines)
     upper = {top_pair + 1: forward.layers[top_pair + 1].grad_acts[0]}
@@ -170,10 +176,10 @@ def task_reference(threads: int, pairs: list[int], out_path: str) -> None:
                out_path)
 
 
-def task_forward(threads: int, out_path: str, repeats: int = 5) -> None:
+def task_forward(threads: int, image_size: int, out_path: str, repeats: int = 5) -> None:
     from rrm_plugin.replacement.splice import replacement
 
-    model, saes, _, image = setup(threads)
+    model, saes, _, image = setup(threads, image_size)
     batch = image.expand(8, -1, -1, -1).contiguous()
 
     def timed(fn):
@@ -196,11 +202,92 @@ def task_forward(threads: int, out_path: str, repeats: int = 5) -> None:
                out_path)
 
 
+def circuit_tracer_edges(model, saes, image, *, baselines, upper_grads: dict, pairs: list[int],
+                         rows: int = 512) -> dict[int, torch.Tensor]:
+    """Edges the way circuit-tracer computes them: batched VJPs of the linearised model.
+
+    circuit-tracer (`decoderesearch/circuit-tracer`, `attribution/attribute.py`) replicates the
+    input `rows` times, runs the frozen (linearised) forward once, and for each batch of up to
+    `rows` active target rows backpropagates one cotangent per batch element
+    (`retain_graph=True`), then reads every source's edge as (gradient at the source's layer) .
+    (its decoder direction x its activation). Here a target row is a pair (token t', latent o)
+    of the upper SAE with o active at t'; its cotangent on block k+1's output is
+    `ghat[t', o] / (s'_t' + eps) * centred W_enc[:, o]` at token t' (zero elsewhere), and the
+    source side is `W_dec[i] s_t dz[t, i]` at every token t (the error node: `de[t]`). The block's
+    attention pattern, LayerNorm scales and MLP gate are frozen (`frozen_backward` of the test
+    oracle), the SAE std is a constant, as in the reference.
+    """
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from tests.attribution.reference import SAE_EPS, _layers, _sae_forward, frozen_backward
+
+    layers = _layers(saes)
+    xs: dict[int, torch.Tensor] = {}
+    hooks = [(h, lambda t, hook, k=k: xs.__setitem__(k, t[0].detach()))
+             for k, (_, h) in enumerate(layers)]
+    with torch.no_grad(), model.hooks(fwd_hooks=hooks):
+        model(image)
+    out = {}
+    for k in sorted(pairs):
+        src, tgt = saes[layers[k][1]], saes[layers[k + 1][1]]
+        with torch.no_grad():
+            z_src, std_src, err_src = _sae_forward(src, xs[k])
+            z_tgt, std_tgt, _ = _sae_forward(tgt, xs[k + 1])
+        dz = z_src - baselines.features[layers[k][1]]
+        de = err_src - baselines.errors[layers[k][1]]
+        W_enc = tgt.W_enc.detach()
+        if tgt.cfg.normalize_activations == "layer_norm":
+            enc, scale = W_enc - W_enc.mean(0, keepdim=True), std_tgt + SAE_EPS
+        else:
+            enc, scale = W_enc, torch.ones_like(std_tgt)
+        t_rows, o_rows = torch.nonzero(z_tgt > 0, as_tuple=True)
+        coeff = upper_grads[k + 1][t_rows, o_rows] / scale[t_rows, 0]
+        source = src.W_dec.detach()  # [d_src, d_model]
+        c_src = std_src * dz  # [pos, d_src]
+        n_pos, d_model = xs[k].shape
+        n = min(rows, len(t_rows))
+        with frozen_backward(model), torch.enable_grad():
+            x_in = xs[k][None].expand(n, -1, -1).clone().requires_grad_(True)
+            y = model.blocks[layers[k + 1][0]](x_in)  # one forward, batch = rows
+        edges = torch.zeros(src.cfg.d_sae + 1, tgt.cfg.d_sae)
+        for start in range(0, len(t_rows), n):
+            t, o = t_rows[start:start + n], o_rows[start:start + n]
+            m = len(t)
+            cot = torch.zeros(n, n_pos, d_model)
+            cot[torch.arange(m), t] = coeff[start:start + n, None] * enc[:, o].T
+            g = torch.autograd.grad(y, x_in, cot, retain_graph=True)[0][:m]  # [m, pos, d_model]
+            feat = torch.einsum("ptd,id,ti->pi", g, source, c_src)
+            err = torch.einsum("ptd,td->p", g, de)
+            edges.index_add_(1, o, torch.cat([feat, err[:, None]], dim=1).T)
+        out[k] = edges
+    return out
+
+
+def task_circuit_tracer(threads: int, image_size: int, pairs: list[int], rows: int,
+                        out_path: str) -> None:
+    from rrm_plugin.attribution.forward import attribution_forward
+
+    model, saes, baselines, image = setup(threads, image_size)
+    forward = attribution_forward(model, saes, image, baselines=baselines)
+    upper = {k + 1: forward.layers[k + 1].grad_acts[0] for k in pairs}
+    del forward
+    with PeakMemory() as mem:
+        t0 = time.perf_counter()
+        edges = circuit_tracer_edges(model, saes, image, baselines=baselines,
+                                     upper_grads=upper, pairs=pairs, rows=rows)
+        t1 = time.perf_counter()
+    tensors = {f"edges.{k}": e for k, e in edges.items()}
+    torch.save({"result": {"seconds": t1 - t0, "peak_bytes": mem.bytes, "rows": rows},
+                "tensors": tensors}, out_path)
+
+
 def run_task(name: str, *args) -> dict:
     ctx = mp.get_context("spawn")
     with tempfile.TemporaryDirectory() as tmp:
         out = str(Path(tmp) / "out.pt")
-        target = {"ours": task_ours, "reference": task_reference, "forward": task_forward}[name]
+        target = {"ours": task_ours, "reference": task_reference, "forward": task_forward,
+                  "circuit_tracer": task_circuit_tracer}[name]
         proc = ctx.Process(target=target, args=(*args, out))
         proc.start()
         proc.join()
@@ -223,14 +310,20 @@ def main() -> None:
                         help="source layers k of the pairs k->k+1 compared with the reference")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--skip-reference", action="store_true")
+    parser.add_argument("--image-size", type=int, default=224,
+                        help="image side in pixels (patch 16); 224 is the ViT-B/16 setting")
+    parser.add_argument("--ct-rows", type=int, default=512,
+                        help="target rows per backward pass of the circuit-tracer-style baseline")
+    parser.add_argument("--skip-circuit-tracer", action="store_true")
     parser.add_argument("--out", type=Path, default=None, help="write the numbers as JSON")
     args = parser.parse_args()
     gib = 2 ** 30
-    print(f"ViT-B/16-shaped random HookedViT, random TopK SAEs {PAPER_SAES}, 1 image, "
-          f"{args.threads} threads, torch {torch.__version__}")
-    report: dict = {"threads": args.threads, "pairs": args.pairs}
+    size = args.image_size
+    print(f"ViT-B/16-shaped random HookedViT ({size} px, {(size // 16) ** 2 + 1} tokens), random "
+          f"TopK SAEs {PAPER_SAES}, 1 image, {args.threads} threads, torch {torch.__version__}")
+    report: dict = {"threads": args.threads, "pairs": args.pairs, "image_size": size}
 
-    full = run_task("ours", args.threads, None)["result"]
+    full = run_task("ours", args.threads, size, None)["result"]
     report["ours_full"] = full
     print(f"ours, full graph ({len(PAPER_SAES) - 1} layer pairs): {full['seconds']:.1f} s "
           f"(forward+backward {full['forward_backward_seconds']:.1f} s, edges "
@@ -238,13 +331,13 @@ def main() -> None:
           f"{full['nodes']} nodes, {full['edges']} non-zero edges; active latents per layer "
           f"{full['active_targets']}")
 
-    subset = run_task("ours", args.threads, args.pairs)
+    subset = run_task("ours", args.threads, size, args.pairs)
     report["ours_subset"] = subset["result"]
     pairs = ", ".join(f"{k}->{k + 1}" for k in args.pairs)
     print(f"ours, pairs {pairs}: {subset['result']['seconds']:.2f} s, peak "
           f"{subset['result']['peak_bytes'] / gib:.2f} GiB")
     if not args.skip_reference:
-        ref = run_task("reference", args.threads, args.pairs)
+        ref = run_task("reference", args.threads, size, args.pairs)
         report["reference_subset"] = ref["result"]
         diffs = max_rel_diff(subset["tensors"], ref["tensors"])
         report["max_rel_diff"] = diffs
@@ -256,8 +349,23 @@ def main() -> None:
         print(f"speed-up {speed:.1f}x; peak memory ours/reference {memory:.3f} "
               f"(1/{1 / memory:.1f}); max relative difference {max(diffs.values()):.2e} "
               f"({', '.join(f'{k} {v:.1e}' for k, v in diffs.items())})")
+    if not args.skip_circuit_tracer:
+        ct = run_task("circuit_tracer", args.threads, size, args.pairs, args.ct_rows)
+        report["circuit_tracer_subset"] = ct["result"]
+        diffs = max_rel_diff(subset["tensors"], ct["tensors"])
+        report["circuit_tracer_max_rel_diff"] = diffs
+        speed = ct["result"]["seconds"] / subset["result"]["seconds"]
+        memory = subset["result"]["peak_bytes"] / ct["result"]["peak_bytes"]
+        report["circuit_tracer_speedup"] = speed
+        report["circuit_tracer_memory_ratio"] = memory
+        print(f"circuit-tracer-style batched VJPs ({args.ct_rows} target rows per backward), "
+              f"pairs {pairs}: {ct['result']['seconds']:.2f} s, peak "
+              f"{ct['result']['peak_bytes'] / gib:.2f} GiB")
+        print(f"speed-up vs circuit-tracer style {speed:.1f}x; peak memory ours/theirs "
+              f"{memory:.3f} (1/{1 / memory:.1f}); max relative difference of the edges "
+              f"{max(diffs.values()):.2e}")
 
-    fwd = run_task("forward", args.threads)["result"]
+    fwd = run_task("forward", args.threads, size)["result"]
     report["forward"] = fwd
     print(f"forward pass, batch {fwd['batch']}: plain {fwd['plain'] * 1e3:.0f} ms, replacement "
           f"model {fwd['replacement'] * 1e3:.0f} ms ({fwd['replacement'] / fwd['plain']:.2f}x), "

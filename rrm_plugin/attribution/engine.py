@@ -26,6 +26,7 @@ per-target Python loop, and pairs are processed in chunks so memory stays bounde
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -44,11 +45,21 @@ class EngineConfig:
     Args:
         chunk_elements: Bound on the floats of each batched step's buffers (about 4 bytes
             each); the engine picks how many tokens (or target pairs) a step takes from it.
-        max_token_edges: Largest token-level edge matrix (entries) allowed per layer pair.
+        max_token_edges: Largest token-level edge matrix (entries) allowed per layer pair; with
+            several images per step, of their joint (block-diagonal) matrix too.
+        images_per_step: How many images of a batch the engine takes together per layer pair
+            (their tokens stacked on one axis, so memory grows about linearly with it; token
+            granularity grows the joint edge matrix quadratically and takes fewer images where
+            `max_token_edges` requires). 1: one image at a time.
     """
 
     chunk_elements: int = 2**24
     max_token_edges: int = 50_000_000
+    images_per_step: int = 1
+
+    def __post_init__(self) -> None:
+        if self.images_per_step < 1:
+            raise ValueError(f"images_per_step must be >= 1, got {self.images_per_step}")
 
 
 DEFAULT_ENGINE = EngineConfig()
@@ -184,9 +195,20 @@ def _directions(w: BlockWeights, x: PairInputs, latents: Tensor) -> _Directions:
 
 def _error_terms(w: BlockWeights, x: PairInputs) -> Float[Tensor, "head pos d_head"]:
     """Attention-path image of the source error: sum_t A_h[t', t] W_V^h^T LN1_t(de[t])."""
-    de = _ln_forward(x.src_error_delta, w.ln1_w, w.ln1_centred, x.block.ln1_scale)
-    values = torch.einsum("td,hde->hte", de, w.W_V)
-    return torch.einsum("hqk,hke->hqe", x.block.pattern, values)
+    return _error_terms_stacked(w, x.src_error_delta[None], x.block.ln1_scale[None],
+                                x.block.pattern[None])[0]
+
+
+def _error_terms_stacked(
+    w: BlockWeights,
+    error_delta: Float[Tensor, "img pos d_model"],
+    ln1_scale: Float[Tensor, "img pos 1"],
+    pattern: Float[Tensor, "img head pos pos"],
+) -> Float[Tensor, "img head pos d_head"]:
+    """`_error_terms` of several images at once."""
+    de = _ln_forward(error_delta, w.ln1_w, w.ln1_centred, ln1_scale)
+    values = torch.einsum("btd,hde->bhte", de, w.W_V)
+    return torch.einsum("bhqk,bhke->bhqe", pattern, values)
 
 
 def feature_edges(
@@ -210,54 +232,123 @@ def feature_edges(
         targets: Latent indices of the target layer's nodes.
         config: Chunking.
     """
-    device = x.W_dec.device
-    n_pos, d_tgt = x.tgt_acts.shape
-    columns = torch.full((d_tgt,), -1, dtype=torch.long, device=device)
-    columns[targets] = torch.arange(len(targets), device=device)
-    active = (x.tgt_acts > 0) & (columns >= 0)[None, :]  # [pos, d_tgt]: the target pairs
-    out = torch.zeros(len(targets), len(sources) + 1, device=device)
-    width = int(active.sum(1).max()) if active.numel() else 0
-    if width == 0:
-        return out.T.contiguous()
-    # Each token's active targets, padded to the same width (padding has coefficient 0).
-    latent = torch.sort(active.int(), dim=1, descending=True, stable=True).indices[:, :width]
-    valid = active.gather(1, latent)
-    column = torch.where(valid, columns[latent], 0)
+    return feature_edges_batch(w, [x], sources=[sources], targets=[targets], config=config)[0]
 
-    n_src, d_model = len(sources), x.W_dec.shape[1]
-    c_src = x.src_scale * x.src_delta[:, sources]  # [pos, n_src]: s_t dz[t, i]
-    W_src_T = x.W_dec[sources].T.contiguous()  # [d_model, n_src]
+
+def _stack(xs: Sequence[PairInputs], field: str) -> Tensor:
+    """One per-image field of the pair inputs (or of their block constants), stacked."""
+    return torch.stack([getattr(x, field) if field in PairInputs._fields
+                        else getattr(x.block, field) for x in xs])
+
+
+def _positions(union: Tensor, subset: Tensor) -> Tensor:
+    """Index of each entry of `subset` in the sorted, duplicate-free `union`."""
+    return torch.searchsorted(union, subset)
+
+
+def feature_edges_batch(
+    w: BlockWeights,
+    xs: Sequence[PairInputs],
+    *,
+    sources: Sequence[Int[Tensor, " n_src"]],
+    targets: Sequence[Int[Tensor, " n_tgt"]],
+    config: EngineConfig = DEFAULT_ENGINE,
+) -> list[Float[Tensor, "n_src_plus_error n_tgt"]]:
+    """`feature_edges` of several images (same layer pair) in one pass of the engine.
+
+    The images' tokens are stacked on one axis and walked in chunks as one image's would be.
+    Sources and targets are the union of the images' nodes: each image's target pairs add into
+    its own block of columns, and a source or target column that is not a node of an image is
+    computed for it but not read back, so every image's edges are those of `feature_edges`
+    (up to the order of floating-point sums inside the larger matrix products).
+    """
+    x0 = xs[0]
+    device = x0.W_dec.device
+    n_img = len(xs)
+    d_tgt = x0.tgt_acts.shape[1]
+    src_all = torch.unique(torch.cat(list(sources)))
+    tgt_all = torch.unique(torch.cat(list(targets)))
+    n_src, n_tgt = len(src_all), len(tgt_all)
+    columns = torch.full((d_tgt,), -1, dtype=torch.long, device=device)
+    columns[tgt_all] = torch.arange(n_tgt, device=device)
+    acts = _stack(xs, "tgt_acts")  # [img, pos, d_tgt]
+    active = (acts > 0) & (columns >= 0)  # the target pairs
+    out = torch.zeros(n_img * n_tgt, n_src + 1, device=device)
+    width = int(active.sum(-1).max()) if active.numel() else 0
+    if width > 0:
+        _feature_chunks(w, xs, active, columns, src_all, tgt_all, width, out, config)
+    out = out.view(n_img, n_tgt, n_src + 1)
+    error_row = torch.tensor([n_src], device=device)
+    return [out[b][_positions(tgt_all, targets[b])][
+        :, torch.cat([_positions(src_all, sources[b]), error_row])].T.contiguous()
+        for b in range(n_img)]
+
+
+def _feature_chunks(
+    w: BlockWeights,
+    xs: Sequence[PairInputs],
+    active: Bool[Tensor, "img pos d_tgt"],
+    columns: Int[Tensor, " d_tgt"],
+    sources: Int[Tensor, " n_src"],
+    targets: Int[Tensor, " n_tgt"],
+    width: int,
+    out: Float[Tensor, "img_n_tgt n_src_plus_error"],
+    config: EngineConfig,
+) -> None:
+    """Add every target pair's edges into `out` (rows: image-major target columns)."""
+    x0 = xs[0]
+    device = x0.W_dec.device
+    n_img, n_pos, _ = active.shape
+    n_tgt = len(targets)
+    # Each token's active targets, padded to the same width (padding has coefficient 0).
+    latent = torch.sort(active.int(), dim=-1, descending=True, stable=True).indices[..., :width]
+    valid = active.gather(-1, latent)
+    offset = (torch.arange(n_img, device=device) * n_tgt)[:, None, None]
+    column = torch.where(valid, columns[latent] + offset, 0).flatten(0, 1)  # [img * pos, width]
+    a_all = ((_stack(xs, "tgt_grad").gather(-1, latent) * valid)
+             / _stack(xs, "tgt_enc_scale")).flatten(0, 1)  # [img * pos, width]
+
+    n_src, d_model = len(sources), x0.W_dec.shape[1]
+    src_scale, ln1_scale = _stack(xs, "src_scale"), _stack(xs, "ln1_scale")
+    c_img = src_scale * _stack(xs, "src_delta")[..., sources]  # [img, pos, n_src]: s_t dz[t, i]
+    W_src_T = x0.W_dec[sources].T.contiguous()  # [d_model, n_src]
     # Value-path image of each source direction per head, and its attention-weighted coefficient.
     U = torch.einsum("id,hde->hei", _ln_forward(W_src_T.T, w.ln1_w, w.ln1_centred, 1.0), w.W_V)
-    B = torch.einsum("hqk,ki->qhi", x.block.pattern, c_src / x.block.ln1_scale)  # [pos, head, i]
-    err_attn = _error_terms(w, x).transpose(0, 1).flatten(1)  # [pos, head * d_head]
+    pattern = _stack(xs, "pattern")
+    B = torch.einsum("bhqk,bki->bqhi", pattern, c_img / ln1_scale).flatten(0, 1)
+    src_error_delta = _stack(xs, "src_error_delta")
+    err_attn = _error_terms_stacked(w, src_error_delta, ln1_scale, pattern)
+    err_attn = err_attn.transpose(1, 2).flatten(2).flatten(0, 1)  # [img * pos, head * d_head]
+    c_src, src_error_delta = c_img.flatten(0, 1), src_error_delta.flatten(0, 1)
     W_O_T = w.W_O.flatten(0, 1).T  # [d_model, head * d_head]
-    enc = x.enc_dirs[:, targets].T.contiguous()  # [n_tgt, d_model]
+    enc = x0.enc_dirs[:, targets].T.contiguous()  # [n_tgt, d_model]
     mlp = (enc @ w.W_out.T).contiguous() if w.W_out is not None else None  # [n_tgt, d_mlp]
     d_mlp = mlp.shape[1] if mlp is not None else 0
+    if mlp is not None:
+        gate = _stack(xs, "gate").flatten(0, 1)
+        ln2_scale = _stack(xs, "ln2_scale").flatten(0, 1)
     per_token = d_model * n_src + width * (d_mlp + 3 * d_model + 2 * n_src)
     step = max(1, config.chunk_elements // per_token)
+    local = column % n_tgt  # the column within the image (its row of `enc` / `mlp`)
 
-    for start in range(0, n_pos, step):
-        t = torch.arange(start, min(start + step, n_pos), device=device)
-        n_t, col = len(t), column[t].reshape(-1)
-        a = (x.tgt_grad[t].gather(1, latent[t]) * valid[t]) / x.tgt_enc_scale[t]  # [tok, width]
-        v = enc[col].view(n_t, width, d_model)
+    for start in range(0, n_img * n_pos, step):
+        t = torch.arange(start, min(start + step, n_img * n_pos), device=device)
+        n_t, col, row = len(t), column[t].reshape(-1), local[t].reshape(-1)
+        v = enc[row].view(n_t, width, d_model)
         if mlp is not None:  # pull back through the MLP of the pair's own token
-            hidden = mlp[col].view(n_t, width, d_mlp) * x.block.gate[t][:, None, :]
+            hidden = mlp[row].view(n_t, width, d_mlp) * gate[t][:, None, :]
             back = (hidden @ w.W_in.T) * (w.ln2_w if w.ln2_w is not None else 1.0)
-            v = v + _centre(back, w.ln2_centred) / x.block.ln2_scale[t][:, None, :]
-        v = v * a[..., None]
+            v = v + _centre(back, w.ln2_centred) / ln2_scale[t][:, None, :]
+        v = v * a_all[t][..., None]
         q = v @ W_O_T  # [tok, width, head * d_head]
         # Same token: the residual path; other tokens: the attention's value path.
         rows = (v @ W_src_T) * c_src[t][:, None, :]
         values = (U[None] * B[t][:, :, None, :]).flatten(1, 2)  # [tok, head * d_head, n_src]
         rows += torch.bmm(q, values)
-        err = (v * x.src_error_delta[t][:, None, :]).sum(-1) + (q * err_attn[t][:, None, :]).sum(-1)
+        err = (v * src_error_delta[t][:, None, :]).sum(-1) + (q * err_attn[t][:, None, :]).sum(-1)
         # Padding rows are exactly zero (a = 0), so they can be added to column 0 harmlessly.
         out[:, :n_src].index_add_(0, col, rows.view(-1, n_src))
         out[:, n_src].index_add_(0, col, err.view(-1))
-    return out.T.contiguous()
 
 
 def token_edges(
@@ -272,12 +363,74 @@ def token_edges(
 
     `sources` / `targets` hold `(token, latent)` rows.
     """
-    n_src, n_tgt = len(sources), len(targets)
+    _check_token_edges(len(sources), len(targets), config)
+    return _token_edges(w, x, sources, targets, config)
+
+
+def _check_token_edges(n_src: int, n_tgt: int, config: EngineConfig) -> None:
     if (n_src + 1) * n_tgt > config.max_token_edges:
         raise ValueError(
             f"token-level edge matrix would have {(n_src + 1) * n_tgt:,} entries (limit "
             f"{config.max_token_edges:,}); use feature granularity or raise max_token_edges"
         )
+
+
+def token_edges_batch(
+    w: BlockWeights,
+    xs: Sequence[PairInputs],
+    *,
+    sources: Sequence[Int[Tensor, "n_src 2"]],
+    targets: Sequence[Int[Tensor, "n_tgt 2"]],
+    config: EngineConfig = DEFAULT_ENGINE,
+) -> list[Float[Tensor, "n_src_plus_error n_tgt"]]:
+    """`token_edges` of several images (same layer pair) in one pass of the engine.
+
+    The images become one sequence of `img * pos` tokens whose attention pattern is block
+    diagonal (no token attends across images), so no target pair reaches another image's
+    sources; each image's block of the joint edge matrix (and its own error row: the error
+    terms go through the block-diagonal pattern too) is its `token_edges`. The joint matrix must
+    fit `config.max_token_edges`.
+    """
+    n_img, n_pos = len(xs), xs[0].tgt_acts.shape[0]
+    n_src = torch.tensor([0] + [len(s) for s in sources]).cumsum(0).tolist()
+    n_tgt = torch.tensor([0] + [len(t) for t in targets]).cumsum(0).tolist()
+    for b in range(n_img):
+        _check_token_edges(n_src[b + 1] - n_src[b], n_tgt[b + 1] - n_tgt[b], config)
+    _check_token_edges(n_src[-1], n_tgt[-1], config)
+
+    def stacked(nodes: Sequence[Tensor]) -> Tensor:
+        shift = torch.tensor([n_pos, 0], device=nodes[0].device)
+        return torch.cat([s + b * shift for b, s in enumerate(nodes)])
+
+    def cat(field: str) -> Tensor | None:
+        first = getattr(xs[0], field) if field in PairInputs._fields else \
+            getattr(xs[0].block, field)
+        return None if first is None else _stack(xs, field).flatten(0, 1)
+
+    pattern = _stack(xs, "pattern")  # [img, head, pos, pos] -> [head, img * pos, img * pos]
+    joint = pattern.new_zeros(pattern.shape[1], n_img, n_pos, n_img, n_pos)
+    image = torch.arange(n_img, device=pattern.device)
+    joint[:, image, :, image, :] = pattern  # (mixed indexing puts the image axis first)
+    x = PairInputs(
+        W_dec=xs[0].W_dec, src_scale=cat("src_scale"), src_delta=cat("src_delta"),
+        src_error_delta=cat("src_error_delta"), enc_dirs=xs[0].enc_dirs,
+        tgt_enc_scale=cat("tgt_enc_scale"), tgt_acts=cat("tgt_acts"), tgt_grad=cat("tgt_grad"),
+        block=BlockConstants(ln1_scale=cat("ln1_scale"), pattern=joint.flatten(3).flatten(1, 2),
+                             ln2_scale=cat("ln2_scale"), gate=cat("gate")),
+    )
+    out = _token_edges(w, x, stacked(sources), stacked(targets), config)
+    return [torch.cat([out[n_src[b]:n_src[b + 1]], out[-1:]])[:, n_tgt[b]:n_tgt[b + 1]]
+            .contiguous() for b in range(n_img)]
+
+
+def _token_edges(
+    w: BlockWeights,
+    x: PairInputs,
+    sources: Int[Tensor, "n_src 2"],
+    targets: Int[Tensor, "n_tgt 2"],
+    config: EngineConfig,
+) -> Float[Tensor, "n_src_plus_error n_tgt"]:
+    n_src, n_tgt = len(sources), len(targets)
     device = x.W_dec.device
     n_pos, d_tgt = x.tgt_acts.shape
     columns = torch.full((n_pos * d_tgt,), -1, dtype=torch.long, device=device)

@@ -28,9 +28,9 @@ from rrm_plugin.attribution.engine import (
     DEFAULT_ENGINE,
     EngineConfig,
     block_weights,
-    feature_edges,
+    feature_edges_batch,
     pair_inputs,
-    token_edges,
+    token_edges_batch,
 )
 from rrm_plugin.attribution.forward import AttributionForward, attribution_forward
 from rrm_plugin.attribution.linearise import FULL, NONE
@@ -413,38 +413,62 @@ def graphs_from_forward(
     weights = {k: block_weights(model, layers[k + 1].block) for k in range(len(layers) - 1)} \
         if edges else {}
     n_images = len(forward.values)
-    graphs = []
-    for b in tqdm(range(n_images), desc="graphs", disable=not progress, leave=False):
-        graph_layers, node_index = [], []
+    graph_layers: list[list[GraphLayer]] = [[] for _ in range(n_images)]
+    node_index: list[list[Tensor]] = [[] for _ in range(n_images)]  # [image][layer]
+    for b in range(n_images):
         for trace in layers:
             feats, toks, act, dlt, sc = _layer_nodes(
                 trace.acts[b], trace.delta[b], trace.node_scores[b], granularity)
-            graph_layers.append(GraphLayer(
+            graph_layers[b].append(GraphLayer(
                 hook_name=trace.hook_name, block=trace.block, d_sae=trace.acts.shape[-1],
                 features=feats, tokens=toks, activations=act, deltas=dlt, scores=sc,
                 error_score=float(trace.error_scores[b]),
             ))
-            node_index.append(feats if toks is None else torch.stack([toks, feats], dim=1))
-        graph_edges = []
-        if edges:
-            for k in range(len(layers) - 1):
-                src_h, tgt_h = layers[k].hook_name, layers[k + 1].hook_name
-                x = pair_inputs(layers[k], layers[k + 1], forward.blocks[layers[k + 1].block],
-                                saes[src_h], saes[tgt_h], b)
-                compute = feature_edges if granularity == "feature" else token_edges
-                graph_edges.append(compute(weights[k], x, sources=node_index[k],
-                                           targets=node_index[k + 1], config=engine))
-        else:
-            graph_edges = [torch.zeros(len(graph_layers[k]) + 1, len(graph_layers[k + 1]))
-                           for k in range(len(layers) - 1)]
+            node_index[b].append(feats if toks is None else torch.stack([toks, feats], dim=1))
+    graph_edges: list[list[Tensor]] = [[] for _ in range(n_images)]
+    steps = [(k, group) for k in range(len(layers) - 1) for group in
+             _image_groups(node_index, k, granularity, engine)] if edges else []
+    for k, group in tqdm(steps, desc="edges", disable=not progress, leave=False):
+        src_h, tgt_h = layers[k].hook_name, layers[k + 1].hook_name
+        xs = [pair_inputs(layers[k], layers[k + 1], forward.blocks[layers[k + 1].block],
+                          saes[src_h], saes[tgt_h], b) for b in group]
+        compute = feature_edges_batch if granularity == "feature" else token_edges_batch
+        found = compute(weights[k], xs, sources=[node_index[b][k] for b in group],
+                        targets=[node_index[b][k + 1] for b in group], config=engine)
+        for b, e in zip(group, found, strict=True):
+            graph_edges[b].append(e)
+    graphs = []
+    for b in range(n_images):
+        if not edges:
+            graph_edges[b] = [torch.zeros(len(graph_layers[b][k]) + 1,
+                                          len(graph_layers[b][k + 1]))
+                              for k in range(len(layers) - 1)]
         graphs.append(Graph(
-            layers=graph_layers, edges=graph_edges, target_class=int(forward.classes[b]),
+            layers=graph_layers[b], edges=graph_edges[b], target_class=int(forward.classes[b]),
             metric=forward.metric, value=float(forward.values[b]), logits=forward.logits[b],
             granularity=granularity, n_tokens=layers[0].acts.shape[1],
             linearised=forward.linearisation == FULL,
             metadata={**(metadata[b] if metadata is not None else {}), "edges": edges},
         ))
     return graphs
+
+
+def _image_groups(
+    node_index: list[list[Tensor]], k: int, granularity: str, engine: EngineConfig
+) -> list[list[int]]:
+    """Consecutive images the engine takes together for pair k: at most `images_per_step`, and
+    (token granularity) a joint edge matrix within `max_token_edges` where one image fits."""
+    groups: list[list[int]] = []
+    n_src = n_tgt = 0
+    for b, nodes in enumerate(node_index):
+        s, t = len(nodes[k]), len(nodes[k + 1])
+        too_big = granularity == "token" and (n_src + s + 1) * (n_tgt + t) > engine.max_token_edges
+        if not groups or len(groups[-1]) >= engine.images_per_step or too_big:
+            groups.append([])
+            n_src = n_tgt = 0
+        groups[-1].append(b)
+        n_src, n_tgt = n_src + s, n_tgt + t
+    return groups
 
 
 def attribute(
