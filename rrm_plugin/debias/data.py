@@ -28,7 +28,9 @@ class SpuriousSplit(NamedTuple):
     @property
     def groups(self) -> Int[Tensor, " batch"]:
         """`2 * label + conflicting`."""
-        return 2 * self.labels + self.conflicting.long()
+        from rrm_plugin.data.spurious import group_index
+
+        return group_index(self.labels, self.spurious)
 
     def subset(self, index: Tensor) -> SpuriousSplit:
         return SpuriousSplit(self.images[index], self.labels[index], self.spurious[index])

@@ -118,13 +118,11 @@ class DebiasResult:
     bootstrap: BootstrapResult
     split_sizes: dict[str, int]
 
-    def per_group(self) -> dict[str, dict[int, float]]:
-        return {m: group_accuracy(c, self.groups).per_group for m, c in self.correct.items()}
-
     def to_json_dict(self) -> dict[str, Any]:
         from rrm_plugin.data.spurious import group_name
 
-        sizes = group_accuracy(next(iter(self.correct.values())), self.groups).sizes
+        accuracies = {m: group_accuracy(c, self.groups) for m, c in self.correct.items()}
+        sizes = next(iter(accuracies.values())).sizes
         methods = {}
         for m in self.correct:
             selection = self.selections.get(m)
@@ -138,7 +136,7 @@ class DebiasResult:
                 "average": self.bootstrap.average[m]._asdict(),
                 "worst_group": self.bootstrap.worst_group[m]._asdict(),
                 "worst_group_margin_of_rrm": self.bootstrap.worst_group_margin[m]._asdict(),
-                "per_group": {group_name(g): a for g, a in self.per_group()[m].items()},
+                "per_group": {group_name(g): a for g, a in accuracies[m].per_group.items()},
             }
         return {
             "format": "rrm-debias/1", "config": asdict(self.config),
