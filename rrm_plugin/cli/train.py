@@ -61,6 +61,8 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
 
 
 RECIPES = ("digits-vit", "digits-vit-spurious", "digits-vit-balanced")
+RECIPE_SAE_MODELS = (None, "digits-vit", "digits-vit-spurious")
+"""`--model` values (None: the default) whose SAEs `train-saes` trains by a shipped recipe."""
 
 
 def _positive(name: str, value) -> None:
@@ -114,7 +116,7 @@ def run_train_saes(args: argparse.Namespace) -> int:
     start = time.time()
     with output_directory(args.out, command="train-saes", overwrite=args.overwrite) as tmp:
         _train_saes_into(args, tmp)
-    if args.images is None and args.model in (None, "digits-vit", "digits-vit-spurious"):
+    if args.images is None and args.model in RECIPE_SAE_MODELS:
         model_arg = f"--model {args.model_dir or args.model or 'digits-vit'}"
         print(f"use them with `{model_arg} --release {args.out}`")
     print(f"SAEs trained in {time.time() - start:.0f}s; saved to {args.out}")
@@ -124,7 +126,7 @@ def run_train_saes(args: argparse.Namespace) -> int:
 def _train_saes_into(args: argparse.Namespace, out: Path) -> None:
     from dataclasses import replace
 
-    if args.images is None and args.model in (None, "digits-vit", "digits-vit-spurious"):
+    if args.images is None and args.model in RECIPE_SAE_MODELS:
         from rrm_plugin.zoo.recipes import DIGITS_SAE_CONFIGS, train_digits_saes
         from rrm_plugin.zoo.spurious import train_spurious_saes
 
