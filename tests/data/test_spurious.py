@@ -58,3 +58,14 @@ def test_paired_sets_hold_each_digit_once_agreeing_once_not():
     a, b = spurious_test_set(CFG), spurious_test_set(CFG)
     assert torch.equal(a.images, b.images)  # seeded
     assert group_name(7) == "3/disagree" and group_name(6) == "3/agree"
+
+
+def test_bad_benchmark_settings_name_what_is_wrong():
+    import pytest
+
+    with pytest.raises(ValueError, match=r"agreement must be in \[0, 1\], got 1.5"):
+        SpuriousConfig(agreement=1.5)
+    with pytest.raises(ValueError, match=r"marker_size must be in \[1, 24\], got 0"):
+        SpuriousConfig(marker_size=0)
+    with pytest.raises(ValueError, match=r"validation_fraction must be in \(0, 1\), got 1.0"):
+        SpuriousConfig(validation_fraction=1.0)

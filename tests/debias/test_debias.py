@@ -234,3 +234,7 @@ def test_bad_inputs_name_what_is_wrong(planted):
                          validation=split, baselines=baselines)
     with pytest.raises(ValueError, match="counts must be positive integers"):
         DebiasConfig(counts=(0, 2))
+    with pytest.raises(ValueError, match="node_threshold must be in \\(0, 1\\], got 0"):
+        DebiasConfig(node_threshold=0)
+    with pytest.raises(ValueError, match="random_draws must be at least 1, got 0"):
+        DebiasConfig(random_draws=0)
