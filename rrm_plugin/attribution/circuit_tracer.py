@@ -123,9 +123,16 @@ def circuit_tracer_dict(
 
     links = []
     for k, (edge, mask) in enumerate(zip(graph.edges, pruned.edge_masks, strict=True)):
-        for i, o in torch.nonzero(mask & (edge != 0)).tolist():
-            links.append({"source": ids[k][i], "target": ids[k + 1][o],
-                          "weight": float(edge[i, o])})
+        if edge.is_sparse:  # top-k token graph: its edge mask has the same stored entries
+            rows, cols = edge.indices()
+            keep = mask.values() & (edge.values() != 0)
+            kept = zip(rows[keep].tolist(), cols[keep].tolist(), edge.values()[keep].tolist(),
+                       strict=True)
+        else:
+            kept = ((i, o, float(edge[i, o]))
+                    for i, o in torch.nonzero(mask & (edge != 0)).tolist())
+        for i, o, weight in kept:
+            links.append({"source": ids[k][i], "target": ids[k + 1][o], "weight": weight})
     logit_edges = graph.logit_edges
     for i in torch.nonzero(pruned.logit_edge_mask & (logit_edges != 0))[:, 0].tolist():
         links.append({"source": ids[-1][i], "target": logit_id, "weight": float(logit_edges[i])})

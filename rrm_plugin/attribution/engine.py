@@ -51,15 +51,27 @@ class EngineConfig:
             (their tokens stacked on one axis, so memory grows about linearly with it; token
             granularity grows the joint edge matrix quadratically and takes fewer images where
             `max_token_edges` requires). 1: one image at a time.
+        token_top_k: Token granularity only. None: dense edge matrices (every source of every
+            target). An integer k: sparse edge matrices (`torch.sparse_coo_tensor`) keeping, for
+            each target node, its k strongest in-edges by |weight| and its error edge. Each
+            target's row of edges is computed whole and cut at once, so the kept edges are
+            exact and the memory is `chunk_elements` plus about `targets * (k + 1)` stored
+            edges, not `sources * targets`: the setting for ViT-B-sized token graphs, whose
+            dense matrices would not fit in memory. Images are then taken one at a time.
     """
 
     chunk_elements: int = 2**24
     max_token_edges: int = 50_000_000
     images_per_step: int = 1
+    token_top_k: int | None = None
 
     def __post_init__(self) -> None:
         if self.images_per_step < 1:
             raise ValueError(f"images_per_step must be >= 1, got {self.images_per_step}")
+        if self.token_top_k is not None and self.token_top_k < 1:
+            raise ValueError(f"token_top_k must be None or >= 1, got {self.token_top_k}")
+        if self.chunk_elements < 1:
+            raise ValueError(f"chunk_elements must be >= 1, got {self.chunk_elements}")
 
 
 DEFAULT_ENGINE = EngineConfig()
@@ -361,17 +373,27 @@ def token_edges(
 ) -> Float[Tensor, "n_src_plus_error n_tgt"]:
     """Edges between (token, latent) nodes; last row: the source layer's error node.
 
-    `sources` / `targets` hold `(token, latent)` rows.
+    `sources` / `targets` hold `(token, latent)` rows. Dense, or with `config.token_top_k` a
+    sparse COO matrix of the same shape holding each target's strongest in-edges.
     """
     _check_token_edges(len(sources), len(targets), config)
     return _token_edges(w, x, sources, targets, config)
 
 
 def _check_token_edges(n_src: int, n_tgt: int, config: EngineConfig) -> None:
+    if config.token_top_k is not None:
+        stored = (min(config.token_top_k, n_src) + 1) * n_tgt
+        if stored > config.max_token_edges:
+            raise ValueError(
+                f"token-level top-{config.token_top_k} edges would store {stored:,} entries "
+                f"(limit max_token_edges={config.max_token_edges:,}); lower token_top_k or "
+                "raise max_token_edges")
+        return
     if (n_src + 1) * n_tgt > config.max_token_edges:
         raise ValueError(
             f"token-level edge matrix would have {(n_src + 1) * n_tgt:,} entries (limit "
-            f"{config.max_token_edges:,}); use feature granularity or raise max_token_edges"
+            f"max_token_edges={config.max_token_edges:,}); use feature granularity, keep each "
+            "target's strongest edges (EngineConfig(token_top_k=...)) or raise max_token_edges"
         )
 
 
@@ -389,8 +411,12 @@ def token_edges_batch(
     diagonal (no token attends across images), so no target pair reaches another image's
     sources; each image's block of the joint edge matrix (and its own error row: the error
     terms go through the block-diagonal pattern too) is its `token_edges`. The joint matrix must
-    fit `config.max_token_edges`.
+    fit `config.max_token_edges`. With `config.token_top_k` the images are taken one at a time
+    (a joint top-k would rank other images' exact zeros among an image's edges).
     """
+    if config.token_top_k is not None:
+        return [token_edges(w, x, sources=s, targets=t, config=config)
+                for x, s, t in zip(xs, sources, targets, strict=True)]
     n_img, n_pos = len(xs), xs[0].tgt_acts.shape[0]
     n_src = torch.tensor([0] + [len(s) for s in sources]).cumsum(0).tolist()
     n_tgt = torch.tensor([0] + [len(t) for t in targets]).cumsum(0).tolist()
@@ -439,9 +465,9 @@ def _token_edges(
     col_all = columns[t_all * d_tgt + o_all]
     keep = col_all >= 0
     pairs = _Targets(t_all[keep], o_all[keep], col_all[keep])
-    out = torch.zeros(n_tgt, n_src + 1, device=device)
+    store = _TokenEdgeStore(n_src, n_tgt, config.token_top_k, device)
     if len(pairs.token) == 0:
-        return out.T.contiguous()
+        return store.result()
     latents, latent_idx = torch.unique(pairs.latent, return_inverse=True)
 
     ts, i_s = sources[:, 0], sources[:, 1]
@@ -451,20 +477,63 @@ def _token_edges(
     coeff = c_src / x.block.ln1_scale[ts, 0]
     err_attn = _error_terms(w, x)
     dirs = _directions(w, x, latents)
+    # The residual path joins a target pair only to the sources of its own token: each pair
+    # reads the (at most `width`) sources of its token, not a dense row over every source.
+    by_token = torch.argsort(ts, stable=True)
+    counts = torch.bincount(ts, minlength=n_pos)
+    starts = counts.cumsum(0) - counts
+    width = int(counts.max()) if n_src else 0
+    offsets = torch.arange(width, device=device)
 
-    n_heads = w.W_V.shape[0]
+    n_heads, d_model = w.W_V.shape[0], x.W_dec.shape[1]
     d_mlp = w.W_in.shape[1] if w.W_in is not None else 0
-    per_pair = 3 * n_heads * (n_src + 1) + d_mlp + 4 * x.W_dec.shape[1]
+    per_pair = 3 * n_heads * (n_src + 1) + d_mlp + 4 * d_model + width * (d_model + 2)
     step = max(1, config.chunk_elements // per_pair)
     for start in range(0, len(pairs.token), step):
         t = pairs.token[start : start + step]
         o = pairs.latent[start : start + step]
-        col = pairs.column[start : start + step]
         v, q = _pair_vectors(w, x, t, o, dirs, latent_idx[start : start + step])
-        same_token: Bool[Tensor, "p s"] = t[:, None] == ts[None, :]
-        rows = (v @ W_src.T) * c_src * same_token
         attn = torch.bmm(q.transpose(0, 1), U.transpose(1, 2))  # [head, p, s]
-        rows += (attn * x.block.pattern[:, t][:, :, ts]).sum(0) * coeff
+        rows = (attn * x.block.pattern[:, t][:, :, ts]).sum(0) * coeff
+        if width:
+            valid = offsets[None, :] < counts[t][:, None]
+            src = by_token[(starts[t][:, None] + offsets[None, :]).clamp(max=n_src - 1)]
+            same = torch.einsum("pd,pkd->pk", v, W_src[src]) * c_src[src] * valid
+            rows.scatter_add_(1, src, same)  # invalid slots add an exact 0
         err = (v * x.src_error_delta[t]).sum(-1) + (q * err_attn[:, t].transpose(0, 1)).sum((1, 2))
-        out.index_add_(0, col, torch.cat([rows, err[:, None]], dim=1))
-    return out.T.contiguous()
+        store.add(pairs.column[start : start + step], rows, err)
+    return store.result()
+
+
+class _TokenEdgeStore:
+    """Token-edge columns as they are computed: a dense `[n_tgt, n_src + 1]` buffer, or (top-k)
+    each column's k strongest source rows plus its error row, kept in fixed-width buffers."""
+
+    def __init__(self, n_src: int, n_tgt: int, top_k: int | None, device: torch.device) -> None:
+        self.n_src, self.n_tgt, self.top_k = n_src, n_tgt, top_k
+        if top_k is None:
+            self.dense = torch.zeros(n_tgt, n_src + 1, device=device)
+        else:
+            self.k = min(top_k, n_src)
+            self.rows = torch.zeros(n_tgt, self.k + 1, dtype=torch.long, device=device)
+            self.values = torch.zeros(n_tgt, self.k + 1, device=device)
+
+    def add(self, col: Tensor, rows: Tensor, err: Tensor) -> None:
+        if self.top_k is None:
+            self.dense.index_add_(0, col, torch.cat([rows, err[:, None]], dim=1))
+            return
+        # In token granularity every target pair is its own column: plain assignment.
+        strongest = rows.abs().topk(self.k, dim=1).indices
+        self.rows[col, : self.k] = strongest
+        self.rows[col, self.k] = self.n_src
+        self.values[col, : self.k] = rows.gather(1, strongest)
+        self.values[col, self.k] = err
+
+    def result(self) -> Tensor:
+        if self.top_k is None:
+            return self.dense.T.contiguous()
+        cols = torch.arange(self.n_tgt, device=self.rows.device)[:, None].expand_as(self.rows)
+        nonzero = self.values != 0
+        index = torch.stack([self.rows[nonzero], cols[nonzero]])
+        return torch.sparse_coo_tensor(index, self.values[nonzero], (self.n_src + 1, self.n_tgt),
+                                       check_invariants=False).coalesce()  # built in range

@@ -79,6 +79,8 @@ class Graph:
         layers: SAE layers, bottom to top.
         edges: `edges[k]` has shape `[len(layers[k]) + 1, len(layers[k + 1])]`: rows are the
             sources of layer k (last row: its error node), columns the latent nodes of layer k+1.
+            Dense, or (token graphs built with `EngineConfig(token_top_k=...)`) sparse COO
+            tensors holding each target's strongest in-edges and its error edge.
         target_class: Class whose logit is attributed.
         metric: `"adjusted_logit"` or `"logit"`.
         value: The metric at the image.
@@ -123,6 +125,19 @@ class Graph:
                 })
         return rows
 
+    @property
+    def sparse_edges(self) -> bool:
+        """Whether the edge matrices are sparse (top-k token graphs)."""
+        return any(edge.is_sparse for edge in self.edges)
+
+    def require_dense_edges(self, what: str) -> None:
+        """Refuse sparse (top-k) edge matrices in code that needs every edge as a dense matrix."""
+        if self.sparse_edges:
+            raise ValueError(
+                f"{what} needs dense edge matrices; this token graph keeps only each node's "
+                "strongest in-edges (EngineConfig(token_top_k=...)). Prune it with "
+                "prune_by_influence, or attribute without token_top_k if it fits in memory")
+
     # ---- serialisation -------------------------------------------------------------------
     def _tensors(self) -> dict[str, Tensor]:
         tensors = {"logits": self.logits, "error_scores": self.error_scores}
@@ -132,12 +147,20 @@ class Graph:
             if layer.tokens is not None:
                 tensors[f"layers.{k}.tokens"] = layer.tokens
         for k, edge in enumerate(self.edges):
-            tensors[f"edges.{k}"] = edge
+            if edge.is_sparse:  # safetensors holds dense arrays: COO indices and values
+                edge = edge.coalesce()
+                tensors[f"edges.{k}.indices"] = edge.indices()
+                tensors[f"edges.{k}.values"] = edge.values()
+            else:
+                tensors[f"edges.{k}"] = edge
         return {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
 
     @staticmethod
     def _tensor_names(n_layers: int, tensors: Mapping[str, Tensor]) -> list[str]:
-        names = ["logits", "error_scores", *(f"edges.{k}" for k in range(n_layers - 1))]
+        names = ["logits", "error_scores"]
+        for k in range(n_layers - 1):
+            names += [f"edges.{k}.indices", f"edges.{k}.values"] if f"edges.{k}.indices" in \
+                tensors else [f"edges.{k}"]
         for k in range(n_layers):
             names += [f"layers.{k}.{n}" for n in ("features", "activations", "deltas", "scores")]
             if f"layers.{k}.tokens" in tensors:
@@ -156,6 +179,8 @@ class Graph:
             "layers": [{"hook_name": layer.hook_name, "block": layer.block, "d_sae": layer.d_sae}
                        for layer in self.layers],
             "tensors": {name: list(t.shape) for name, t in tensors.items()},
+            "sparse_edges": {str(k): list(e.shape) for k, e in enumerate(self.edges)
+                             if e.is_sparse},
             "tensor_file": tensor_path.name, "metadata": self.metadata,
         })
         return json_path, tensor_path
@@ -185,7 +210,9 @@ class Graph:
                     deltas=tensors[f"layers.{k}.deltas"], scores=tensors[f"layers.{k}.scores"],
                     error_score=error_scores[k],
                 ))
-            edges = [tensors[f"edges.{k}"] for k in range(len(layers) - 1)]
+            sparse = {int(k): tuple(shape) for k, shape in meta.get("sparse_edges", {}).items()}
+            edges = [_sparse_edges(tensors, k, sparse[k], json_path) if k in sparse
+                     else tensors[f"edges.{k}"] for k in range(len(layers) - 1)]
             stray = sorted(set(tensors) - set(cls._tensor_names(len(layers), tensors)))
             if stray:  # e.g. a layer removed from the JSON but not from the tensor file
                 raise CorruptFileError(f"{json_path}: tensors {stray} belong to no layer of the "
@@ -279,13 +306,14 @@ class Graph:
         ids[top] = ids[top] + [error_id(top)]
         # One (matrix, row, column, weight) table over all edge matrices and the logit edges.
         matrices = [*self.edges, self.logit_edges[:, None]]
-        parts = []
+        parts, part_weights = [], []
         for k, edge in enumerate(matrices):
-            rows, cols = torch.nonzero(edge.abs() > min_abs_edge, as_tuple=True)
-            parts.append(torch.stack([torch.full_like(rows, k), rows, cols], 1))
+            rows, cols, weight = edge_entries(edge)
+            keep = weight.abs() > min_abs_edge
+            parts.append(torch.stack([torch.full_like(rows[keep], k), rows[keep], cols[keep]], 1))
+            part_weights.append(weight[keep].float())
         index = torch.cat(parts) if parts else torch.zeros(0, 3, dtype=torch.long)
-        weights = torch.cat([m[p[:, 1], p[:, 2]].float() for m, p in zip(matrices, parts,
-                                                                          strict=True)])
+        weights = torch.cat(part_weights)
         total = len(weights)
         if max_edges is not None and total > max_edges:
             keep = weights.abs().topk(max_edges).indices.sort().values
@@ -350,6 +378,34 @@ class Graph:
 
 
 LOGIT_ID = "logit"
+
+
+def _sparse_edges(
+    tensors: Mapping[str, Tensor], k: int, shape: tuple[int, ...], json_path: Path
+) -> Tensor:
+    """Rebuild sparse edge matrix k from its stored COO parts, refusing out-of-range indices."""
+    indices, values = tensors[f"edges.{k}.indices"], tensors[f"edges.{k}.values"]
+    if len(shape) != 2 or indices.dtype != torch.long or indices.ndim != 2 or \
+            indices.shape[0] != 2 or values.shape != (indices.shape[1],):
+        raise CorruptFileError(f"{json_path}: sparse edge matrix {k} has indices "
+                               f"{list(indices.shape)} ({indices.dtype}) and values "
+                               f"{list(values.shape)}; expected [2, nnz] int64 and [nnz]")
+    if indices.numel() and not ((indices.min(1).values >= 0).all()
+                                and (indices.max(1).values < torch.tensor(shape)).all()):
+        raise CorruptFileError(f"{json_path}: sparse edge matrix {k} has indices outside "
+                               f"its shape {list(shape)}")
+    return torch.sparse_coo_tensor(indices, values, shape, check_invariants=False).coalesce()
+
+
+def edge_entries(edge: Tensor) -> tuple[Int[Tensor, " n"], Int[Tensor, " n"], Float[Tensor, " n"]]:
+    """Rows, columns and weights of the stored non-zero entries of a dense or sparse matrix."""
+    if edge.is_sparse:
+        edge = edge.coalesce()
+        rows, cols = edge.indices()
+        keep = edge.values() != 0
+        return rows[keep], cols[keep], edge.values()[keep]
+    rows, cols = torch.nonzero(edge, as_tuple=True)
+    return rows, cols, edge[rows, cols]
 
 
 def node_id(layer: int, feature: int, token: int | None = None) -> str:

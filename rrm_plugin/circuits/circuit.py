@@ -111,6 +111,10 @@ def _kept_edges(graph, node_masks, edge_masks, logit_edge_mask) -> list[tuple[st
                    + [error_id(k)])
     kept = []
     for k, edge in enumerate(graph.edges):
+        if edge.is_sparse:  # top-k token graph: walk the stored entries
+            kept += _kept_sparse_edges(edge, node_masks[k], node_masks[k + 1],
+                                       None if edge_masks is None else edge_masks[k], ids, k)
+            continue
         mask = node_masks[k][:, None] & node_masks[k + 1][None, :-1]
         if edge_masks is not None:
             mask = mask & edge_masks[k]
@@ -123,6 +127,20 @@ def _kept_edges(graph, node_masks, edge_masks, logit_edge_mask) -> list[tuple[st
     kept += [(ids[top][i], "logit", float(logit_edges[i]))
              for i in torch.nonzero(logit_mask & (logit_edges != 0))[:, 0].tolist()]
     return kept
+
+
+def _kept_sparse_edges(edge, src_mask, tgt_mask, edge_mask, ids, k) -> list[tuple[str, str, float]]:
+    edge = edge.coalesce()
+    rows, cols = edge.indices()
+    keep = src_mask[rows] & tgt_mask[cols] & (edge.values() != 0)
+    if edge_mask is not None:  # aligned with the edge matrix's stored entries
+        edge_mask = edge_mask.coalesce()
+        if not torch.equal(edge_mask.indices(), edge.indices()):
+            raise ValueError(f"edge mask {k} does not have the stored entries of edge matrix {k}")
+        keep &= edge_mask.values()
+    return [(ids[k][i], ids[k + 1][o], w) for i, o, w in
+            zip(rows[keep].tolist(), cols[keep].tolist(), edge.values()[keep].tolist(),
+                strict=True)]
 
 
 def stack_masks(

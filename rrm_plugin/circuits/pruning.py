@@ -210,6 +210,7 @@ def edge_rule(
     (all latents, as the authors rank them, so large `p` also reaches latents outside the
     graph); otherwise only the graph's nodes.
     """
+    graph.require_dense_edges("edge_rule")
     n_max = graph_n_max(graph)
     scores = dense_scores(graph) if dense else graph_node_scores(graph)
     all_edges = dense_edges(graph) if dense else graph.edges
@@ -235,6 +236,7 @@ def _slots(graph: Graph, k: int) -> tuple[Tensor, int]:
 
 def dense_edges(graph: Graph) -> list[Float[Tensor, "slots_plus_error slots"]]:
     """Edges scattered over all slots of both layers (error row last)."""
+    graph.require_dense_edges("dense_edges")
     out = []
     for k, edge in enumerate(graph.edges):
         (src, n_src), (tgt, n_tgt) = _slots(graph, k), _slots(graph, k + 1)
@@ -262,6 +264,7 @@ class LayeredAdjacency(NamedTuple):
 
 def layered_adjacency(graph: Graph, edge_masks: Sequence[Tensor] | None = None,
                       logit_mask: Tensor | None = None) -> LayeredAdjacency:
+    graph.require_dense_edges("layered_adjacency")
     edges = [e if edge_masks is None else e * edge_masks[k] for k, e in enumerate(graph.edges)]
     logit = graph.logit_edges if logit_mask is None else graph.logit_edges * logit_mask
     return LayeredAdjacency([_row_normalise(e.T) for e in edges], _row_normalise(logit[None])[0])
@@ -313,6 +316,8 @@ def prune_by_influence(
     `edge_threshold` of the edge influence among them, then drops nodes left without an outgoing
     edge (latents and errors) or, for latents above the bottom layer, without an incoming one.
     Bottom-layer latents play the role of circuit-tracer's input tokens (they have no sources).
+    Sparse (top-k token) graphs are pruned over their stored edges
+    (`rrm_plugin.circuits.sparse_pruning`); their edge masks are then sparse boolean tensors.
     """
     grid = prune_by_influence_grid(graph, node_thresholds=[node_threshold],
                                    edge_thresholds=[edge_threshold])
@@ -328,6 +333,11 @@ def prune_by_influence_grid(
     threshold, since neither depends on the edge threshold: a slider grid of a ViT-B graph costs
     a few sorts instead of one per position.
     """
+    if graph.sparse_edges:
+        from rrm_plugin.circuits import sparse_pruning
+
+        return sparse_pruning.prune_by_influence_grid(
+            graph, node_thresholds=node_thresholds, edge_thresholds=edge_thresholds)
     for t in node_thresholds:
         _check_fraction("node_threshold", t)
     for t in edge_thresholds:
@@ -385,8 +395,22 @@ class GraphScores(NamedTuple):
 
 def graph_scores(graph: Graph) -> GraphScores:
     """circuit-tracer's replacement and completeness scores; inputs = bottom-layer latents."""
+    if graph.sparse_edges:
+        from rrm_plugin.circuits import sparse_pruning
+
+        return sparse_pruning.graph_scores(graph)
     adjacency = layered_adjacency(graph)
-    influence = layered_influence(adjacency)
+    # Each latent's share of normalised incoming weight from its sources' error node.
+    error_shares = [block[:, -1] for block in adjacency.blocks]
+    return circuit_tracer_scores(layered_influence(adjacency), error_shares, adjacency.logit[-1])
+
+
+def circuit_tracer_scores(
+    influence: Sequence[Tensor], error_shares: Sequence[Tensor], logit_error_share: Tensor
+) -> GraphScores:
+    """Replacement and completeness scores from the node influence, each latent's share of
+    incoming weight from error nodes (`error_shares[k]`: the latents of layer k+1) and the
+    logit's share from the top error node."""
     inputs = influence[0][:-1].sum()
     errors = sum(inf[-1] for inf in influence)
     replacement = float(inputs / (inputs + errors).clamp(min=1e-30))
@@ -395,10 +419,10 @@ def graph_scores(graph: Graph) -> GraphScores:
         # Latents above the bottom take error weight from their sources' error column.
         non_error = torch.ones_like(inf)
         if k > 0:
-            non_error[:-1] = 1 - adjacency.blocks[k - 1][:, -1]
+            non_error[:-1] = 1 - error_shares[k - 1]
         weighted += (non_error * inf).sum()
         total += inf.sum()
     # The logit node (weight 1) draws from the top layer and its error.
-    weighted += 1 - adjacency.logit[-1]
+    weighted += 1 - logit_error_share
     total += 1
     return GraphScores(replacement, float(weighted / total))

@@ -13,6 +13,7 @@ from sae_lens import SAE
 from torch import Tensor, nn
 
 from rrm_plugin.attribution.baselines import Baselines
+from rrm_plugin.attribution.engine import EngineConfig
 from rrm_plugin.attribution.graph import Granularity, Graph, attribute
 from rrm_plugin.circuits.circuit import Circuit, run_circuits
 from rrm_plugin.circuits.figure import plot_circuit, top_patches
@@ -36,6 +37,9 @@ class TraceConfig:
         max_json_edges: Strongest edges written to the readable `graph.json` (the lossless
             files keep every edge).
         viewer: Write the interactive `circuit.html` (and its `viewer.json`).
+        token_top_k: Token graphs only: keep each node's strongest in-edges (sparse edge
+            matrices, `EngineConfig.token_top_k`), for ViT-B-sized token graphs. The viewer
+            needs dense edges, so it is refused with this.
     """
 
     target_class: int | None = None
@@ -46,6 +50,14 @@ class TraceConfig:
     max_nodes_per_layer: int = 6
     max_json_edges: int = 100_000
     viewer: bool = True
+    token_top_k: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.token_top_k is not None and self.granularity != "token":
+            raise ValueError("token_top_k applies to token graphs: set granularity='token'")
+        if self.token_top_k is not None and self.viewer:
+            raise ValueError("the viewer needs dense edges; a token_top_k graph is traced "
+                             "without it (viewer=False, --no-viewer)")
 
 
 def _readout(logits: Tensor, cls: int) -> dict[str, float]:
@@ -85,6 +97,7 @@ def trace_image(
     graph: Graph = attribute(
         model, saes, batch, baselines=baselines, classes=config.target_class,
         metric=config.metric, granularity=config.granularity, metadata=[metadata or {}],
+        engine=EngineConfig(token_top_k=config.token_top_k),
     )[0]
     pruned = prune_by_influence(graph, node_threshold=config.node_threshold,
                                 edge_threshold=config.edge_threshold)

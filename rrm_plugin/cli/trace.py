@@ -27,6 +27,10 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
                    help="attributed quantity (default adjusted_logit: logit minus mean logit)")
     p.add_argument("--granularity", choices=["feature", "token"], default="feature",
                    help="graph nodes: latents summed over tokens, or (token, latent) pairs")
+    p.add_argument("--token-top-k", type=int, default=None, metavar="K",
+                   help="token graphs: keep each node's K strongest in-edges (plus its error "
+                        "edge) as sparse matrices, so ViT-B-sized token graphs fit in memory; "
+                        "needs --granularity token and --no-viewer")
     p.add_argument("--node-threshold", type=float, default=0.8,
                    help="influence pruning: fraction of node influence kept (default 0.8)")
     p.add_argument("--edge-threshold", type=float, default=0.98,
@@ -82,6 +86,12 @@ def run(args: argparse.Namespace) -> int:
         value = getattr(args, name)
         if not 0 < value <= 1:
             raise ValueError(f"--{name.replace('_', '-')} must be in (0, 1], got {value}")
+    if args.token_top_k is not None:
+        if args.token_top_k < 1:
+            raise ValueError(f"--token-top-k must be >= 1, got {args.token_top_k}")
+        if args.granularity != "token" or not args.no_viewer:
+            raise ValueError("--token-top-k needs --granularity token and --no-viewer (the "
+                             "viewer needs dense edge matrices)")
     check_output_directory(args.out, command="trace", overwrite=args.overwrite)
     ws = load_workspace(args)
     image, meta = resolve_image(args.image, ws)
@@ -99,7 +109,8 @@ def run(args: argparse.Namespace) -> int:
     names = HUB_MODELS[ws.model_name].class_names() if ws.model_name in HUB_MODELS else None
     config = TraceConfig(target_class=args.target, metric=args.metric,
                          granularity=args.granularity, node_threshold=args.node_threshold,
-                         edge_threshold=args.edge_threshold, viewer=not args.no_viewer)
+                         edge_threshold=args.edge_threshold, viewer=not args.no_viewer,
+                         token_top_k=args.token_top_k)
     if args.no_viewer and args.feature_cards:
         raise ValueError("--feature-cards is for the viewer; drop it or --no-viewer")
     with output_directory(args.out, command="trace", overwrite=args.overwrite) as tmp:

@@ -109,6 +109,7 @@ def participation_sums(
         if [layer.hook_name for layer in graph.layers] != hooks:
             raise ValueError("graphs come from different SAE layers: expected hooks "
                              f"{hooks}, got {[layer.hook_name for layer in graph.layers]}")
+        graph.require_dense_edges("feature circuit statistics")
         pruned = prune_by_influence(graph, node_threshold=node_threshold,
                                     edge_threshold=edge_threshold)
         for k, layer in enumerate(graph.layers):

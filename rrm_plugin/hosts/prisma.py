@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -85,3 +86,31 @@ def check_images(
             f"images have values up to {largest:.4g}: expected pixels in [0, 1] (or normalised "
             "as the model's preprocessing does, within a few units); divide 0..255 images by 255")
     return images
+
+
+def with_image_size(model: HookedViT, image_size: int) -> HookedViT:
+    """The same ViT at another input size: a new model of the same config at `image_size`,
+    with the patch grid of its position embedding resampled (bicubic) by timm's
+    `resample_abs_pos_embed`, the class token's row kept; every other weight is shared by
+    value. E.g. a 224 px ViT-B/16 (197 tokens) at 448 px has 785 tokens.
+    """
+    from timm.layers import resample_abs_pos_embed
+
+    cfg = model.cfg
+    if image_size < cfg.patch_size or image_size % cfg.patch_size:
+        raise ValueError(f"image_size must be a positive multiple of the patch size "
+                         f"{cfg.patch_size}, got {image_size}")
+    prefix = int(getattr(cfg, "classification_type", "cls") == "cls")
+    old_grid, new_grid = cfg.image_size // cfg.patch_size, image_size // cfg.patch_size
+    W_pos = model.pos_embed.W_pos.detach()
+    if W_pos.shape[0] != prefix + old_grid**2:
+        raise ValueError(f"position embedding has {W_pos.shape[0]} rows, expected "
+                         f"{prefix} + {old_grid}x{old_grid} for {cfg.image_size} px")
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    state["pos_embed.W_pos"] = resample_abs_pos_embed(
+        W_pos[None], [new_grid, new_grid], [old_grid, old_grid], num_prefix_tokens=prefix)[0]
+    resized = build_hooked_vit(dataclasses.replace(cfg, image_size=image_size))
+    resized.load_state_dict(state)
+    resized.to(W_pos.device).train(model.training)
+    return resized
+

@@ -87,6 +87,7 @@ def _nodes(graph: Graph) -> dict[str, list]:
 
 def _flat_edges(graph: Graph) -> tuple[Tensor, Tensor, Tensor]:
     """All edges as flat (source, target, weight), logit edges last, in `graph.edges` order."""
+    graph.require_dense_edges("the circuit viewer")
     offsets = node_offsets(graph)
     sources, targets, weights = [], [], []
     for k, edge in enumerate(graph.edges):

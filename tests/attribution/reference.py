@@ -150,6 +150,31 @@ def _jacobian(model: nn.Module, block: int, sae: SAE, ghat: Tensor, x: Tensor) -
         return torch.func.jacrev(layer_fn, chunk_size=None)(x[None])[:, 0].detach()  # [F_out,T,D]
 
 
+def _forward_state(
+    model: nn.Module, saes: Mapping[str, SAE], image: Tensor, baselines: Baselines,
+    target_class: int | None, metric: str,
+) -> tuple[dict[int, Tensor], dict[int, tuple[Tensor, ...]], Tensor]:
+    """Residual streams, `(z, std, err, dz, de)` per SAE layer, and the metric's gradient at
+    the top layer (through the frozen backward pass)."""
+    layers = _layers(saes)
+    top = len(layers) - 1
+    xs: dict[int, Tensor] = {}
+    hooks = [(h, lambda t, hook, k=k: xs.__setitem__(k, t)) for k, (_, h) in enumerate(layers)]
+    with frozen_backward(model), model.hooks(fwd_hooks=hooks), torch.enable_grad():
+        logits = model(image.detach().requires_grad_(True))
+        cls = int(logits[0].argmax()) if target_class is None else target_class
+        value = _metric(logits, cls, metric)
+        g_top = torch.autograd.grad(value, xs[top])[0][0]
+    x = {k: v.detach()[0] for k, v in xs.items()}
+    state = {}
+    for k, (_, h) in enumerate(layers):
+        with torch.no_grad():
+            z, std, err = _sae_forward(saes[h], x[k])
+        z, std, err = z.detach(), std.detach(), err.detach()
+        state[k] = (z, std, err, z - baselines.features[h], err - baselines.errors[h])
+    return x, state, g_top.detach()
+
+
 def reference_graph(
     model: nn.Module,
     saes: Mapping[str, SAE],
@@ -170,21 +195,7 @@ def reference_graph(
     """
     layers = _layers(saes)
     top = len(layers) - 1
-    xs: dict[int, Tensor] = {}
-    hooks = [(h, lambda t, hook, k=k: xs.__setitem__(k, t)) for k, (_, h) in enumerate(layers)]
-    with frozen_backward(model), model.hooks(fwd_hooks=hooks), torch.enable_grad():
-        logits = model(image.detach().requires_grad_(True))
-        cls = int(logits[0].argmax()) if target_class is None else target_class
-        value = _metric(logits, cls, metric)
-        g_top = torch.autograd.grad(value, xs[top])[0][0]
-    x = {k: v.detach()[0] for k, v in xs.items()}
-    state = {}
-    for k, (_, h) in enumerate(layers):
-        sae = saes[h]
-        with torch.no_grad():
-            z, std, err = _sae_forward(sae, x[k])
-        z, std, err = z.detach(), std.detach(), err.detach()
-        state[k] = (z, std, err, z - baselines.features[h], err - baselines.errors[h])
+    x, state, g_top = _forward_state(model, saes, image, baselines, target_class, metric)
 
     nodes, errors, edges, grads = {}, {}, {}, dict(upper_grads or {})
     sae_top = saes[layers[top][1]]
@@ -210,3 +221,38 @@ def reference_graph(
             errors[k] = float(r_err.sum())
             edges[k] = torch.cat([torch.einsum("oti,ti->io", edge, dz), r_err[None]], dim=0)
     return ReferenceGraph(nodes, errors, edges, grads)
+
+
+def reference_token_edges(
+    model: nn.Module,
+    saes: Mapping[str, SAE],
+    image: Float[Tensor, "1 c h w"],
+    *,
+    baselines: Baselines,
+    target_class: int | None = None,
+    metric: str = "adjusted_logit",
+) -> dict[int, Float[Tensor, "pos_d_src_plus_error pos_d_tgt"]]:
+    """Dense token-level edges of every pair k -> k+1: rows `t * d_src + i` (last: the error
+    node), columns `t' * d_tgt + o`; one jacrev per pair of `ghat[t', o] z[t', o]` *without*
+    summing over t', so every (t', o) keeps its own Jacobian `[T, D]` (tiny models only)."""
+    layers = _layers(saes)
+    x, state, _ = _forward_state(model, saes, image, baselines, target_class, metric)
+    grads = reference_graph(model, saes, image, baselines=baselines, target_class=target_class,
+                            metric=metric).grads
+    out = {}
+    with frozen_backward(model), torch.no_grad():
+        for k in range(len(layers) - 1):
+            block, sae_tgt = layers[k + 1][0], saes[layers[k + 1][1]]
+
+            def per_target(x_in: Tensor, block=block, sae=sae_tgt, ghat=grads[k + 1]) -> Tensor:
+                acts, _, _ = _latents(sae, model.blocks[block](x_in)[0], detach_std=True)
+                return acts * ghat  # [T', F_out]
+
+            with torch.enable_grad():
+                J = torch.func.jacrev(per_target)(x[k][None])[:, :, 0].detach()  # [T',F,T,D]
+            _, std, _, dz, de = state[k]
+            W_dec = saes[layers[k][1]].W_dec.detach()
+            latent = torch.einsum("aotd,id->tiao", J, W_dec) * (std * dz)[:, :, None, None]
+            error = torch.einsum("aotd,td->ao", J, de)
+            out[k] = torch.cat([latent.flatten(2).flatten(0, 1), error.flatten()[None]], dim=0)
+    return out

@@ -1,0 +1,133 @@
+"""Token graphs at ViT-B scale (issue 11 section 4): time and peak memory against image size.
+
+Setting: the ViT-B/16-shaped random HookedViT and random TopK SAEs of the paper's sizes of
+`bench_attribution.py` (its `setup`), built at 224 px; other sizes through
+`rrm_plugin.hosts.prisma.with_image_size` (position embedding resampled: 112 px -> 50 tokens,
+224 px -> 197, 448 px -> 785). Median baselines over 4 random images of that size, one random
+image, adjusted logit of the predicted class, `granularity="token"`, all 10 layer pairs.
+
+Each setting runs in a fresh process. `attribute` (forward, backward and every layer pair's token
+edges) is timed, with the peak resident set size above the level at its start; then circuit-
+tracer's influence pruning (`prune_by_influence`, 0.8 / 0.98) and the graph scores of the result.
+Sparse settings keep each target node's `--top-k` strongest in-edges plus its error edge
+(`EngineConfig(token_top_k=...)`); `--dense-sizes` also run the dense edge matrices at those
+sizes for comparison (only where they fit in memory: the dense matrices of a ViT-B token graph
+take `sum_k (n_src_k + 1) n_tgt_k` floats, which the script reports for every size).
+
+    python benchmarks/bench_token_graphs.py [--sizes 112 224 448] [--dense-sizes 112] [--top-k 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_attribution import PAPER_SAES, PeakMemory, setup  # noqa: E402
+
+GiB = 2**30
+
+
+def task(threads: int, image_size: int, top_k: int | None, chunk_elements: int,
+         out_path: str) -> None:
+    from rrm_plugin.attribution.baselines import compute_baselines
+    from rrm_plugin.attribution.engine import EngineConfig
+    from rrm_plugin.attribution.graph import attribute
+    from rrm_plugin.circuits.pruning import graph_scores, prune_by_influence
+    from rrm_plugin.hosts.prisma import with_image_size
+
+    model, saes, baselines, image = setup(threads, 224)
+    if image_size != 224:
+        model = with_image_size(model, image_size)
+        for p in model.parameters():
+            p.requires_grad_(False)
+        generator = torch.Generator().manual_seed(0)
+        reference = torch.rand(4, 3, image_size, image_size, generator=generator)
+        baselines = compute_baselines(model, saes, reference, batch_size=2, progress=False)
+        image = torch.rand(1, 3, image_size, image_size, generator=generator)
+    engine = EngineConfig(token_top_k=top_k, chunk_elements=chunk_elements,
+                          max_token_edges=2**62)
+    with PeakMemory() as mem:
+        t0 = time.perf_counter()
+        graph = attribute(model, saes, image, baselines=baselines, granularity="token",
+                          engine=engine, progress=True)[0]
+        t1 = time.perf_counter()
+    with PeakMemory() as prune_mem:
+        t2 = time.perf_counter()
+        pruned = prune_by_influence(graph)
+        t3 = time.perf_counter()
+    scores = graph_scores(graph)
+    stored = sum(e._nnz() if e.is_sparse else int((e != 0).sum()) for e in graph.edges)
+    dense_entries = sum(e.shape[0] * e.shape[1] for e in graph.edges)
+    result = {
+        "image_size": image_size, "tokens": graph.n_tokens, "top_k": top_k,
+        "nodes": sum(len(layer) for layer in graph.layers),
+        "nodes_per_layer": [len(layer) for layer in graph.layers],
+        "stored_edges": stored, "dense_edge_entries": dense_entries,
+        "dense_edge_gib": dense_entries * 4 / GiB,
+        "attribute_seconds": t1 - t0, "attribute_peak_gib": mem.bytes / GiB,
+        "prune_seconds": t3 - t2, "prune_peak_gib": prune_mem.bytes / GiB,
+        # The process's own high-water mark (model, SAEs and all), since memory freed earlier
+        # (baselines) is reused without raising the resident set above its start.
+        "process_max_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GiB,
+        "circuit_nodes": sum(int(m.sum()) for m in pruned.node_masks),
+        "replacement_score": scores.replacement, "completeness_score": scores.completeness,
+    }
+    torch.save(result, out_path)
+
+
+def run(*args) -> dict:
+    ctx = mp.get_context("spawn")
+    with tempfile.TemporaryDirectory() as tmp:
+        out = str(Path(tmp) / "out.pt")
+        proc = ctx.Process(target=task, args=(*args, out))
+        proc.start()
+        proc.join()
+        if proc.exitcode != 0:
+            raise RuntimeError(f"token-graph task {args} failed (exit code {proc.exitcode})")
+        return torch.load(out, weights_only=False)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[112, 224, 448])
+    parser.add_argument("--dense-sizes", type=int, nargs="*", default=[112])
+    parser.add_argument("--top-k", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--chunk-elements", type=int, default=2**25)
+    parser.add_argument("--out", type=Path, default=None, help="write the numbers as JSON")
+    args = parser.parse_args()
+    print(f"ViT-B/16-shaped random HookedViT, random TopK SAEs {PAPER_SAES}, token graphs of "
+          f"all 10 pairs, {args.threads} threads, chunk_elements {args.chunk_elements}, "
+          f"torch {torch.__version__}", flush=True)
+    runs = [(size, None) for size in args.dense_sizes] + [(size, args.top_k)
+                                                         for size in args.sizes]
+    results = []
+    for size, top_k in runs:
+        r = run(args.threads, size, top_k, args.chunk_elements)
+        results.append(r)
+        kind = "dense" if top_k is None else f"top-{top_k}"
+        print(f"{size} px ({r['tokens']} tokens), {kind}: {r['nodes']:,} nodes "
+              f"(per layer {r['nodes_per_layer']}), {r['stored_edges']:,} stored edges "
+              f"(dense matrices: {r['dense_edge_entries']:,} entries = "
+              f"{r['dense_edge_gib']:.1f} GiB); attribute {r['attribute_seconds']:.1f} s, peak "
+              f"{r['attribute_peak_gib']:.2f} GiB; prune {r['prune_seconds']:.1f} s, peak "
+              f"{r['prune_peak_gib']:.2f} GiB; process max RSS {r['process_max_rss_gib']:.2f} GiB; "
+              f"{r['circuit_nodes']:,} circuit nodes; "
+              f"replacement {r['replacement_score']:.3f}, completeness "
+              f"{r['completeness_score']:.3f}", flush=True)
+    if args.out is not None:
+        args.out.write_text(json.dumps({"settings": vars(args) | {"out": str(args.out)},
+                                        "runs": results}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
