@@ -14,7 +14,12 @@ Sparse settings keep each target node's `--top-k` strongest in-edges plus its er
 sizes for comparison (only where they fit in memory: the dense matrices of a ViT-B token graph
 take `sum_k (n_src_k + 1) n_tgt_k` floats, which the script reports for every size).
 
-    python benchmarks/bench_token_graphs.py [--sizes 112 224 448] [--dense-sizes 112] [--top-k 64]
+    python benchmarks/bench_token_graphs.py [--sizes 112 224] [--dense-sizes 112] [--top-k 64]
+        [--pair-sizes 448 --pairs 0 1 2 3]
+
+`--pair-sizes` measures the nodes of the whole graph and the edges of `--pairs` only: at 448 px
+every target's exact row of in-edges spans ~10^5 sources, and the ten pairs take hours on a
+2-core CPU (the printed per-pair times say how many).
 """
 
 from __future__ import annotations
@@ -36,12 +41,52 @@ from bench_attribution import PAPER_SAES, PeakMemory, setup  # noqa: E402
 GiB = 2**30
 
 
-def task(threads: int, image_size: int, top_k: int | None, chunk_elements: int,
-         out_path: str) -> None:
+def task_pairs(threads: int, image_size: int, top_k: int, chunk_elements: int,
+               pairs: list[int], out_path: str) -> None:
+    """Nodes of the whole token graph (one forward + backward) and the top-k token edges of the
+    given layer pairs only, each pair timed (for sizes whose full graph takes hours on a CPU)."""
+    from rrm_plugin.attribution.engine import EngineConfig, block_weights, pair_inputs, token_edges
+    from rrm_plugin.attribution.forward import attribution_forward
+
+    model, saes, baselines, image = _setup(threads, image_size)
+    engine = EngineConfig(token_top_k=top_k, chunk_elements=chunk_elements,
+                          max_token_edges=2**62)
+    hooks = list(saes)
+    with PeakMemory() as mem:
+        t0 = time.perf_counter()
+        forward = attribution_forward(model, saes, image, baselines=baselines,
+                                      capture_blocks=True)
+        t1 = time.perf_counter()
+        layers = forward.layers
+        nodes = []
+        for trace in layers:  # the graph's nodes, as `attribute` picks them
+            present = (trace.acts[0] > 0) | (trace.delta[0] != 0)
+            tokens, features = torch.nonzero(present, as_tuple=True)
+            nodes.append(torch.stack([tokens, features], 1))
+        per_pair = {}
+        for k in pairs:
+            start = time.perf_counter()
+            x = pair_inputs(layers[k], layers[k + 1], forward.blocks[layers[k + 1].block],
+                            saes[hooks[k]], saes[hooks[k + 1]], 0)
+            edges = token_edges(block_weights(model, layers[k + 1].block), x,
+                                sources=nodes[k], targets=nodes[k + 1], config=engine)
+            per_pair[k] = {"seconds": time.perf_counter() - start, "stored_edges": edges._nnz(),
+                           "dense_edge_entries": (len(nodes[k]) + 1) * len(nodes[k + 1])}
+            print(f"  pair {k}->{k + 1}: {per_pair[k]['seconds']:.1f} s, "
+                  f"{len(nodes[k]):,} -> {len(nodes[k + 1]):,} nodes", flush=True)
+        t2 = time.perf_counter()
+    torch.save({
+        "image_size": image_size, "tokens": layers[0].acts.shape[1], "top_k": top_k,
+        "pairs": pairs, "nodes": sum(len(n) for n in nodes),
+        "nodes_per_layer": [len(n) for n in nodes],
+        "forward_backward_seconds": t1 - t0, "edges_seconds": t2 - t1, "per_pair": per_pair,
+        "peak_gib": mem.bytes / GiB,
+        "process_max_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GiB,
+    }, out_path)
+
+
+def _setup(threads: int, image_size: int):
     from rrm_plugin.attribution.baselines import compute_baselines
-    from rrm_plugin.attribution.engine import EngineConfig
-    from rrm_plugin.attribution.graph import attribute
-    from rrm_plugin.circuits.pruning import graph_scores, prune_by_influence
     from rrm_plugin.hosts.prisma import with_image_size
 
     model, saes, baselines, image = setup(threads, 224)
@@ -53,6 +98,16 @@ def task(threads: int, image_size: int, top_k: int | None, chunk_elements: int,
         reference = torch.rand(4, 3, image_size, image_size, generator=generator)
         baselines = compute_baselines(model, saes, reference, batch_size=2, progress=False)
         image = torch.rand(1, 3, image_size, image_size, generator=generator)
+    return model, saes, baselines, image
+
+
+def task(threads: int, image_size: int, top_k: int | None, chunk_elements: int,
+         out_path: str) -> None:
+    from rrm_plugin.attribution.engine import EngineConfig
+    from rrm_plugin.attribution.graph import attribute
+    from rrm_plugin.circuits.pruning import graph_scores, prune_by_influence
+
+    model, saes, baselines, image = _setup(threads, image_size)
     engine = EngineConfig(token_top_k=top_k, chunk_elements=chunk_elements,
                           max_token_edges=2**62)
     with PeakMemory() as mem:
@@ -84,11 +139,11 @@ def task(threads: int, image_size: int, top_k: int | None, chunk_elements: int,
     torch.save(result, out_path)
 
 
-def run(*args) -> dict:
+def run(*args, target=task) -> dict:
     ctx = mp.get_context("spawn")
     with tempfile.TemporaryDirectory() as tmp:
         out = str(Path(tmp) / "out.pt")
-        proc = ctx.Process(target=task, args=(*args, out))
+        proc = ctx.Process(target=target, args=(*args, out))
         proc.start()
         proc.join()
         if proc.exitcode != 0:
@@ -98,11 +153,15 @@ def run(*args) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[112, 224, 448])
+    parser.add_argument("--sizes", type=int, nargs="*", default=[112, 224])
     parser.add_argument("--dense-sizes", type=int, nargs="*", default=[112])
     parser.add_argument("--top-k", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--chunk-elements", type=int, default=2**25)
+    parser.add_argument("--pair-sizes", type=int, nargs="*", default=[],
+                        help="sizes measured on --pairs only (nodes of the whole graph, top-k "
+                             "edges of those layer pairs), e.g. 448")
+    parser.add_argument("--pairs", type=int, nargs="+", default=[0, 1, 2, 3])
     parser.add_argument("--out", type=Path, default=None, help="write the numbers as JSON")
     args = parser.parse_args()
     print(f"ViT-B/16-shaped random HookedViT, random TopK SAEs {PAPER_SAES}, token graphs of "
@@ -124,6 +183,18 @@ def main() -> None:
               f"{r['circuit_nodes']:,} circuit nodes; "
               f"replacement {r['replacement_score']:.3f}, completeness "
               f"{r['completeness_score']:.3f}", flush=True)
+    for size in args.pair_sizes:
+        r = run(args.threads, size, args.top_k, args.chunk_elements, args.pairs,
+                target=task_pairs)
+        r["kind"] = "pairs"
+        results.append(r)
+        per_pair = [round(v["seconds"], 1) for v in r["per_pair"].values()]
+        print(f"{size} px ({r['tokens']} tokens), top-{args.top_k}, pairs {args.pairs} only: "
+              f"{r['nodes']:,} nodes in the whole graph (per layer {r['nodes_per_layer']}); "
+              f"forward + backward {r['forward_backward_seconds']:.1f} s; edges of the pairs "
+              f"{r['edges_seconds']:.1f} s ({per_pair} s per pair); peak {r['peak_gib']:.2f} GiB; "
+              f"process max RSS "
+              f"{r['process_max_rss_gib']:.2f} GiB", flush=True)
     if args.out is not None:
         args.out.write_text(json.dumps({"settings": vars(args) | {"out": str(args.out)},
                                         "runs": results}, indent=2))

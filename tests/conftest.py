@@ -15,6 +15,19 @@ from tests.hubcache import datacomp_b32_hub, offline_hub, vit_b16_hub  # noqa: E
 torch.set_num_threads(1)  # tiny models: threads only add overhead
 
 
+@pytest.fixture(autouse=True)
+def _seeded_global_generators():
+    """Every test starts from the same global torch / numpy / random state, so a test that
+    draws without its own generator still sees the same numbers on every run and in any order."""
+    import random
+
+    import numpy as np
+
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
+
+
 def tiny_vit_config(**overrides) -> HookedViTConfig:
     base = dict(
         n_layers=3, d_model=16, d_head=4, n_heads=4, d_mlp=32, activation_name="gelu", eps=1e-5,

@@ -485,23 +485,38 @@ def _token_edges(
     width = int(counts.max()) if n_src else 0
     offsets = torch.arange(width, device=device)
 
-    n_heads, d_model = w.W_V.shape[0], x.W_dec.shape[1]
+    d_model = x.W_dec.shape[1]
     d_mlp = w.W_in.shape[1] if w.W_in is not None else 0
-    per_pair = 3 * n_heads * (n_src + 1) + d_mlp + 4 * d_model + width * (d_model + 2)
-    step = max(1, config.chunk_elements // per_pair)
-    for start in range(0, len(pairs.token), step):
-        t = pairs.token[start : start + step]
-        o = pairs.latent[start : start + step]
-        v, q = _pair_vectors(w, x, t, o, dirs, latent_idx[start : start + step])
-        attn = torch.bmm(q.transpose(0, 1), U.transpose(1, 2))  # [head, p, s]
-        rows = (attn * x.block.pattern[:, t][:, :, ts]).sum(0) * coeff
+    # Attention path, one target token t' at a time: A(t, i -> p) = q_p . U~[s] with
+    # U~[s] = (A_h[t', t_s] coeff_s U_h[s])_h flattened over heads, so the pairs of t' meet a
+    # block of sources in one GEMM and no [head, pairs, sources] tensor is formed.
+    U_heads = U.transpose(0, 1)  # [s, head, d_head]
+    d_q = U_heads.shape[1] * U_heads.shape[2]
+    per_pair = n_src + 1 + d_mlp + 4 * d_model + width * (d_model + 2) + d_q
+    pair_step = max(1, config.chunk_elements // per_pair)
+    src_step = max(1, config.chunk_elements // (2 * d_q))
+    token_ends = torch.unique_consecutive(pairs.token, return_counts=True)[1].cumsum(0).tolist()
+    chunks = [(a, min(a + pair_step, end))
+              for begin, end in zip([0, *token_ends[:-1]], token_ends, strict=True)
+              for a in range(begin, end, pair_step)]
+    for start, stop in chunks:
+        t = pairs.token[start:stop]  # one token
+        o = pairs.latent[start:stop]
+        v, q = _pair_vectors(w, x, t, o, dirs, latent_idx[start:stop])
+        q_flat = q.flatten(1)
+        rows = torch.empty(len(t), n_src, device=device)
+        for s0 in range(0, n_src, src_step):
+            block = slice(s0, s0 + src_step)
+            weight = (x.block.pattern[:, t[0], ts[block]] * coeff[block]).T  # [s, head]
+            torch.mm(q_flat, (U_heads[block] * weight[:, :, None]).flatten(1).T,
+                     out=rows[:, block])
         if width:
             valid = offsets[None, :] < counts[t][:, None]
             src = by_token[(starts[t][:, None] + offsets[None, :]).clamp(max=n_src - 1)]
             same = torch.einsum("pd,pkd->pk", v, W_src[src]) * c_src[src] * valid
             rows.scatter_add_(1, src, same)  # invalid slots add an exact 0
         err = (v * x.src_error_delta[t]).sum(-1) + (q * err_attn[:, t].transpose(0, 1)).sum((1, 2))
-        store.add(pairs.column[start : start + step], rows, err)
+        store.add(pairs.column[start:stop], rows, err)
     return store.result()
 
 

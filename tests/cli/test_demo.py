@@ -1,8 +1,11 @@
 import json
 
+import pytest
+
 from rrm_plugin.cli.main import main
 
 
+@pytest.mark.slow
 def test_demo_runs_the_whole_method_on_the_embedded_default(tmp_path):
     assert main(["demo", "--out", str(tmp_path)]) == 0
     sae_eval = json.loads((tmp_path / "sae_eval.json").read_text())
