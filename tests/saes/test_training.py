@@ -153,3 +153,48 @@ def test_training_steps_match_the_written_out_objective(n, d_sae, k, aux_k, aux_
     torch.testing.assert_close(sae.b_dec.detach(), b_dec, rtol=1e-5, atol=1e-6)
     assert torch.equal(sae.b_enc, torch.zeros(d_sae)) and not sae.training
     assert sae.cfg.metadata.hook_name == "h" and sae.cfg.metadata.model_name == "m"
+
+
+def test_each_epoch_visits_every_token_once():
+    # At lr 0 nothing moves, so each step's MSE is the initial SAE's mean over its batch: batches
+    # that partition the tokens (8 + 8 + 8 of 24, twice) average to the MSE over all tokens.
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(24, 6, generator=g) * 2 + torch.randn(24, 1, generator=g) * 4
+    cfg = TopKTrainingConfig(d_sae=12, k=2, n_steps=6, batch_size=8, lr=0.0, seed=2)
+    _, log = train_topk_sae(x, cfg=cfg, hook_name="h", model_name="m", progress=False)
+    start = new_topk_sae(d_in=6, d_sae=12, k=2, hook_name="h", model_name="m", seed=2)
+    _, (full_mse, _, _) = _reference_training(x, start, k=2, lr=0.0, aux_k=6, aux_coefficient=0,
+                                             dead_after_tokens=10**9, n_steps=1)
+    for epoch in (log.mse[:3], log.mse[3:]):
+        assert max(epoch) - min(epoch) > 1e-3  # the batches differ ...
+        assert abs(sum(epoch) / 3 - full_mse[0]) < 1e-5 * full_mse[0]  # ... and partition x
+
+
+@pytest.mark.parametrize(("bad", "message"), [
+    (torch.ones(5), r"^activations must be \[n_tokens, d_in\], got \[5\]$"),
+    (torch.ones(2, 3, 4), r"^activations must be \[n_tokens, d_in\], got \[2, 3, 4\]$"),
+    (torch.tensor([[1.0, float("nan")], [0.0, 1.0]]),
+     r"^activations contain NaN/inf; expected finite values$"),
+    (torch.tensor([[1.0, float("inf")], [0.0, 1.0]]), r"NaN/inf"),
+])
+def test_bad_activations_are_named(bad, message):
+    with pytest.raises(ValueError, match=message):
+        train_topk_sae(bad, cfg=TopKTrainingConfig(d_sae=4, k=1, n_steps=1, batch_size=2),
+                       hook_name="h", model_name="m", progress=False)
+
+
+def test_progress_bar_by_default_cleared_when_done(capsys):
+    x = torch.randn(16, 4, generator=torch.Generator().manual_seed(0))
+    cfg = TopKTrainingConfig(d_sae=8, k=2, n_steps=2, batch_size=8)
+    train_topk_sae(x, cfg=cfg, hook_name="blocks.3.hook_resid_post", model_name="m")
+    err = capsys.readouterr().err
+    assert "SAE blocks.3.hook_resid_post: " in err and "mse=" in err and "dead=0.00%" in err
+    assert err.split("\r")[-2].strip() == "" and err.endswith("\r")  # leave=False: erased
+    train_topk_sae(x, cfg=cfg, hook_name="h", model_name="m", progress=False)
+    assert capsys.readouterr().err == ""
+
+
+def test_default_hyper_parameters_are_the_papers():
+    # The paper's Adam rate and auxiliary loss (docs/method.md section 1: 1/32, k_aux = 256).
+    cfg = TopKTrainingConfig(d_sae=1536, k=96)
+    assert (cfg.lr, cfg.aux_k, cfg.aux_coefficient) == (2e-4, 256, 1 / 32)
