@@ -1,6 +1,8 @@
 """Reading checkpoints from the hub cache: what is asked of `huggingface_hub`, and the errors."""
 
+import io
 import re
+import zipfile
 
 import huggingface_hub
 import pytest
@@ -97,3 +99,39 @@ def test_check_state_names_what_is_wrong_and_returns_float32():
         check_state({**good, "b": torch.zeros(1, 3)}, expected, where="f")
     with pytest.raises(CorruptFileError, match=re.escape("f: tensor 'W' contains NaN/inf")):
         check_state({**good, "W": torch.full((2, 3), float("inf"))}, expected, where="f")
+
+
+def _saved_on_cuda(obj) -> bytes:
+    """`torch.save` bytes whose storages are tagged `cuda:0`, as a checkpoint saved on a GPU."""
+    src = zipfile.ZipFile(io.BytesIO(torch_bytes(obj)))
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as dst:
+        for info in src.infolist():
+            data = src.read(info)
+            if info.filename.endswith("/data.pkl"):  # the pickled location string "cpu"
+                assert data.count(b"X\x03\x00\x00\x00cpu") == 1
+                data = data.replace(b"X\x03\x00\x00\x00cpu", b"X\x06\x00\x00\x00cuda:0")
+            dst.writestr(info.filename, data)
+    return out.getvalue()
+
+
+def test_checkpoint_saved_on_a_gpu_loads_onto_the_cpu(tmp_path):
+    path = tmp_path / "gpu.pt"
+    path.write_bytes(_saved_on_cuda({"W": torch.arange(3.0)}))
+    data = read_torch_checkpoint(path)
+    assert data["W"].device.type == "cpu" and data["W"].tolist() == [0.0, 1.0, 2.0]
+
+
+class Payload:  # any Python object a pickle could smuggle in
+    pass
+
+
+def test_unpickling_is_refused_even_where_torch_allows_it_by_default(tmp_path, monkeypatch):
+    path = tmp_path / "w.pt"
+    path.write_bytes(torch_bytes({"W": torch.ones(1), "extra": Payload()}))
+    # This variable turns torch.load's own default to weights_only=False.
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    message = (f"{path} needs arbitrary unpickling (it stores Python objects, not only tensors); "
+               "refusing to load it. Save the state dict (tensors only) instead.")
+    with pytest.raises(CorruptFileError, match=f"^{re.escape(message)}$"):
+        read_torch_checkpoint(path)
