@@ -51,3 +51,4 @@ def test_covers_every_position_and_mask():
     assert position_mask(_sae((1, None, 2)), 6).tolist() == [False, True, False, True, False, True]
     assert position_mask(_sae((0, 1)), 3).tolist() == [True, False, False]
     assert position_mask(_sae(None), 2).dtype == torch.bool
+    assert position_mask(_sae((0, 1)), 3, device="meta").is_meta

@@ -14,7 +14,13 @@ from sae_lens import SAE, StandardSAE, TopKSAE
 import rrm_plugin  # noqa: F401  (registers the releases)
 from rrm_plugin.io import CorruptFileError
 from rrm_plugin.saes.hub import CheckpointNotFoundError
-from rrm_plugin.saes.prisma import prisma_repo, prisma_seqpos_slice, sae_lens_config_from_prisma
+from rrm_plugin.saes.prisma import (
+    load_prisma_sae,
+    prisma_repo,
+    prisma_seqpos_slice,
+    read_prisma_sae_config,
+    sae_lens_config_from_prisma,
+)
 from rrm_plugin.zoo.releases import (
     HUB_SAE_RELEASES,
     prisma_topk_cls_repo,
@@ -243,3 +249,44 @@ def test_config_of_another_layer_is_refused_at_the_hook(offline_hub, tiny_vit):
     sae = SAE.from_pretrained(VANILLA, "blocks.0.hook_resid_post")
     with pytest.raises(ValueError, match="trained at 'blocks.3.hook_resid_post'"):
         check_sae_for_hook(tiny_vit, "blocks.0.hook_resid_post", sae)
+
+
+def test_loader_asks_the_hub_for_the_two_files_only(offline_hub, monkeypatch):
+    from rrm_plugin.saes import prisma
+
+    name = prisma_vanilla_repo(0)
+    add_prisma_sae(offline_hub, name, prisma_sae_config(layer=0),
+                   prisma_sae_state(768, 1536, seed=0))
+    calls = []
+    real = prisma.hub_snapshot
+
+    def recording(repo, patterns, *, force_download=False):
+        calls.append((repo, patterns, force_download))
+        return real(repo, patterns)
+
+    monkeypatch.setattr(prisma, "hub_snapshot", recording)
+    repo = f"Prisma-Multimodal/{name}"
+    cfg, weights, sparsity = load_prisma_sae("Prisma-Multimodal", name)
+    assert calls == [(repo, ["config.json"], False), (repo, ["config.json", "weights.pt"], False)]
+    assert sparsity is None and cfg["device"] == "cpu"
+    assert all(t.device.type == "cpu" for t in weights.values())
+    calls.clear()
+    cfg, weights, _ = load_prisma_sae("Prisma-Multimodal", name, device="meta",
+                                      force_download=True)
+    assert calls == [(repo, ["config.json"], True), (repo, ["config.json", "weights.pt"], True)]
+    assert cfg["device"] == "meta" and all(t.is_meta for t in weights.values())
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (None, r"^Hugging Face repo 'Prisma-Multimodal/sae-x' has no config\.json$"),
+    (b"{broken", r"/config\.json is not valid JSON \("),
+    (b"[1, 2]", r"/config\.json holds a list, expected an object$"),
+])
+def test_unreadable_config_files_are_named(offline_hub, content, message):
+    repo = "Prisma-Multimodal/sae-x"
+    add_file(offline_hub, repo, "weights.pt", torch_bytes({}))
+    if content is not None:
+        add_file(offline_hub, repo, "config.json", content)
+    with pytest.raises(CheckpointNotFoundError if content is None else CorruptFileError,
+                       match=message):
+        read_prisma_sae_config("Prisma-Multimodal", "sae-x")
