@@ -218,3 +218,35 @@ def test_wrapped_state_that_is_not_a_dict_is_named(offline_hub):
              torch_bytes({"epoch": 50, "model_state_dict": [torch.zeros(3)]}))
     with pytest.raises(CorruptFileError, match=CKPT + "'model_state_dict' is a list$"):
         load_authors_sae(REPO, "K4_R0.25/L0")
+
+
+@pytest.mark.parametrize(("epochs", "latest"), [
+    (["epoch8", "epoch9", "epoch"], "epoch9"),  # numerically latest, not the first in name order
+    (["epoch", "epoch0"], "epoch0"),  # a file without an epoch number ranks below epoch 0
+])
+def test_latest_numbered_epoch_is_loaded(offline_hub, epochs, latest):
+    states = {name: authors_state(768, 192, seed=i) for i, name in enumerate(epochs)}
+    for name, state in states.items():
+        add_file(offline_hub, REPO, f"K4_R0.25/L0/{name}.pth", checkpoint_bytes(state))
+    _, weights, _ = load_authors_sae(REPO, "K4_R0.25/L0")
+    torch.testing.assert_close(weights["W_dec"], states[latest]["W_dec"], rtol=0, atol=0)
+
+
+def test_loader_asks_the_hub_for_the_layers_checkpoints_only(offline_hub, monkeypatch):
+    from rrm_plugin.saes import authors
+
+    add_file(offline_hub, REPO, "K4_R0.25/L0/epoch50.pth", checkpoint_bytes(authors_state(
+        768, 192, 0)))
+    calls = []
+    real = authors.hub_snapshot
+
+    def recording(repo, patterns, *, force_download=False):
+        calls.append((repo, patterns, force_download))
+        return real(repo, patterns)
+
+    monkeypatch.setattr(authors, "hub_snapshot", recording)
+    patterns = ["K4_R0.25/L0/epoch*.pth", "*/K4_R0.25/L0/epoch*.pth"]
+    cfg, _, _ = load_authors_sae(REPO, "K4_R0.25/L0")
+    assert calls == [(REPO, patterns, False)] and cfg["model_name"] == REPO
+    cfg, _, _ = load_authors_sae(REPO, "K4_R0.25/L0", device="meta", force_download=True)
+    assert calls[1:] == [(REPO, patterns, True)] and cfg["device"] == "meta"
