@@ -1,23 +1,32 @@
 #!/usr/bin/env bash
 # Mutation testing with mutmut 3 (not part of the default test run: it is slow).
 #
-#   scripts/mutation.sh MODULE_DIR [TEST_PATH ...]
-#   e.g. scripts/mutation.sh rrm_plugin/circuits tests/circuits
+#   scripts/mutation.sh MODULE [TEST_PATH ...]
+#   e.g. scripts/mutation.sh rrm_plugin/circuits tests/circuits      (a whole folder)
+#        scripts/mutation.sh rrm_plugin/saes/hub.py tests/saes      (one file, to iterate faster)
 #
 # Works on a copy of the committed tree (git archive HEAD) in a temporary folder, so the
-# checkout gets no `mutants/` folder. Mutates only MODULE_DIR, runs only the given tests (default:
-# the tests/ folder of the same name), one child process at a time (MUTMUT_CHILDREN to change),
+# checkout gets no `mutants/` folder. Mutates only MODULE (a folder, or a single .py file), runs
+# only the given tests (default: the tests/ folder named like the module's folder), one child process at a time (MUTMUT_CHILDREN to change),
 # and prints killed / survived / other counts and the survivors' names. `mutmut` must be installed
 # in the environment (`pip install "mutmut>=3,<4"`). mutmut puts `mutants/` first on sys.path
 # itself; do not set PYTHONPATH to the tree (the tests then import the unmutated code and mutmut
 # finds no test for any mutant).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-module=${1:?usage: scripts/mutation.sh MODULE_DIR [TEST_PATH ...]}
+module=${1:?usage: scripts/mutation.sh MODULE [TEST_PATH ...]}
+module=${module%/}
 shift
 tests=("$@")
+if [[ "$module" == *.py ]]; then
+  pattern=$module                     # one file: mutmut's only_mutate glob is the file itself
+  folder=$(dirname "$module")
+else
+  pattern="$module/*"
+  folder=$module
+fi
 if [ ${#tests[@]} -eq 0 ]; then
-  tests=("tests/$(basename "$module")")
+  tests=("tests/$(basename "$folder")")
 fi
 python=${PYTHON:-$root/.venv/bin/python}
 [ -x "$python" ] || python=$(command -v python3)
@@ -29,7 +38,7 @@ cd "$work"
 {
   echo "[mutmut]"
   echo "source_paths=rrm_plugin"
-  echo "only_mutate=$module/*"
+  echo "only_mutate=$pattern"
   echo "pytest_add_cli_args="
   echo "    -p"
   echo "    no:cacheprovider"

@@ -14,10 +14,16 @@ from sae_lens import SAE
 
 import rrm_plugin  # noqa: F401  (registers the releases)
 from rrm_plugin.io import CorruptFileError
-from rrm_plugin.saes.authors import authors_folder, parse_authors_folder
+from rrm_plugin.saes.authors import (
+    authors_folder,
+    convert_authors_state,
+    load_authors_sae,
+    parse_authors_folder,
+    read_authors_sae_config,
+)
 from rrm_plugin.saes.hub import CheckpointNotFoundError
 from rrm_plugin.zoo.releases import AUTHORS_SIZES, HUB_SAE_RELEASES
-from tests.hubcache import add_file
+from tests.hubcache import add_file, torch_bytes
 
 REPO = "timespt/topksae-vit-base-patch16-224"
 
@@ -113,9 +119,13 @@ def test_checkpoints_needing_unpickling_are_refused(offline_hub):
         SAE.from_pretrained("rrm-vit-b16-imagenet", "blocks.0.hook_resid_post")
 
 
+CKPT = r"/K4_R0\.25/L0/epoch50\.pth: "  # errors name the checkpoint file
+
+
 @pytest.mark.parametrize(("bad", "message"), [
-    ({"W_enc": torch.zeros(768, 100)}, r"'W_enc' has shape \[768, 100\], expected \[768, 192\]"),
-    ({"b_dec": torch.full((768,), float("nan"))}, "'b_dec' contains NaN"),
+    ({"W_enc": torch.zeros(768, 100)},
+     CKPT + r"tensor 'W_enc' has shape \[768, 100\], expected \[768, 192\]"),
+    ({"b_dec": torch.full((768,), float("nan"))}, CKPT + "tensor 'b_dec' contains NaN/inf"),
 ])
 def test_wrong_shapes_and_nan_are_refused(offline_hub, bad, message):
     state = {**authors_state(768, 192, 0), **bad}
@@ -155,3 +165,88 @@ def test_config_getter_needs_no_download(offline_hub):
     assert (cfg["d_in"], cfg["d_sae"], cfg["k"]) == (768, 1536, 96)
     assert cfg["metadata"]["hook_name"] == "blocks.3.hook_resid_post"
     assert cfg["normalize_activations"] == "layer_norm" and cfg["apply_b_dec_to_input"]
+    assert cfg["dtype"] == "float32" and cfg["device"] == "cpu"
+    assert cfg["metadata"]["model_name"] == "vit-b16-imagenet"
+
+
+def test_config_from_the_folder_name_alone():
+    cfg = read_authors_sae_config("org/some-repo", "K32_R0.5/L1")
+    assert cfg == {"architecture": "topk", "d_in": 768, "d_sae": 384, "k": 32,
+                   "dtype": "float32", "device": "cpu", "apply_b_dec_to_input": True,
+                   "normalize_activations": "layer_norm", "rescale_acts_by_decoder_norm": False,
+                   "reshape_activations": "none", "model_name": "org/some-repo",
+                   "hook_name": "blocks.1.hook_resid_post", "hook_head_index": None}
+    cfg = read_authors_sae_config("org/r", "K4_R2.0/L7", device="meta",
+                                  cfg_overrides={"d_in": 16, "model_name": "m", "k": 3})
+    assert (cfg["d_in"], cfg["d_sae"], cfg["k"], cfg["model_name"], cfg["device"]) == (
+        16, 32, 3, "m", "meta")
+    assert cfg["hook_name"] == "blocks.7.hook_resid_post"
+
+
+def test_b_enc_warning_names_the_checkpoint(caplog):
+    state = authors_state(4, 8, seed=0)
+    with caplog.at_level(logging.WARNING, logger="rrm_plugin.saes.authors"):
+        out = convert_authors_state({**state, "b_enc": torch.full((8,), -0.5)}, d_in=4, d_sae=8,
+                                    where="ckpt.pth")
+    assert caplog.messages == ["ckpt.pth: b_enc is non-zero but the authors' forward never uses "
+                               "it; the converted SAE uses b_enc = 0 as they do"]
+    assert torch.equal(out["b_enc"], torch.zeros(8))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="rrm_plugin.saes.authors"):
+        out = convert_authors_state({**state, "b_enc": torch.zeros(8)}, d_in=4, d_sae=8,
+                                    where="ckpt.pth")
+    assert caplog.messages == []
+    torch.testing.assert_close(out["W_dec"], state["W_dec"], rtol=0, atol=0)
+    with pytest.raises(CorruptFileError, match=r"^ckpt.pth: missing tensors \['W_dec'\]"):
+        convert_authors_state({k: v for k, v in state.items() if k != "W_dec"}, d_in=4,
+                              d_sae=8, where="ckpt.pth")
+
+
+def test_bare_state_dict_checkpoint_and_device(offline_hub):
+    # A checkpoint holding the state dict itself (no training wrapper) loads the same.
+    state = authors_state(768, 192, 0)
+    add_file(offline_hub, REPO, "K4_R0.25/L0/epoch50.pth", torch_bytes(state))
+    cfg, weights, sparsity = load_authors_sae(REPO, "K4_R0.25/L0")
+    assert sparsity is None and cfg["d_sae"] == 192
+    torch.testing.assert_close(weights["W_enc"], state["W_enc"], rtol=0, atol=0)
+    _, on_meta, _ = load_authors_sae(REPO, "K4_R0.25/L0", device="meta")
+    assert all(t.is_meta for t in on_meta.values())
+
+
+def test_wrapped_state_that_is_not_a_dict_is_named(offline_hub):
+    add_file(offline_hub, REPO, "K4_R0.25/L0/epoch50.pth",
+             torch_bytes({"epoch": 50, "model_state_dict": [torch.zeros(3)]}))
+    with pytest.raises(CorruptFileError, match=CKPT + "'model_state_dict' is a list$"):
+        load_authors_sae(REPO, "K4_R0.25/L0")
+
+
+@pytest.mark.parametrize(("epochs", "latest"), [
+    (["epoch8", "epoch9", "epoch"], "epoch9"),  # numerically latest, not the first in name order
+    (["epoch", "epoch0"], "epoch0"),  # a file without an epoch number ranks below epoch 0
+])
+def test_latest_numbered_epoch_is_loaded(offline_hub, epochs, latest):
+    states = {name: authors_state(768, 192, seed=i) for i, name in enumerate(epochs)}
+    for name, state in states.items():
+        add_file(offline_hub, REPO, f"K4_R0.25/L0/{name}.pth", checkpoint_bytes(state))
+    _, weights, _ = load_authors_sae(REPO, "K4_R0.25/L0")
+    torch.testing.assert_close(weights["W_dec"], states[latest]["W_dec"], rtol=0, atol=0)
+
+
+def test_loader_asks_the_hub_for_the_layers_checkpoints_only(offline_hub, monkeypatch):
+    from rrm_plugin.saes import authors
+
+    add_file(offline_hub, REPO, "K4_R0.25/L0/epoch50.pth", checkpoint_bytes(authors_state(
+        768, 192, 0)))
+    calls = []
+    real = authors.hub_snapshot
+
+    def recording(repo, patterns, *, force_download=False):
+        calls.append((repo, patterns, force_download))
+        return real(repo, patterns)
+
+    monkeypatch.setattr(authors, "hub_snapshot", recording)
+    patterns = ["K4_R0.25/L0/epoch*.pth", "*/K4_R0.25/L0/epoch*.pth"]
+    cfg, _, _ = load_authors_sae(REPO, "K4_R0.25/L0")
+    assert calls == [(REPO, patterns, False)] and cfg["model_name"] == REPO
+    cfg, _, _ = load_authors_sae(REPO, "K4_R0.25/L0", device="meta", force_download=True)
+    assert calls[1:] == [(REPO, patterns, True)] and cfg["device"] == "meta"

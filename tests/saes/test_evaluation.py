@@ -5,6 +5,7 @@ import torch
 
 import rrm_plugin
 from rrm_plugin.saes.evaluation import (
+    _zero_ablation,
     downstream_metrics,
     evaluate_saes,
     format_table,
@@ -156,3 +157,28 @@ def test_downstream_metrics_known_answers():
     assert m["ce_loss_with_ablation"] == pytest.approx(2 * ln2)
     assert m["ce_loss_score"] == pytest.approx(0.5)  # (2 - 1.5) / (2 - 1)
     assert m["top1_accuracy"] == 0.5  # spliced argmax 1, 1 against labels 0, 1
+
+
+def test_format_table_known_answer():
+    results = {"blocks.0.hook_resid_post": {"explained_variance": 0.5, "mse": 1234.5678,
+                                            "cossim": 0.25, "l0": 4.0, "dead_features_pct": 0.0,
+                                            "top1_accuracy": 1.0, "kl_div_with_sae": 0.125,
+                                            "kl_div_score": 0.75, "ce_loss_score": -2.0},
+               "clean": {"top1_accuracy": 0.875}}
+    assert format_table(results) == (
+        "| hook | explained_variance | mse | cossim | l0 | dead_features_pct | top1_accuracy | "
+        "kl_div_with_sae | kl_div_score | ce_loss_score |\n"
+        "|---|---|---|---|---|---|---|---|---|---|\n"
+        "| blocks.0.hook_resid_post | 0.5 | 1235 | 0.25 | 4 | 0 | 1 | 0.125 | 0.75 | -2 |\n"
+        "| clean |  |  |  |  |  | 0.875 |  |  |  |")
+
+
+def test_zero_ablation_zeroes_exactly_the_saes_positions():
+    sae = new_topk_sae(d_in=3, d_sae=6, k=2, hook_name="blocks.0.hook_resid_post",
+                       model_name="m")
+    act = torch.arange(1.0, 2 * 4 * 3 + 1).reshape(2, 4, 3)
+    assert torch.equal(_zero_ablation(sae)(act, None), torch.zeros(2, 4, 3))
+    sae.cfg.metadata.seqpos_slice = (0, 1)  # class token only
+    out = _zero_ablation(sae)(act, None)
+    assert torch.equal(out[:, 0], torch.zeros(2, 3)) and torch.equal(out[:, 1:], act[:, 1:])
+    assert act[0, 0, 0] == 1  # the input is left as it was

@@ -14,6 +14,13 @@ from sae_lens import SAE, StandardSAE, TopKSAE
 import rrm_plugin  # noqa: F401  (registers the releases)
 from rrm_plugin.io import CorruptFileError
 from rrm_plugin.saes.hub import CheckpointNotFoundError
+from rrm_plugin.saes.prisma import (
+    load_prisma_sae,
+    prisma_repo,
+    prisma_seqpos_slice,
+    read_prisma_sae_config,
+    sae_lens_config_from_prisma,
+)
 from rrm_plugin.zoo.releases import (
     HUB_SAE_RELEASES,
     prisma_topk_cls_repo,
@@ -136,7 +143,8 @@ def test_bad_checkpoints_are_refused_with_their_reason(offline_hub):
     with pytest.raises(CorruptFileError, match="arbitrary unpickling"):
         SAE.from_pretrained(VANILLA, hook)
     add_file(offline_hub, repo, "weights.pt", torch_bytes({**state, "W_enc": state["W_dec"]}))
-    with pytest.raises(CorruptFileError, match=r"'W_enc' has shape \[1536, 768\], "
+    with pytest.raises(CorruptFileError, match=r"/weights\.pt: tensor 'W_enc' has shape "
+                                               r"\[1536, 768\], "
                                                r"expected \[768, 1536\]"):
         SAE.from_pretrained(VANILLA, hook)
     bad = {**state, "b_dec": torch.full((768,), float("nan"))}
@@ -145,20 +153,92 @@ def test_bad_checkpoints_are_refused_with_their_reason(offline_hub):
         SAE.from_pretrained(VANILLA, hook)
 
 
+CFG = r"/config\.json: "  # every config error names the file it read
+ABSENT = object()  # a key missing from the uploaded config
+
+
 @pytest.mark.parametrize(("change", "message"), [
-    ({"activation_fn_str": "jumprelu"}, "activation_fn_str='jumprelu'"),
-    ({"architecture": "gated"}, "architecture 'gated'"),
-    ({"activation_fn_str": "topk", "activation_fn_kwargs": {}}, "activation_fn_kwargs.k"),
-    ({"d_in": 512, "d_sae": None}, "d_in=512"),
-    ({"d_sae": 999}, "d_sae=999"),
-    ({"normalize_activations": "whiten"}, "normalize_activations='whiten'"),
-    ({"cls_token_only": True, "use_patches_only": True}, "both cls_token_only"),
+    ({"activation_fn_str": "jumprelu"},
+     CFG + r"activation_fn_str='jumprelu' is not supported \(need 'relu' or 'topk'\)"),
+    ({"architecture": "gated"},
+     CFG + r"ViT-Prisma architecture 'gated' is not supported \(only 'standard' ReLU and TopK "
+           r"SAEs\)"),
+    ({"activation_fn_str": "topk", "activation_fn_kwargs": {}},
+     CFG + r"TopK SAE needs activation_fn_kwargs.k in 1..1536, got None"),
+    ({"activation_fn_str": "topk", "activation_fn_kwargs": {"k": 0}},
+     CFG + r"TopK SAE needs activation_fn_kwargs.k in 1..1536, got 0"),
+    ({"activation_fn_str": "topk", "activation_fn_kwargs": {"k": 1537}},
+     CFG + r"TopK SAE needs activation_fn_kwargs.k in 1..1536, got 1537"),
+    ({"d_in": 512, "d_sae": None},
+     r"Prisma-Multimodal/sparse-autoencoder-clip-b-32-sae-vanilla-x64-layer-0-\S+: config "
+     r"d_in=512 does not match the release's model width"),
+    ({"d_sae": 999}, CFG + r"d_sae=999 but d_in x expansion_factor = 768 x 2 = 1536"),
+    ({"normalize_activations": "whiten"},
+     CFG + r"normalize_activations='whiten' is not one of \('none', 'layer_norm', "
+           r"'constant_norm_rescale'\)"),
+    ({"cls_token_only": True, "use_patches_only": True},
+     CFG + "both cls_token_only and use_patches_only are set"),
+    ({"d_in": ABSENT}, CFG + "ViT-Prisma SAE config has no 'd_in'"),
+    ({"expansion_factor": ABSENT}, CFG + "ViT-Prisma SAE config has no 'expansion_factor'"),
+    ({"hook_point_layer": ABSENT}, CFG + "ViT-Prisma SAE config has no 'hook_point_layer'"),
 ])
 def test_bad_configs_are_named(offline_hub, change, message):
-    cfg = {**prisma_sae_config(layer=0), **change}
+    cfg = {key: value for key, value in {**prisma_sae_config(layer=0), **change}.items()
+           if value is not ABSENT}
     add_prisma_sae(offline_hub, prisma_vanilla_repo(0), cfg, prisma_sae_state(768, 1536, seed=0))
     with pytest.raises(CorruptFileError, match=message):
         SAE.from_pretrained(VANILLA, "blocks.0.hook_resid_post")
+
+
+def test_config_conversion_known_answers():
+    """ViT-Prisma configs to SAELens's flat config, every key written out by hand."""
+    common = {"d_in": 8, "dtype": "float32", "device": "cpu", "apply_b_dec_to_input": True,
+              "reshape_activations": "none", "hook_head_index": None,
+              "model_name": "open-clip:laion/CLIP-ViT-B-32-DataComp.XL-s13B-b90K"}
+    relu = sae_lens_config_from_prisma(prisma_sae_config(layer=4, d_in=8, expansion=3),
+                                       where="x")
+    assert relu == {**common, "d_sae": 24, "architecture": "standard",
+                    "normalize_activations": "none", "hook_name": "blocks.4.hook_resid_post",
+                    "seqpos_slice": (None,)}
+    # TopK at both ends of the allowed k range (1 and d_sae); no normalize_activations key:
+    # ViT-Prisma's default, layer norm.
+    for k in (1, 16):
+        topk = sae_lens_config_from_prisma(
+            prisma_sae_config(layer=0, d_in=8, expansion=2, topk=k, cls_only=True), where="x")
+        assert topk == {**common, "d_sae": 16, "architecture": "topk", "k": k,
+                        "rescale_acts_by_decoder_norm": False,
+                        "normalize_activations": "layer_norm",
+                        "hook_name": "blocks.0.hook_resid_post", "seqpos_slice": (0, 1)}
+
+
+def test_config_defaults_and_patch_positions():
+    # Without `architecture` and `activation_fn_str`, ViT-Prisma's defaults: a standard ReLU SAE.
+    cfg = prisma_sae_config(layer=1, d_in=8, expansion=2, use_patches_only=True,
+                            layer_subtype="hook_mlp_out")
+    del cfg["architecture"], cfg["activation_fn_str"]
+    out = sae_lens_config_from_prisma(cfg, where="x")
+    assert out["architecture"] == "standard" and "k" not in out
+    assert out["hook_name"] == "blocks.1.hook_mlp_out"
+    assert out["seqpos_slice"] == (1, None)  # the patches: every token but the class token
+    assert prisma_seqpos_slice({"use_patches_only": False}, "x") == (None,)
+
+
+def test_prisma_repo_is_the_org_and_name_unless_a_full_repo_is_given():
+    assert prisma_repo("Prisma-Multimodal", "sae-a") == "Prisma-Multimodal/sae-a"
+    assert prisma_repo("Prisma-Multimodal", "other-org/sae-b") == "other-org/sae-b"
+
+
+def test_config_getter_returns_the_converted_config(offline_hub):
+    from sae_lens.loading.pretrained_sae_loaders import load_sae_config_from_huggingface
+
+    cfg = prisma_sae_config(layer=3, topk=64, cls_only=True)
+    add_prisma_sae(offline_hub, prisma_topk_cls_repo(3), cfg, prisma_sae_state(768, 1536, 0))
+    got = load_sae_config_from_huggingface(TOPK_CLS, "blocks.3.hook_resid_post")
+    assert (got["d_in"], got["d_sae"], got["k"], got["architecture"]) == (768, 1536, 64, "topk")
+    assert got["dtype"] == "float32" and got["device"] == "cpu"
+    # The release's name for the model, not the upload's.
+    assert got["metadata"]["model_name"] == "clip-vit-b32-datacomp"
+    assert got["metadata"]["seqpos_slice"] == (0, 1)
 
 
 def test_config_of_another_layer_is_refused_at_the_hook(offline_hub, tiny_vit):
@@ -169,3 +249,44 @@ def test_config_of_another_layer_is_refused_at_the_hook(offline_hub, tiny_vit):
     sae = SAE.from_pretrained(VANILLA, "blocks.0.hook_resid_post")
     with pytest.raises(ValueError, match="trained at 'blocks.3.hook_resid_post'"):
         check_sae_for_hook(tiny_vit, "blocks.0.hook_resid_post", sae)
+
+
+def test_loader_asks_the_hub_for_the_two_files_only(offline_hub, monkeypatch):
+    from rrm_plugin.saes import prisma
+
+    name = prisma_vanilla_repo(0)
+    add_prisma_sae(offline_hub, name, prisma_sae_config(layer=0),
+                   prisma_sae_state(768, 1536, seed=0))
+    calls = []
+    real = prisma.hub_snapshot
+
+    def recording(repo, patterns, *, force_download=False):
+        calls.append((repo, patterns, force_download))
+        return real(repo, patterns)
+
+    monkeypatch.setattr(prisma, "hub_snapshot", recording)
+    repo = f"Prisma-Multimodal/{name}"
+    cfg, weights, sparsity = load_prisma_sae("Prisma-Multimodal", name)
+    assert calls == [(repo, ["config.json"], False), (repo, ["config.json", "weights.pt"], False)]
+    assert sparsity is None and cfg["device"] == "cpu"
+    assert all(t.device.type == "cpu" for t in weights.values())
+    calls.clear()
+    cfg, weights, _ = load_prisma_sae("Prisma-Multimodal", name, device="meta",
+                                      force_download=True)
+    assert calls == [(repo, ["config.json"], True), (repo, ["config.json", "weights.pt"], True)]
+    assert cfg["device"] == "meta" and all(t.is_meta for t in weights.values())
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (None, r"^Hugging Face repo 'Prisma-Multimodal/sae-x' has no config\.json$"),
+    (b"{broken", r"/config\.json is not valid JSON \("),
+    (b"[1, 2]", r"/config\.json holds a list, expected an object$"),
+])
+def test_unreadable_config_files_are_named(offline_hub, content, message):
+    repo = "Prisma-Multimodal/sae-x"
+    add_file(offline_hub, repo, "weights.pt", torch_bytes({}))
+    if content is not None:
+        add_file(offline_hub, repo, "config.json", content)
+    with pytest.raises(CheckpointNotFoundError if content is None else CorruptFileError,
+                       match=message):
+        read_prisma_sae_config("Prisma-Multimodal", "sae-x")
