@@ -184,3 +184,72 @@ def test_bad_seqpos_slice_is_rejected(tiny_vit, tiny_saes, tiny_images):
     with pytest.raises(ValueError, match="seqpos_slice"), rrm_plugin.replacement(
             tiny_vit, {hook: tiny_saes[hook]}):
         tiny_vit(tiny_images)
+
+
+def test_backward_hooks_on_latents_fire_without_forward_hooks(tiny_vit, tiny_saes, tiny_images):
+    # Only a backward hook on the latents: the relay must still route them through the host hook.
+    name = "blocks.1.hook_resid_post.hook_sae_acts_post"
+    grads = []
+    with rrm_plugin.replacement(tiny_vit, tiny_saes, keep_error=False):
+        with tiny_vit.hooks(bwd_hooks=[(name, lambda g, hook: grads.append(g))]):
+            tiny_vit(tiny_images)[:, 0].sum().backward()
+        # Reference: the same gradient by autograd, from the latents a forward hook keeps.
+        kept = {}
+
+        def keep(acts, hook):
+            kept["acts"] = acts
+            return acts
+
+        out = tiny_vit.run_with_hooks(tiny_images, fwd_hooks=[(name, keep)])
+        (reference,) = torch.autograd.grad(out[:, 0].sum(), kept["acts"])
+    assert len(grads) == 1
+    torch.testing.assert_close(grads[0], reference, atol=1e-6, rtol=1e-5)
+    assert reference.abs().max() > 0
+
+
+def test_width_mismatch_at_a_non_residual_hook_is_named(tiny_vit, tiny_images):
+    # No d_model check applies to the MLP hidden layer (width d_mlp = 32): the forward names it.
+    sae = new_topk_sae(d_in=16, d_sae=8, k=2, hook_name="blocks.0.mlp.hook_post", model_name="m")
+    message = (r"^activation at blocks.0.mlp.hook_post has width 32, but the SAE spliced there "
+               r"has d_in=16$")
+    with rrm_plugin.replacement(tiny_vit, {"blocks.0.mlp.hook_post": sae}):
+        with pytest.raises(ValueError, match=message):
+            tiny_vit(tiny_images)
+
+
+def test_unknown_hook_message_lists_the_residual_hook_points(tiny_vit, tiny_saes):
+    resid = [f"blocks.{b}.hook_resid_{s}" for b in range(3) for s in ("pre", "mid", "post")]
+    message = (r"^\"model has no hook point 'blocks.9.hook_resid_post'; residual hook points are "
+               + str(resid).replace("[", r"\[").replace("]", r"\]") + '\"$')
+    with pytest.raises(KeyError, match=message):
+        with rrm_plugin.replacement(tiny_vit, {"blocks.9.hook_resid_post": tiny_saes[
+                "blocks.0.hook_resid_post"]}):
+            pass
+
+
+def test_float32_saes_in_a_float64_model_keep_the_models_dtype(tiny_saes, tiny_images):
+    from rrm_plugin.hosts.prisma import build_hooked_vit
+    from tests.conftest import tiny_vit_config
+
+    model = build_hooked_vit(tiny_vit_config(dtype=torch.float64), seed=0).eval().double()
+    images = tiny_images.double()
+    hooks = [(h, lambda act, hook, sae=sae: sae(act.float()).double())
+             for h, sae in tiny_saes.items()]
+    with torch.no_grad():
+        reference = model.run_with_hooks(images, fwd_hooks=hooks)
+        with rrm_plugin.replacement(model, tiny_saes, keep_error=False):
+            spliced, cache = model.run_with_cache(images)
+    for hook in tiny_saes:
+        assert cache[hook].dtype == torch.float64
+        assert cache[f"{hook}.hook_sae_recons"].dtype == torch.float32
+    assert spliced.dtype == torch.float64
+    torch.testing.assert_close(spliced, reference, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float64])
+def test_position_mask_has_the_activations_dtype(dtype):
+    from rrm_plugin.replacement.splice import _mask_like
+
+    mask = _mask_like(torch.ones(2, 4, 3, dtype=dtype), slice(1, 3))
+    assert mask.dtype == dtype
+    assert mask.tolist() == [0, 1, 1, 0]
