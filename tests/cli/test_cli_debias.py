@@ -12,6 +12,7 @@ from tests.cli.conftest import expect_user_error
 SMALL = ["--pool", "400", "--counts", "2", "--random-draws", "1", "--bootstrap", "50"]
 
 
+@pytest.mark.slow
 def test_debias_on_the_embedded_benchmark(tmp_path, capsys):
     out = tmp_path / "debias"
     assert main(["debias", "--out", str(out), *SMALL]) == 0

@@ -33,6 +33,7 @@ def rrm(args: list[str], *, cache, scratch) -> str:
     return done.stdout
 
 
+@pytest.mark.slow
 def test_trace_and_faithfulness_on_photos_with_vit_b16(vit_b16_hub, photo_folder, tmp_path):
     cache, _, _ = vit_b16_hub
     model = ["--model", "vit-b16-imagenet", "--release", "rrm-vit-b16-imagenet"]
@@ -61,6 +62,7 @@ def test_trace_and_faithfulness_on_photos_with_vit_b16(vit_b16_hub, photo_folder
     assert "| rrm |" in printed and "median over the 2 input images" in printed
 
 
+@pytest.mark.slow
 def test_trace_with_vit_prismas_clip_b32_releases(datacomp_b32_hub, photo_folder, tmp_path):
     """LAION DataComp CLIP ViT-B/32 (open_clip layout) with ViT-Prisma's two SAE series."""
     photo = str(photo_folder / "flower.jpg")

@@ -57,6 +57,7 @@ def run_in_process(out: Path, images: Path, *only: str) -> None:
             assert main(argv) == 0, name
 
 
+@pytest.mark.slow
 def test_two_torchrun_processes_give_exactly_the_one_process_results(tmp_path, images):
     two = run_driver(tmp_path / "two", images, nproc=2)
     assert two.returncode == 0, two.stderr[-3000:]
