@@ -78,3 +78,43 @@ def test_top_k_storage_is_checked_against_max_token_edges(vit, saes, images, bas
                   engine=EngineConfig(token_top_k=2, max_token_edges=10))
     with pytest.raises(ValueError, match="token_top_k must be None or >= 1"):
         EngineConfig(token_top_k=0)
+
+
+def _pair_setup(vit, saes, images, baselines, k=0):
+    from rrm_plugin.attribution.engine import block_weights, pair_inputs
+    from rrm_plugin.attribution.forward import attribution_forward
+
+    forward = attribution_forward(vit, saes, images[:1], baselines=baselines, capture_blocks=True)
+    layers, hooks = forward.layers, list(saes)
+    x = pair_inputs(layers[k], layers[k + 1], forward.blocks[layers[k + 1].block],
+                    saes[hooks[k]], saes[hooks[k + 1]], 0)
+    return block_weights(vit, layers[k + 1].block), x
+
+
+def test_subsets_of_sources_and_targets_give_the_matching_rows_and_columns(
+        vit, saes, images, baselines):
+    from rrm_plugin.attribution.engine import feature_edges, token_edges
+
+    graph = attribute(vit, saes, images[:1], baselines=baselines, granularity="token")[0]
+    w, x = _pair_setup(vit, saes, images, baselines)
+    src = torch.stack([graph.layers[0].tokens, graph.layers[0].features], 1)
+    tgt = torch.stack([graph.layers[1].tokens, graph.layers[1].features], 1)
+    full = graph.edges[0]
+    # One target pair: its column (targets are independent of each other).
+    active = int(torch.nonzero(graph.layers[1].activations > 0)[0, 0])
+    one = token_edges(w, x, sources=src, targets=tgt[active:active + 1])
+    torch.testing.assert_close(one, full[:, active:active + 1], atol=1e-7, rtol=1e-6)
+    # No source nodes: only the error row, equal to the full graph's error row.
+    none = token_edges(w, x, sources=src[:0], targets=tgt)
+    assert none.shape == (1, len(tgt))
+    torch.testing.assert_close(none[0], full[-1], atol=1e-7, rtol=1e-6)
+    # Sources on the first token only (later tokens have none): those rows and the error row.
+    first = src[:, 0] == 0
+    part = token_edges(w, x, sources=src[first], targets=tgt)
+    rows = torch.cat([torch.nonzero(first)[:, 0], torch.tensor([len(src)])])
+    torch.testing.assert_close(part, full[rows], atol=1e-7, rtol=1e-6)
+    # The one-image feature wrapper gives the feature graph's edges.
+    feature = attribute(vit, saes, images[:1], baselines=baselines)[0]
+    got = feature_edges(w, x, sources=feature.layers[0].features,
+                        targets=feature.layers[1].features)
+    torch.testing.assert_close(got, feature.edges[0], atol=1e-7, rtol=1e-6)
