@@ -477,13 +477,11 @@ def _token_edges(
     coeff = c_src / x.block.ln1_scale[ts, 0]
     err_attn = _error_terms(w, x)
     dirs = _directions(w, x, latents)
-    # The residual path joins a target pair only to the sources of its own token: each pair
-    # reads the (at most `width`) sources of its token, not a dense row over every source.
+    # The residual path joins a target pair only to the sources of its own token; a chunk holds
+    # the pairs of one token, so it meets those sources (`by_token[starts[t]:][:counts[t]]`) only.
     by_token = torch.argsort(ts, stable=True)
     counts = torch.bincount(ts, minlength=n_pos)
     starts = counts.cumsum(0) - counts
-    width = int(counts.max()) if n_src else 0
-    offsets = torch.arange(width, device=device)
 
     d_model = x.W_dec.shape[1]
     d_mlp = w.W_in.shape[1] if w.W_in is not None else 0
@@ -492,7 +490,7 @@ def _token_edges(
     # block of sources in one GEMM and no [head, pairs, sources] tensor is formed.
     U_heads = U.transpose(0, 1)  # [s, head, d_head]
     d_q = U_heads.shape[1] * U_heads.shape[2]
-    per_pair = n_src + 1 + d_mlp + 4 * d_model + width * (d_model + 2) + d_q
+    per_pair = n_src + 1 + d_mlp + 4 * d_model + d_q
     pair_step = max(1, config.chunk_elements // per_pair)
     src_step = max(1, config.chunk_elements // (2 * d_q))
     token_ends = torch.unique_consecutive(pairs.token, return_counts=True)[1].cumsum(0).tolist()
@@ -510,11 +508,8 @@ def _token_edges(
             weight = (x.block.pattern[:, t[0], ts[block]] * coeff[block]).T  # [s, head]
             torch.mm(q_flat, (U_heads[block] * weight[:, :, None]).flatten(1).T,
                      out=rows[:, block])
-        if width:
-            valid = offsets[None, :] < counts[t][:, None]
-            src = by_token[(starts[t][:, None] + offsets[None, :]).clamp(max=n_src - 1)]
-            same = torch.einsum("pd,pkd->pk", v, W_src[src]) * c_src[src] * valid
-            rows.scatter_add_(1, src, same)  # invalid slots add an exact 0
+        own = by_token[starts[t[0]] : starts[t[0]] + counts[t[0]]]  # distinct source indices
+        rows[:, own] += (v @ W_src[own].T) * c_src[own]
         err = (v * x.src_error_delta[t]).sum(-1) + (q * err_attn[:, t].transpose(0, 1)).sum((1, 2))
         store.add(pairs.column[start:stop], rows, err)
     return store.result()
