@@ -67,6 +67,7 @@ def circuit_tracer_dict(
     class_names: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """The graph file as a dict (see the module docstring for the mapping)."""
+    from rrm_plugin.attribution.graph import edge_entries
     from rrm_plugin.circuits.pruning import prune_by_influence
 
     if graph.granularity != "token":
@@ -123,15 +124,8 @@ def circuit_tracer_dict(
 
     links = []
     for k, (edge, mask) in enumerate(zip(graph.edges, pruned.edge_masks, strict=True)):
-        if edge.is_sparse:  # top-k token graph: its edge mask has the same stored entries
-            rows, cols = edge.indices()
-            keep = mask.values() & (edge.values() != 0)
-            kept = zip(rows[keep].tolist(), cols[keep].tolist(), edge.values()[keep].tolist(),
-                       strict=True)
-        else:
-            kept = ((i, o, float(edge[i, o]))
-                    for i, o in torch.nonzero(mask & (edge != 0)).tolist())
-        for i, o, weight in kept:
+        rows, cols, weights = edge_entries(edge, mask)
+        for i, o, weight in zip(rows.tolist(), cols.tolist(), weights.tolist(), strict=True):
             links.append({"source": ids[k][i], "target": ids[k + 1][o], "weight": weight})
     logit_edges = graph.logit_edges
     for i in torch.nonzero(pruned.logit_edge_mask & (logit_edges != 0))[:, 0].tolist():

@@ -397,15 +397,26 @@ def _sparse_edges(
     return torch.sparse_coo_tensor(indices, values, shape, check_invariants=False).coalesce()
 
 
-def edge_entries(edge: Tensor) -> tuple[Int[Tensor, " n"], Int[Tensor, " n"], Float[Tensor, " n"]]:
-    """Rows, columns and weights of the stored non-zero entries of a dense or sparse matrix."""
-    if edge.is_sparse:
-        edge = edge.coalesce()
-        rows, cols = edge.indices()
-        keep = edge.values() != 0
-        return rows[keep], cols[keep], edge.values()[keep]
-    rows, cols = torch.nonzero(edge, as_tuple=True)
-    return rows, cols, edge[rows, cols]
+def edge_entries(
+    edge: Tensor, mask: Tensor | None = None
+) -> tuple[Int[Tensor, " n"], Int[Tensor, " n"], Float[Tensor, " n"]]:
+    """Rows, columns and weights of the non-zero entries of a dense or sparse edge matrix, in
+    row-major order; with `mask` (a boolean matrix of the same shape: sparse, with the edge
+    matrix's stored entries, for a sparse one) only those where it holds."""
+    if not edge.is_sparse:
+        nonzero = edge != 0
+        rows, cols = torch.nonzero(nonzero if mask is None else nonzero & mask, as_tuple=True)
+        return rows, cols, edge[rows, cols]
+    edge = edge.coalesce()
+    keep = edge.values() != 0
+    if mask is not None:
+        mask = mask.coalesce()
+        if not torch.equal(mask.indices(), edge.indices()):
+            raise ValueError("a sparse edge matrix takes a sparse mask over its stored entries "
+                             "(as prune_by_influence returns); got other indices")
+        keep &= mask.values()
+    rows, cols = edge.indices()
+    return rows[keep], cols[keep], edge.values()[keep]
 
 
 def node_id(layer: int, feature: int, token: int | None = None) -> str:

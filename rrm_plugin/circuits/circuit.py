@@ -19,7 +19,7 @@ from sae_lens import SAE
 from torch import Tensor, nn
 
 from rrm_plugin.attribution.baselines import Baselines, require_baselines
-from rrm_plugin.attribution.graph import Graph, error_id, node_id
+from rrm_plugin.attribution.graph import Graph, edge_entries, error_id, node_id
 from rrm_plugin.replacement.splice import replacement
 
 Mode = Literal["insertion", "deletion"]
@@ -111,36 +111,17 @@ def _kept_edges(graph, node_masks, edge_masks, logit_edge_mask) -> list[tuple[st
                    + [error_id(k)])
     kept = []
     for k, edge in enumerate(graph.edges):
-        if edge.is_sparse:  # top-k token graph: walk the stored entries
-            kept += _kept_sparse_edges(edge, node_masks[k], node_masks[k + 1],
-                                       None if edge_masks is None else edge_masks[k], ids, k)
-            continue
-        mask = node_masks[k][:, None] & node_masks[k + 1][None, :-1]
-        if edge_masks is not None:
-            mask = mask & edge_masks[k]
-        mask = mask & (edge != 0)
-        kept += [(ids[k][i], ids[k + 1][o], float(edge[i, o]))
-                 for i, o in torch.nonzero(mask).tolist()]
+        rows, cols, weights = edge_entries(edge, None if edge_masks is None else edge_masks[k])
+        keep = node_masks[k][rows] & node_masks[k + 1][cols]
+        kept += [(ids[k][i], ids[k + 1][o], w) for i, o, w in
+                 zip(rows[keep].tolist(), cols[keep].tolist(), weights[keep].tolist(),
+                     strict=True)]
     top = len(graph.layers) - 1
     logit_mask = node_masks[top] if logit_edge_mask is None else node_masks[top] & logit_edge_mask
     logit_edges = graph.logit_edges
     kept += [(ids[top][i], "logit", float(logit_edges[i]))
              for i in torch.nonzero(logit_mask & (logit_edges != 0))[:, 0].tolist()]
     return kept
-
-
-def _kept_sparse_edges(edge, src_mask, tgt_mask, edge_mask, ids, k) -> list[tuple[str, str, float]]:
-    edge = edge.coalesce()
-    rows, cols = edge.indices()
-    keep = src_mask[rows] & tgt_mask[cols] & (edge.values() != 0)
-    if edge_mask is not None:  # aligned with the edge matrix's stored entries
-        edge_mask = edge_mask.coalesce()
-        if not torch.equal(edge_mask.indices(), edge.indices()):
-            raise ValueError(f"edge mask {k} does not have the stored entries of edge matrix {k}")
-        keep &= edge_mask.values()
-    return [(ids[k][i], ids[k + 1][o], w) for i, o, w in
-            zip(rows[keep].tolist(), cols[keep].tolist(), edge.values()[keep].tolist(),
-                strict=True)]
 
 
 def stack_masks(
