@@ -47,6 +47,7 @@ def task_pairs(threads: int, image_size: int, top_k: int, chunk_elements: int,
     given layer pairs only, each pair timed (for sizes whose full graph takes hours on a CPU)."""
     from rrm_plugin.attribution.engine import EngineConfig, block_weights, pair_inputs, token_edges
     from rrm_plugin.attribution.forward import attribution_forward
+    from rrm_plugin.attribution.graph import _layer_nodes
 
     model, saes, baselines, image = _setup(threads, image_size)
     engine = EngineConfig(token_top_k=top_k, chunk_elements=chunk_elements,
@@ -59,9 +60,9 @@ def task_pairs(threads: int, image_size: int, top_k: int, chunk_elements: int,
         t1 = time.perf_counter()
         layers = forward.layers
         nodes = []
-        for trace in layers:  # the graph's nodes, as `attribute` picks them
-            present = (trace.acts[0] > 0) | (trace.delta[0] != 0)
-            tokens, features = torch.nonzero(present, as_tuple=True)
+        for trace in layers:  # the graph's nodes, picked as `attribute` picks them
+            features, tokens, *_ = _layer_nodes(trace.acts[0], trace.delta[0],
+                                                trace.node_scores[0], "token")
             nodes.append(torch.stack([tokens, features], 1))
         per_pair = {}
         for k in pairs:

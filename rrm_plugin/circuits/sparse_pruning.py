@@ -11,13 +11,16 @@ COO tensors with the same indices as the graph's (coalesced) edge matrices.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from rrm_plugin.attribution.graph import Graph
+
+if TYPE_CHECKING:  # pruning imports this module lazily; no import cycle at run time
+    from rrm_plugin.circuits.pruning import GraphScores, PruneResult
 
 
 class Entries(NamedTuple):
@@ -86,7 +89,7 @@ def _as_sparse(pair: Entries, mask: Bool[Tensor, " nnz"]) -> Tensor:
 
 def prune_by_influence_grid(
     graph: Graph, *, node_thresholds: Sequence[float], edge_thresholds: Sequence[float]
-) -> dict:
+) -> dict[tuple[float, float], PruneResult]:
     """`pruning.prune_by_influence_grid` for sparse edge matrices (see the module docstring)."""
     from rrm_plugin.circuits.pruning import PruneResult, _check_fraction, _cut_at, _sort_scores
 
@@ -146,7 +149,7 @@ def _drop_unconnected(
     return nodes, edge_masks, logit_mask
 
 
-def graph_scores(graph: Graph):
+def graph_scores(graph: Graph) -> GraphScores:
     """Replacement and completeness scores (as `pruning.graph_scores`) of a sparse graph."""
     from rrm_plugin.circuits.pruning import circuit_tracer_scores
 

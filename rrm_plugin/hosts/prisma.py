@@ -113,4 +113,3 @@ def with_image_size(model: HookedViT, image_size: int) -> HookedViT:
     resized.load_state_dict(state)
     resized.to(W_pos.device).train(model.training)
     return resized
-

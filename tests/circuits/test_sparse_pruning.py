@@ -133,6 +133,7 @@ def test_a_sparse_edge_mask_must_have_the_edge_matrix_entries():
     graph = sparse_influence_graph()
     pruned = prune_by_influence(graph)
     other = torch.ones(1, 1, dtype=torch.bool).to_sparse()  # one entry at (0, 0) only
-    other = torch.sparse_coo_tensor(other.indices(), other.values(), graph.edges[0].shape)
+    other = torch.sparse_coo_tensor(other.indices(), other.values(), graph.edges[0].shape,
+                                    check_invariants=True)
     with pytest.raises(ValueError, match="sparse mask over its stored entries"):
         Circuit.from_graph(graph, pruned.node_masks, edge_masks=[other])
