@@ -56,6 +56,20 @@ def use_hub_cache(monkeypatch, cache: Path, scratch: Path) -> Path:
     return cache
 
 
+def record_hub_snapshots(monkeypatch, module) -> list[tuple]:
+    """Wrap `module.hub_snapshot` so each call's `(repo, patterns, force_download)` is recorded
+    (the returned list) before the real download from the offline cache."""
+    calls: list[tuple] = []
+    real = module.hub_snapshot
+
+    def recording(repo, patterns, *, force_download=False):
+        calls.append((repo, patterns, force_download))
+        return real(repo, patterns)
+
+    monkeypatch.setattr(module, "hub_snapshot", recording)
+    return calls
+
+
 @pytest.fixture
 def offline_hub(tmp_path, monkeypatch) -> Path:
     """An empty hub cache, with huggingface_hub offline and pointed at it (torch hub too)."""

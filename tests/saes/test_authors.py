@@ -23,7 +23,7 @@ from rrm_plugin.saes.authors import (
 )
 from rrm_plugin.saes.hub import CheckpointNotFoundError
 from rrm_plugin.zoo.releases import AUTHORS_SIZES, HUB_SAE_RELEASES
-from tests.hubcache import add_file, torch_bytes
+from tests.hubcache import add_file, record_hub_snapshots, torch_bytes
 
 REPO = "timespt/topksae-vit-base-patch16-224"
 
@@ -237,14 +237,7 @@ def test_loader_asks_the_hub_for_the_layers_checkpoints_only(offline_hub, monkey
 
     add_file(offline_hub, REPO, "K4_R0.25/L0/epoch50.pth", checkpoint_bytes(authors_state(
         768, 192, 0)))
-    calls = []
-    real = authors.hub_snapshot
-
-    def recording(repo, patterns, *, force_download=False):
-        calls.append((repo, patterns, force_download))
-        return real(repo, patterns)
-
-    monkeypatch.setattr(authors, "hub_snapshot", recording)
+    calls = record_hub_snapshots(monkeypatch, authors)
     patterns = ["K4_R0.25/L0/epoch*.pth", "*/K4_R0.25/L0/epoch*.pth"]
     cfg, _, _ = load_authors_sae(REPO, "K4_R0.25/L0")
     assert calls == [(REPO, patterns, False)] and cfg["model_name"] == REPO

@@ -31,6 +31,7 @@ from tests.hubcache import (
     add_prisma_sae,
     prisma_sae_config,
     prisma_sae_state,
+    record_hub_snapshots,
     torch_bytes,
 )
 
@@ -257,14 +258,7 @@ def test_loader_asks_the_hub_for_the_two_files_only(offline_hub, monkeypatch):
     name = prisma_vanilla_repo(0)
     add_prisma_sae(offline_hub, name, prisma_sae_config(layer=0),
                    prisma_sae_state(768, 1536, seed=0))
-    calls = []
-    real = prisma.hub_snapshot
-
-    def recording(repo, patterns, *, force_download=False):
-        calls.append((repo, patterns, force_download))
-        return real(repo, patterns)
-
-    monkeypatch.setattr(prisma, "hub_snapshot", recording)
+    calls = record_hub_snapshots(monkeypatch, prisma)
     repo = f"Prisma-Multimodal/{name}"
     cfg, weights, sparsity = load_prisma_sae("Prisma-Multimodal", name)
     assert calls == [(repo, ["config.json"], False), (repo, ["config.json", "weights.pt"], False)]
