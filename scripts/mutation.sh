@@ -8,7 +8,10 @@
 # Works on a copy of the committed tree (git archive HEAD) in a temporary folder, so the
 # checkout gets no `mutants/` folder. Mutates only MODULE (a folder, or a single .py file), runs
 # only the given tests (default: the tests/ folder named like the module's folder), one child process at a time (MUTMUT_CHILDREN to change),
-# and prints killed / survived / other counts and the survivors' names. `mutmut` must be installed
+# and prints killed / survived / other counts and the survivors' names.
+# MUTATION_SAMPLE=N runs a seeded uniform random sample of N of the generated mutants instead of
+# all of them (MUTATION_SEED, default 0; the names go to sample.txt in the work folder): for
+# modules whose thousands of mutants take longer than a machine has. `mutmut` must be installed
 # in the environment (`pip install "mutmut>=3,<4"`). mutmut puts `mutants/` first on sys.path
 # itself; do not set PYTHONPATH to the tree (the tests then import the unmutated code and mutmut
 # finds no test for any mutant).
@@ -46,7 +49,19 @@ cd "$work"
   for t in "${tests[@]}"; do echo "    $t"; done
 } > setup.cfg
 start=$(date +%s)
-"$mutmut" run --max-children "${MUTMUT_CHILDREN:-1}" || true
+if [ -n "${MUTATION_SAMPLE:-}" ]; then
+  # A name that matches nothing: mutmut generates the mutants and collects the test stats,
+  # then stops; the sample is drawn from the generated names and run with the cached stats.
+  "$mutmut" run --max-children "${MUTMUT_CHILDREN:-1}" "no-such-mutant-generate-only" \
+    > generate.log 2>&1 || true
+  "$python" "$root/scripts/mutation_sample.py" "$MUTATION_SAMPLE" "${MUTATION_SEED:-0}" \
+    > sample.txt
+  mapfile -t sample < sample.txt
+  echo "sample: ${#sample[@]} mutants (seed ${MUTATION_SEED:-0}); names in $work/sample.txt"
+  "$mutmut" run --max-children "${MUTMUT_CHILDREN:-1}" "${sample[@]}" || true
+else
+  "$mutmut" run --max-children "${MUTMUT_CHILDREN:-1}" || true
+fi
 end=$(date +%s)
 "$mutmut" results --all true > results.txt 2>&1 || "$mutmut" results > results.txt 2>&1 || true
 echo "module: $module; tests: ${tests[*]}; seconds: $((end - start)); workdir: $work"
