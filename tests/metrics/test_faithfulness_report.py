@@ -188,3 +188,57 @@ def test_plot_of_one_image_has_bands_of_zero_width(drawn):
     mean = res.image_curves["rrm"]["insertion"]["logit"].mean(0)
     for k in range(len(SWEEP)):
         np.testing.assert_allclose(verts[np.isclose(verts[:, 0], k)][:, 1], mean[k])
+
+
+def test_json_margins_of_every_mode_quantity_and_axis():
+    res = curves_result()
+    data = res.to_json_dict()
+    assert list(data) == ["config", "n_images", "image_indices", "headline_axis", "node_totals",
+                          "axes", "curves", "image_curves", "auc", "margins",
+                          "influence_circuit"]
+    assert data["image_indices"] == [0, 1, 2] and data["n_images"] == 3
+    assert data["influence_circuit"] == {}
+    margins = data["margins"]
+    assert margins["reference"] == "rrm"
+    assert margins["ratio_se"] == "delta method on the paired per-image AUCs"
+    assert list(margins["vs"]) == ["random", "neuron"]
+    for other in ("random", "neuron"):
+        for axis in ("index", "p", "nodes"):
+            for mode in ("insertion", "deletion"):
+                for q in ("logit", "adjusted_logit", "probability", "accuracy"):
+                    a, b = (image_auc(res, m, mode, q, axis) for m in ("rrm", other))
+                    got = margins["vs"][other][axis][mode][q]
+                    assert list(got) == ["difference", "ratio"]
+                    assert got["difference"]["mean"] == pytest.approx((a - b).mean())
+                    assert got["difference"]["se"] == pytest.approx(
+                        (a - b).std(ddof=1) / np.sqrt(3))
+                    assert got["ratio"]["mean"] == pytest.approx(a.mean() / b.mean())
+
+
+def test_mean_se_of_one_two_and_more_values():
+    from rrm_plugin.metrics.faithfulness import mean_se
+
+    assert mean_se(np.array([3.0])) == (3.0, 0.0)  # one image: no spread to estimate
+    assert mean_se(np.array([1.0, 3.0])) == pytest.approx((2.0, np.sqrt(2.0) / np.sqrt(2.0)))
+    assert mean_se(np.array([1.0, 2.0, 6.0])) == pytest.approx((3.0, np.sqrt(7.0) / np.sqrt(3)))
+
+
+def test_float32_inputs_are_summarised_in_float64():
+    """Curves stored as float32 give the float64 numbers of their exact values."""
+    from rrm_plugin.metrics.faithfulness import auc, axis_positions, mean_se, paired_margin
+
+    rng = np.random.default_rng(1)
+    a32, b32 = (rng.normal(size=1000).astype(np.float32) + 1.0 for _ in range(2))
+    a, b = a32.astype(np.float64), b32.astype(np.float64)
+    se = a.std(ddof=1) / np.sqrt(len(a))
+    assert mean_se(a32) == (float(a.mean()), float(se))
+    margin = paired_margin(a32, b32)
+    assert margin.difference.mean == float((a - b).mean())
+    assert margin.ratio.mean == float(a.mean() / b.mean())
+    y32 = a32[:7]
+    x = np.linspace(0, 1, 7)
+    assert auc(y32) == float(((a[:7][1:] + a[:7][:-1]) / 2 * np.diff(x)).sum() / 1.0)
+    counts32 = rng.uniform(0, 9, size=(500, 3)).astype(np.float32)
+    nodes = axis_positions("nodes", sweep=(0.0, 0.5, 1.0), node_counts=counts32, node_total=9)
+    assert nodes.dtype == np.float64
+    np.testing.assert_array_equal(nodes, counts32.astype(np.float64).mean(0) / 9)
