@@ -192,6 +192,7 @@ def test_pruned_nodes_and_links_are_left_out():
     assert [(x["source"], x["target"]) for x in data["links"]] == [
         ("0_2_1", "1_5_0"), ("0_0_3", "1_5_0"), ("1_5_0", "3_2_0")]
     assert data["metadata"]["node_threshold"] == 0.8 and data["metadata"]["scan"] == "rrm"
+    assert data["metadata"]["prompt_tokens"] == prompt_tokens(5, n_prefix=1)  # the default
 
 
 def test_prompt_tokens_edge_cases():

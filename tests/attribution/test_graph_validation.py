@@ -156,6 +156,7 @@ def test_check_accepts_the_edges_of_what_is_valid():
     dataclasses.replace(graph, value=1.0 + 1e-5).check()  # float32 rounding of the mean
     dataclasses.replace(graph, target_class=0, value=-1.0).check()
     dataclasses.replace(graph, metric="logit", value=3.0).check()
+    dataclasses.replace(graph, logits=torch.tensor([1, 3, 2])).check()  # integer logits: exact
     # Hooks outside `blocks.` (other hosts) are not matched against their block.
     _replace_layer(graph, 0, hook_name="encoder.layer0").check()
     # A layer may be empty: its edge matrix has no columns.
@@ -208,7 +209,9 @@ def test_graph_file_names_and_defaults(tmp_path):
     graph = feature_hand_graph()
     json_path, tensor_path = graph.save(tmp_path / "g.v2")  # not a graph suffix: kept
     assert (json_path.name, tensor_path.name) == ("g.v2.json", "g.v2.safetensors")
-    assert Graph.load(tmp_path / "g.v2.safetensors").metadata == {"image": 7}
+    loaded = Graph.load(tmp_path / "g.v2.safetensors")
+    assert (loaded.metadata, loaded.linearised, loaded.granularity) == ({"image": 7}, True,
+                                                                        "feature")
     _rewrite(tmp_path / "g.v2", change_meta=lambda m: m.pop("metadata"))
     assert Graph.load(json_path).metadata == {}
 
@@ -221,6 +224,11 @@ def test_wrong_format_and_version_are_named(tmp_path):
         Graph.load(tmp_path / "g")
     _rewrite(tmp_path / "g", change_meta=lambda m: m.update(format="other", version=1))
     with pytest.raises(CorruptFileError, match=r"is not an attribution graph \(format 'other'\)"):
+        Graph.load(tmp_path / "g")
+    _rewrite(tmp_path / "g", change_meta=lambda m: m.update(format="rrm-attribution-graph",
+                                                            target={"class": 1}))
+    with pytest.raises(CorruptFileError, match=r"graph file is incomplete or corrupt "
+                                               r"\(KeyError\('metric'\)\)"):
         Graph.load(tmp_path / "g")
     (tmp_path / "g.json").write_text("[1, 2]")
     with pytest.raises(CorruptFileError, match=r"is not an attribution graph \(format None\)"):
