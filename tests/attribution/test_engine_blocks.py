@@ -130,3 +130,22 @@ def test_engine_config_bounds():
     assert (one.images_per_step, one.chunk_elements, one.token_top_k) == (1, 1, 1)
     assert EngineConfig() == EngineConfig(chunk_elements=2**24, max_token_edges=50_000_000,
                                           images_per_step=1, token_top_k=None)
+
+
+def test_token_edge_limits_at_the_boundary():
+    from rrm_plugin.attribution.engine import _check_token_edges
+
+    # Dense: (sources + error row) x targets entries; 5 x 2 = 10 fits a limit of 10.
+    _check_token_edges(4, 2, EngineConfig(max_token_edges=10))
+    with pytest.raises(ValueError, match=r"^token-level edge matrix would have 10 entries \(limit "
+                                         r"max_token_edges=9\); use feature granularity, keep "
+                                         r"each target's strongest edges \(EngineConfig\("
+                                         r"token_top_k=\.\.\.\)\) or raise max_token_edges$"):
+        _check_token_edges(4, 2, EngineConfig(max_token_edges=9))
+    # Top-k: min(k, sources) + 1 slots per target; 3 x 2 = 6 fits 6, whatever the source count.
+    _check_token_edges(10**6, 2, EngineConfig(max_token_edges=6, token_top_k=2))
+    _check_token_edges(1, 3, EngineConfig(max_token_edges=6, token_top_k=5))
+    with pytest.raises(ValueError, match=r"^token-level top-5 edges would store 9 entries \(limit "
+                                         r"max_token_edges=8\); lower token_top_k or raise "
+                                         r"max_token_edges$"):
+        _check_token_edges(2, 3, EngineConfig(max_token_edges=8, token_top_k=5))
