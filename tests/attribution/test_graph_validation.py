@@ -203,6 +203,12 @@ def test_sparse_graph_round_trip(tmp_path):
     assert [la.error_score for la in loaded.layers] == [0.25, -0.125]
     assert [(la.hook_name, la.block, la.d_sae) for la in loaded.layers] == [
         ("blocks.2.hook_resid_post", 2, 4), ("blocks.3.hook_resid_post", 3, 4)]
+    # One stored edge: the shape comes from the file, not from the largest index.
+    one = torch.sparse_coo_tensor(torch.tensor([[0], [0]]), torch.tensor([0.5]), (3, 2),
+                                  check_invariants=True)
+    dataclasses.replace(graph, edges=[one]).save(tmp_path / "one")
+    assert Graph.load(tmp_path / "one").edges[0].to_dense().tolist() == [[0.5, 0.0], [0.0, 0.0],
+                                                                          [0.0, 0.0]]
 
 
 def test_graph_file_names_and_defaults(tmp_path):
