@@ -198,7 +198,9 @@ def test_bad_inputs_are_named(vit, saes, images, baselines):
         attribute(vit, saes, images, baselines=baselines, metric="prob")
     with pytest.raises(ValueError, match="are 16x16 pixels, model expects 8x8"):
         attribute(vit, saes, torch.rand(1, 3, 16, 16), baselines=baselines)
-    with pytest.raises(ValueError, match="edges are defined for the linearised model"):
+    with pytest.raises(ValueError, match="^edges are defined for the linearised model; pass "
+                                         "edges=False to get node scores without the "
+                                         "linearisation$"):
         attribute(vit, saes, images, baselines=baselines, linearise=False)
     wide = sharp_vit(d_model=24, d_head=6)
     with pytest.raises(ValueError, match="has d_in=16, but the residual stream there has width"):
@@ -260,3 +262,11 @@ def test_node_scores_need_no_adjacent_layers(images):
     forward = attribution_forward(model, gap, images[:1],
                                   baselines=Baselines.zeros(gap, n_tokens=5))
     assert [layer.block for layer in forward.layers] == [0, 2] and forward.blocks == {}
+
+
+def test_progress_bar_only_when_asked(vit, saes, images, baselines, capsys):
+    attribute(vit, saes, images[:1], baselines=baselines)
+    assert capsys.readouterr().err == ""
+    attribute(vit, saes, images[:1], baselines=baselines, progress=True)
+    err = capsys.readouterr().err
+    assert err.startswith("\redges:   0%|") and err.endswith(" \r")  # erased when done

@@ -118,3 +118,14 @@ def test_keep_error_forward_with_linearisation_equals_clean_for_other_activation
     clean = model(images)
     with rrm_plugin.replacement(model, saes, keep_error=True), linearised(model, saes):
         torch.testing.assert_close(model(images), clean, atol=1e-5, rtol=0)
+
+
+def test_other_sae_input_normalisations_are_refused(vit, saes, images):
+    sae = saes["blocks.1.hook_resid_post"]
+    sae.cfg.normalize_activations = "expected_average_only_in"
+    with pytest.raises(ValueError, match=r"^SAE at 'blocks\.1\.hook_resid_post' uses "
+                                         r"normalize_activations='expected_average_only_in'; "
+                                         r"attribution supports 'layer_norm' \(the RRM SAEs\) "
+                                         r"and 'none'$"):
+        with linearised(vit, saes, config=FULL):
+            pass
