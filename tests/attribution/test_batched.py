@@ -62,6 +62,10 @@ def test_small_chunks_and_token_limit_split_the_batch(vit, saes, images, baselin
     assert _image_groups(nodes, 0, "feature", EngineConfig(images_per_step=2)) == [[0, 1], [2]]
     many = attribute(vit, saes, images, baselines=baselines, granularity="token", engine=engine)
     assert_same_graphs(one, many)
+    # At the limit attribute splits the batch itself (a joint matrix would be refused).
+    split = attribute(vit, saes, images, baselines=baselines, granularity="token",
+                      engine=EngineConfig(images_per_step=3, max_token_edges=limit))
+    assert_same_graphs(one, split)
 
 
 def test_images_per_step_must_be_positive():
