@@ -149,3 +149,17 @@ def test_token_edge_limits_at_the_boundary():
                                          r"max_token_edges=8\); lower token_top_k or raise "
                                          r"max_token_edges$"):
         _check_token_edges(2, 3, EngineConfig(max_token_edges=8, token_top_k=5))
+
+
+def test_config_without_a_normalisation_type_reads_layer_norms():
+    """A config that does not name its normalisation is taken as LN (TransformerLens's default):
+    a block's LayerNorms are read, and a LayerNorm without a gain has gain 1."""
+    gain = torch.arange(16.0)
+    attn = SimpleNamespace(W_V=torch.ones(4, 16, 4), W_O=torch.ones(4, 4, 16))
+    block = SimpleNamespace(ln1=SimpleNamespace(w=gain), ln2=SimpleNamespace(), attn=attn,
+                            mlp=SimpleNamespace(W_in=torch.ones(16, 8), W_out=torch.ones(8, 16)))
+    model = SimpleNamespace(cfg=SimpleNamespace(n_heads=4, d_model=16), blocks=[block])
+    weights = block_weights(model, 0)
+    assert weights.ln1_centred and weights.ln2_centred
+    assert torch.equal(weights.ln1_w, gain) and torch.equal(weights.ln2_w, torch.ones(16))
+    assert torch.equal(weights.W_in, torch.ones(16, 8))
