@@ -270,3 +270,13 @@ def test_progress_bar_only_when_asked(vit, saes, images, baselines, capsys):
     attribute(vit, saes, images[:1], baselines=baselines, progress=True)
     err = capsys.readouterr().err
     assert err.startswith("\redges:   0%|") and err.endswith(" \r")  # erased when done
+
+
+def test_node_scores_need_no_edge_engine(vit, saes, images, baselines):
+    """A block the edge engine refuses (flagged parallel, which Prisma's forward ignores) still
+    gets node-only graphs; only edges ask for the engine."""
+    vit.cfg.parallel_attn_mlp = True
+    graph = attribute(vit, saes, images[:1], baselines=baselines, edges=False)[0]
+    assert graph.linearised and sum(len(layer) for layer in graph.layers) > 0
+    with pytest.raises(ValueError, match="the edge engine models pre-LayerNorm blocks"):
+        attribute(vit, saes, images[:1], baselines=baselines)
