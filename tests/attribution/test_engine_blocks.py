@@ -163,3 +163,7 @@ def test_config_without_a_normalisation_type_reads_layer_norms():
     assert weights.ln1_centred and weights.ln2_centred
     assert torch.equal(weights.ln1_w, gain) and torch.equal(weights.ln2_w, torch.ones(16))
     assert torch.equal(weights.W_in, torch.ones(16, 8))
+    # Without an MLP a stray ln2 is not read: nothing in the block uses it.
+    model.blocks.append(SimpleNamespace(ln1=block.ln1, ln2=block.ln2, attn=attn))
+    no_mlp = block_weights(model, 1)
+    assert no_mlp.ln2_w is None and not no_mlp.ln2_centred and no_mlp.W_in is None
