@@ -129,3 +129,19 @@ def test_other_sae_input_normalisations_are_refused(vit, saes, images):
                                          r"and 'none'$"):
         with linearised(vit, saes, config=FULL):
             pass
+
+
+def test_activation_name_reads_prisma_or_transformer_lens_configs():
+    from types import SimpleNamespace
+
+    from rrm_plugin.attribution.linearise import activation_name
+
+    def model(**cfg):
+        return SimpleNamespace(cfg=SimpleNamespace(**cfg))
+
+    assert activation_name(model(activation_name="quick_gelu", act_fn="relu")) == "quick_gelu"
+    assert activation_name(model(act_fn="gelu_new")) == "gelu_new"  # TransformerLens's name
+    assert activation_name(model(activation_name=None, act_fn="relu")) == "relu"
+    with pytest.raises(ValueError, match=r"^model config names no MLP activation "
+                                         r"\(activation_name / act_fn\)$"):
+        activation_name(model(activation_name=None))
