@@ -1,12 +1,22 @@
 """Per-position baselines through the host cache: values, round trip, mismatch errors."""
 
+import dataclasses
+
 import pytest
 import torch
 
-from rrm_plugin.attribution.baselines import Baselines, compute_baselines, load_release_baselines
-from rrm_plugin.io import CorruptFileError
+from rrm_plugin.attribution.baselines import (
+    Baselines,
+    cached_baselines_path,
+    compute_baselines,
+    load_release_baselines,
+    release_baselines_path,
+    require_baselines,
+    sae_fingerprint,
+)
+from rrm_plugin.io import CorruptFileError, write_tensors
 from rrm_plugin.replacement.splice import replacement
-from tests.attribution.conftest import random_saes
+from tests.attribution.conftest import random_saes, sharp_vit
 
 
 def test_median_and_mean_are_per_position_statistics(vit, saes, reference_images):
@@ -58,3 +68,119 @@ def test_bad_inputs_and_files(tmp_path, vit, saes, reference_images):
         Baselines.load(tmp_path / "bad.safetensors")
     with pytest.raises(KeyError, match="unknown SAE release 'nope'"):
         load_release_baselines("nope")
+
+
+def test_zero_baselines():
+    model = sharp_vit()
+    saes = random_saes(model, d_sae=8)
+    zero = Baselines.zeros(saes, n_tokens=5)
+    assert (zero.statistic, zero.n_images, zero.model_fingerprint) == ("zero", 0, None)
+    assert zero.hook_names == list(saes)
+    for h, sae in saes.items():
+        assert torch.equal(zero.features[h], torch.zeros(5, 8))
+        assert torch.equal(zero.errors[h], torch.zeros(5, 16))
+        assert torch.equal(zero.resid[h], torch.zeros(5, 16))
+        assert zero.fingerprints[h] == sae_fingerprint(sae)
+    zero.check(saes, n_tokens=5, model=model)  # no model fingerprint: any model
+
+
+def test_to_keeps_every_field(baselines):
+    moved = baselines.to("cpu")
+    assert (moved.statistic, moved.n_images, moved.model_fingerprint, moved.fingerprints) == (
+        baselines.statistic, baselines.n_images, baselines.model_fingerprint,
+        baselines.fingerprints)
+    for kind in ("features", "errors", "resid"):
+        assert getattr(moved, kind).keys() == getattr(baselines, kind).keys()
+        for h, value in getattr(baselines, kind).items():
+            assert torch.equal(getattr(moved, kind)[h], value)
+
+
+def test_model_fingerprint_is_checked_and_saved(tmp_path, vit, saes, baselines):
+    from rrm_plugin.provenance import ProvenanceError, model_fingerprint
+
+    assert baselines.model_fingerprint == model_fingerprint(vit)
+    baselines.check(saes, model=vit)
+    other = sharp_vit(n_layers=4)
+    with pytest.raises(ProvenanceError, match=rf"baselines were computed on model weights "
+                                              rf"{baselines.model_fingerprint}, the model given "
+                                              rf"has weights {model_fingerprint(other)}"):
+        baselines.check(saes, model=other)
+    loaded = Baselines.load(baselines.save(tmp_path / "b.safetensors"))
+    assert loaded.model_fingerprint == baselines.model_fingerprint
+    assert loaded.fingerprints == baselines.fingerprints == {
+        h: sae_fingerprint(s) for h, s in saes.items()}
+    zero = Baselines.load(Baselines.zeros(saes, n_tokens=5).save(tmp_path / "z.safetensors"))
+    assert (zero.statistic, zero.n_images, zero.model_fingerprint) == ("zero", 0, None)
+
+
+def test_baselines_without_sae_fingerprints_are_not_matched(saes):
+    unknown = dataclasses.replace(Baselines.zeros(saes, n_tokens=5), fingerprints={})
+    other = random_saes(sharp_vit())
+    other["blocks.0.hook_resid_post"].W_dec.data.mul_(2)
+    unknown.check(other)  # same shapes, other weights
+    with pytest.raises(ValueError, match="different SAE weights"):
+        Baselines.zeros(saes, n_tokens=5).check(other)
+
+
+BAD_FILES = {
+    "no statistic": ({"features/h": torch.zeros(1)}, {}, "has no baselines metadata"),
+    "unknown kind": ({"weights/h": torch.zeros(1)}, {"statistic": "mean"},
+                     "unexpected tensor 'weights/h' in a baselines file"),
+    "no hook": ({"features": torch.zeros(1)}, {"statistic": "mean"},
+                "unexpected tensor 'features' in a baselines file"),
+    "errors of another hook": ({"features/a": torch.zeros(1), "errors/b": torch.zeros(1),
+                                "resid/a": torch.zeros(1)}, {"statistic": "mean"},
+                               "features/errors/resid cover different hook points"),
+    "resid of another hook": ({"features/a": torch.zeros(1), "errors/a": torch.zeros(1),
+                               "resid/b": torch.zeros(1)}, {"statistic": "mean"},
+                              "features/errors/resid cover different hook points"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_FILES))
+def test_malformed_baseline_files_are_named(tmp_path, case):
+    tensors, metadata, message = BAD_FILES[case]
+    write_tensors(tmp_path / "b.safetensors", tensors, metadata=metadata)
+    with pytest.raises(CorruptFileError, match=message):
+        Baselines.load(tmp_path / "b.safetensors")
+
+
+def test_minimal_file_loads_with_defaults(tmp_path):
+    tensors = {"features/a/b": torch.ones(2, 3), "errors/a/b": torch.zeros(2, 4),
+               "resid/a/b": torch.zeros(2, 4)}  # hook names may hold "/"
+    write_tensors(tmp_path / "b.safetensors", tensors,
+                  metadata={"statistic": "mean", "fingerprint/a/b": "f00d"})
+    loaded = Baselines.load(tmp_path / "b.safetensors")
+    assert (loaded.statistic, loaded.n_images, loaded.model_fingerprint) == ("mean", 0, None)
+    assert loaded.fingerprints == {"a/b": "f00d"} and loaded.hook_names == ["a/b"]
+    assert torch.equal(loaded.features["a/b"], torch.ones(2, 3))
+
+
+def test_require_baselines(baselines):
+    assert require_baselines(baselines, caller="x") is baselines
+    with pytest.raises(TypeError, match=r"^prune needs baselines=, got 'median': e\.g\. "
+                                        r"load_release_baselines\(release, saes\), "
+                                        r"compute_baselines\(model, saes, images\) or "
+                                        r"Baselines\.zeros\(saes, n_tokens=\.\.\.\) from "
+                                        r"rrm_plugin\.attribution\.baselines$"):
+        require_baselines("median", caller="prune")
+
+
+def test_release_baseline_paths(tmp_path, monkeypatch):
+    from rrm_plugin.zoo.releases import SAE_RELEASES, SAEReleaseSpec
+
+    assert cached_baselines_path(str(tmp_path)) == tmp_path / "baselines.safetensors"
+    monkeypatch.setenv("RRM_PLUGIN_CACHE", str(tmp_path / "cache"))
+    assert cached_baselines_path("some-hub-release") == \
+        tmp_path / "cache" / "baselines" / "some-hub-release.safetensors"
+    shipped = SAE_RELEASES["rrm-digits-vit"].directory
+    assert release_baselines_path("rrm-digits-vit") == shipped / "baselines.safetensors"
+    loaded = load_release_baselines("rrm-digits-vit")
+    assert (loaded.statistic, loaded.n_images) == ("median", 2048)
+    with pytest.raises(ValueError, match="have d_sae=128, SAE has 32"):  # checked against saes
+        load_release_baselines("rrm-digits-vit", random_saes(sharp_vit(), layers=[0]))
+    monkeypatch.setitem(SAE_RELEASES, "empty", SAEReleaseSpec("empty", "m", tmp_path))
+    with pytest.raises(FileNotFoundError, match=r"no baselines for release 'empty' at .*; "
+                                                r"create them with `rrm baselines --release "
+                                                r"empty`"):
+        load_release_baselines("empty")

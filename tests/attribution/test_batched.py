@@ -62,8 +62,24 @@ def test_small_chunks_and_token_limit_split_the_batch(vit, saes, images, baselin
     assert _image_groups(nodes, 0, "feature", EngineConfig(images_per_step=2)) == [[0, 1], [2]]
     many = attribute(vit, saes, images, baselines=baselines, granularity="token", engine=engine)
     assert_same_graphs(one, many)
+    # At the limit attribute splits the batch itself (a joint matrix would be refused).
+    split = attribute(vit, saes, images, baselines=baselines, granularity="token",
+                      engine=EngineConfig(images_per_step=3, max_token_edges=limit))
+    assert_same_graphs(one, split)
 
 
 def test_images_per_step_must_be_positive():
     with pytest.raises(ValueError, match="images_per_step"):
         EngineConfig(images_per_step=0)
+
+
+def test_token_groups_at_the_edge_limit():
+    """Two images of one source and one target node: (1 + 1 + 1) x (1 + 1) = 6 joint entries."""
+    nodes = [[torch.zeros(1, 2), torch.zeros(1, 2)]] * 3
+    assert _image_groups(nodes, 0, "token", EngineConfig(images_per_step=3,
+                                                         max_token_edges=6)) == [[0, 1], [2]]
+    assert _image_groups(nodes, 0, "token", EngineConfig(images_per_step=3,
+                                                         max_token_edges=5)) == [[0], [1], [2]]
+    # Three images: (3 + 1) x 3 = 12.
+    assert _image_groups(nodes, 0, "token", EngineConfig(images_per_step=3,
+                                                         max_token_edges=12)) == [[0, 1, 2]]

@@ -130,3 +130,40 @@ def test_engine_config_bounds():
     assert (one.images_per_step, one.chunk_elements, one.token_top_k) == (1, 1, 1)
     assert EngineConfig() == EngineConfig(chunk_elements=2**24, max_token_edges=50_000_000,
                                           images_per_step=1, token_top_k=None)
+
+
+def test_token_edge_limits_at_the_boundary():
+    from rrm_plugin.attribution.engine import _check_token_edges
+
+    # Dense: (sources + error row) x targets entries; 5 x 2 = 10 fits a limit of 10.
+    _check_token_edges(4, 2, EngineConfig(max_token_edges=10))
+    with pytest.raises(ValueError, match=r"^token-level edge matrix would have 10 entries \(limit "
+                                         r"max_token_edges=9\); use feature granularity, keep "
+                                         r"each target's strongest edges \(EngineConfig\("
+                                         r"token_top_k=\.\.\.\)\) or raise max_token_edges$"):
+        _check_token_edges(4, 2, EngineConfig(max_token_edges=9))
+    # Top-k: min(k, sources) + 1 slots per target; 3 x 2 = 6 fits 6, whatever the source count.
+    _check_token_edges(10**6, 2, EngineConfig(max_token_edges=6, token_top_k=2))
+    _check_token_edges(1, 3, EngineConfig(max_token_edges=6, token_top_k=5))
+    with pytest.raises(ValueError, match=r"^token-level top-5 edges would store 9 entries \(limit "
+                                         r"max_token_edges=8\); lower token_top_k or raise "
+                                         r"max_token_edges$"):
+        _check_token_edges(2, 3, EngineConfig(max_token_edges=8, token_top_k=5))
+
+
+def test_config_without_a_normalisation_type_reads_layer_norms():
+    """A config that does not name its normalisation is taken as LN (TransformerLens's default):
+    a block's LayerNorms are read, and a LayerNorm without a gain has gain 1."""
+    gain = torch.arange(16.0)
+    attn = SimpleNamespace(W_V=torch.ones(4, 16, 4), W_O=torch.ones(4, 4, 16))
+    block = SimpleNamespace(ln1=SimpleNamespace(w=gain), ln2=SimpleNamespace(), attn=attn,
+                            mlp=SimpleNamespace(W_in=torch.ones(16, 8), W_out=torch.ones(8, 16)))
+    model = SimpleNamespace(cfg=SimpleNamespace(n_heads=4, d_model=16), blocks=[block])
+    weights = block_weights(model, 0)
+    assert weights.ln1_centred and weights.ln2_centred
+    assert torch.equal(weights.ln1_w, gain) and torch.equal(weights.ln2_w, torch.ones(16))
+    assert torch.equal(weights.W_in, torch.ones(16, 8))
+    # Without an MLP a stray ln2 is not read: nothing in the block uses it.
+    model.blocks.append(SimpleNamespace(ln1=block.ln1, ln2=block.ln2, attn=attn))
+    no_mlp = block_weights(model, 1)
+    assert no_mlp.ln2_w is None and not no_mlp.ln2_centred and no_mlp.W_in is None

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from rrm_plugin.attribution.baselines import Baselines, compute_baselines
-from rrm_plugin.attribution.graph import Graph, attribute
+from rrm_plugin.attribution.forward import attribution_forward
+from rrm_plugin.attribution.graph import Graph, attribute, graphs_from_forward
 from rrm_plugin.attribution.linearise import capture_constants, frozen
 from rrm_plugin.io import CorruptFileError
 from rrm_plugin.replacement.splice import replacement
@@ -197,7 +198,9 @@ def test_bad_inputs_are_named(vit, saes, images, baselines):
         attribute(vit, saes, images, baselines=baselines, metric="prob")
     with pytest.raises(ValueError, match="are 16x16 pixels, model expects 8x8"):
         attribute(vit, saes, torch.rand(1, 3, 16, 16), baselines=baselines)
-    with pytest.raises(ValueError, match="edges are defined for the linearised model"):
+    with pytest.raises(ValueError, match="^edges are defined for the linearised model; pass "
+                                         "edges=False to get node scores without the "
+                                         "linearisation$"):
         attribute(vit, saes, images, baselines=baselines, linearise=False)
     wide = sharp_vit(d_model=24, d_head=6)
     with pytest.raises(ValueError, match="has d_in=16, but the residual stream there has width"):
@@ -216,3 +219,64 @@ def test_node_scores_without_linearisation_differ(vit, saes, images, baselines):
     plain = attribute(vit, saes, images[:1], baselines=baselines, linearise=False, edges=False)[0]
     assert not plain.linearised and lin.linearised
     assert not torch.allclose(lin.layers[0].scores, plain.layers[0].scores, rtol=1e-3)
+
+
+def test_graphs_from_forward_defaults_and_node_only_graphs(vit, saes, images, baselines):
+    forward = attribution_forward(vit, saes, images[:2], baselines=baselines, capture_blocks=True)
+    full = attribute(vit, saes, images[:2], baselines=baselines)
+    for b, graph in enumerate(graphs_from_forward(vit, saes, forward)):  # feature edges
+        assert (graph.granularity, graph.n_tokens, graph.metadata) == ("feature", 5,
+                                                                       {"edges": True})
+        assert graph.target_class == int(forward.classes[b]) == full[b].target_class
+        assert graph.value == float(forward.values[b]) and graph.linearised
+        for ours, theirs in zip(graph.edges, full[b].edges, strict=True):
+            torch.testing.assert_close(ours, theirs, atol=1e-7, rtol=1e-6)
+    nodes_only = graphs_from_forward(vit, saes, forward, edges=False,
+                                     metadata=[{"image": 0}, {"image": 1}])
+    for b, graph in enumerate(nodes_only):
+        assert graph.metadata == {"image": b, "edges": False}
+        sizes = [len(layer) for layer in graph.layers]
+        assert [tuple(e.shape) for e in graph.edges] == [(sizes[0] + 1, sizes[1])]
+        assert not graph.edges[0].any()
+        for ours, theirs in zip(graph.layers, full[b].layers, strict=True):
+            assert torch.equal(ours.features, theirs.features)
+            assert torch.equal(ours.scores, theirs.scores)
+    with pytest.raises(ValueError, match="^unknown granularity 'pixel'; expected 'feature' or "
+                                         "'token'$"):
+        graphs_from_forward(vit, saes, forward, granularity="pixel")
+
+
+def test_attribute_metadata(vit, saes, images, baselines):
+    graph = attribute(vit, saes, images[:1], baselines=baselines, metadata=[{"image": 5}])[0]
+    assert graph.metadata == {"baselines": "median", "image": 5, "edges": True}
+    plain = attribute(vit, saes, images[:1], baselines=baselines, linearise=False, edges=False)
+    assert plain[0].metadata == {"baselines": "median", "edges": False}
+    with pytest.raises(ValueError, match="^got 1 metadata dicts for 2 images$"):
+        attribute(vit, saes, images[:2], baselines=baselines, metadata=[{}])
+
+
+def test_node_scores_need_no_adjacent_layers(images):
+    """Only edges join adjacent layers: node scores of SAEs on blocks 0 and 2 are computed."""
+    model = sharp_vit(n_layers=4)
+    gap = random_saes(model, layers=[0, 2])
+    forward = attribution_forward(model, gap, images[:1],
+                                  baselines=Baselines.zeros(gap, n_tokens=5))
+    assert [layer.block for layer in forward.layers] == [0, 2] and forward.blocks == {}
+
+
+def test_progress_bar_only_when_asked(vit, saes, images, baselines, capsys):
+    attribute(vit, saes, images[:1], baselines=baselines)
+    assert capsys.readouterr().err == ""
+    attribute(vit, saes, images[:1], baselines=baselines, progress=True)
+    err = capsys.readouterr().err
+    assert err.startswith("\redges:   0%|") and err.endswith(" \r")  # erased when done
+
+
+def test_node_scores_need_no_edge_engine(vit, saes, images, baselines):
+    """A block the edge engine refuses (flagged parallel, which Prisma's forward ignores) still
+    gets node-only graphs; only edges ask for the engine."""
+    vit.cfg.parallel_attn_mlp = True
+    graph = attribute(vit, saes, images[:1], baselines=baselines, edges=False)[0]
+    assert graph.linearised and sum(len(layer) for layer in graph.layers) > 0
+    with pytest.raises(ValueError, match="the edge engine models pre-LayerNorm blocks"):
+        attribute(vit, saes, images[:1], baselines=baselines)

@@ -118,3 +118,30 @@ def test_keep_error_forward_with_linearisation_equals_clean_for_other_activation
     clean = model(images)
     with rrm_plugin.replacement(model, saes, keep_error=True), linearised(model, saes):
         torch.testing.assert_close(model(images), clean, atol=1e-5, rtol=0)
+
+
+def test_other_sae_input_normalisations_are_refused(vit, saes, images):
+    sae = saes["blocks.1.hook_resid_post"]
+    sae.cfg.normalize_activations = "expected_average_only_in"
+    with pytest.raises(ValueError, match=r"^SAE at 'blocks\.1\.hook_resid_post' uses "
+                                         r"normalize_activations='expected_average_only_in'; "
+                                         r"attribution supports 'layer_norm' \(the RRM SAEs\) "
+                                         r"and 'none'$"):
+        with linearised(vit, saes, config=FULL):
+            pass
+
+
+def test_activation_name_reads_prisma_or_transformer_lens_configs():
+    from types import SimpleNamespace
+
+    from rrm_plugin.attribution.linearise import activation_name
+
+    def model(**cfg):
+        return SimpleNamespace(cfg=SimpleNamespace(**cfg))
+
+    assert activation_name(model(activation_name="quick_gelu", act_fn="relu")) == "quick_gelu"
+    assert activation_name(model(act_fn="gelu_new")) == "gelu_new"  # TransformerLens's name
+    assert activation_name(model(activation_name=None, act_fn="relu")) == "relu"
+    with pytest.raises(ValueError, match=r"^model config names no MLP activation "
+                                         r"\(activation_name / act_fn\)$"):
+        activation_name(model(activation_name=None))

@@ -118,3 +118,21 @@ def test_subsets_of_sources_and_targets_give_the_matching_rows_and_columns(
     got = feature_edges(w, x, sources=feature.layers[0].features,
                         targets=feature.layers[1].features)
     torch.testing.assert_close(got, feature.edges[0], atol=1e-7, rtol=1e-6)
+
+
+def test_top_k_storage_keeps_no_zero_edges(vit, saes, images, baselines):
+    """A source at its baseline (delta 0) has exactly zero edges; the sparse matrix leaves them
+    out rather than storing zeros."""
+    from rrm_plugin.attribution.engine import token_edges
+
+    graph = attribute(vit, saes, images[:1], baselines=baselines, granularity="token")[0]
+    w, x = _pair_setup(vit, saes, images, baselines)
+    at_baseline = torch.nonzero(x.src_delta == 0)[:2]
+    src = torch.cat([at_baseline, torch.stack([graph.layers[0].tokens,
+                                               graph.layers[0].features], 1)])
+    tgt = torch.stack([graph.layers[1].tokens, graph.layers[1].features], 1)
+    dense = token_edges(w, x, sources=src, targets=tgt)
+    assert (dense[:2] == 0).all() and (dense[2:] != 0).any()
+    sparse = token_edges(w, x, sources=src, targets=tgt, config=EngineConfig(token_top_k=10**6))
+    assert torch.equal(sparse.to_dense(), dense)
+    assert sparse._nnz() == int((dense != 0).sum())
