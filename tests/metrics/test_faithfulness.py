@@ -373,22 +373,6 @@ def test_config_sweeps_and_errors():
         FaithfulnessConfig(skip_early_layers=-1)
 
 
-def test_rrm_edge_masks_are_the_dense_edge_rule(vit, saes, images, baselines):
-    from rrm_plugin.circuits.pruning import edge_rule
-
-    layout = sae_layout(saes)
-    y = vit(images).argmax(-1)
-    config = FaithfulnessConfig(methods=("rrm_edge",))
-    scores = method_scores(vit, saes, images, y, baselines=baselines, config=config,
-                           layout=layout)
-    got = method_masks(scores, value=0.5, config=config, layout=layout, batch=len(images),
-                       generators=generators())["rrm_edge"]
-    assert [m.shape for m in got] == [(len(images), size) for size in layout.sizes]
-    for b, graph in enumerate(scores["graphs"]):
-        want = edge_rule(graph, p=0.5, dense=True)
-        assert all(torch.equal(g[b], w) for g, w in zip(got, want, strict=True))
-
-
 def test_neuron_scores_are_gradient_times_delta(vit, saes, images, baselines):
     from tests.attribution.reference import frozen_backward
 

@@ -66,23 +66,27 @@ def test_method_masks_use_the_configs_normalisation_ties_and_each_methods_genera
         assert any(not torch.equal(a, b) for a, b in zip(got["rrm"], want, strict=True)), other
 
 
-def test_rrm_edge_masks_use_the_configs_normalisation_ties_and_generator(vit, saes, images,
-                                                                         baselines):
+@pytest.mark.parametrize("normalisation,ties", [("clamp", "raw"), ("abs", "random")])
+def test_rrm_edge_masks_are_the_dense_edge_rule_with_the_configs_settings(
+        vit, saes, images, baselines, normalisation, ties):
     layout = sae_layout(saes)
     y = vit(images).argmax(-1)
-    config = FaithfulnessConfig(methods=("rrm_edge",), normalisation="abs", ties="random")
+    config = FaithfulnessConfig(methods=("rrm_edge",), normalisation=normalisation, ties=ties)
     scores = method_scores(vit, saes, images, y, baselines=baselines, config=config,
                            layout=layout)
     torch.manual_seed(0)
     got = method_masks(scores, value=0.5, config=config, layout=layout, batch=len(images),
                        generators=fresh_generators())["rrm_edge"]
+    assert [m.shape for m in got] == [(len(images), size) for size in layout.sizes]
     gen = fresh_generators()["rrm_edge"]  # one generator, graph after graph
     for b, graph in enumerate(scores["graphs"]):
-        want = edge_rule(graph, p=0.5, mode="abs", dense=True, ties="random", generator=gen)
+        want = edge_rule(graph, p=0.5, mode=normalisation, dense=True, ties=ties, generator=gen)
         assert all(torch.equal(g[b], w) for g, w in zip(got, want, strict=True))
-        clamp = edge_rule(graph, p=0.5, mode="clamp", dense=True, ties="random",
-                          generator=fresh_generators()["rrm_edge"])
-        assert b > 0 or any(not torch.equal(g[b], w) for g, w in zip(got, clamp, strict=True))
+    # The other normalisation selects differently on the first graph (so the setting shows).
+    other = edge_rule(scores["graphs"][0], p=0.5, dense=True, ties=ties,
+                      mode="clamp" if normalisation == "abs" else "abs",
+                      generator=fresh_generators()["rrm_edge"])
+    assert any(not torch.equal(g[0], w) for g, w in zip(got, other, strict=True))
 
 
 def test_random_masks_are_drawn_per_image():
