@@ -195,6 +195,9 @@ def test_progress_bar_of_the_run_only(vit, saes, images, baselines, capsys):
     evaluate_faithfulness(vit, saes, images, labels, baselines=baselines,
                           config=FaithfulnessConfig(sweep=SWEEP, methods=("random_authors",)))
     assert "faithfulness" in capsys.readouterr().err  # shown by default
+    evaluate_faithfulness(vit, saes, images, labels, baselines=baselines, progress=False,
+                          config=FaithfulnessConfig(sweep=SWEEP, methods=("random_authors",)))
+    assert capsys.readouterr().err == ""
 
 
 def test_select_images_boundaries_and_messages():
