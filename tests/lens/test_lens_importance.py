@@ -146,6 +146,12 @@ def test_importance_matches_a_per_image_per_block_recomputation(tiny_vit, tiny_i
                                progress=False)
     total = attention_gradient_importance(tiny_vit, tiny_images, labels=labels, progress=False)
     torch.testing.assert_close(total, fast.sum(0))
+    # The loss setting is passed on (and changes the result).
+    plain = importance_by_block(tiny_vit, tiny_images, labels=labels, softmax_before_ce=False,
+                                progress=False).sum(0)
+    assert not torch.allclose(plain, total)
+    torch.testing.assert_close(attention_gradient_importance(
+        tiny_vit, tiny_images, labels=labels, softmax_before_ce=False, progress=False), plain)
     n_layers = tiny_vit.cfg.n_layers
     slow = torch.zeros_like(fast)
     for i in range(len(tiny_images)):

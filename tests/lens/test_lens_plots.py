@@ -79,6 +79,16 @@ def drawn(monkeypatch, tmp_path):
     plt.close("all")
 
 
+def assert_grid(axes):
+    """`axes` [rows, columns] are laid out as such: left to right, then top to bottom."""
+    for row, above in zip(axes[1:], axes, strict=False):
+        assert row[0].get_position().y1 < above[0].get_position().y0
+    for row in axes:
+        for right, left in zip(row[1:], row, strict=False):
+            assert left.get_position().x1 < right.get_position().x0
+            assert left.get_position().y0 == pytest.approx(right.get_position().y0)
+
+
 def assert_line(line, x, y, *, marker, style, label, colour=None, width=None):
     assert list(line.get_xdata()) == pytest.approx(x)
     assert list(line.get_ydata()) == pytest.approx(y)
@@ -114,6 +124,7 @@ def test_identifiability_plot(drawn):
     summary = hand_summary()
     fig = drawn(plot_identifiability, summary, size=(10, 3.8))
     ax1, ax2 = fig.axes
+    assert_grid([[ax1, ax2]])
     ident = summary["identifiability"]
     cls, image, chance = ax1.lines
     assert_line(cls, BLOCKS, ident["cls_score"], marker="o", style="-", label="[CLS]")
@@ -164,6 +175,7 @@ def test_mechanisms_plot(drawn):
     summary = hand_summary()
     fig = drawn(plot_mechanisms, summary, size=(17, 3.8))
     change, comp, cva, kv = fig.axes
+    assert_grid([fig.axes])
     # attn_cls is all None (no CLS token): not drawn.
     attn, mlp, half = change.lines
     sub = summary["sublayer_change_rate"]
@@ -207,6 +219,7 @@ def test_probes_plot_has_one_panel_per_kind(drawn):
     probes = summary["linear_probes"]
     fig = drawn(plot_probes, summary, size=(8.4, 3.6))
     assert len(fig.axes) == 2
+    assert_grid([fig.axes])
     for i, (ax, kind) in enumerate(zip(fig.axes, ("resid", "mlp"), strict=True)):
         probe, lens = ax.lines
         assert_line(probe, BLOCKS, probes["probe_accuracy_image_tokens"][i], marker="o",
@@ -242,6 +255,7 @@ def test_token_maps_show_images_and_score_grids(drawn):
     images, labels, scores = token_map_inputs()
     fig = drawn(plot_token_maps, images, labels, scores, blocks=[0, 2], size=(1.9 * 3, 1.9 * 2))
     axes = np.array(fig.axes).reshape(2, 3)
+    assert_grid(axes)
     for i in range(2):
         shown = axes[i, 0].images[0]
         np.testing.assert_array_equal(np.asarray(shown.get_array()),
