@@ -40,8 +40,7 @@ def run():
     with torch.no_grad():
         labels = model(images).argmax(-1)
     labels[:3] = (labels[:3] + 1) % 5
-    mask = torch.rand(10, 16, generator=gen) > 0.5
-    mask[:, 0], mask[:, 1] = True, False
+    mask = torch.rand(10, 16, generator=gen).argsort(-1) < 6  # 6 object patches per image
     train = torch.rand(20, 3, 16, 16, generator=gen)
     train_labels = torch.randint(0, 5, (20,), generator=gen)
     saes = {hook: new_topk_sae(d_in=16, d_sae=32, k=4, hook_name=hook, model_name="tiny", seed=i)
@@ -205,6 +204,13 @@ def test_importance_and_perturbation_entries(run):
     assert set(run.results.curves) == set(pert["curves"]) == set(pert["auc"]) == {
         *expected, "chefer_negative", "chefer_positive", "object_mask_negative",
         "object_mask_positive"}
+    # Reference ranking, object patches first: whatever the order within each group, removing
+    # the 6 most important (positive) removes exactly the object, the 10 least (negative) the
+    # context.
+    object_first = (~mask).long().argsort(dim=-1, stable=True)
+    for mode, k in (("positive", 6), ("negative", 10)):
+        assert pert["curves"][f"object_mask_{mode}"][k] == pytest.approx(
+            curve(run, object_first, mode)[k].item())
     diagnostics = pert["diagnostics"]
     assert set(diagnostics) == {"mode", "auc", "auc_inclusive", "curves",
                                 "least_important_quarter"}
