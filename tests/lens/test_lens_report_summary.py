@@ -214,6 +214,7 @@ def test_importance_and_perturbation_entries(run):
     diagnostics = pert["diagnostics"]
     assert set(diagnostics) == {"mode", "auc", "auc_inclusive", "curves",
                                 "least_important_quarter"}
+    assert diagnostics["mode"] == "negative"
     c0 = curve(run, imp.importance_order(by_block[0]))
     assert_close(diagnostics["curves"]["block_0_only"], c0.tolist())
     assert diagnostics["auc_inclusive"]["block_0_only"] == pytest.approx(
@@ -253,7 +254,7 @@ def test_features_per_top_class_lists_every_class():
     (1, {"block_0_only"}),  # one block: nothing is left without the last one
     (2, {"block_0_only", "block_1_only", "without_last_block"}),
 ])
-def test_diagnostic_parts_by_depth(n_layers, parts):
+def test_diagnostic_parts_by_depth(n_layers, parts, capfd):
     model = build_hooked_vit(tiny_vit_config(n_layers=n_layers), seed=0).eval()
     images = torch.rand(3, 3, 8, 8, generator=torch.Generator().manual_seed(0))
     results = run_lens(model, images=images, labels=torch.tensor([0, 1, 2]),
@@ -265,3 +266,4 @@ def test_diagnostic_parts_by_depth(n_layers, parts):
     assert "importance" not in results.summary and "context_vs_object" not in results.summary
     assert results.summary["memories"]["mlp"].keys().isdisjoint({"class_value_agreement"})
     assert results.feature_scores == {} and "feature_lens" not in results.summary
+    assert capfd.readouterr().err == ""  # progress=False: no progress bar anywhere
