@@ -9,6 +9,7 @@ from vit_prisma.configs.HookedViTConfig import HookedViTConfig
 from rrm_plugin.hosts.prisma import build_hooked_vit
 from rrm_plugin.lens.importance import (
     attention_gradient_importance,
+    check_order,
     importance_by_block,
     importance_order,
     keep_tokens_hook,
@@ -209,3 +210,10 @@ def test_importance_and_curve_input_checks(tiny_vit, tiny_images):
         use_wandb=False), seed=0)
     with pytest.raises(ValueError, match="needs a CLS token"):
         attention_gradient_importance(gap, tiny_images, labels=labels, progress=False)
+
+
+def test_order_must_permute_every_row():
+    check_order(torch.tensor([[2, 0, 1]]), n_images=1, n_patches=3)
+    with pytest.raises(ValueError) as err:
+        check_order(torch.tensor([[0, 1, 1]]), n_images=1, n_patches=3)
+    assert str(err.value) == "every row of order must be a permutation of 0..2"
