@@ -217,3 +217,11 @@ def test_order_must_permute_every_row():
     with pytest.raises(ValueError) as err:
         check_order(torch.tensor([[0, 1, 1]]), n_images=1, n_patches=3)
     assert str(err.value) == "every row of order must be a permutation of 0..2"
+
+
+@pytest.mark.parametrize("curve", [torch.ones(1), torch.ones(2, 3)])
+def test_auc_needs_a_curve_of_two_points_or_more(curve):
+    with pytest.raises(ValueError) as err:
+        perturbation_auc(curve)
+    assert str(err.value) == ("curve must be a 1-D tensor with at least 2 points, got shape "
+                              f"{list(curve.shape)}")

@@ -8,6 +8,7 @@ import torch
 from rrm_plugin.lens.metrics import (
     block_identifiability,
     change_rate,
+    check_object_mask,
     class_rank,
     context_vs_object,
     identifiability_score,
@@ -150,3 +151,9 @@ def test_context_vs_object_per_block_and_mask_checks():
         context_vs_object(scores, object_mask=mask[:, :2])
     with pytest.raises(TypeError, match="torch.bool"):
         context_vs_object(scores, object_mask=mask.float())
+
+
+def test_object_mask_of_the_wrong_type_is_named():
+    with pytest.raises(TypeError) as err:
+        check_object_mask([[True]], n_images=1, n_patches=1)
+    assert str(err.value) == "object_mask must be a bool tensor [1, 1], got list"
