@@ -64,3 +64,15 @@ def test_feature_lens_checks(hand, tiny_saes):
         feature_lens(hand.model, bad_hook)
     with pytest.raises(ValueError, match=r"top_k must be in \[1, 6\]"):
         feature_lens(hand.model, {}, top_k=7)
+
+
+def test_top_k_may_list_every_class_and_defaults_to_three(hand):
+    rows = torch.eye(hand.d)[[3, 0]]
+    saes = {"blocks.0.hook_resid_post": _sae(hand.d, rows)}
+    every = feature_lens(hand.model, saes, top_k=hand.d)["blocks.0.hook_resid_post"]
+    assert sorted(every.top_classes[0].tolist()) == list(range(hand.d))
+    assert every.top_scores[0].tolist() == sorted(every.scores[0].tolist(), reverse=True)
+    default = feature_lens(hand.model, saes)["blocks.0.hook_resid_post"]
+    assert default.top_classes.shape == (2, 3) and default.top_classes[:, 0].tolist() == [3, 0]
+    with pytest.raises(ValueError, match=r"top_k must be in \[1, 6\], got 0"):
+        feature_lens(hand.model, saes, top_k=0)

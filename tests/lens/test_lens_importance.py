@@ -9,6 +9,7 @@ from vit_prisma.configs.HookedViTConfig import HookedViTConfig
 from rrm_plugin.hosts.prisma import build_hooked_vit
 from rrm_plugin.lens.importance import (
     attention_gradient_importance,
+    check_order,
     importance_by_block,
     importance_order,
     keep_tokens_hook,
@@ -146,6 +147,12 @@ def test_importance_matches_a_per_image_per_block_recomputation(tiny_vit, tiny_i
                                progress=False)
     total = attention_gradient_importance(tiny_vit, tiny_images, labels=labels, progress=False)
     torch.testing.assert_close(total, fast.sum(0))
+    # The loss setting is passed on (and changes the result).
+    plain = importance_by_block(tiny_vit, tiny_images, labels=labels, softmax_before_ce=False,
+                                progress=False).sum(0)
+    assert not torch.allclose(plain, total)
+    torch.testing.assert_close(attention_gradient_importance(
+        tiny_vit, tiny_images, labels=labels, softmax_before_ce=False, progress=False), plain)
     n_layers = tiny_vit.cfg.n_layers
     slow = torch.zeros_like(fast)
     for i in range(len(tiny_images)):
@@ -203,3 +210,18 @@ def test_importance_and_curve_input_checks(tiny_vit, tiny_images):
         use_wandb=False), seed=0)
     with pytest.raises(ValueError, match="needs a CLS token"):
         attention_gradient_importance(gap, tiny_images, labels=labels, progress=False)
+
+
+def test_order_must_permute_every_row():
+    check_order(torch.tensor([[2, 0, 1]]), n_images=1, n_patches=3)
+    with pytest.raises(ValueError) as err:
+        check_order(torch.tensor([[0, 1, 1]]), n_images=1, n_patches=3)
+    assert str(err.value) == "every row of order must be a permutation of 0..2"
+
+
+@pytest.mark.parametrize("curve", [torch.ones(1), torch.ones(2, 3)])
+def test_auc_needs_a_curve_of_two_points_or_more(curve):
+    with pytest.raises(ValueError) as err:
+        perturbation_auc(curve)
+    assert str(err.value) == ("curve must be a 1-D tensor with at least 2 points, got shape "
+                              f"{list(curve.shape)}")

@@ -8,6 +8,7 @@ import torch
 from rrm_plugin.lens.metrics import (
     block_identifiability,
     change_rate,
+    check_object_mask,
     class_rank,
     context_vs_object,
     identifiability_score,
@@ -146,7 +147,34 @@ def test_context_vs_object_per_block_and_mask_checks():
     tests = context_vs_object(scores, object_mask=mask, n_permutations=200)
     assert tests[0].p_value == 1.0 and tests[0].difference == 0.0
     assert tests[1].difference == 1.0 and tests[1].p_value < 0.01
+    assert [t.n_permutations for t in tests] == [200, 200]
+    assert context_vs_object(scores, object_mask=mask)[0].n_permutations == 1000  # the default
     with pytest.raises(ValueError, match=r"object_mask has shape \[4, 2\], expected \[4, 3\]"):
         context_vs_object(scores, object_mask=mask[:, :2])
     with pytest.raises(TypeError, match="torch.bool"):
         context_vs_object(scores, object_mask=mask.float())
+
+
+def test_object_mask_of_the_wrong_type_is_named():
+    with pytest.raises(TypeError) as err:
+        check_object_mask([[True]], n_images=1, n_patches=1)
+    assert str(err.value) == "object_mask must be a bool tensor [1, 1], got list"
+
+
+def test_permutation_test_needs_one_group_flag_per_value():
+    with pytest.raises(ValueError) as err:
+        permutation_test(torch.ones(4), in_group=torch.ones(3, dtype=torch.bool))
+    assert str(err.value) == "values (4) and in_group (3) must have the same number of elements"
+
+
+def test_composition_counts_each_sublayer_separately():
+    # Top class after the block: [0, 1]. Previous residual: [0, 0]; attention: [0, 1]; MLP: [1, 0].
+    proj = ClassProjection(
+        embed=torch.tensor([[[1.0, 0.0], [1.0, 0.0]]]),
+        resid=torch.tensor([[[[1.0, 0.0], [0.0, 1.0]]]]),
+        attn=torch.tensor([[[[1.0, 0.0], [0.0, 1.0]]]]),
+        mlp=torch.tensor([[[[0.0, 1.0], [1.0, 0.0]]]]),
+    )
+    comp = residual_composition(proj)
+    assert [comp.previous.item(), comp.attn.item(), comp.mlp.item(), comp.composition.item()] == [
+        50.0, 100.0, 0.0, 0.0]

@@ -72,3 +72,21 @@ def test_compare_with_probes_shapes_and_consistency(tiny_vit, tiny_images):
     with pytest.raises(ValueError, match="out of range"):
         compare_with_probes(tiny_vit, train_images=train, train_labels=train_labels + 10,
                             test_images=tiny_images, test_labels=labels, progress=False)
+
+
+def test_default_penalty_is_sklearns_ridge_default():
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(1, 25, 4, generator=gen)
+    labels = torch.randint(0, 3, (25,), generator=gen)
+    targets = (2 * torch.nn.functional.one_hot(labels, 3) - 1).numpy()
+    ref = Ridge().fit(x[0].double().numpy(), targets)
+    probes = fit_ridge_probes(x, labels=labels, n_classes=3)
+    torch.testing.assert_close(probes.weight[0], torch.tensor(ref.coef_.T, dtype=torch.float32),
+                               atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("shape", [(8, 4), (2, 7, 4)])
+def test_fit_rejects_features_of_the_wrong_shape(shape):
+    with pytest.raises(ValueError) as err:
+        fit_ridge_probes(torch.zeros(shape), labels=torch.zeros(8, dtype=torch.long), n_classes=2)
+    assert str(err.value) == f"features must be [probe, n=8, d], got {list(shape)}"

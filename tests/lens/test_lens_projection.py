@@ -5,6 +5,7 @@ from rrm_plugin.hosts.prisma import build_hooked_vit
 from rrm_plugin.lens.metrics import class_rank
 from rrm_plugin.lens.probes import compare_with_probes
 from rrm_plugin.lens.projection import (
+    check_class_head,
     check_labels,
     n_patches,
     project,
@@ -166,3 +167,24 @@ def test_label_checks():
         check_labels(torch.tensor([0, 1]), n_classes=6, n_images=3)
     with pytest.raises(TypeError, match="integer tensor"):
         check_labels(torch.tensor([0.0, 1.0]), n_classes=6, n_images=2)
+
+
+def test_label_bounds_and_messages():
+    assert check_labels(torch.tensor([0, 5]), n_classes=6, n_images=2).tolist() == [0, 5]
+    with pytest.raises(ValueError) as err:
+        check_labels(torch.tensor([6, 0]), n_classes=6, n_images=2)
+    assert str(err.value) == ("label 6 out of range: the model has 6 classes "
+                              "(labels must be in [0, 5])")
+    with pytest.raises(TypeError) as err:
+        check_labels([0, 1], n_classes=6, n_images=2)
+    assert str(err.value) == "labels must be an integer tensor of shape [2], got list"
+
+
+def test_class_head_checks(hand):
+    check_class_head(build_hooked_vit(hand.config(n_classes=2), seed=0))  # two classes are enough
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        check_class_head(build_hooked_vit(hand.config(n_classes=1), seed=0))
+    with pytest.raises(ValueError) as err:
+        check_class_head(build_hooked_vit(hand.config(attn_only=True), seed=0))
+    assert str(err.value) == ("the lens needs pre-LN blocks with attention and MLP (got attn_only "
+                              "or use_bert_block=True)")

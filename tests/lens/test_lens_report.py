@@ -105,6 +105,7 @@ def test_run_lens_on_a_mean_pooled_model(hand, lens_inputs):
     assert set(summary["perturbation"]["auc"]) == {
         "random_per_image", "random_shared", "object_mask_negative", "object_mask_positive"}
     assert "diagnostics" not in summary["perturbation"]
+    assert results.importance.shape == (10, 4) and results.importance.isnan().all()
     for name in ("random_per_image", "random_shared"):
         assert summary["perturbation"]["curves"][name][0] == pytest.approx(summary["accuracy"])
 
