@@ -242,3 +242,21 @@ def test_float32_inputs_are_summarised_in_float64():
     nodes = axis_positions("nodes", sweep=(0.0, 0.5, 1.0), node_counts=counts32, node_total=9)
     assert nodes.dtype == np.float64
     np.testing.assert_array_equal(nodes, counts32.astype(np.float64).mean(0) / 9)
+
+
+def test_plot_of_two_images_has_standard_error_bands_in_a_new_folder(monkeypatch, tmp_path):
+    import matplotlib.pyplot as plt
+
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    res = curves_result(methods=("rrm",), n_images=2)
+    path = plot_faithfulness(res, tmp_path / "new" / "nested" / "f.png")  # parents created
+    assert path.read_bytes()[:4] == b"\x89PNG"
+    verts = figures[0].axes[0].collections[0].get_paths()[0].vertices
+    y = res.image_curves["rrm"]["insertion"]["logit"]
+    se = np.abs(y[0] - y[1]) / 2  # s.d. (ddof 1) of two values / sqrt(2)
+    for k in range(len(SWEEP)):
+        at = verts[np.isclose(verts[:, 0], k)][:, 1]
+        np.testing.assert_allclose([at.min(), at.max()], [y.mean(0)[k] - se[k],
+                                                          y.mean(0)[k] + se[k]])
+    plt.close("all")

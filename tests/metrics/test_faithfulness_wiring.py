@@ -2,6 +2,8 @@
 generators, image subset and progress bars reach every method; neuron circuits are applied in
 both modes; the small summary helpers' edge cases."""
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -194,7 +196,7 @@ def test_progress_bar_of_the_run_only(vit, saes, images, baselines, capsys):
     assert capsys.readouterr().err == ""  # the correctness pass shows no bar
     evaluate_faithfulness(vit, saes, images, labels, baselines=baselines,
                           config=FaithfulnessConfig(sweep=SWEEP, methods=("random_authors",)))
-    assert "faithfulness" in capsys.readouterr().err  # shown by default
+    assert re.search(r"(^|\r)faithfulness: ", capsys.readouterr().err)  # shown by default
     evaluate_faithfulness(vit, saes, images, labels, baselines=baselines, progress=False,
                           config=FaithfulnessConfig(sweep=SWEEP, methods=("random_authors",)))
     assert capsys.readouterr().err == ""
