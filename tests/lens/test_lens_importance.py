@@ -121,8 +121,9 @@ def test_object_share_of_the_least_important_patches():
     # Last half: {2, 3} of image 0 (both object), {1, 0} of image 1 (one object): 3 / 4.
     assert least_important_object_share(order, object_mask=mask, fraction=0.5) == 0.75
     assert least_important_object_share(order, object_mask=mask, fraction=1.0) == 0.375
-    with pytest.raises(ValueError, match="fraction"):
-        least_important_object_share(order, object_mask=mask, fraction=0.0)
+    for fraction in (0.0, 1.5):
+        with pytest.raises(ValueError, match=rf"^fraction must be in \(0, 1\], got {fraction}$"):
+            least_important_object_share(order, object_mask=mask, fraction=fraction)
     with pytest.raises(ValueError, match="object_mask has shape"):
         least_important_object_share(order, object_mask=mask[:, :3])
 
@@ -217,6 +218,10 @@ def test_order_must_permute_every_row():
     with pytest.raises(ValueError) as err:
         check_order(torch.tensor([[0, 1, 1]]), n_images=1, n_patches=3)
     assert str(err.value) == "every row of order must be a permutation of 0..2"
+    with pytest.raises(ValueError) as err:
+        check_order(torch.tensor([[0, 1, 2]]), n_images=2, n_patches=3)
+    assert str(err.value) == ("order has shape [1, 3], expected [2, 3] (a permutation of the "
+                              "patch indices per image)")
 
 
 @pytest.mark.parametrize("curve", [torch.ones(1), torch.ones(2, 3)])

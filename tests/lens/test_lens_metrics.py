@@ -178,3 +178,30 @@ def test_composition_counts_each_sublayer_separately():
     comp = residual_composition(proj)
     assert [comp.previous.item(), comp.attn.item(), comp.mlp.item(), comp.composition.item()] == [
         50.0, 100.0, 0.0, 0.0]
+
+
+def test_sublayer_class_change_is_the_output_minus_the_entering_residual():
+    from rrm_plugin.lens.metrics import sublayer_class_change
+
+    proj = ClassProjection(
+        embed=torch.tensor([[[1.0, 3.0], [0.5, 2.0]]]),  # [batch=1, pos=2, C=2]
+        resid=torch.tensor([[[[4.0, 0.0], [1.0, 7.0]]], [[[0.0, 0.0], [0.0, 0.0]]]]),
+        attn=torch.tensor([[[[2.0, 5.0], [0.0, 1.0]]], [[[9.0, 6.0], [3.0, 8.0]]]]),
+        mlp=torch.zeros(2, 1, 2, 2),
+    )
+    change = sublayer_class_change(proj, labels=torch.tensor([1]), kind="attn")
+    # Block 0: attn class-1 logits (5, 1) minus the embeddings' (3, 2); block 1: (6, 8) minus
+    # block 0's residual (0, 7).
+    assert change.tolist() == [[[2.0, -1.0]], [[6.0, 1.0]]]
+
+
+def test_context_vs_object_draws_block_i_with_seed_plus_i():
+    rng = torch.Generator().manual_seed(0)
+    scores = torch.rand(3, 5, 6, generator=rng)
+    mask = torch.rand(5, 6, generator=rng) > 0.5
+    tests = context_vs_object(scores, object_mask=mask, n_permutations=50, seed=7)
+    for i, got in enumerate(tests):
+        want = permutation_test(scores[i].flatten(), in_group=mask.flatten(), n_permutations=50,
+                                seed=7 + i)
+        assert got == want
+    assert len({t.p_value for t in tests}) > 1

@@ -149,8 +149,11 @@ def test_batching_does_not_change_the_projection(tiny_vit, tiny_images):
 
 def test_model_without_class_head_is_rejected(hand, tiny_images):
     model = build_hooked_vit(hand.config(return_type="pre_logits"), seed=0)
-    with pytest.raises(ValueError, match="class head"):
+    with pytest.raises(ValueError) as err:
         project_images(model, tiny_images, progress=False)
+    assert str(err.value) == ("model has return_type='pre_logits'; the class-embedding lens needs "
+                              "a class head (return_type='class_logits', head.W_H [d_model, "
+                              "n_classes])")
     with pytest.raises(TypeError, match="HookedViT"):
         project_images(torch.nn.Linear(2, 2), tiny_images, progress=False)
 
@@ -182,6 +185,9 @@ def test_label_bounds_and_messages():
 
 def test_class_head_checks(hand):
     check_class_head(build_hooked_vit(hand.config(n_classes=2), seed=0))  # two classes are enough
+    with pytest.raises(TypeError) as err:
+        check_class_head(torch.nn.Linear(2, 2))
+    assert str(err.value) == "model must be a vit_prisma HookedViT, got Linear"
     with pytest.raises(ValueError, match="at least 2 classes"):
         check_class_head(build_hooked_vit(hand.config(n_classes=1), seed=0))
     with pytest.raises(ValueError) as err:
