@@ -135,8 +135,9 @@ def test_edge_entries_of_sparse_matrices():
     assert (rows.tolist(), cols.tolist(), weights.tolist()) == ([1, 2], [1, 1], [-0.75, 0.25])
     other = torch.sparse_coo_tensor(torch.tensor([[0], [1]]), torch.tensor([True]), edge.shape,
                                     check_invariants=True)
-    with pytest.raises(ValueError, match="a sparse edge matrix takes a sparse mask over its "
-                                         "stored entries"):
+    with pytest.raises(ValueError, match=r"^a sparse edge matrix takes a sparse mask over its "
+                                         r"stored entries \(as prune_by_influence returns\); "
+                                         r"got other indices$"):
         edge_entries(edge, other)
 
 
@@ -144,5 +145,8 @@ def test_sparse_graphs_refuse_dense_only_code():
     assert sparse_token_hand_graph().sparse_edges and not feature_hand_graph().sparse_edges
     feature_hand_graph().require_dense_edges("pruning")
     with pytest.raises(ValueError, match=r"^circuit figures needs dense edge matrices; this token "
-                                         r"graph keeps only each node's strongest in-edges"):
+                                         r"graph keeps only each node's strongest in-edges "
+                                         r"\(EngineConfig\(token_top_k=\.\.\.\)\)\. Prune it "
+                                         r"with prune_by_influence, or attribute without "
+                                         r"token_top_k if it fits in memory$"):
         sparse_token_hand_graph().require_dense_edges("circuit figures")
