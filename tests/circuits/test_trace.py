@@ -186,3 +186,63 @@ def test_trace_demo_on_the_tiny_model(monkeypatch, vit, saes, baselines, referen
     assert "rrm demo: circuits of held-out digits" in index
     for i in chosen:
         assert f"image_{i:04d}/circuit.html" in index and f"image {i}" in index
+
+
+def test_trace_passes_its_settings_to_the_figure_viewer_and_files(
+        monkeypatch, vit, saes, images, baselines, reference_images, tmp_path):
+    """What `trace_image` hands to `plot_circuit` and `build_viewer` (both recorded here), the
+    graph.json edge cap, and the metadata kept in the lossless graph."""
+    import rrm_plugin.circuits.trace as trace_module
+    import rrm_plugin.viewer.build as viewer_build
+    from rrm_plugin.circuits.circuit import Circuit as CircuitType
+    from rrm_plugin.lens.features import feature_lens
+
+    calls = {}
+    monkeypatch.setattr(trace_module, "plot_circuit",
+                        lambda *args, **kwargs: calls.__setitem__("figure", (args, kwargs)))
+    monkeypatch.setattr(viewer_build, "build_viewer",
+                        lambda graph, **kwargs: calls.__setitem__("viewer", (graph, kwargs)))
+    monkeypatch.setattr(viewer_build, "write_viewer",
+                        lambda out_dir, payload: calls.__setitem__("written", out_dir))
+
+    def display(x):
+        return x * 0.5 + 0.25
+
+    config = TraceConfig(target_class=2, node_threshold=0.7, edge_threshold=0.95,
+                         max_nodes_per_layer=3, max_json_edges=5)
+    image, refs = images[2], reference_images[:5]
+    summary = trace_image(vit, saes, image, baselines=baselines, out_dir=tmp_path,
+                          reference_images=refs, config=config, metadata={"model": "tiny-x"},
+                          display=display, class_names=list("abcdefghij"), cards={"c": 1})
+    (graph, circuit, shown), kwargs = calls["figure"]
+    assert graph.target_class == 2 and isinstance(circuit, CircuitType)
+    assert circuit.node_count == summary["circuit_nodes"]
+    torch.testing.assert_close(shown, display(image))
+    features = {h: circuit.layer_features(k) for k, h in enumerate(circuit.hook_names)}
+    assert kwargs.pop("examples") == top_patches(vit, saes, refs, features)
+    torch.testing.assert_close(kwargs.pop("reference_images"), display(refs))
+    classes = kwargs.pop("feature_classes")
+    want_classes = feature_lens(vit, saes, top_k=1)
+    assert set(classes) == set(want_classes)
+    for h, fc in want_classes.items():
+        assert torch.equal(classes[h], fc.top_classes[:, 0])
+    assert kwargs == {
+        "path": tmp_path / "circuit.png", "patch_size": vit.cfg.patch_size, "n_prefix": 1,
+        "max_nodes_per_layer": 3,
+        "title": (f"class 2: {summary['circuit_nodes']} nodes keep "
+                  f"{summary['insertion']['adjusted_logit']:.2f} of {summary['value']:.2f} "
+                  "adjusted logit"),
+    }
+    viewer_graph, viewer = calls["viewer"]
+    assert viewer_graph is graph and calls["written"] == tmp_path
+    assert viewer.pop("model") is vit and viewer.pop("saes") is saes
+    assert viewer.pop("image") is image and viewer.pop("baselines") is baselines
+    assert viewer.pop("display") is display
+    assert viewer == {"class_names": list("abcdefghij"), "cards": {"c": 1},
+                      "all_at_baseline": summary["all_at_baseline"], "title": "tiny-x: class 2",
+                      "default_params": {"node_threshold": 0.7, "edge_threshold": 0.95}}
+    data = json.loads((tmp_path / "graph.json").read_text())
+    assert len(data["edges"]) == 5 < data["edges_total"]
+    assert Graph.load(tmp_path / "graph.lossless").metadata == {"model": "tiny-x",
+                                                                "baselines": "median",
+                                                                "edges": True}
