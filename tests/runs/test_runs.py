@@ -116,7 +116,13 @@ def test_ctrl_c_leaves_complete_chunks_and_the_rerun_gives_the_exact_median(
         return path
 
     monkeypatch.setattr(ChunkStore, "save", interrupted)
-    assert main(baselines_argv(tmp_path, images)) == 130
+    # A suite started in the background by a non-interactive shell inherits SIGINT ignored, and
+    # Python then installs no KeyboardInterrupt handler: install it for this test.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        assert main(baselines_argv(tmp_path, images)) == 130
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert len(chunk_files(tmp_path / "chunks")) == 1
     assert not (tmp_path / "b.safetensors").exists()
     monkeypatch.setattr(ChunkStore, "save", save)
