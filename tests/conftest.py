@@ -28,6 +28,20 @@ def _seeded_global_generators():
     torch.manual_seed(0)
 
 
+@pytest.fixture
+def kept_figures(monkeypatch):
+    """The figures the code under test closes, kept open for inspection (`plt.close(fig)`
+    records them, in order); every figure is really closed after the test."""
+    from rrm_plugin.plotting import pyplot
+
+    plt = pyplot()
+    close = plt.close  # the patched name would only record "all" at teardown
+    kept = []
+    monkeypatch.setattr(plt, "close", kept.append)
+    yield kept
+    close("all")
+
+
 def tiny_vit_config(**overrides) -> HookedViTConfig:
     base = dict(
         n_layers=3, d_model=16, d_head=4, n_heads=4, d_mlp=32, activation_name="gelu", eps=1e-5,

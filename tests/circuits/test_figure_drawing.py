@@ -34,12 +34,9 @@ def hand_graph_and_circuit():
 
 
 @pytest.fixture
-def drawn(monkeypatch, tmp_path):
+def drawn(kept_figures, tmp_path):
     """plot_circuit's figure, kept open (its `plt.close` recorded instead)."""
-    import matplotlib.pyplot as plt
-
-    figures = []
-    monkeypatch.setattr(plt, "close", figures.append)
+    figures = kept_figures
 
     def draw(**kwargs):
         graph, circuit = hand_graph_and_circuit()
@@ -50,8 +47,7 @@ def drawn(monkeypatch, tmp_path):
         fig = figures.pop()
         return fig, fig.axes[1]
 
-    yield draw
-    plt.close("all")
+    return draw
 
 
 # Hand layout: layer 0 shows F1 (+2), F4 (-1) of its 3 latents, then its selected error node;

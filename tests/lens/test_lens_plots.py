@@ -54,14 +54,13 @@ def hand_summary(n_prefix=1):
 
 
 @pytest.fixture
-def drawn(monkeypatch, tmp_path):
+def drawn(kept_figures, tmp_path):
     """Calls a plot function and returns its figure, kept open (`plt.close` recorded instead);
     checks the returned path and that the PNG is figsize x 110 dpi pixels."""
     import matplotlib.pyplot as plt
 
     default_left = plt.rcParams["figure.subplot.left"]
-    figures = []
-    monkeypatch.setattr(plt, "close", figures.append)
+    figures = kept_figures
 
     def draw(plot, *args, size, **kwargs):
         path = tmp_path / "p.png"
@@ -75,8 +74,7 @@ def drawn(monkeypatch, tmp_path):
         assert fig.axes[0].get_position().x0 != pytest.approx(default_left)
         return fig
 
-    yield draw
-    plt.close("all")
+    return draw
 
 
 def assert_grid(axes):

@@ -26,14 +26,9 @@ def images_and_labels():
 
 
 @pytest.fixture
-def figures(monkeypatch):
+def figures(kept_figures):
     """Every figure the report draws, in order, kept open."""
-    import matplotlib.pyplot as plt
-
-    kept = []
-    monkeypatch.setattr(plt, "close", kept.append)
-    yield kept
-    plt.close("all")
+    return kept_figures
 
 
 def test_report_files_round_trip(tmp_path, figures):

@@ -114,12 +114,9 @@ def test_table_signs_negative_and_positive_differences():
 
 
 @pytest.fixture
-def drawn(monkeypatch, tmp_path):
+def drawn(kept_figures, tmp_path):
     """plot_faithfulness's figure, kept open (its `plt.close` recorded instead)."""
-    import matplotlib.pyplot as plt
-
-    figures = []
-    monkeypatch.setattr(plt, "close", figures.append)
+    figures = kept_figures
 
     def draw(res):
         path = plot_faithfulness(res, tmp_path / "sub" / "f.png")
@@ -127,8 +124,7 @@ def drawn(monkeypatch, tmp_path):
         assert len(figures) == 1
         return figures.pop(), path
 
-    yield draw
-    plt.close("all")
+    return draw
 
 
 @pytest.mark.parametrize("criterion,symbol", [("topn", "p"), ("threshold", "tau")])
@@ -244,19 +240,14 @@ def test_float32_inputs_are_summarised_in_float64():
     np.testing.assert_array_equal(nodes, counts32.astype(np.float64).mean(0) / 9)
 
 
-def test_plot_of_two_images_has_standard_error_bands_in_a_new_folder(monkeypatch, tmp_path):
-    import matplotlib.pyplot as plt
-
-    figures = []
-    monkeypatch.setattr(plt, "close", figures.append)
+def test_plot_of_two_images_has_standard_error_bands_in_a_new_folder(kept_figures, tmp_path):
     res = curves_result(methods=("rrm",), n_images=2)
     path = plot_faithfulness(res, tmp_path / "new" / "nested" / "f.png")  # parents created
     assert path.read_bytes()[:4] == b"\x89PNG"
-    verts = figures[0].axes[0].collections[0].get_paths()[0].vertices
+    verts = kept_figures[0].axes[0].collections[0].get_paths()[0].vertices
     y = res.image_curves["rrm"]["insertion"]["logit"]
     se = np.abs(y[0] - y[1]) / 2  # s.d. (ddof 1) of two values / sqrt(2)
     for k in range(len(SWEEP)):
         at = verts[np.isclose(verts[:, 0], k)][:, 1]
         np.testing.assert_allclose([at.min(), at.max()], [y.mean(0)[k] - se[k],
                                                           y.mean(0)[k] + se[k]])
-    plt.close("all")
