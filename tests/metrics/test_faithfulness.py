@@ -38,6 +38,7 @@ from rrm_plugin.metrics.faithfulness import (
 )
 from rrm_plugin.replacement.splice import replacement
 from tests.circuits.test_circuit import baseline_model_logits
+from tests.metrics.oracles import adjusted, trapezoid_auc
 
 SWEEP = (0.0, 0.1, 0.5, 1.0)
 
@@ -49,10 +50,6 @@ def result(vit, saes, reference_images, baselines):
     config = FaithfulnessConfig(sweep=SWEEP, batch_size=4)
     return evaluate_faithfulness(vit, saes, images, labels, baselines=baselines, config=config,
                                  progress=False), images, labels
-
-
-def adjusted(logits, labels):
-    return (logits.gather(-1, labels[:, None])[:, 0] - logits.mean(-1)).mean()
 
 
 # ---- AUC axes and margins on hand-built curves -----------------------------------------------
@@ -164,8 +161,7 @@ def check_json_aucs(data):
                 np.testing.assert_allclose(data["axes"][axis][method][mode], x[axis])
                 for q in SCORED:
                     y = np.array(quantities[q])
-                    per_image = ((y[:, 1:] + y[:, :-1]) / 2 * np.diff(x[axis])).sum(1) / (
-                        x[axis][-1] - x[axis][0])
+                    per_image = trapezoid_auc(y, x[axis])
                     reported = data["auc"][axis][method][mode][q]
                     assert reported["mean"] == pytest.approx(per_image.mean(), abs=1e-9)
                     assert reported["se"] == pytest.approx(
@@ -440,5 +436,4 @@ def test_image_aucs_equal_the_hand_written_trapezoid_bit_for_bit():
     rng = np.random.default_rng(0)
     for n in (2, 3, 11):
         y, x = rng.normal(size=(20, n)), np.sort(rng.uniform(size=n))
-        by_hand = ((y[:, 1:] + y[:, :-1]) / 2 * np.diff(x)).sum(-1) / (x[-1] - x[0])
-        np.testing.assert_array_equal(image_aucs(y, x=x), by_hand)
+        np.testing.assert_array_equal(image_aucs(y, x=x), trapezoid_auc(y, x))

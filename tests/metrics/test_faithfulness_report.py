@@ -11,6 +11,7 @@ from rrm_plugin.metrics.faithfulness import (
     FaithfulnessResult,
     plot_faithfulness,
 )
+from tests.metrics.oracles import trapezoid_auc
 
 SWEEP = (0.0, 0.25, 0.5, 1.0)
 QUANTITIES = ("logit", "adjusted_logit", "probability", "accuracy")
@@ -34,12 +35,6 @@ def curves_result(methods=("rrm", "random", "neuron"), n_images=3, criterion="to
             curves[m][mode] = qs
     return FaithfulnessResult(config=config, image_indices=list(range(n_images)),
                               image_curves=curves, node_totals={m: NODE_TOTAL for m in methods})
-
-
-def trapezoid_auc(y, x):
-    """Per-image mean height: trapezoids over x divided by x's range (written out here)."""
-    y, x = np.asarray(y, dtype=float), np.asarray(x, dtype=float)
-    return ((y[:, 1:] + y[:, :-1]) / 2 * (x[1:] - x[:-1])).sum(1) / (x[-1] - x[0])
 
 
 def x_of(res, method, mode, axis):
@@ -233,7 +228,7 @@ def test_float32_inputs_are_summarised_in_float64():
     assert margin.ratio.mean == float(a.mean() / b.mean())
     y32 = a32[:7]
     x = np.linspace(0, 1, 7)
-    assert auc(y32) == float(((a[:7][1:] + a[:7][:-1]) / 2 * np.diff(x)).sum() / 1.0)
+    assert auc(y32) == float(trapezoid_auc(a[:7], x))
     counts32 = rng.uniform(0, 9, size=(500, 3)).astype(np.float32)
     nodes = axis_positions("nodes", sweep=(0.0, 0.5, 1.0), node_counts=counts32, node_total=9)
     assert nodes.dtype == np.float64

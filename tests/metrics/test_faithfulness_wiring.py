@@ -26,6 +26,7 @@ from rrm_plugin.metrics.faithfulness import (
     sae_layout,
     select_images,
 )
+from tests.metrics.oracles import adjusted, trapezoid_auc
 
 SWEEP = (0.0, 0.5, 1.0)
 
@@ -150,10 +151,6 @@ def resid_at_baseline_logits(vit, hook_names, images, baselines):
         return vit.run_with_hooks(images, fwd_hooks=hooks)
 
 
-def adjusted(logits, labels):
-    return (logits.gather(-1, labels[:, None])[:, 0] - logits.mean(-1)).mean()
-
-
 def test_neuron_circuits_in_both_modes_end_points(vit, saes, reference_images, baselines):
     images = reference_images[:4]
     labels = vit(images).argmax(-1).detach()
@@ -228,7 +225,6 @@ def test_image_aucs_of_float32_curves_and_of_no_points():
     y32 = rng.normal(size=(300, 5)).astype(np.float32)
     x32 = np.sort(rng.uniform(size=5)).astype(np.float32)
     y, x = y32.astype(np.float64), x32.astype(np.float64)
-    want = ((y[:, 1:] + y[:, :-1]) / 2 * np.diff(x)).sum(-1) / (x[-1] - x[0])
-    np.testing.assert_allclose(image_aucs(y32, x=x32), want, rtol=1e-12)
+    np.testing.assert_allclose(image_aucs(y32, x=x32), trapezoid_auc(y, x), rtol=1e-12)
     empty = image_aucs(np.zeros((3, 0)), x=np.zeros(0))
     assert empty.shape == (3,) and np.isnan(empty).all()
