@@ -81,7 +81,8 @@ def screenshot(path: Path, payload: dict, out: Path) -> None:
 
 def digits_page(out_dir: Path) -> tuple[Path, dict]:
     import rrm_plugin
-    from rrm_plugin.attribution import attribute, load_release_baselines
+    from rrm_plugin.attribution import attribute
+    from rrm_plugin.zoo.baselines import load_release_baselines
     from rrm_plugin.viewer.build import build_viewer, write_viewer
 
     model = rrm_plugin.load_model("digits-vit")

@@ -26,10 +26,10 @@ _LAZY = {
     "run_lens": "rrm_plugin.lens.report",
     "FeatureIntervention": "rrm_plugin.replacement.interventions",
     "intervention_hooks": "rrm_plugin.replacement.interventions",
-    "load_saes": "rrm_plugin.saes.registry",
+    "load_saes": "rrm_plugin.zoo.releases",
     "register_sae_release": "rrm_plugin.saes.registry",
     "load_model": "rrm_plugin.zoo.models",
-    "load_test_set": "rrm_plugin.data",
+    "load_test_set": "rrm_plugin.zoo.datasets",
 }
 
 

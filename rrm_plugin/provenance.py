@@ -15,6 +15,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from rrm_plugin.io import CorruptFileError, read_json, write_json
+
 PROVENANCE_FILENAME = "provenance.json"
 FINGERPRINT_ATTR = "rrm_weights_fingerprint"  # set on models loaded from files, before any cast
 
@@ -23,8 +25,12 @@ class ProvenanceError(ValueError):
     """Artifacts built on different weights than the ones they are used with."""
 
 
-def weights_fingerprint(state: Mapping[str, Tensor]) -> str:
-    """Short hash of a state dict (names, dtypes, shapes and values)."""
+SAE_WEIGHTS = ("W_enc", "W_dec", "b_enc", "b_dec")
+
+
+def fingerprint(state: Mapping[str, Tensor]) -> str:
+    """Short hash of named tensors (names, dtypes, shapes and values): the one fingerprint of
+    model weights, SAE weights and cached text towers."""
     digest = hashlib.sha256()
     for name in sorted(state):
         tensor = state[name].detach().cpu().contiguous()
@@ -37,21 +43,23 @@ def weights_fingerprint(state: Mapping[str, Tensor]) -> str:
 def model_fingerprint(model: nn.Module) -> str:
     """The fingerprint of the weights `model` was loaded from (else of its current weights)."""
     stored = getattr(model, FINGERPRINT_ATTR, None)
-    return stored if stored is not None else weights_fingerprint(model.state_dict())
+    return stored if stored is not None else fingerprint(model.state_dict())
+
+
+def sae_fingerprint(sae) -> str:
+    """The fingerprint of an SAE's weights: baselines are only valid for the SAEs they came from."""
+    return fingerprint({name: getattr(sae, name) for name in SAE_WEIGHTS})
 
 
 def remember_fingerprint(model: nn.Module, state: Mapping[str, Tensor] | None = None) -> nn.Module:
     """Record the fingerprint of `state` (default: the model's weights now) on the model."""
     setattr(model, FINGERPRINT_ATTR,
-            weights_fingerprint(model.state_dict() if state is None else state))
+            fingerprint(model.state_dict() if state is None else state))
     return model
 
 
 def write_release_provenance(directory: Path, *, model: nn.Module, model_name: str,
                              saes: Mapping) -> Path:
-    from rrm_plugin.attribution.baselines import sae_fingerprint
-    from rrm_plugin.io import write_json
-
     return write_json(Path(directory) / PROVENANCE_FILENAME, {
         "model_name": model_name, "model_fingerprint": model_fingerprint(model),
         "sae_fingerprints": {h: sae_fingerprint(s) for h, s in saes.items()},
@@ -59,8 +67,6 @@ def write_release_provenance(directory: Path, *, model: nn.Module, model_name: s
 
 
 def read_release_provenance(directory: Path) -> dict | None:
-    from rrm_plugin.io import CorruptFileError, read_json
-
     path = Path(directory) / PROVENANCE_FILENAME
     if not path.is_file():
         return None
@@ -74,8 +80,6 @@ def check_release_provenance(directory: Path, *, model: nn.Module | None, saes: 
                              release: str) -> None:
     """Raise `ProvenanceError` if the SAEs in `directory` were trained on other model weights,
     or if the loaded SAEs are not the ones the release recorded."""
-    from rrm_plugin.attribution.baselines import sae_fingerprint
-
     data = read_release_provenance(directory)
     if data is None:
         return

@@ -241,7 +241,8 @@ import json, sys, traceback
 from pathlib import Path
 import torch
 import rrm_plugin
-from rrm_plugin.attribution import Graph, attribute, load_release_baselines
+from rrm_plugin.attribution import Graph, attribute
+from rrm_plugin.zoo.baselines import load_release_baselines
 model = rrm_plugin.load_model("digits-vit")
 saes = rrm_plugin.load_saes("rrm-digits-vit")
 images = rrm_plugin.load_test_set("digits-vit").images[:2]
@@ -275,7 +276,8 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 import rrm_plugin
-from rrm_plugin.attribution import attribute, load_release_baselines
+from rrm_plugin.attribution import attribute
+from rrm_plugin.zoo.baselines import load_release_baselines
 from rrm_plugin.hosts.prisma import build_hooked_vit
 from rrm_plugin.zoo.models import digits_vit_config, save_model
 

@@ -3,8 +3,6 @@
 from rrm_plugin.attribution.baselines import (
     Baselines,
     compute_baselines,
-    load_release_baselines,
-    release_baselines_path,
 )
 from rrm_plugin.attribution.engine import EngineConfig
 from rrm_plugin.attribution.forward import attribution_forward
@@ -33,6 +31,4 @@ __all__ = [
     "dense_scores",
     "frozen",
     "linearised",
-    "load_release_baselines",
-    "release_baselines_path",
 ]

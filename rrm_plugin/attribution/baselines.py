@@ -4,12 +4,12 @@ The attribution is gradient x (activation - baseline); insertion / deletion set 
 baseline. Baselines are the median (default) or mean over a reference image set, computed per
 token position through the host cache API with the SAEs spliced in (error kept, so the model is
 exact). They are saved as `baselines.safetensors` next to an SAE release, with a fingerprint of
-the SAE weights so stale baselines are rejected.
+the SAE weights so stale baselines are rejected. Which file belongs to a named release is the
+zoo's business (`rrm_plugin.zoo.baselines`).
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,20 +21,13 @@ from sae_lens import SAE
 from torch import Tensor, nn
 
 from rrm_plugin.io import CorruptFileError, read_tensors, write_tensors
+from rrm_plugin.provenance import ProvenanceError, model_fingerprint, sae_fingerprint
 from rrm_plugin.replacement.splice import replacement
 from rrm_plugin.runs.sharded import concat, map_batches
 
 Statistic = Literal["median", "mean", "zero"]
 BASELINES_FILENAME = "baselines.safetensors"
 _KINDS = ("features", "errors", "resid")
-
-
-def sae_fingerprint(sae: SAE) -> str:
-    """Short hash of an SAE's weights: baselines are only valid for the SAEs they came from."""
-    digest = hashlib.sha256()
-    for name in ("W_enc", "W_dec", "b_enc", "b_dec"):
-        digest.update(getattr(sae, name).detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -67,8 +60,6 @@ class Baselines:
               model: nn.Module | None = None) -> None:
         """Raise if these baselines were not computed for `saes` (and `n_tokens` positions, and
         `model`'s weights when both are known)."""
-        from rrm_plugin.provenance import ProvenanceError, model_fingerprint
-
         if model is not None and self.model_fingerprint is not None:
             have = model_fingerprint(model)
             if have != self.model_fingerprint:
@@ -148,8 +139,9 @@ def require_baselines(baselines, *, caller: str) -> Baselines:
     if not isinstance(baselines, Baselines):
         raise TypeError(
             f"{caller} needs baselines=, got {baselines!r}: e.g. "
-            "load_release_baselines(release, saes), compute_baselines(model, saes, images) or "
-            "Baselines.zeros(saes, n_tokens=...) from rrm_plugin.attribution.baselines")
+            "load_release_baselines(release, saes) from rrm_plugin.zoo.baselines, "
+            "compute_baselines(model, saes, images) or Baselines.zeros(saes, n_tokens=...) from "
+            "rrm_plugin.attribution.baselines")
     return baselines
 
 
@@ -172,8 +164,6 @@ def compute_baselines(
     progress: bool = True,
 ) -> Baselines:
     """Median or mean over `images` of latents, errors and residual, per token position."""
-    from rrm_plugin.provenance import model_fingerprint
-
     if statistic not in ("median", "mean"):
         raise ValueError(f"unknown baseline statistic {statistic!r}; expected 'median' or 'mean'")
     if len(images) == 0:
@@ -197,36 +187,3 @@ def compute_baselines(
         n_images=len(images),
         model_fingerprint=model_fingerprint(model),
     )
-
-
-def cached_baselines_path(release: str) -> Path:
-    """Where `rrm baselines` writes by default: into the folder of a release given as a folder,
-    else the user cache (never the package's shipped files)."""
-    from rrm_plugin.zoo.hub_models import cache_dir
-
-    if Path(release).is_dir():
-        return Path(release) / BASELINES_FILENAME
-    return cache_dir() / "baselines" / f"{release}.safetensors"
-
-
-def release_baselines_path(release: str) -> Path:
-    from rrm_plugin.zoo.releases import SAE_RELEASES
-
-    if release not in SAE_RELEASES:
-        raise KeyError(f"unknown SAE release {release!r}; shipped releases: {sorted(SAE_RELEASES)}")
-    return SAE_RELEASES[release].directory / BASELINES_FILENAME
-
-
-def load_release_baselines(release: str, saes: Mapping[str, SAE] | None = None, *,
-                           model: nn.Module | None = None) -> Baselines:
-    """The baselines shipped with an SAE release (checked against `saes` and `model` if given)."""
-    path = release_baselines_path(release)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"no baselines for release {release!r} at {path}; create them with "
-            f"`rrm baselines --release {release}`"
-        )
-    baselines = Baselines.load(path)
-    if saes is not None:
-        baselines.check(saes, model=model)
-    return baselines

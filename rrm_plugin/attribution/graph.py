@@ -34,6 +34,8 @@ from rrm_plugin.attribution.engine import (
 )
 from rrm_plugin.attribution.forward import AttributionForward, attribution_forward
 from rrm_plugin.attribution.linearise import FULL, NONE
+from rrm_plugin.attribution.targets import METRICS, metric_values
+from rrm_plugin.hosts.prisma import input_check_for
 from rrm_plugin.io import CorruptFileError, read_json, read_tensors, write_json, write_tensors
 
 Granularity = Literal["feature", "token"]
@@ -236,8 +238,6 @@ class Graph:
         """Raise CorruptFileError if the parts of the graph do not fit together: known metric
         and granularity, a class of the logits whose metric is the stored value, consecutive
         blocks named as their hooks, node indices within `d_sae` / `n_tokens`, edge shapes."""
-        from rrm_plugin.attribution.targets import METRICS, metric_values
-
         def bad(message: str) -> CorruptFileError:
             return CorruptFileError(f"invalid attribution graph: {message}")
 
@@ -335,32 +335,6 @@ class Graph:
             "edges": edges, "edges_total": total, "metadata": self.metadata,
         }
 
-    def to_circuit_tracer(
-        self,
-        path: str | Path,
-        *,
-        node_threshold: float = 0.8,
-        edge_threshold: float = 0.98,
-        slug: str | None = None,
-        scan: str = "rrm",
-        n_prefix: int = 1,
-        class_names: Sequence[str] | None = None,
-    ) -> Path:
-        """Write a token-granularity graph as a circuit-tracer graph file (`<slug>.json` plus the
-        folder's `graph-metadata.json`), pruned by influence; see
-        `rrm_plugin.attribution.circuit_tracer` for how patches, errors and the logit map.
-
-        Args:
-            path: The graph file; its stem is the slug unless `slug` is given.
-            n_prefix: Tokens before the patches (CLS and registers).
-            class_names: Class names for the logit node's label.
-        """
-        from rrm_plugin.attribution.circuit_tracer import write_circuit_tracer
-
-        return write_circuit_tracer(self, path, node_threshold=node_threshold,
-                                    edge_threshold=edge_threshold, slug=slug, scan=scan,
-                                    n_prefix=n_prefix, class_names=class_names)
-
     def to_networkx(self):
         """A `networkx.DiGraph`: edge weight = attribution, node attributes as `node_table`."""
         import networkx as nx
@@ -437,15 +411,6 @@ def _graph_paths(path: str | Path) -> tuple[Path, Path]:
     if path.suffix in (".json", ".safetensors"):
         path = path.with_suffix("")
     return path.with_name(path.name + ".json"), path.with_name(path.name + ".safetensors")
-
-
-def _check_images(model: nn.Module, images: Tensor) -> None:
-    from vit_prisma.models.base_vit import HookedViT
-
-    from rrm_plugin.hosts.prisma import check_images
-
-    if isinstance(model, HookedViT):
-        check_images(model, images)
 
 
 def _layer_nodes(
@@ -573,7 +538,9 @@ def attribute(
     if edges and not linearise:
         raise ValueError("edges are defined for the linearised model; pass edges=False to get "
                          "node scores without the linearisation")
-    _check_images(model, images)
+    check_input = input_check_for(model)
+    if check_input is not None:
+        check_input(images)
     if metadata is not None and len(metadata) != len(images):
         raise ValueError(f"got {len(metadata)} metadata dicts for {len(images)} images")
     forward = attribution_forward(

@@ -25,14 +25,13 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
+from rrm_plugin.attribution.graph import Graph, edge_entries
+from rrm_plugin.circuits.pruning import prune_by_influence
 from rrm_plugin.io import read_json, write_json
-
-if TYPE_CHECKING:
-    from rrm_plugin.attribution.graph import Graph
 
 FEATURE_TYPE = "cross layer transcoder"  # the frontend draws these as feature nodes
 ERROR_TYPE = "mlp reconstruction error"
@@ -67,9 +66,6 @@ def circuit_tracer_dict(
     class_names: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """The graph file as a dict (see the module docstring for the mapping)."""
-    from rrm_plugin.attribution.graph import edge_entries
-    from rrm_plugin.circuits.pruning import prune_by_influence
-
     if graph.granularity != "token":
         raise ValueError("circuit-tracer places every node on a token; trace the graph with "
                          "granularity='token' (got a 'feature'-granularity graph)")
@@ -142,15 +138,32 @@ def circuit_tracer_dict(
     }
 
 
-def write_circuit_tracer(graph: Graph, path: str | Path, **kwargs: Any) -> Path:
-    """Write `<slug>.json` and add its metadata to the folder's `graph-metadata.json`.
+def write_circuit_tracer(
+    graph: Graph,
+    path: str | Path,
+    *,
+    node_threshold: float = 0.8,
+    edge_threshold: float = 0.98,
+    slug: str | None = None,
+    scan: str = "rrm",
+    n_prefix: int = 1,
+    class_names: Sequence[str] | None = None,
+) -> Path:
+    """Write a token-granularity graph as a circuit-tracer graph file (`<slug>.json`) pruned by
+    influence, and add its metadata to the folder's `graph-metadata.json`.
 
-    `path` is the graph file (`.json` appended if missing); the slug defaults to its stem.
+    Args:
+        path: The graph file (`.json` appended if missing); its stem is the slug unless `slug`
+            is given.
+        n_prefix: Tokens before the patches (CLS and registers).
+        class_names: Class names for the logit node's label.
     """
     path = Path(path)
     if path.suffix != ".json":
         path = path.with_name(path.name + ".json")
-    data = circuit_tracer_dict(graph, slug=kwargs.pop("slug", None) or path.stem, **kwargs)
+    data = circuit_tracer_dict(graph, slug=slug or path.stem, scan=scan,
+                               node_threshold=node_threshold, edge_threshold=edge_threshold,
+                               n_prefix=n_prefix, class_names=class_names)
     write_json(path, data)
     index_path = path.parent / "graph-metadata.json"
     index = read_json(index_path) if index_path.is_file() else {"graphs": []}

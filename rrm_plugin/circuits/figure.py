@@ -15,6 +15,8 @@ from torch import Tensor, nn
 
 from rrm_plugin.attribution.graph import Graph, error_id, node_id
 from rrm_plugin.circuits.circuit import Circuit
+from rrm_plugin.hosts.vit import n_prefix_tokens
+from rrm_plugin.plotting import pyplot
 from rrm_plugin.replacement.splice import replacement
 
 
@@ -38,8 +40,6 @@ def top_patches(
 
     CLS and register tokens are excluded.
     """
-    from rrm_plugin.hosts.vit import n_prefix_tokens
-
     prefix = n_prefix_tokens(model)
     wanted = {h: torch.as_tensor(list(f), dtype=torch.long) for h, f in features.items() if f}
     names = {f"{h}.hook_sae_acts_post": h for h in wanted}
@@ -109,8 +109,6 @@ def plot_circuit(
     `feature_classes` (hook name -> [d_sae] class index, e.g. the top class of each feature in
     `rrm_plugin.lens.feature_lens`) labels every feature node with the class it writes towards.
     """
-    from rrm_plugin.plotting import pyplot
-
     plt = pyplot()
 
     n_layers = len(graph.layers)

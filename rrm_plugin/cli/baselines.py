@@ -30,7 +30,7 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
 
 
 def default_output(release: str) -> Path:
-    from rrm_plugin.attribution.baselines import cached_baselines_path
+    from rrm_plugin.zoo.baselines import cached_baselines_path
 
     return cached_baselines_path(release)
 
@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     from rrm_plugin.attribution.baselines import compute_baselines
     from rrm_plugin.cli.common import load_image_args, load_workspace
     from rrm_plugin.cli.dataset import chunk_report, dataset_run, start_processes
-    from rrm_plugin.data import training_sampler
+    from rrm_plugin.zoo.datasets import training_sampler
     from rrm_plugin.zoo.models import MODELS
 
     torch.set_num_threads(2)

@@ -155,12 +155,8 @@ def load_image_args(paths: list[str] | None, ws: Workspace):
 
 def resolve_baselines(baselines_path: Path | None, ws: Workspace, images):
     """Baselines by the documented order; returns `(baselines, description)`."""
-    from rrm_plugin.attribution.baselines import (
-        Baselines,
-        cached_baselines_path,
-        compute_baselines,
-        load_release_baselines,
-    )
+    from rrm_plugin.attribution.baselines import Baselines, compute_baselines
+    from rrm_plugin.zoo.baselines import cached_baselines_path, load_release_baselines
     from rrm_plugin.zoo.releases import SAE_RELEASES
 
     if baselines_path is not None:

@@ -56,8 +56,7 @@ def dataset_run(args: argparse.Namespace, ws, ctx, *, command: str, out: Path, i
     """Shard, store and gather every batched pass inside the block; clean up after success."""
     import torch
 
-    from rrm_plugin.attribution.baselines import sae_fingerprint
-    from rrm_plugin.provenance import model_fingerprint
+    from rrm_plugin.provenance import model_fingerprint, sae_fingerprint
     from rrm_plugin.runs.chunks import ChunkStore, run_key
     from rrm_plugin.runs.distributed import barrier, shutdown_distributed
     from rrm_plugin.runs.sharded import ShardedRun, sharded

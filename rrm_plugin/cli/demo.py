@@ -52,7 +52,7 @@ def _demo(out: Path) -> list[Path]:
 
     import rrm_plugin
     from rrm_plugin.io import write_json, write_text
-    from rrm_plugin.saes.evaluation import evaluate_saes, format_table
+    from rrm_plugin.metrics.sae_evaluation import evaluate_saes, format_table
 
     model = rrm_plugin.load_model("digits-vit")
     saes = rrm_plugin.load_saes("rrm-digits-vit")
@@ -73,7 +73,7 @@ def _demo(out: Path) -> list[Path]:
     plot_predictions(test.images, test.labels, clean_pred, rrm_pred, out / "predictions.png")
 
     # Circuits of a few held-out images, with their faithfulness (as `rrm trace`).
-    from rrm_plugin.circuits.demo import describe_circuit, trace_demo
+    from rrm_plugin.workflows.demo import describe_circuit, trace_demo
 
     circuits = trace_demo(out, n_images=3)
     for report in circuits["images"]:

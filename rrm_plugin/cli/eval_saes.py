@@ -26,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
     from rrm_plugin.cli.common import load_image_args, load_workspace
     from rrm_plugin.cli.dataset import chunk_report, dataset_run, start_processes
     from rrm_plugin.io import check_not_shipped, write_json
-    from rrm_plugin.saes.evaluation import evaluate_saes, format_table
+    from rrm_plugin.metrics.sae_evaluation import evaluate_saes, format_table
 
     torch.set_num_threads(2)
     if args.batch_size < 1:

@@ -51,7 +51,7 @@ def _lens_inputs(args: argparse.Namespace, ws):
 
     import rrm_plugin
     from rrm_plugin.cli.common import load_image_args, predicted_labels
-    from rrm_plugin.data import training_sampler
+    from rrm_plugin.zoo.datasets import training_sampler
     from rrm_plugin.zoo.models import MODELS
 
     dtype = next(ws.model.parameters()).dtype

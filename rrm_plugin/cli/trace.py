@@ -71,7 +71,6 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     import rrm_plugin
-    from rrm_plugin.circuits.trace import TraceConfig, trace_image
     from rrm_plugin.cli.common import (
         load_image_args,
         load_workspace,
@@ -79,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
         resolve_baselines,
     )
     from rrm_plugin.cli.output import check_output_directory, output_directory
+    from rrm_plugin.workflows.trace import TraceConfig, trace_image
     from rrm_plugin.zoo.models import MODELS
 
     torch.set_num_threads(2)

@@ -49,6 +49,10 @@ class DigitsCanvasConfig:
             )
 
 
+# The canvas of the embedded digits models (24x24 RGB, digit upscaled 2x, 4-pixel patches).
+DIGITS_DATA = DigitsCanvasConfig(canvas_size=24, scale=2, patch_size=4)
+
+
 class DigitsBatch(NamedTuple):
     """Rendered images with their labels and the patches each digit covers."""
 

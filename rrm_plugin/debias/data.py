@@ -8,6 +8,8 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from rrm_plugin.data.spurious import group_index
+
 
 class SpuriousSplit(NamedTuple):
     """Images with their labels and, per image, the class its spurious cue points to.
@@ -28,8 +30,6 @@ class SpuriousSplit(NamedTuple):
     @property
     def groups(self) -> Int[Tensor, " batch"]:
         """`2 * label + conflicting`."""
-        from rrm_plugin.data.spurious import group_index
-
         return group_index(self.labels, self.spurious)
 
     def subset(self, index: Tensor) -> SpuriousSplit:

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from rrm_plugin.attribution.baselines import Baselines
+from rrm_plugin.data.spurious import group_name
 from rrm_plugin.debias.ablation import Ablation, predict
 from rrm_plugin.debias.data import SpuriousSplit
 from rrm_plugin.debias.evaluation import BootstrapResult, bootstrap_accuracy, group_accuracy
@@ -119,8 +120,6 @@ class DebiasResult:
     split_sizes: dict[str, int]
 
     def to_json_dict(self) -> dict[str, Any]:
-        from rrm_plugin.data.spurious import group_name
-
         accuracies = {m: group_accuracy(c, self.groups) for m, c in self.correct.items()}
         sizes = next(iter(accuracies.values())).sizes
         methods = {}

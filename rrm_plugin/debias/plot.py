@@ -8,11 +8,10 @@ from pathlib import Path
 import numpy as np
 
 from rrm_plugin.debias.experiment import RRM
+from rrm_plugin.plotting import pyplot
 
 
 def plot_debias(summary: dict, path: Path) -> Path:
-    from rrm_plugin.plotting import pyplot
-
     plt = pyplot()
 
     methods = summary["methods"]

@@ -21,6 +21,7 @@ from rrm_plugin.attribution.baselines import Baselines
 from rrm_plugin.attribution.graph import attribute
 from rrm_plugin.circuits.pruning import prune_by_influence
 from rrm_plugin.debias.data import SpuriousSplit
+from rrm_plugin.metrics.faithfulness import neuron_scores
 from rrm_plugin.replacement.splice import replacement
 
 UnitScores = dict[str, Float[Tensor, " units"]]
@@ -81,8 +82,6 @@ def neuron_attribution_scores(
 ) -> UnitScores:
     """The same attribution for residual dimensions: gradient x (x - median x) of the cue's
     class's adjusted logit in the linearised model, summed over tokens, mean over images."""
-    from rrm_plugin.metrics.faithfulness import neuron_scores
-
     base = baselines.to(split.images.device)
     totals = {h: torch.zeros(model.cfg.d_model) for h in hook_names}
     for start in _batches(len(split.images), batch_size):

@@ -27,6 +27,7 @@ from sae_lens import SAE
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from rrm_plugin.attribution.graph import attribute
 from rrm_plugin.features.activations import TopActivations, collect_top_activations
 from rrm_plugin.features.circuits import (
     CircuitParticipation,
@@ -43,7 +44,10 @@ from rrm_plugin.features.render import (
     to_uint8,
     write_png,
 )
+from rrm_plugin.hosts.vit import n_prefix_tokens
 from rrm_plugin.io import _atomic, write_json
+from rrm_plugin.lens.features import feature_class_scores
+from rrm_plugin.plotting import pyplot
 from rrm_plugin.runs.sharded import map_batches
 
 CARDS_SCHEMA = "rrm-feature-cards/1"
@@ -120,10 +124,6 @@ def build_dashboards(
         layer_ids: Layer number of each SAE in its release (default 0, 1, ...).
         progress: Show progress bars.
     """
-    from rrm_plugin.attribution.graph import attribute
-    from rrm_plugin.hosts.vit import n_prefix_tokens
-    from rrm_plugin.lens.features import feature_class_scores
-
     n_classes = model.cfg.n_classes
     names = [str(c) for c in range(n_classes)] if class_names is None else list(class_names)
     if len(names) != n_classes:
@@ -260,8 +260,6 @@ def feature_cards(dash: FeatureDashboards, *, tile: int = 72) -> dict[str, Any]:
 
 
 def _density_figure(dash: FeatureDashboards, hook: str, path: Path) -> Path:
-    from rrm_plugin.plotting import pyplot
-
     plt = pyplot()
 
     t = dash.top[hook]

@@ -37,9 +37,11 @@ from sae_lens import SAE
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from rrm_plugin.data.digits import DigitsCanvasConfig
+from rrm_plugin.data.digits import DIGITS_DATA, DigitsCanvasConfig
 from rrm_plugin.features.probes import probe_families
+from rrm_plugin.hosts.vit import n_prefix_tokens
 from rrm_plugin.io import _atomic, write_json
+from rrm_plugin.plotting import pyplot
 
 FACTORS = ("position", "hue", "tint", "brightness", "digit", "orientation", "curve",
            "position_token")
@@ -231,9 +233,6 @@ def feature_types(
         batch_size: Images per forward pass.
         progress: Show a progress bar over probe families.
     """
-    from rrm_plugin.hosts.vit import n_prefix_tokens
-    from rrm_plugin.zoo.models import DIGITS_DATA
-
     canvas = DIGITS_DATA if canvas is None else canvas
     _check_canvas(model, canvas)
     if n_permutations < 1:
@@ -357,8 +356,6 @@ def shares_table(result: FeatureTypes) -> str:
 
 def write_types(result: FeatureTypes, out_dir: Path) -> list[Path]:
     """types.json, types_table.md, type_shares.png and tuning_examples.png."""
-    from rrm_plugin.plotting import pyplot
-
     plt = pyplot()
 
     out = Path(out_dir)

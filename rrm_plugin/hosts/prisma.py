@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 
 import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 from vit_prisma.configs.HookedViTConfig import HookedViTConfig
 from vit_prisma.models.base_vit import HookedViT
+
+from rrm_plugin.hosts.vit import ExtendedViT, ExtendedViTConfig
 
 
 def build_hooked_vit(cfg: HookedViTConfig, *, seed: int | None = None) -> HookedViT:
@@ -19,8 +22,6 @@ def build_hooked_vit(cfg: HookedViTConfig, *, seed: int | None = None) -> Hooked
     `nn.Conv2d` and the position embedding; attention, MLP and head weights are left as
     `torch.empty` (arbitrary memory). We initialise all of them here, ViT-style.
     """
-    from rrm_plugin.hosts.vit import ExtendedViT, ExtendedViTConfig
-
     if seed is not None:
         torch.manual_seed(seed)
     model = ExtendedViT(cfg) if isinstance(cfg, ExtendedViTConfig) else HookedViT(cfg)
@@ -47,6 +48,14 @@ def init_vit_weights(model: HookedViT, *, std: float = 0.02) -> None:
 # Pixels in [0, 1], normalised by any usual mean/std, stay within about +-3; 0..255 images
 # (the common mistake) go far beyond.
 MAX_ABS_PIXEL = 10.0
+
+
+def input_check_for(model: nn.Module) -> Callable[[Tensor], Tensor] | None:
+    """The input validation for a host model (`check_images` for a HookedViT), or None where the
+    host has none of ours."""
+    if isinstance(model, HookedViT):
+        return lambda images: check_images(model, images)
+    return None
 
 
 def check_images(

@@ -19,6 +19,7 @@ from torch import Tensor
 from vit_prisma.models.base_vit import HookedViT
 
 from rrm_plugin.hosts.prisma import check_images
+from rrm_plugin.hosts.vit import n_prefix_tokens as prefix
 from rrm_plugin.runs.sharded import concat, map_batches
 
 
@@ -68,8 +69,6 @@ def check_class_head(model: HookedViT) -> None:
 
 def n_prefix_tokens(model: HookedViT) -> int:
     """Tokens before the image patches: CLS (if any) and register tokens."""
-    from rrm_plugin.hosts.vit import n_prefix_tokens as prefix
-
     return prefix(model)
 
 

@@ -63,6 +63,7 @@ from rrm_plugin.circuits.pruning import (
     prune_by_influence,
     select,
 )
+from rrm_plugin.plotting import pyplot
 from rrm_plugin.replacement.splice import replacement
 from rrm_plugin.runs.sharded import concat, map_batches
 from rrm_plugin.saes.registry import hook_sort_key
@@ -628,8 +629,6 @@ def _influence_summary(model, saes, x, y, graphs, baselines, influence) -> None:
 
 def plot_faithfulness(result: FaithfulnessResult, path: Path) -> Path:
     """Insertion (top) and deletion (bottom) mean curves +- s.e. of every quantity (PNG)."""
-    from rrm_plugin.plotting import pyplot
-
     plt = pyplot()
 
     fig, axes = plt.subplots(2, len(SCORED), figsize=(4.5 * len(SCORED), 7.5), squeeze=False)

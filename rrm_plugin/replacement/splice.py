@@ -25,7 +25,7 @@ import torch
 from sae_lens import SAE
 from torch import Tensor, nn
 
-from rrm_plugin.hosts import input_check_for
+from rrm_plugin.hosts.prisma import input_check_for
 from rrm_plugin.saes.positions import covers_every_position, sae_positions
 
 SAE_HOOK_NAMES = (

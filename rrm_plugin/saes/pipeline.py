@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from rrm_plugin.io import replace_directory, write_json
+from rrm_plugin.provenance import write_release_provenance
 from rrm_plugin.saes.training import TopKTrainingConfig, train_topk_sae
 
 
@@ -77,8 +78,6 @@ def train_sae_release(
         if out is not None:
             save_sae(sae, Path(out) / hook_name)
     if out is not None:
-        from rrm_plugin.provenance import write_release_provenance
-
         write_json(Path(out) / "training_log.json", logs)
         write_release_provenance(out, model=model, model_name=model_name, saes=saes)
     return saes

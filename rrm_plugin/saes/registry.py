@@ -28,6 +28,7 @@ from sae_lens.loading.pretrained_saes_directory import (
 )
 
 from rrm_plugin.io import CorruptFileError, read_json, read_tensors
+from rrm_plugin.provenance import check_release_provenance
 
 LOCAL_LOADER_NAME = "rrm_plugin_local"
 
@@ -124,12 +125,10 @@ def load_saes(
 ) -> dict[str, SAE]:
     """All SAEs of a registered release as `{hook_name: SAE}`, through `SAE.from_pretrained`.
 
-    With `model`, a local release's recorded provenance is checked: SAEs trained on other model
-    weights raise `ProvenanceError`.
+    Named releases are registered by `rrm_plugin.zoo.releases` (its `load_saes` registers them
+    first). With `model`, a local release's recorded provenance is checked: SAEs trained on other
+    model weights raise `ProvenanceError`.
     """
-    from rrm_plugin.zoo.releases import ensure_registered
-
-    ensure_registered()
     directory = get_pretrained_saes_directory()
     if release not in directory:
         raise KeyError(
@@ -148,8 +147,6 @@ def load_saes(
         sae = SAE.from_pretrained(release, sae_id, device=device)
         saes[sae.cfg.metadata.hook_name or sae_id] = sae.eval()
     if release in _LOCAL_RELEASES:
-        from rrm_plugin.provenance import check_release_provenance
-
         check_release_provenance(_LOCAL_RELEASES[release], model=model, saes=saes,
                                  release=release)
     return saes

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from rrm_plugin.attribution.baselines import Baselines
 from rrm_plugin.attribution.graph import Graph
 from rrm_plugin.io import read_json, write_json
+from rrm_plugin.viewer.context import image_context
 from rrm_plugin.viewer.payload import CARDS_SCHEMA, NODE_FEATURE, PAYLOAD_SCHEMA, viewer_payload
 from rrm_plugin.viewer.render import write_html, write_index
 from rrm_plugin.viewer.steps import (
@@ -63,7 +64,6 @@ def build_viewer(
     if model is not None:
         if saes is None or image is None or baselines is None:
             raise ValueError("build_viewer with a model needs saes=, image= and baselines= too")
-        from rrm_plugin.viewer.context import image_context
 
         context = image_context(model, saes, image, graph, steps, baselines=baselines,
                                 display=display, class_names=class_names,

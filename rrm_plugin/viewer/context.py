@@ -15,6 +15,7 @@ from rrm_plugin.attribution.baselines import Baselines
 from rrm_plugin.attribution.graph import Graph
 from rrm_plugin.circuits.circuit import Circuit, clean_errors, run_circuits
 from rrm_plugin.hosts.vit import n_prefix_tokens
+from rrm_plugin.lens.features import feature_lens
 from rrm_plugin.replacement.splice import replacement
 from rrm_plugin.viewer.payload import ImageContext
 from rrm_plugin.viewer.steps import CircuitStep
@@ -71,8 +72,6 @@ def lens_top(
     class_names: Sequence[str] | None = None, top_k: int = 5,
 ) -> list[list[tuple[str, float]]] | None:
     """Feature-lens classes of each latent node (None when the model has no class head)."""
-    from rrm_plugin.lens.features import feature_lens
-
     try:
         lens = feature_lens(model, {layer.hook_name: saes[layer.hook_name]
                                     for layer in graph.layers},

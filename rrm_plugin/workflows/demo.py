@@ -7,8 +7,11 @@ from typing import Any
 
 import torch
 
-from rrm_plugin.circuits.trace import TraceConfig, trace_image
+import rrm_plugin
 from rrm_plugin.io import write_json
+from rrm_plugin.viewer.render import write_index
+from rrm_plugin.workflows.trace import TraceConfig, trace_image
+from rrm_plugin.zoo.baselines import load_release_baselines
 
 
 def describe_circuit(report: dict[str, Any]) -> str:
@@ -36,9 +39,6 @@ def trace_demo(
     under `out_dir/circuits/` plus `out_dir/circuits/circuits.json`; returns that summary (one
     line per image: `describe_circuit`). Prints nothing.
     """
-    import rrm_plugin
-    from rrm_plugin.attribution.baselines import load_release_baselines
-
     model = rrm_plugin.load_model(model_name)
     saes = rrm_plugin.load_saes(release)
     baselines = load_release_baselines(release, saes)
@@ -61,8 +61,6 @@ def trace_demo(
     result = {"images": reports, "figures": [f"circuits/image_{r['test_index']:04d}/circuit.png"
                                              for r in reports]}
     write_json(root / "circuits.json", result)
-    from rrm_plugin.viewer.render import write_index
-
     write_index(root / "index.html", [
         {"href": f"image_{r['test_index']:04d}/circuit.html", "label": f"image {r['test_index']}",
          "numbers": {"label": r["label"], "circuit nodes": r["circuit_nodes"],

@@ -21,6 +21,7 @@ from rrm_plugin.circuits.pruning import graph_scores, prune_by_influence
 from rrm_plugin.hosts.vit import n_prefix_tokens
 from rrm_plugin.io import write_json
 from rrm_plugin.lens.features import feature_lens
+from rrm_plugin.viewer.build import build_viewer, write_viewer
 
 
 @dataclass(frozen=True)
@@ -143,8 +144,6 @@ def trace_image(
     })
     write_json(out_dir / "summary.json", summary)
     if config.viewer:
-        from rrm_plugin.viewer.build import build_viewer, write_viewer
-
         write_viewer(out_dir, build_viewer(
             graph, model=model, saes=saes, image=image, baselines=baselines, display=display,
             class_names=class_names, cards=cards, all_at_baseline=runs["all_at_baseline"],

@@ -8,7 +8,6 @@ computes the upstream logits; each entry knows its preprocessing and its class n
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,61 +16,25 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from rrm_plugin.data.preprocessing import Preprocessing
+from rrm_plugin.hosts.convert import (
+    convert_hf_clip,
+    convert_hf_dinov2,
+    convert_open_clip,
+    convert_timm_vit,
+)
 from rrm_plugin.hosts.vit import ExtendedViT
 from rrm_plugin.io import read_tensors, write_tensors
-from rrm_plugin.saes.hub import CheckpointNotFoundError, hub_snapshot
+from rrm_plugin.provenance import fingerprint
+from rrm_plugin.saes.hub import (
+    CheckpointNotFoundError,
+    check_state,
+    hub_snapshot,
+    read_torch_checkpoint,
+)
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-
-
-@dataclass(frozen=True)
-class Preprocessing:
-    """How an image file becomes a model input.
-
-    Args:
-        size: Resize target: an int resizes the shorter side (then `crop` centre-crops), a pair
-            `(h, w)` resizes to exactly that size.
-        crop: Centre-crop side after resizing (None: no crop).
-        mean: Per-channel mean subtracted after scaling pixels to [0, 1].
-        std: Per-channel std divided by.
-        interpolation: `"bilinear"` or `"bicubic"` (torchvision, antialiased).
-        exact_size: Refuse images whose size is not `size` instead of resizing them (models
-            trained on small renders, where resizing a photo gives a meaningless input).
-        crop_rounding: How centre-crop offsets are rounded: `"floor"` (CLIPProcessor) or
-            `"round"` (torchvision's `CenterCrop`, used by open_clip).
-    """
-
-    size: int | tuple[int, int]
-    crop: int | None
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    interpolation: str = "bilinear"
-    exact_size: bool = False
-    crop_rounding: str = "floor"
-
-    def __post_init__(self) -> None:
-        if self.crop_rounding not in ("floor", "round"):
-            raise ValueError(
-                f"crop_rounding must be 'floor' or 'round', got {self.crop_rounding!r}")
-
-    def to_json_dict(self) -> dict:
-        return {"size": self.size, "crop": self.crop, "mean": list(self.mean),
-                "std": list(self.std), "interpolation": self.interpolation,
-                "crop_rounding": self.crop_rounding}
-
-    def to_display(self, images: Tensor) -> Tensor:
-        """Undo the normalisation: model inputs back to [0, 1] RGB."""
-        mean = torch.tensor(self.mean, device=images.device, dtype=images.dtype)[:, None, None]
-        std = torch.tensor(self.std, device=images.device, dtype=images.dtype)[:, None, None]
-        return (images * std + mean).clamp(0, 1)
-
-    @property
-    def input_range(self) -> tuple[float, float]:
-        """Range of a preprocessed pixel (from [0, 1] inputs)."""
-        lo = min((0 - m) / s for m, s in zip(self.mean, self.std, strict=True))
-        hi = max((1 - m) / s for m, s in zip(self.mean, self.std, strict=True))
-        return lo, hi
 
 
 # The RRM authors feed timm's ViT and DINOv2 with Resize((224, 224)) and mean = std = 0.5.
@@ -138,7 +101,6 @@ TIMM_VIT_B16 = "vit_base_patch16_224"
 def build_vit_b16_imagenet() -> ExtendedViT:
     import timm
 
-    from rrm_plugin.hosts.convert import convert_timm_vit
 
     try:
         upstream = timm.create_model(TIMM_VIT_B16, pretrained=True)
@@ -181,15 +143,6 @@ def _text_features(clip, tokens) -> Tensor:
     return feats if isinstance(feats, Tensor) else feats.pooler_output
 
 
-def _state_fingerprint(module: torch.nn.Module) -> str:
-    digest = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().float().cpu().numpy().tobytes()[:4096])
-        digest.update(str(tuple(tensor.shape)).encode())
-    return digest.hexdigest()[:16]
-
-
 def cached_class_embeddings(
     *, key: str, n_classes: int, d_proj: int, build: Callable[[], Tensor]
 ) -> Tensor:
@@ -211,7 +164,7 @@ def cached_zero_shot_head(clip, tokenizer, *, repo_id: str, progress: bool = Tru
     """The zero-shot class embeddings of a HF `CLIPModel` (the RRM authors' recipe), cached."""
     names, templates = openai_imagenet_prompts()
     return cached_class_embeddings(
-        key=f"{repo_id.replace('/', '--')}-{_state_fingerprint(clip.text_model)}",
+        key=f"{repo_id.replace('/', '--')}-{fingerprint(clip.text_model.state_dict())}",
         n_classes=len(names), d_proj=clip.text_projection.out_features,
         build=lambda: zero_shot_class_embeddings(clip, tokenizer, names, templates,
                                                  progress=progress))
@@ -220,7 +173,6 @@ def cached_zero_shot_head(clip, tokenizer, *, repo_id: str, progress: bool = Tru
 def build_hf_clip(repo_id: str, model_name: str) -> ExtendedViT:
     from transformers import CLIPModel, CLIPTokenizer
 
-    from rrm_plugin.hosts.convert import convert_hf_clip
 
     try:
         clip = CLIPModel.from_pretrained(repo_id).eval()
@@ -267,7 +219,7 @@ def open_clip_zero_shot_head(clip, tokenizer, *, repo_id: str) -> Tensor:
     build = lambda: build_zero_shot_classifier(  # noqa: E731
         clip, tokenizer, names, templates, num_classes_per_batch=10, use_tqdm=True).T.contiguous()
     return cached_class_embeddings(
-        key=f"open_clip-{repo_id.replace('/', '--')}-{_state_fingerprint(clip)}",
+        key=f"open_clip-{repo_id.replace('/', '--')}-{fingerprint(clip.state_dict())}",
         n_classes=len(names), d_proj=clip.visual.output_dim, build=build)
 
 
@@ -275,7 +227,6 @@ def build_open_clip(repo_id: str, model_name: str) -> ExtendedViT:
     """An open_clip hub checkpoint's vision tower with its zero-shot head, via open_clip."""
     import open_clip
 
-    from rrm_plugin.hosts.convert import convert_open_clip
 
     folder = open_clip_snapshot(repo_id)
     # open_clip's `local-dir:` schema reads the config and the weights (torch.load with
@@ -302,7 +253,6 @@ def load_dinov2_head(*, d_model: int = 768, n_classes: int = 1000) -> dict[str, 
     """DINOv2's ImageNet linear head on [CLS, mean patch] (weight [n_classes, 2 d_model])."""
     from huggingface_hub import constants
 
-    from rrm_plugin.saes.hub import check_state, read_torch_checkpoint
 
     path = dinov2_head_path()
     if not path.is_file():
@@ -324,7 +274,6 @@ def load_dinov2_head(*, d_model: int = 768, n_classes: int = 1000) -> dict[str, 
 def build_dinov2_vitb14_reg() -> ExtendedViT:
     from transformers import Dinov2WithRegistersModel
 
-    from rrm_plugin.hosts.convert import convert_hf_dinov2
 
     try:
         backbone = Dinov2WithRegistersModel.from_pretrained(DINOV2_REPO).eval()

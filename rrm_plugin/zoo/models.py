@@ -10,10 +10,11 @@ import torch
 from vit_prisma.configs.HookedViTConfig import HookedViTConfig
 from vit_prisma.models.base_vit import HookedViT
 
-from rrm_plugin.data.digits import DigitsCanvasConfig
+from rrm_plugin.data.digits import DIGITS_DATA, DigitsCanvasConfig
 from rrm_plugin.hosts.vit import ExtendedViT, ExtendedViTConfig
 from rrm_plugin.io import CorruptFileError, read_json, read_tensors, write_json, write_tensors
 from rrm_plugin.provenance import FINGERPRINT_ATTR, remember_fingerprint
+from rrm_plugin.zoo.hub_models import HUB_MODELS
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 CONFIG_FILENAME = "config.json"
@@ -39,8 +40,6 @@ class ModelSpec:
     description: str
     benchmark: str = "digits"
 
-
-DIGITS_DATA = DigitsCanvasConfig(canvas_size=24, scale=2, patch_size=4)
 
 MODELS: dict[str, ModelSpec] = {
     "digits-vit": ModelSpec(
@@ -136,15 +135,11 @@ def load_model_from_directory(directory: Path, *, device: str = "cpu") -> Hooked
 
 def model_names() -> list[str]:
     """Every model `load_model` knows: embedded ones, then those loaded from upstream weights."""
-    from rrm_plugin.zoo.hub_models import HUB_MODELS
-
     return [*MODELS, *HUB_MODELS]
 
 
 def list_models() -> list[dict[str, str]]:
     """One row per model (name, source, preprocessing, description); printable as a table."""
-    from rrm_plugin.zoo.hub_models import HUB_MODELS
-
     rows = [{"model": s.name, "source": f"embedded ({s.directory.name})",
              "preprocessing": "none: [0, 1] pixels, 24x24", "description": s.description}
             for s in MODELS.values()]
@@ -178,8 +173,6 @@ def load_model(
     Embedded models load from the package; the others through their upstream loaders (timm,
     transformers, torch hub), which honour `HF_HUB_OFFLINE` and the local caches.
     """
-    from rrm_plugin.zoo.hub_models import HUB_MODELS
-
     if dtype is not None and dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; expected one of {sorted(DTYPES)}")
     if name in HUB_MODELS:

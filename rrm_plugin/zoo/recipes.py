@@ -8,6 +8,7 @@ from pathlib import Path
 from sae_lens import SAE
 from torch import Tensor, nn
 
+from rrm_plugin.attribution.baselines import BASELINES_FILENAME, compute_baselines
 from rrm_plugin.data.digits import train_sampler
 from rrm_plugin.saes.pipeline import train_sae_release
 from rrm_plugin.saes.training import TopKTrainingConfig
@@ -55,8 +56,6 @@ def train_release_with_baselines(
     model_name: str, out: Path | None, reference: Callable[[], Tensor], progress: bool = True,
 ) -> dict[str, SAE]:
     """Train a release; with `out`, also write median baselines over `reference()` images."""
-    from rrm_plugin.attribution.baselines import BASELINES_FILENAME, compute_baselines
-
     saes = train_sae_release(model, images, configs, model_name=model_name, out=out,
                              progress=progress)
     if out is not None:

@@ -34,6 +34,7 @@ from rrm_plugin.saes.prisma import (
     load_prisma_sae,
     read_prisma_sae_config,
 )
+from rrm_plugin.saes.registry import load_saes as load_registered_saes
 from rrm_plugin.saes.registry import register_sae_release
 
 
@@ -206,6 +207,16 @@ def ensure_registered() -> list[str]:
         _REGISTERED.extend(register_embedded_releases())
         rrm_plugin._pending[0] = False
     return list(_REGISTERED)
+
+
+def load_saes(
+    release: str, *, sae_ids: list[str] | None = None, device: str = "cpu", model=None
+) -> dict:
+    """All SAEs of a release as `{hook_name: SAE}`: a named one (shipped or on the hub, registered
+    here first) or one registered from a folder (`register_sae_release`). With `model`, a local
+    release's recorded provenance is checked (`ProvenanceError` on other model weights)."""
+    ensure_registered()
+    return load_registered_saes(release, sae_ids=sae_ids, device=device, model=model)
 
 
 def register_embedded_releases() -> list[str]:

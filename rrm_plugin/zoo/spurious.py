@@ -25,8 +25,21 @@ from sae_lens import SAE
 from torch import nn
 
 from rrm_plugin.data.spurious import SpuriousConfig, spurious_train_sampler
+from rrm_plugin.hosts.prisma import build_hooked_vit
 from rrm_plugin.saes.training import TopKTrainingConfig
-from rrm_plugin.zoo.models import save_model
+from rrm_plugin.zoo.models import (
+    digits_vit_config,
+    load_model,
+    load_model_from_directory,
+    save_model,
+)
+from rrm_plugin.zoo.recipes import (
+    BASELINE_DATA_SEED,
+    DIGITS_SAE_CONFIGS,
+    SAE_DATA_SEED,
+    SAE_TRAINING_IMAGES,
+    train_release_with_baselines,
+)
 from rrm_plugin.zoo.train_model import ModelTrainingConfig, train_vit
 
 SPURIOUS_MODEL = "digits-vit-spurious"
@@ -58,9 +71,6 @@ def train_spurious_vit(
 def partly_pretrained(name: str, *, seed: int) -> nn.Module:
     """A fresh `digits-vit`-shaped model carrying `digits-vit`'s weights outside
     `REINITIALISED`."""
-    from rrm_plugin.hosts.prisma import build_hooked_vit
-    from rrm_plugin.zoo.models import digits_vit_config, load_model
-
     model = build_hooked_vit(digits_vit_config(name), seed=seed)
     kept = {k: v for k, v in load_model("digits-vit").state_dict().items()
             if not k.startswith(REINITIALISED)}
@@ -73,15 +83,6 @@ def train_spurious_saes(
     configs: dict[str, TopKTrainingConfig] | None = None, n_baseline_images: int = 2048,
 ) -> dict[str, SAE]:
     """Train the `rrm-digits-vit-spurious` SAEs (the `rrm-digits-vit` recipe) on biased renders."""
-    from rrm_plugin.zoo.models import load_model, load_model_from_directory
-    from rrm_plugin.zoo.recipes import (
-        BASELINE_DATA_SEED,
-        DIGITS_SAE_CONFIGS,
-        SAE_DATA_SEED,
-        SAE_TRAINING_IMAGES,
-        train_release_with_baselines,
-    )
-
     model = load_model(SPURIOUS_MODEL) if model_dir is None else \
         load_model_from_directory(model_dir)
     images = spurious_train_sampler(SPURIOUS_BENCHMARK, seed=SAE_DATA_SEED)(SAE_TRAINING_IMAGES)

@@ -7,14 +7,11 @@ import torch
 
 from rrm_plugin.attribution.baselines import (
     Baselines,
-    cached_baselines_path,
     compute_baselines,
-    load_release_baselines,
-    release_baselines_path,
     require_baselines,
-    sae_fingerprint,
 )
 from rrm_plugin.io import CorruptFileError, write_tensors
+from rrm_plugin.provenance import sae_fingerprint
 from rrm_plugin.replacement.splice import replacement
 from tests.attribution.conftest import random_saes, sharp_vit
 
@@ -159,28 +156,9 @@ def test_minimal_file_loads_with_defaults(tmp_path):
 def test_require_baselines(baselines):
     assert require_baselines(baselines, caller="x") is baselines
     with pytest.raises(TypeError, match=r"^prune needs baselines=, got 'median': e\.g\. "
-                                        r"load_release_baselines\(release, saes\), "
+                                        r"load_release_baselines\(release, saes\) from "
+                                        r"rrm_plugin\.zoo\.baselines, "
                                         r"compute_baselines\(model, saes, images\) or "
                                         r"Baselines\.zeros\(saes, n_tokens=\.\.\.\) from "
                                         r"rrm_plugin\.attribution\.baselines$"):
         require_baselines("median", caller="prune")
-
-
-def test_release_baseline_paths(tmp_path, monkeypatch):
-    from rrm_plugin.zoo.releases import SAE_RELEASES, SAEReleaseSpec
-
-    assert cached_baselines_path(str(tmp_path)) == tmp_path / "baselines.safetensors"
-    monkeypatch.setenv("RRM_PLUGIN_CACHE", str(tmp_path / "cache"))
-    assert cached_baselines_path("some-hub-release") == \
-        tmp_path / "cache" / "baselines" / "some-hub-release.safetensors"
-    shipped = SAE_RELEASES["rrm-digits-vit"].directory
-    assert release_baselines_path("rrm-digits-vit") == shipped / "baselines.safetensors"
-    loaded = load_release_baselines("rrm-digits-vit")
-    assert (loaded.statistic, loaded.n_images) == ("median", 2048)
-    with pytest.raises(ValueError, match="have d_sae=128, SAE has 32"):  # checked against saes
-        load_release_baselines("rrm-digits-vit", random_saes(sharp_vit(), layers=[0]))
-    monkeypatch.setitem(SAE_RELEASES, "empty", SAEReleaseSpec("empty", "m", tmp_path))
-    with pytest.raises(FileNotFoundError, match=r"no baselines for release 'empty' at .*; "
-                                                r"create them with `rrm baselines --release "
-                                                r"empty`"):
-        load_release_baselines("empty")

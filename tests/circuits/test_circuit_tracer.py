@@ -6,12 +6,12 @@ import math
 import pytest
 import torch
 
-from rrm_plugin.attribution.circuit_tracer import (
+from rrm_plugin.attribution.graph import Graph, GraphLayer, attribute
+from rrm_plugin.circuits.circuit_tracer import (
     circuit_tracer_dict,
     prompt_tokens,
     write_circuit_tracer,
 )
-from rrm_plugin.attribution.graph import Graph, GraphLayer, attribute
 from rrm_plugin.circuits.pruning import prune_by_influence
 
 # circuit-tracer's schema as its source defines it (circuit_tracer/frontend/graph_models.py).
@@ -68,8 +68,8 @@ def test_prompt_tokens_name_patches_by_grid_position():
 
 
 def test_hand_graph_file(tmp_path):
-    path = token_hand_graph().to_circuit_tracer(tmp_path / "digit", node_threshold=1.0,
-                                                edge_threshold=1.0)
+    path = write_circuit_tracer(token_hand_graph(), tmp_path / "digit", node_threshold=1.0,
+                                edge_threshold=1.0)
     data = json.loads(path.read_text())
     check_schema(data)
     assert path.name == "digit.json" and data["metadata"]["slug"] == "digit"
@@ -95,9 +95,9 @@ def test_hand_graph_file(tmp_path):
 
 def test_metadata_index_keeps_other_graphs(tmp_path):
     graph = token_hand_graph()
-    graph.to_circuit_tracer(tmp_path / "a.json")
-    graph.to_circuit_tracer(tmp_path / "b.json")
-    graph.to_circuit_tracer(tmp_path / "a.json", node_threshold=0.5)
+    write_circuit_tracer(graph, tmp_path / "a.json")
+    write_circuit_tracer(graph, tmp_path / "b.json")
+    write_circuit_tracer(graph, tmp_path / "a.json", node_threshold=0.5)
     index = json.loads((tmp_path / "graph-metadata.json").read_text())
     assert sorted(g["slug"] for g in index["graphs"]) == ["a", "b"]
     assert next(g for g in index["graphs"] if g["slug"] == "a")["node_threshold"] == 0.5
@@ -106,13 +106,13 @@ def test_metadata_index_keeps_other_graphs(tmp_path):
 def test_feature_granularity_is_refused(vit, saes, images, baselines, tmp_path):
     graph = attribute(vit, saes, images[:1], baselines=baselines)[0]
     with pytest.raises(ValueError, match="granularity='token'"):
-        graph.to_circuit_tracer(tmp_path / "g")
+        write_circuit_tracer(graph, tmp_path / "g")
 
 
 def test_real_graph_matches_pruning_and_circuit_tracer_models(vit, saes, images, baselines,
                                                               tmp_path):
     graph = attribute(vit, saes, images[:1], baselines=baselines, granularity="token")[0]
-    data = json.loads(graph.to_circuit_tracer(tmp_path / "g").read_text())
+    data = json.loads(write_circuit_tracer(graph, tmp_path / "g").read_text())
     check_schema(data)
     pruned = prune_by_influence(graph)
     kept = sum(int(m.sum()) for m in pruned.node_masks)
@@ -212,8 +212,8 @@ def test_file_names_slug_and_index(tmp_path):
                                 edge_threshold=1.0)
     assert path == tmp_path / "run.v2.json"
     assert json.loads(path.read_text())["metadata"]["slug"] == "run.v2"
-    named = graph.to_circuit_tracer(tmp_path / "x.json", slug="digit-7", scan="s", n_prefix=2,
-                                    class_names=["a", "b", "c"])
+    named = write_circuit_tracer(graph, tmp_path / "x.json", slug="digit-7", scan="s", n_prefix=2,
+                                 class_names=["a", "b", "c"])
     data = json.loads(named.read_text())
     assert (named.name, data["metadata"]["slug"], data["metadata"]["scan"]) == (
         "x.json", "digit-7", "s")
@@ -225,6 +225,6 @@ def test_file_names_slug_and_index(tmp_path):
 
 def test_index_keeps_its_other_keys(tmp_path):
     (tmp_path / "graph-metadata.json").write_text(json.dumps({"title": "mine"}))
-    token_hand_graph().to_circuit_tracer(tmp_path / "a")
+    write_circuit_tracer(token_hand_graph(), tmp_path / "a")
     index = json.loads((tmp_path / "graph-metadata.json").read_text())
     assert index["title"] == "mine" and [g["slug"] for g in index["graphs"]] == ["a"]

@@ -120,7 +120,7 @@ def test_faithfulness_user_errors(tmp_path, capsys):
 
 
 def test_trace_demo_reports_circuits(tmp_path, capsys):
-    from rrm_plugin.circuits.demo import describe_circuit, trace_demo
+    from rrm_plugin.workflows.demo import describe_circuit, trace_demo
 
     result = trace_demo(tmp_path, n_images=1)
     assert capsys.readouterr().out == ""  # library code prints nothing; `rrm demo` does

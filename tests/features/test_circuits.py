@@ -52,7 +52,8 @@ def test_hand_graph_known_answers():
 
 def test_matches_loop_oracle_on_digits_graphs():
     import rrm_plugin
-    from rrm_plugin.attribution import attribute, load_release_baselines
+    from rrm_plugin.attribution import attribute
+    from rrm_plugin.zoo.baselines import load_release_baselines
 
     model = rrm_plugin.load_model("digits-vit")
     saes = rrm_plugin.load_saes("rrm-digits-vit")

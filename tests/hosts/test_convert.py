@@ -8,6 +8,7 @@ real photos (scikit-learn's sample images) within 1e-4.
 import pytest
 import torch
 
+from rrm_plugin.data.preprocessing import Preprocessing
 from rrm_plugin.hosts.convert import (
     UnsupportedArchitectureError,
     convert_hf_clip,
@@ -15,7 +16,7 @@ from rrm_plugin.hosts.convert import (
     convert_timm_vit,
 )
 from rrm_plugin.hosts.vit import n_prefix_tokens
-from rrm_plugin.zoo.hub_models import AUTHORS_PREPROCESSING, CLIP_PREPROCESSING, Preprocessing
+from rrm_plugin.zoo.hub_models import AUTHORS_PREPROCESSING, CLIP_PREPROCESSING
 from tests.conftest import sample_photos
 
 TOL = dict(atol=1e-4, rtol=1e-4)

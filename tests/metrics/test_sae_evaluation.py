@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import rrm_plugin
-from rrm_plugin.saes.evaluation import (
+from rrm_plugin.metrics.sae_evaluation import (
     _zero_ablation,
     downstream_metrics,
     evaluate_saes,

@@ -17,7 +17,8 @@ pytestmark = pytest.mark.skipif(REASON is not None, reason=f"no browser: {REASON
 def digits(tmp_path_factory):
     """The viewer of a held-out digit (the embedded model), as `rrm trace` builds it."""
     import rrm_plugin
-    from rrm_plugin.attribution import attribute, load_release_baselines
+    from rrm_plugin.attribution import attribute
+    from rrm_plugin.zoo.baselines import load_release_baselines
 
     model = rrm_plugin.load_model("digits-vit")
     saes = rrm_plugin.load_saes("rrm-digits-vit")

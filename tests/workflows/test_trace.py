@@ -16,8 +16,8 @@ from rrm_plugin.attribution.graph import Graph
 from rrm_plugin.circuits.circuit import Circuit, run_circuits
 from rrm_plugin.circuits.figure import top_patches
 from rrm_plugin.circuits.pruning import graph_scores, prune_by_influence
-from rrm_plugin.circuits.trace import TraceConfig, trace_image
 from rrm_plugin.replacement.splice import replacement
+from rrm_plugin.workflows.trace import TraceConfig, trace_image
 
 
 def _readout_by_hand(logits, cls):
@@ -128,7 +128,7 @@ def test_describe_circuit_line():
     report = {"test_index": 7, "label": 3, "circuit_nodes": 12, "value": 4.256,
               "insertion": {"adjusted_logit": 3.5}, "deletion": {"adjusted_logit": -1.004},
               "all_at_baseline": {"adjusted_logit": 0.125}}
-    from rrm_plugin.circuits.demo import describe_circuit
+    from rrm_plugin.workflows.demo import describe_circuit
 
     assert describe_circuit(report) == (
         "image 7 (label 3): circuit of 12 nodes; adjusted logit clean 4.26, circuit only 3.50, "
@@ -137,8 +137,7 @@ def test_describe_circuit_line():
 
 def test_trace_demo_on_the_tiny_model(monkeypatch, vit, saes, baselines, reference_images,
                                       tmp_path):
-    from rrm_plugin.attribution import baselines as baselines_module
-    from rrm_plugin.circuits import demo
+    from rrm_plugin.workflows import demo
 
     images = reference_images[:10]
     with torch.no_grad():
@@ -149,7 +148,7 @@ def test_trace_demo_on_the_tiny_model(monkeypatch, vit, saes, baselines, referen
     calls = []
     monkeypatch.setattr(rrm_plugin, "load_model", lambda name: calls.append(name) or vit)
     monkeypatch.setattr(rrm_plugin, "load_saes", lambda release: calls.append(release) or saes)
-    monkeypatch.setattr(baselines_module, "load_release_baselines",
+    monkeypatch.setattr(demo, "load_release_baselines",
                         lambda release, s: calls.append(("baselines", release)) or baselines)
     monkeypatch.setattr(rrm_plugin, "load_test_set", lambda name: calls.append(("test", name))
                         or types.SimpleNamespace(images=images, labels=labels))
@@ -192,8 +191,8 @@ def test_trace_passes_its_settings_to_the_figure_viewer_and_files(
         monkeypatch, vit, saes, images, baselines, reference_images, tmp_path):
     """What `trace_image` hands to `plot_circuit` and `build_viewer` (both recorded here), the
     graph.json edge cap, and the metadata kept in the lossless graph."""
-    import rrm_plugin.circuits.trace as trace_module
     import rrm_plugin.viewer.build as viewer_build
+    import rrm_plugin.workflows.trace as trace_module
     from rrm_plugin.circuits.circuit import Circuit as CircuitType
     from rrm_plugin.lens.features import feature_lens
 
