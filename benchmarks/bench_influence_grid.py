@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from rrm_plugin.attribution.graph import Graph, GraphLayer  # noqa: E402
-from rrm_plugin.circuits.pruning import prune_by_influence, prune_by_influence_grid  # noqa: E402
+from rrm_plugin.circuits.influence import prune_by_influence, prune_by_influence_grid  # noqa: E402
 from rrm_plugin.viewer.steps import EDGE_THRESHOLDS, NODE_THRESHOLDS  # noqa: E402
 
 

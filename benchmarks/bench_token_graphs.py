@@ -106,7 +106,7 @@ def task(threads: int, image_size: int, top_k: int | None, chunk_elements: int,
          out_path: str) -> None:
     from rrm_plugin.attribution.engine import EngineConfig
     from rrm_plugin.attribution.graph import attribute
-    from rrm_plugin.circuits.pruning import graph_scores, prune_by_influence
+    from rrm_plugin.circuits.influence import graph_scores, prune_by_influence
 
     model, saes, baselines, image = _setup(threads, image_size)
     engine = EngineConfig(token_top_k=top_k, chunk_elements=chunk_elements,

@@ -82,8 +82,8 @@ def screenshot(path: Path, payload: dict, out: Path) -> None:
 def digits_page(out_dir: Path) -> tuple[Path, dict]:
     import rrm_plugin
     from rrm_plugin.attribution import attribute
-    from rrm_plugin.zoo.baselines import load_release_baselines
     from rrm_plugin.viewer.build import build_viewer, write_viewer
+    from rrm_plugin.zoo.baselines import load_release_baselines
 
     model = rrm_plugin.load_model("digits-vit")
     saes = rrm_plugin.load_saes("rrm-digits-vit")

@@ -47,7 +47,7 @@ def test_main_api_is_exported_at_the_top_level():
     from rrm_plugin.attribution.baselines import compute_baselines
     from rrm_plugin.attribution.graph import Graph, attribute
     from rrm_plugin.circuits.circuit import Circuit
-    from rrm_plugin.circuits.pruning import prune_by_influence
+    from rrm_plugin.circuits.influence import prune_by_influence
     from rrm_plugin.lens.report import run_lens
     from rrm_plugin.metrics.faithfulness import evaluate_faithfulness
 

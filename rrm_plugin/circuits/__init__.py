@@ -1,14 +1,12 @@
 """Circuits of the residual replacement model: selection rules, running, figures."""
 
 from rrm_plugin.circuits.circuit import Circuit, clean_errors, run_circuits
+from rrm_plugin.circuits.influence import PruneResult, graph_scores, prune_by_influence
 from rrm_plugin.circuits.pruning import (
     PAPER_SWEEP,
-    PruneResult,
     edge_rule,
-    graph_scores,
     node_rule,
     node_rule_on_graph,
-    prune_by_influence,
     threshold_rule,
 )
 

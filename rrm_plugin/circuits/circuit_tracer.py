@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from rrm_plugin.attribution.graph import Graph, edge_entries
-from rrm_plugin.circuits.pruning import prune_by_influence
+from rrm_plugin.circuits.influence import prune_by_influence
 from rrm_plugin.io import read_json, write_json
 
 FEATURE_TYPE = "cross layer transcoder"  # the frontend draws these as feature nodes

@@ -1,17 +1,19 @@
-"""circuit-tracer's influence pruning on sparse graphs (token graphs built with
-`EngineConfig(token_top_k=...)`).
+"""How influence pruning reads a graph's edges: dense matrices, or the stored entries of sparse
+ones (token graphs built with `EngineConfig(token_top_k=...)`).
 
-The same steps as `pruning.prune_by_influence_grid` (row-normalised |A|, influence by layers,
-node and edge cuts, dangling nodes dropped), taken over each edge matrix's stored entries instead
-of dense matrices: memory and time grow with the stored edges, so a ViT-B token graph of 10^5 to
-10^6 nodes prunes where its dense adjacency (nodes^2) would not fit. Edge masks are sparse boolean
-COO tensors with the same indices as the graph's (coalesced) edge matrices.
+`rrm_plugin.circuits.influence` runs one algorithm (circuit-tracer's row-normalised |A|,
+influence by layers, node and edge cuts, dangling nodes dropped) over either reader. The sparse
+reader works on each edge matrix's stored entries: memory and time grow with the stored edges, so
+a ViT-B token graph of 10^5 to 10^6 nodes prunes where its dense adjacency (nodes^2) would not
+fit; its edge masks are sparse boolean COO tensors with the same indices as the graph's
+(coalesced) edge matrices. Each reader keeps its own arithmetic (matrix products for dense
+edges, index sums for sparse ones), so results are exactly those of the two former code paths.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 import torch
 from jaxtyping import Bool, Float, Int
@@ -19,8 +21,76 @@ from torch import Tensor
 
 from rrm_plugin.attribution.graph import Graph
 
-if TYPE_CHECKING:  # pruning imports this module lazily; no import cycle at run time
-    from rrm_plugin.circuits.pruning import GraphScores, PruneResult
+
+class Adjacency(NamedTuple):
+    """Row-normalised |edges|, per adjacent pair (dense: `[targets of k+1, sources of k]`; sparse:
+    one weight per stored entry), and the normalised logit edges."""
+
+    blocks: list[Tensor]
+    logit: Float[Tensor, " n_top_plus_error"]
+
+
+def _row_normalise(matrix: Tensor) -> Tensor:
+    normalised = matrix.abs()
+    return normalised / normalised.sum(-1, keepdim=True).clamp(min=1e-10)
+
+
+def layered_adjacency(graph: Graph, edge_masks: Sequence[Tensor] | None = None,
+                      logit_mask: Tensor | None = None) -> Adjacency:
+    """Row-normalised |edges| of a dense graph: `blocks[k]` is [targets of layer k+1, sources of
+    k]; with masks, of the masked edges."""
+    graph.require_dense_edges("layered_adjacency")
+    edges = [e if edge_masks is None else e * edge_masks[k] for k, e in enumerate(graph.edges)]
+    logit = graph.logit_edges if logit_mask is None else graph.logit_edges * logit_mask
+    return Adjacency([_row_normalise(e.T) for e in edges], _row_normalise(logit[None])[0])
+
+
+def layered_influence(adjacency: Adjacency) -> list[Float[Tensor, " n_plus_error"]]:
+    """Influence on the logit of every node (`w (A + A^2 + ...)` with w = 1 on the logit)."""
+    influence = [torch.zeros(0)] * (len(adjacency.blocks) + 1)
+    influence[-1] = adjacency.logit
+    for k in range(len(adjacency.blocks) - 1, -1, -1):
+        # Only latent nodes pass influence down; error nodes are leaves.
+        influence[k] = influence[k + 1][:-1] @ adjacency.blocks[k]
+    return influence
+
+
+class DenseEdges:
+    """Edge reader over dense edge matrices `[n_src + 1, n_tgt]` (last row: the error node)."""
+
+    def __init__(self, graph: Graph) -> None:
+        self.graph = graph
+
+    def adjacency(self, edge_masks: Sequence[Tensor] | None = None,
+                  logit_mask: Tensor | None = None) -> Adjacency:
+        return layered_adjacency(self.graph, edge_masks, logit_mask)
+
+    def influence(self, adjacency: Adjacency) -> list[Tensor]:
+        return layered_influence(adjacency)
+
+    def between(self, nodes: Sequence[Tensor]) -> list[Bool[Tensor, "n_src_plus_error n_tgt"]]:
+        """Per pair, the edges whose source and target are both in `nodes`."""
+        return [nodes[k][:, None] & nodes[k + 1][None, :-1] for k in range(len(nodes) - 1)]
+
+    def edge_scores(self, adjacency: Adjacency, influence: Sequence[Tensor]) -> list[Tensor]:
+        """Normalised weight times the target's influence, per edge."""
+        return [adjacency.blocks[k].T * influence[k + 1][None, :-1]
+                for k in range(len(adjacency.blocks))]
+
+    def sources_with(self, k: int, edge_mask: Tensor) -> Tensor:
+        """Nodes of layer k (error last) with a masked edge into layer k+1."""
+        return edge_mask.any(1)
+
+    def targets_with(self, k: int, edge_mask: Tensor) -> Tensor:
+        """Latents of layer k+1 with a masked edge from layer k."""
+        return edge_mask.any(0)
+
+    def error_shares(self, adjacency: Adjacency) -> list[Tensor]:
+        """Each latent's share of normalised incoming weight from its sources' error node."""
+        return [block[:, -1] for block in adjacency.blocks]
+
+    def edge_masks(self, masks: Sequence[Tensor]) -> list[Tensor]:
+        return list(masks)
 
 
 class Entries(NamedTuple):
@@ -41,124 +111,73 @@ def entries(graph: Graph) -> list[Entries]:
     return out
 
 
-class SparseAdjacency(NamedTuple):
-    """Per pair, each stored entry's |weight| divided by its target's total (circuit-tracer's
-    row normalisation of A, whose rows are targets), and the normalised logit edges."""
-
-    weights: list[Float[Tensor, " nnz"]]
-    logit: Float[Tensor, " n_top_plus_error"]
-
-
 def _normalise(values: Tensor, cols: Tensor, n_tgt: int) -> Tensor:
     magnitude = values.abs()
     total = torch.zeros(n_tgt, dtype=magnitude.dtype).index_add_(0, cols, magnitude)
     return magnitude / total[cols].clamp(min=1e-10)
 
 
-def sparse_adjacency(
-    graph: Graph, pairs: Sequence[Entries], entry_masks: Sequence[Tensor] | None = None,
-    logit_mask: Tensor | None = None,
-) -> SparseAdjacency:
-    weights = []
-    for k, pair in enumerate(pairs):
-        values = pair.values if entry_masks is None else pair.values * entry_masks[k]
-        weights.append(_normalise(values, pair.cols, pair.shape[1]))
-    logit = graph.logit_edges if logit_mask is None else graph.logit_edges * logit_mask
-    magnitude = logit.abs()
-    return SparseAdjacency(weights, magnitude / magnitude.sum().clamp(min=1e-10))
+class SparseEdges:
+    """Edge reader over the stored entries of sparse edge matrices."""
+
+    def __init__(self, graph: Graph) -> None:
+        self.graph = graph
+        self.pairs = entries(graph)
+
+    def adjacency(self, edge_masks: Sequence[Tensor] | None = None,
+                  logit_mask: Tensor | None = None) -> Adjacency:
+        """Per pair, each stored entry's |weight| divided by its target's total (circuit-tracer's
+        row normalisation of A, whose rows are targets)."""
+        weights = []
+        for k, pair in enumerate(self.pairs):
+            values = pair.values if edge_masks is None else pair.values * edge_masks[k]
+            weights.append(_normalise(values, pair.cols, pair.shape[1]))
+        graph = self.graph
+        logit = graph.logit_edges if logit_mask is None else graph.logit_edges * logit_mask
+        magnitude = logit.abs()
+        return Adjacency(weights, magnitude / magnitude.sum().clamp(min=1e-10))
+
+    def influence(self, adjacency: Adjacency) -> list[Float[Tensor, " n_plus_error"]]:
+        """Influence on the logit of every node; error nodes are leaves (they pass nothing down)."""
+        influence = [torch.zeros(0)] * (len(self.pairs) + 1)
+        influence[-1] = adjacency.logit
+        for k in range(len(self.pairs) - 1, -1, -1):
+            pair, weight = self.pairs[k], adjacency.blocks[k]
+            carried = influence[k + 1][pair.cols] * weight  # columns are latents only
+            influence[k] = torch.zeros(pair.shape[0], dtype=carried.dtype).index_add_(
+                0, pair.rows, carried)
+        return influence
+
+    def between(self, nodes: Sequence[Tensor]) -> list[Bool[Tensor, " nnz"]]:
+        return [nodes[k][p.rows] & nodes[k + 1][p.cols] for k, p in enumerate(self.pairs)]
+
+    def edge_scores(self, adjacency: Adjacency, influence: Sequence[Tensor]) -> list[Tensor]:
+        return [adjacency.blocks[k] * influence[k + 1][p.cols] for k, p in enumerate(self.pairs)]
+
+    def sources_with(self, k: int, edge_mask: Tensor) -> Tensor:
+        reached = torch.zeros(self.pairs[k].shape[0], dtype=torch.bool)
+        reached[self.pairs[k].rows[edge_mask]] = True
+        return reached
+
+    def targets_with(self, k: int, edge_mask: Tensor) -> Tensor:
+        reached = torch.zeros(self.pairs[k].shape[1], dtype=torch.bool)
+        reached[self.pairs[k].cols[edge_mask]] = True
+        return reached
+
+    def error_shares(self, adjacency: Adjacency) -> list[Tensor]:
+        shares = []
+        for pair, weight in zip(self.pairs, adjacency.blocks, strict=True):
+            from_error = pair.rows == pair.shape[0] - 1
+            shares.append(torch.zeros(pair.shape[1], dtype=weight.dtype).index_add_(
+                0, pair.cols[from_error], weight[from_error]))
+        return shares
+
+    def edge_masks(self, masks: Sequence[Tensor]) -> list[Tensor]:
+        """Entry masks as sparse boolean matrices with the edge matrices' indices."""
+        return [torch.sparse_coo_tensor(torch.stack([p.rows, p.cols]), m, p.shape,
+                                        check_invariants=False).coalesce()
+                for p, m in zip(self.pairs, masks, strict=True)]
 
 
-def sparse_influence(
-    pairs: Sequence[Entries], adjacency: SparseAdjacency
-) -> list[Float[Tensor, " n_plus_error"]]:
-    """Influence on the logit of every node; error nodes are leaves (they pass nothing down)."""
-    influence = [torch.zeros(0)] * (len(pairs) + 1)
-    influence[-1] = adjacency.logit
-    for k in range(len(pairs) - 1, -1, -1):
-        pair, weight = pairs[k], adjacency.weights[k]
-        carried = influence[k + 1][pair.cols] * weight  # columns are latents only
-        influence[k] = torch.zeros(pair.shape[0], dtype=carried.dtype).index_add_(
-            0, pair.rows, carried)
-    return influence
-
-
-def _as_sparse(pair: Entries, mask: Bool[Tensor, " nnz"]) -> Tensor:
-    return torch.sparse_coo_tensor(torch.stack([pair.rows, pair.cols]), mask, pair.shape,
-                                   check_invariants=False).coalesce()
-
-
-def prune_by_influence_grid(
-    graph: Graph, *, node_thresholds: Sequence[float], edge_thresholds: Sequence[float]
-) -> dict[tuple[float, float], PruneResult]:
-    """`pruning.prune_by_influence_grid` for sparse edge matrices (see the module docstring)."""
-    from rrm_plugin.circuits.pruning import PruneResult, _check_fraction, _cut_at, _sort_scores
-
-    for t in node_thresholds:
-        _check_fraction("node_threshold", t)
-    for t in edge_thresholds:
-        _check_fraction("edge_threshold", t)
-    pairs = entries(graph)
-    influence = sparse_influence(pairs, sparse_adjacency(graph, pairs))
-    sorted_nodes = _sort_scores(torch.cat(influence))
-    results = {}
-    for node_t in node_thresholds:
-        cut = _cut_at(sorted_nodes, node_t)
-        nodes = [inf >= cut for inf in influence]
-        between = [nodes[k][p.rows] & nodes[k + 1][p.cols] for k, p in enumerate(pairs)]
-        pruned = sparse_adjacency(graph, pairs, [m.float() for m in between], nodes[-1].float())
-        pruned_influence = sparse_influence(pairs, pruned)
-        # Edge score: normalised weight times the target's influence (+1 for the logit target).
-        scores = [pruned.weights[k] * pruned_influence[k + 1][p.cols]
-                  for k, p in enumerate(pairs)]
-        sorted_edges = _sort_scores(torch.cat([*scores, pruned.logit]))
-        for edge_t in edge_thresholds:
-            edge_cut = _cut_at(sorted_edges, edge_t)
-            edge_masks = [(s >= edge_cut) & m for s, m in zip(scores, between, strict=True)]
-            logit_mask = (pruned.logit >= edge_cut) & nodes[-1]
-            kept_nodes, kept_edges, kept_logit = _drop_unconnected(
-                pairs, [n.clone() for n in nodes], edge_masks, logit_mask)
-            results[(node_t, edge_t)] = PruneResult(
-                kept_nodes, [_as_sparse(p, m) for p, m in zip(pairs, kept_edges, strict=True)],
-                kept_logit, influence)
-    return results
-
-
-def _drop_unconnected(
-    pairs: Sequence[Entries], nodes: list[Tensor], edge_masks: list[Tensor], logit_mask: Tensor
-) -> tuple[list[Tensor], list[Tensor], Tensor]:
-    """Drop nodes without an outgoing kept edge (or an incoming one above the bottom layer) and
-    the edges they ended, until nothing changes."""
-    changed = True
-    while changed:
-        old = [n.clone() for n in nodes]
-        for k in range(len(nodes)):
-            if k == len(nodes) - 1:
-                outgoing = logit_mask
-            else:
-                outgoing = torch.zeros_like(nodes[k])
-                outgoing[pairs[k].rows[edge_masks[k]]] = True
-            nodes[k] &= outgoing
-            if k > 0:
-                incoming = torch.zeros_like(nodes[k][:-1])
-                incoming[pairs[k - 1].cols[edge_masks[k - 1]]] = True
-                nodes[k][:-1] &= incoming
-        edge_masks = [m & nodes[k][p.rows] & nodes[k + 1][p.cols]
-                      for k, (p, m) in enumerate(zip(pairs, edge_masks, strict=True))]
-        logit_mask &= nodes[-1]
-        changed = any(not torch.equal(a, b) for a, b in zip(old, nodes, strict=True))
-    return nodes, edge_masks, logit_mask
-
-
-def graph_scores(graph: Graph) -> GraphScores:
-    """Replacement and completeness scores (as `pruning.graph_scores`) of a sparse graph."""
-    from rrm_plugin.circuits.pruning import circuit_tracer_scores
-
-    pairs = entries(graph)
-    adjacency = sparse_adjacency(graph, pairs)
-    error_shares = []
-    for pair, weight in zip(pairs, adjacency.weights, strict=True):
-        from_error = pair.rows == pair.shape[0] - 1
-        error_shares.append(torch.zeros(pair.shape[1], dtype=weight.dtype).index_add_(
-            0, pair.cols[from_error], weight[from_error]))
-    return circuit_tracer_scores(sparse_influence(pairs, adjacency), error_shares,
-                                 adjacency.logit[-1])
+def edge_reader(graph: Graph) -> DenseEdges | SparseEdges:
+    return SparseEdges(graph) if graph.sparse_edges else DenseEdges(graph)

@@ -16,16 +16,14 @@ Ranking is by normalised score. Clamping makes every non-positive slot a tie at 
 about half of what the node rule keeps), and the authors' `torch.argsort` leaves their order
 undefined. `ties` fixes it: `"raw"` (default) by raw score (zero before negative), then index;
 `"index"` by slot index; `"random"` in a random order drawn from `generator`.
-`prune_by_influence` is circuit-tracer's global rule on the graph's adjacency (row-normalised
-|A|, influence `w (A + A^2 + ...)`, nodes to 0.8 of the influence, edges to 0.98, dangling nodes
-dropped), computed layer by layer since edges only join adjacent layers.
+circuit-tracer's global influence pruning is `rrm_plugin.circuits.influence`.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Literal, NamedTuple
+from typing import Literal
 
 import torch
 from jaxtyping import Bool, Float
@@ -84,7 +82,7 @@ def _ranks(scores: Tensor, mode: str, ties: str = "raw",
         order.shape[-1], device=order.device).expand_as(order).contiguous())
 
 
-def _check_fraction(name: str, value: float) -> None:
+def check_fraction(name: str, value: float) -> None:
     if not 0.0 <= value <= 1.0:
         raise ValueError(f"{name} must be in [0, 1], got {value}")
 
@@ -99,7 +97,7 @@ def node_rule(
     generator: torch.Generator | None = None,
 ) -> list[Bool[Tensor, "... n"]]:
     """Keep the top `floor(p * n_max)` slots of every layer (error slot included)."""
-    _check_fraction("p", p)
+    check_fraction("p", p)
     n_max = n_max if n_max is not None else max(s.shape[-1] for s in scores)
     count = math.floor(p * n_max)
     return [_ranks(s, mode, ties, generator) < count for s in scores]
@@ -114,7 +112,7 @@ def topk_rule(
     generator: torch.Generator | None = None,
 ) -> list[Bool[Tensor, "... n"]]:
     """Keep the top `floor(k * n)` slots of every layer, `n` its own size (error included)."""
-    _check_fraction("k", k)
+    check_fraction("k", k)
     # floor of the float product, as the authors' int(topk * size).
     return [_ranks(s, mode, ties, generator) < math.floor(k * s.shape[-1]) for s in scores]
 
@@ -137,7 +135,7 @@ def threshold_rule(
     generator: torch.Generator | None = None,
 ) -> list[Bool[Tensor, "... n"]]:
     """Keep each layer's best slots until their normalised scores add up to `tau`."""
-    _check_fraction("tau", tau)
+    check_fraction("tau", tau)
     masks = []
     for s in scores:
         ranks = _ranks(s, mode, ties, generator)
@@ -245,184 +243,3 @@ def dense_edges(graph: Graph) -> list[Float[Tensor, "slots_plus_error slots"]]:
         dense[rows[:, None], tgt[None, :]] = edge
         out.append(dense)
     return out
-
-
-# ---- circuit-tracer's global influence pruning ---------------------------------------------------
-
-
-def _row_normalise(matrix: Tensor) -> Tensor:
-    normalised = matrix.abs()
-    return normalised / normalised.sum(-1, keepdim=True).clamp(min=1e-10)
-
-
-class LayeredAdjacency(NamedTuple):
-    """Row-normalised |edges| of a graph: `blocks[k]` is [targets of layer k+1, sources of k]."""
-
-    blocks: list[Float[Tensor, "n_tgt n_src_plus_error"]]
-    logit: Float[Tensor, " n_top_plus_error"]
-
-
-def layered_adjacency(graph: Graph, edge_masks: Sequence[Tensor] | None = None,
-                      logit_mask: Tensor | None = None) -> LayeredAdjacency:
-    graph.require_dense_edges("layered_adjacency")
-    edges = [e if edge_masks is None else e * edge_masks[k] for k, e in enumerate(graph.edges)]
-    logit = graph.logit_edges if logit_mask is None else graph.logit_edges * logit_mask
-    return LayeredAdjacency([_row_normalise(e.T) for e in edges], _row_normalise(logit[None])[0])
-
-
-def layered_influence(adjacency: LayeredAdjacency) -> list[Float[Tensor, " n_plus_error"]]:
-    """Influence on the logit of every node (`w (A + A^2 + ...)` with w = 1 on the logit)."""
-    influence = [torch.zeros(0)] * (len(adjacency.blocks) + 1)
-    influence[-1] = adjacency.logit
-    for k in range(len(adjacency.blocks) - 1, -1, -1):
-        # Only latent nodes pass influence down; error nodes are leaves.
-        influence[k] = influence[k + 1][:-1] @ adjacency.blocks[k]
-    return influence
-
-
-class _SortedScores(NamedTuple):
-    ordered: Tensor
-    cumulative: Tensor
-
-
-def _sort_scores(scores: Tensor) -> _SortedScores:
-    ordered = torch.sort(scores, descending=True).values
-    return _SortedScores(ordered, ordered.cumsum(0) / ordered.sum().clamp(min=1e-30))
-
-
-def _cut_at(sorted_scores: _SortedScores, threshold: float) -> Tensor:
-    """The smallest score among those that carry `threshold` of the total."""
-    ordered, cumulative = sorted_scores
-    index = min(int(torch.searchsorted(cumulative, torch.tensor(threshold))), len(ordered) - 1)
-    return ordered[index]
-
-
-class PruneResult(NamedTuple):
-    node_masks: list[Bool[Tensor, " n_plus_error"]]
-    """Per layer, kept latent nodes and (last) the error node."""
-    edge_masks: list[Bool[Tensor, "n_src_plus_error n_tgt"]]
-    """Kept edges, aligned with `graph.edges`."""
-    logit_edge_mask: Bool[Tensor, " n_top_plus_error"]
-    influence: list[Float[Tensor, " n_plus_error"]]
-    """Influence of each node on the logit in the unpruned graph."""
-
-
-def prune_by_influence(
-    graph: Graph, *, node_threshold: float = 0.8, edge_threshold: float = 0.98
-) -> PruneResult:
-    """circuit-tracer's `prune_graph` on a layered RRM graph.
-
-    Keeps the nodes carrying `node_threshold` of the total influence, then the edges carrying
-    `edge_threshold` of the edge influence among them, then drops nodes left without an outgoing
-    edge (latents and errors) or, for latents above the bottom layer, without an incoming one.
-    Bottom-layer latents play the role of circuit-tracer's input tokens (they have no sources).
-    Sparse (top-k token) graphs are pruned over their stored edges
-    (`rrm_plugin.circuits.sparse_pruning`); their edge masks are then sparse boolean tensors.
-    """
-    grid = prune_by_influence_grid(graph, node_thresholds=[node_threshold],
-                                   edge_thresholds=[edge_threshold])
-    return grid[(node_threshold, edge_threshold)]
-
-
-def prune_by_influence_grid(
-    graph: Graph, *, node_thresholds: Sequence[float], edge_thresholds: Sequence[float]
-) -> dict[tuple[float, float], PruneResult]:
-    """`prune_by_influence` at every (node, edge) threshold pair.
-
-    The node influence is computed once and the edge scores (and their sort) once per node
-    threshold, since neither depends on the edge threshold: a slider grid of a ViT-B graph costs
-    a few sorts instead of one per position.
-    """
-    if graph.sparse_edges:
-        from rrm_plugin.circuits import sparse_pruning
-
-        return sparse_pruning.prune_by_influence_grid(
-            graph, node_thresholds=node_thresholds, edge_thresholds=edge_thresholds)
-    for t in node_thresholds:
-        _check_fraction("node_threshold", t)
-    for t in edge_thresholds:
-        _check_fraction("edge_threshold", t)
-    influence = layered_influence(layered_adjacency(graph))
-    sorted_nodes = _sort_scores(torch.cat(influence))
-    results = {}
-    for node_t in node_thresholds:
-        cut = _cut_at(sorted_nodes, node_t)
-        nodes = [inf >= cut for inf in influence]
-        between = [nodes[k][:, None] & nodes[k + 1][None, :-1] for k in range(len(graph.edges))]
-        pruned = layered_adjacency(graph, [m.float() for m in between], nodes[-1].float())
-        pruned_influence = layered_influence(pruned)
-        # Edge score: normalised weight times the target's influence (+1 for the logit target).
-        scores = [pruned.blocks[k].T * pruned_influence[k + 1][None, :-1]
-                  for k in range(len(graph.edges))]
-        sorted_edges = _sort_scores(torch.cat([s.flatten() for s in scores] + [pruned.logit]))
-        for edge_t in edge_thresholds:
-            edge_cut = _cut_at(sorted_edges, edge_t)
-            edge_masks = [(s >= edge_cut) & m for s, m in zip(scores, between, strict=True)]
-            logit_mask = (pruned.logit >= edge_cut) & nodes[-1]
-            results[(node_t, edge_t)] = PruneResult(
-                *_drop_unconnected([n.clone() for n in nodes], edge_masks, logit_mask), influence)
-    return results
-
-
-def _drop_unconnected(
-    nodes: list[Tensor], edge_masks: list[Tensor], logit_mask: Tensor
-) -> tuple[list[Tensor], list[Tensor], Tensor]:
-    """Drop nodes without an outgoing edge (or an incoming one above the bottom layer) and the
-    edges they ended, until nothing changes."""
-    changed = True
-    while changed:
-        old = [n.clone() for n in nodes]
-        for k in range(len(nodes)):
-            outgoing = logit_mask if k == len(nodes) - 1 else edge_masks[k].any(1)
-            nodes[k] &= outgoing
-            if k > 0:
-                nodes[k][:-1] &= edge_masks[k - 1].any(0)
-        edge_masks = [m & nodes[k][:, None] & nodes[k + 1][None, :-1]
-                      for k, m in enumerate(edge_masks)]
-        logit_mask &= nodes[-1]
-        changed = any(not torch.equal(a, b) for a, b in zip(old, nodes, strict=True))
-    return nodes, edge_masks, logit_mask
-
-
-class GraphScores(NamedTuple):
-    replacement: float
-    """Influence of input nodes / (input + error nodes): how much flows through features."""
-    completeness: float
-    """circuit-tracer's completeness score: influence-weighted share of incoming edge weight that
-    does not come from error nodes. Not the RRM paper's Table 1 "completeness" column, which the
-    authors' public code does not compute."""
-
-
-def graph_scores(graph: Graph) -> GraphScores:
-    """circuit-tracer's replacement and completeness scores; inputs = bottom-layer latents."""
-    if graph.sparse_edges:
-        from rrm_plugin.circuits import sparse_pruning
-
-        return sparse_pruning.graph_scores(graph)
-    adjacency = layered_adjacency(graph)
-    # Each latent's share of normalised incoming weight from its sources' error node.
-    error_shares = [block[:, -1] for block in adjacency.blocks]
-    return circuit_tracer_scores(layered_influence(adjacency), error_shares, adjacency.logit[-1])
-
-
-def circuit_tracer_scores(
-    influence: Sequence[Tensor], error_shares: Sequence[Tensor], logit_error_share: Tensor
-) -> GraphScores:
-    """Replacement and completeness scores from the node influence, each latent's share of
-    incoming weight from error nodes (`error_shares[k]`: the latents of layer k+1) and the
-    logit's share from the top error node."""
-    inputs = influence[0][:-1].sum()
-    errors = sum(inf[-1] for inf in influence)
-    replacement = float(inputs / (inputs + errors).clamp(min=1e-30))
-    weighted, total = torch.tensor(0.0), torch.tensor(0.0)
-    for k, inf in enumerate(influence):
-        # Latents above the bottom take error weight from their sources' error column.
-        non_error = torch.ones_like(inf)
-        if k > 0:
-            non_error[:-1] = 1 - error_shares[k - 1]
-        weighted += (non_error * inf).sum()
-        total += inf.sum()
-    # The logit node (weight 1) draws from the top layer and its error.
-    weighted += 1 - logit_error_share
-    total += 1
-    return GraphScores(replacement, float(weighted / total))

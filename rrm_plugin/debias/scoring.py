@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from rrm_plugin.attribution.baselines import Baselines
 from rrm_plugin.attribution.graph import attribute
-from rrm_plugin.circuits.pruning import prune_by_influence
+from rrm_plugin.circuits.influence import prune_by_influence
 from rrm_plugin.debias.data import SpuriousSplit
 from rrm_plugin.metrics.faithfulness import neuron_scores
 from rrm_plugin.replacement.splice import replacement

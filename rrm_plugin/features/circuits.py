@@ -17,7 +17,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from rrm_plugin.attribution.graph import Graph
-from rrm_plugin.circuits.pruning import prune_by_influence
+from rrm_plugin.circuits.influence import prune_by_influence
 
 
 @dataclass

@@ -53,14 +53,13 @@ from rrm_plugin.attribution.graph import graphs_from_forward
 from rrm_plugin.attribution.linearise import FULL, Linearisation, linearised
 from rrm_plugin.attribution.targets import metric_values
 from rrm_plugin.circuits.circuit import Circuit, clean_errors, intervention_hooks, stack_masks
+from rrm_plugin.circuits.influence import graph_scores, prune_by_influence
 from rrm_plugin.circuits.pruning import (
     CRITERIA,
     PAPER_SWEEP,
     THRESHOLD_SWEEP,
     TIES,
     edge_rule,
-    graph_scores,
-    prune_by_influence,
     select,
 )
 from rrm_plugin.plotting import pyplot

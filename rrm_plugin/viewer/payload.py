@@ -18,7 +18,8 @@ from jaxtyping import Float
 from torch import Tensor
 
 from rrm_plugin.attribution.graph import Graph
-from rrm_plugin.circuits.pruning import graph_scores, layered_adjacency, layered_influence
+from rrm_plugin.circuits.edge_readers import layered_adjacency, layered_influence
+from rrm_plugin.circuits.influence import graph_scores
 from rrm_plugin.viewer.steps import CircuitStep, pack_bits
 
 PAYLOAD_SCHEMA = "rrm-circuit-viewer/1"

@@ -17,12 +17,8 @@ from jaxtyping import Bool
 from torch import Tensor
 
 from rrm_plugin.attribution.graph import Graph
-from rrm_plugin.circuits.pruning import (
-    PAPER_SWEEP,
-    edge_rule,
-    node_rule_on_graph,
-    prune_by_influence_grid,
-)
+from rrm_plugin.circuits.influence import prune_by_influence_grid
+from rrm_plugin.circuits.pruning import PAPER_SWEEP, edge_rule, node_rule_on_graph
 
 # Slider grids. The defaults of `prune_by_influence` (0.8, 0.98) are grid points.
 NODE_THRESHOLDS: tuple[float, ...] = tuple(round(0.05 * i, 2) for i in range(1, 21))

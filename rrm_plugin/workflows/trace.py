@@ -17,7 +17,7 @@ from rrm_plugin.attribution.engine import EngineConfig
 from rrm_plugin.attribution.graph import Granularity, Graph, attribute
 from rrm_plugin.circuits.circuit import Circuit, run_circuits
 from rrm_plugin.circuits.figure import plot_circuit, top_patches
-from rrm_plugin.circuits.pruning import graph_scores, prune_by_influence
+from rrm_plugin.circuits.influence import graph_scores, prune_by_influence
 from rrm_plugin.hosts.vit import n_prefix_tokens
 from rrm_plugin.io import write_json
 from rrm_plugin.lens.features import feature_lens

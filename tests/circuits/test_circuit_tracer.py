@@ -12,7 +12,7 @@ from rrm_plugin.circuits.circuit_tracer import (
     prompt_tokens,
     write_circuit_tracer,
 )
-from rrm_plugin.circuits.pruning import prune_by_influence
+from rrm_plugin.circuits.influence import prune_by_influence
 
 # circuit-tracer's schema as its source defines it (circuit_tracer/frontend/graph_models.py).
 METADATA_KEYS = {"slug": str, "scan": str, "transcoder_list": list, "prompt_tokens": list,

@@ -4,18 +4,15 @@ import pytest
 import torch
 
 from rrm_plugin.attribution.graph import Graph, GraphLayer, attribute
+from rrm_plugin.circuits.edge_readers import layered_adjacency, layered_influence
+from rrm_plugin.circuits.influence import graph_scores, prune_by_influence, prune_by_influence_grid
 from rrm_plugin.circuits.pruning import (
     PAPER_SWEEP,
     THRESHOLD_SWEEP,
     edge_rule,
-    graph_scores,
-    layered_adjacency,
-    layered_influence,
     node_rule,
     node_rule_on_graph,
     normalise,
-    prune_by_influence,
-    prune_by_influence_grid,
     select,
     threshold_rule,
     topk_rule,

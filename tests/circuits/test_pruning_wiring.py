@@ -5,12 +5,11 @@ import pytest
 import torch
 
 from rrm_plugin.attribution.graph import Graph, GraphLayer
+from rrm_plugin.circuits.influence import graph_scores, prune_by_influence_grid
 from rrm_plugin.circuits.pruning import (
     edge_rule,
     graph_n_max,
-    graph_scores,
     node_rule_on_graph,
-    prune_by_influence_grid,
     select,
     threshold_rule,
 )

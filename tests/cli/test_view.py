@@ -3,7 +3,7 @@
 import json
 import re
 
-from rrm_plugin.circuits.pruning import prune_by_influence
+from rrm_plugin.circuits.influence import prune_by_influence
 from rrm_plugin.cli.main import main
 from tests.cli.conftest import expect_user_error
 from tests.viewer.conftest import hand_graph

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from rrm_plugin.attribution.graph import Graph, GraphLayer
-from rrm_plugin.circuits.pruning import prune_by_influence
+from rrm_plugin.circuits.influence import prune_by_influence
 from rrm_plugin.features.circuits import circuit_participation
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from rrm_plugin.attribution.graph import attribute
-from rrm_plugin.circuits.pruning import graph_scores, prune_by_influence
+from rrm_plugin.circuits.influence import graph_scores, prune_by_influence
 from rrm_plugin.metrics.faithfulness import FaithfulnessConfig, evaluate_faithfulness
 from rrm_plugin.replacement.splice import replacement
 

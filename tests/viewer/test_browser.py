@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rrm_plugin.circuits.pruning import edge_rule, prune_by_influence
+from rrm_plugin.circuits.influence import prune_by_influence
+from rrm_plugin.circuits.pruning import edge_rule
 from rrm_plugin.viewer.build import build_viewer, write_viewer
 from tests.viewer.browser import browser_page, open_viewer, unavailable_reason
 

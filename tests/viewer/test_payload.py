@@ -8,12 +8,8 @@ import pytest
 import torch
 
 from rrm_plugin.circuits.circuit import Circuit, run_circuits
-from rrm_plugin.circuits.pruning import (
-    PAPER_SWEEP,
-    edge_rule,
-    node_rule_on_graph,
-    prune_by_influence,
-)
+from rrm_plugin.circuits.influence import prune_by_influence
+from rrm_plugin.circuits.pruning import PAPER_SWEEP, edge_rule, node_rule_on_graph
 from rrm_plugin.viewer.build import build_viewer, merge_cards
 from rrm_plugin.viewer.context import image_context, patch_activations
 from rrm_plugin.viewer.payload import viewer_payload

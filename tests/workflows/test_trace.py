@@ -15,7 +15,7 @@ import rrm_plugin
 from rrm_plugin.attribution.graph import Graph
 from rrm_plugin.circuits.circuit import Circuit, run_circuits
 from rrm_plugin.circuits.figure import top_patches
-from rrm_plugin.circuits.pruning import graph_scores, prune_by_influence
+from rrm_plugin.circuits.influence import graph_scores, prune_by_influence
 from rrm_plugin.replacement.splice import replacement
 from rrm_plugin.workflows.trace import TraceConfig, trace_image
 
@@ -191,7 +191,6 @@ def test_trace_passes_its_settings_to_the_figure_viewer_and_files(
         monkeypatch, vit, saes, images, baselines, reference_images, tmp_path):
     """What `trace_image` hands to `plot_circuit` and `build_viewer` (both recorded here), the
     graph.json edge cap, and the metadata kept in the lossless graph."""
-    import rrm_plugin.viewer.build as viewer_build
     import rrm_plugin.workflows.trace as trace_module
     from rrm_plugin.circuits.circuit import Circuit as CircuitType
     from rrm_plugin.lens.features import feature_lens
@@ -199,9 +198,9 @@ def test_trace_passes_its_settings_to_the_figure_viewer_and_files(
     calls = {}
     monkeypatch.setattr(trace_module, "plot_circuit",
                         lambda *args, **kwargs: calls.__setitem__("figure", (args, kwargs)))
-    monkeypatch.setattr(viewer_build, "build_viewer",
+    monkeypatch.setattr(trace_module, "build_viewer",
                         lambda graph, **kwargs: calls.__setitem__("viewer", (graph, kwargs)))
-    monkeypatch.setattr(viewer_build, "write_viewer",
+    monkeypatch.setattr(trace_module, "write_viewer",
                         lambda out_dir, payload: calls.__setitem__("written", out_dir))
 
     def display(x):

@@ -9,13 +9,9 @@ import torch
 from rrm_plugin.attribution.engine import EngineConfig
 from rrm_plugin.attribution.graph import Graph, attribute
 from rrm_plugin.circuits.circuit import Circuit
-from rrm_plugin.circuits.pruning import (
-    dense_edges,
-    edge_rule,
-    graph_scores,
-    prune_by_influence,
-    prune_by_influence_grid,
-)
+from rrm_plugin.circuits.circuit_tracer import write_circuit_tracer
+from rrm_plugin.circuits.influence import graph_scores, prune_by_influence, prune_by_influence_grid
+from rrm_plugin.circuits.pruning import dense_edges, edge_rule
 from tests.circuits.test_pruning import INFLUENCE_CASES, influence_graph
 
 
@@ -102,7 +98,7 @@ def test_top_k_graph_round_trips_and_exports(token_graphs, tmp_path):
                        & (e.to_dense() != 0)).sum()) for k, e in enumerate(loaded.edges))
     n_top = int((pruned.node_masks[-1] & (loaded.logit_edges != 0)).sum())
     assert len(nodes_only.edges) == between + n_top > len(circuit.edges)
-    data = json.loads(loaded.to_circuit_tracer(tmp_path / "ct").read_text())
+    data = json.loads(write_circuit_tracer(loaded, tmp_path / "ct").read_text())
     assert len(data["links"]) == n_inner + n_logit
     as_json = loaded.to_json_dict()
     stored = sum(int((e.to_dense() != 0).sum()) for e in loaded.edges)
