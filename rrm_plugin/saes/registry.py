@@ -153,12 +153,12 @@ def load_saes(
 
 
 def _finish_pending_registration() -> None:
-    import rrm_plugin
+    import rrm_plugin  # import-time registration machinery (pyproject's ignore_imports)
 
     # SAELens was first imported by this module (if by the releases module, that one finishes).
     if rrm_plugin.registration_pending() and not rrm_plugin._initialising(
             "rrm_plugin.zoo.releases"):
-        from rrm_plugin.zoo.releases import ensure_registered
+        from rrm_plugin.zoo.releases import ensure_registered  # upward: pyproject ignore_imports
 
         ensure_registered()
 

@@ -201,7 +201,7 @@ _REGISTERED: list[str] = []
 
 def ensure_registered() -> list[str]:
     """Register the shipped and hub releases with SAELens once (idempotent)."""
-    import rrm_plugin
+    import rrm_plugin  # the package may still be initialising (its SAELens import hook calls us)
 
     if not _REGISTERED:
         _REGISTERED.extend(register_embedded_releases())
@@ -283,7 +283,7 @@ def format_release_table(rows: list[dict]) -> str:
 
 
 def _finish_pending_registration() -> None:
-    import rrm_plugin
+    import rrm_plugin  # the package may still be initialising (its SAELens import hook calls us)
 
     if rrm_plugin.registration_pending():  # SAELens was first imported by this module
         ensure_registered()
