@@ -63,5 +63,27 @@ def metric_values(
 ) -> Float[Tensor, " batch"]:
     """The attributed quantity per image (the authors subtract the mean over all classes)."""
     check_metric(metric)
+    return readout(logits, classes)[metric]
+
+
+def readout(
+    logits: Float[Tensor, "batch classes"], classes: Int[Tensor, " batch"]
+) -> dict[str, Tensor]:
+    """Per image: the class's logit, adjusted logit (logit minus the mean over all classes) and
+    probability, and the predicted class."""
     chosen = logits.gather(-1, classes[:, None])[:, 0]
-    return chosen - logits.mean(-1) if metric == "adjusted_logit" else chosen
+    return {
+        "logit": chosen,
+        "adjusted_logit": chosen - logits.mean(-1),
+        "probability": logits.softmax(-1).gather(-1, classes[:, None])[:, 0],
+        "predicted_class": logits.argmax(-1),
+    }
+
+
+def image_readout(logits: Float[Tensor, " classes"], cls: int) -> dict[str, float]:
+    """`readout` of one image's logits as plain numbers."""
+    values = readout(logits[None], torch.tensor([cls], device=logits.device))
+    return {"logit": float(values["logit"][0]),
+            "adjusted_logit": float(values["adjusted_logit"][0]),
+            "probability": float(values["probability"][0]),
+            "predicted_class": int(values["predicted_class"][0])}

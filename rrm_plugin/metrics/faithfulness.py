@@ -51,7 +51,7 @@ from rrm_plugin.attribution.baselines import Baselines
 from rrm_plugin.attribution.forward import attribution_forward
 from rrm_plugin.attribution.graph import graphs_from_forward
 from rrm_plugin.attribution.linearise import FULL, Linearisation, linearised
-from rrm_plugin.attribution.targets import metric_values
+from rrm_plugin.attribution.targets import metric_values, readout
 from rrm_plugin.circuits.circuit import Circuit, clean_errors, intervention_hooks, stack_masks
 from rrm_plugin.circuits.influence import graph_scores, prune_by_influence
 from rrm_plugin.circuits.pruning import (
@@ -373,13 +373,9 @@ def _neuron_hooks(hook_names, masks, baselines, mode) -> list[tuple[str, Callabl
 
 
 def _readout(logits: Tensor, labels: Tensor) -> dict[str, Tensor]:
-    chosen = logits.gather(-1, labels[:, None])[:, 0]
-    return {
-        "logit": chosen,
-        "adjusted_logit": chosen - logits.mean(-1),
-        "probability": logits.softmax(-1).gather(-1, labels[:, None])[:, 0],
-        "accuracy": (logits.argmax(-1) == labels).float(),
-    }
+    values = readout(logits, labels)
+    predicted = values.pop("predicted_class")
+    return {**values, "accuracy": (predicted == labels).float()}
 
 
 # ---- the run --------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from rrm_plugin.attribution.baselines import Baselines
 from rrm_plugin.attribution.graph import Graph
+from rrm_plugin.attribution.targets import image_readout
 from rrm_plugin.circuits.circuit import Circuit, clean_errors, run_circuits
 from rrm_plugin.hosts.vit import n_prefix_tokens
 from rrm_plugin.lens.features import feature_lens
@@ -37,11 +38,6 @@ def png_bytes(image: Float[Tensor, "c h w"], *, min_size: int = 0) -> bytes:
     buffer = io.BytesIO()
     picture.save(buffer, format="PNG")
     return buffer.getvalue()
-
-
-def readout(logits: Float[Tensor, " classes"], cls: int) -> dict[str, float]:
-    return {"logit": float(logits[cls]), "adjusted_logit": float(logits[cls] - logits.mean()),
-            "probability": float(logits.softmax(-1)[cls]), "predicted_class": int(logits.argmax())}
 
 
 @torch.no_grad()
@@ -115,7 +111,7 @@ def step_runs(
             logits = run_circuits(model, used, batch, chunk, baselines=baselines, mode=mode,
                                   errors={h: e.expand(len(chunk), *e.shape[1:])
                                           for h, e in errors.items()})
-            out += [readout(row, cls) for row in logits]
+            out += [image_readout(row, cls) for row in logits]
     return [{mode: results[mode][i] for mode in results} for i in which]
 
 
@@ -136,7 +132,7 @@ def image_context(
     show = display or (lambda x: x)
     patch = model.cfg.patch_size
     rows, cols = image.shape[-2] // patch, image.shape[-1] // patch
-    reference = {"clean": readout(graph.logits, graph.target_class)}
+    reference = {"clean": image_readout(graph.logits, graph.target_class)}
     if all_at_baseline is not None:
         reference["all_at_baseline"] = dict(all_at_baseline)
     return ImageContext(

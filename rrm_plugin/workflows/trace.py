@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from rrm_plugin.attribution.baselines import Baselines
 from rrm_plugin.attribution.engine import EngineConfig
 from rrm_plugin.attribution.graph import Granularity, Graph, attribute
+from rrm_plugin.attribution.targets import image_readout
 from rrm_plugin.circuits.circuit import Circuit, run_circuits
 from rrm_plugin.circuits.figure import plot_circuit, top_patches
 from rrm_plugin.circuits.influence import graph_scores, prune_by_influence
@@ -61,15 +62,6 @@ class TraceConfig:
                              "without it (viewer=False, --no-viewer)")
 
 
-def _readout(logits: Tensor, cls: int) -> dict[str, float]:
-    return {
-        "logit": float(logits[cls]),
-        "adjusted_logit": float(logits[cls] - logits.mean()),
-        "probability": float(logits.softmax(-1)[cls]),
-        "predicted_class": int(logits.argmax()),
-    }
-
-
 def trace_image(
     model: nn.Module,
     saes: Mapping[str, SAE],
@@ -105,17 +97,17 @@ def trace_image(
     circuit = Circuit.from_graph(graph, pruned.node_masks, edge_masks=pruned.edge_masks,
                                  logit_edge_mask=pruned.logit_edge_mask)
     cls = graph.target_class
-    runs = {mode: _readout(run_circuits(model, saes, batch, circuit, baselines=baselines,
+    runs = {mode: image_readout(run_circuits(model, saes, batch, circuit, baselines=baselines,
                                         mode=mode)[0], cls)
             for mode in ("insertion", "deletion")}
     empty = Circuit(circuit.hook_names, [torch.zeros_like(m) for m in circuit.latents],
                     torch.zeros_like(circuit.errors))
-    runs["all_at_baseline"] = _readout(
+    runs["all_at_baseline"] = image_readout(
         run_circuits(model, saes, batch, empty, baselines=baselines)[0], cls)
     scores = graph_scores(graph)
     summary = {
         "target_class": cls, "metric": graph.metric, "value": graph.value,
-        "clean": _readout(graph.logits, cls), **runs,
+        "clean": image_readout(graph.logits, cls), **runs,
         "circuit_nodes": circuit.node_count, "circuit_edges": len(circuit.edges),
         "graph_nodes": sum(len(layer) for layer in graph.layers) + len(graph.layers) + 1,
         "circuit_tracer_replacement_score": scores.replacement,
