@@ -101,9 +101,9 @@ class PeakMemory:
 
 
 def task_ours(threads: int, image_size: int, pairs: list[int] | None, out_path: str) -> None:
+    from rrm_plugin.attribution.build import graphs_from_forward
     from rrm_plugin.attribution.engine import block_weights, feature_edges, pair_inputs
     from rrm_plugin.attribution.forward import attribution_forward
-    from rrm_plugin.attribution.graph import graphs_from_forward
 
     model, saes, baselines, image = setup(threads, image_size)
     hooks = list(saes)

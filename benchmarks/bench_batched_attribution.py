@@ -58,8 +58,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="write the numbers as JSON")
     args = parser.parse_args()
 
+    from rrm_plugin.attribution.build import attribute
     from rrm_plugin.attribution.engine import EngineConfig
-    from rrm_plugin.attribution.graph import attribute
 
     model, saes, baselines, _ = setup(args.threads, args.image_size)
     n = max(args.batches)

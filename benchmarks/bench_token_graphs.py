@@ -45,9 +45,9 @@ def task_pairs(threads: int, image_size: int, top_k: int, chunk_elements: int,
                pairs: list[int], out_path: str) -> None:
     """Nodes of the whole token graph (one forward + backward) and the top-k token edges of the
     given layer pairs only, each pair timed (for sizes whose full graph takes hours on a CPU)."""
+    from rrm_plugin.attribution.build import _layer_nodes
     from rrm_plugin.attribution.engine import EngineConfig, block_weights, pair_inputs, token_edges
     from rrm_plugin.attribution.forward import attribution_forward
-    from rrm_plugin.attribution.graph import _layer_nodes
 
     model, saes, baselines, image = _setup(threads, image_size)
     engine = EngineConfig(token_top_k=top_k, chunk_elements=chunk_elements,
@@ -104,8 +104,8 @@ def _setup(threads: int, image_size: int):
 
 def task(threads: int, image_size: int, top_k: int | None, chunk_elements: int,
          out_path: str) -> None:
+    from rrm_plugin.attribution.build import attribute
     from rrm_plugin.attribution.engine import EngineConfig
-    from rrm_plugin.attribution.graph import attribute
     from rrm_plugin.circuits.influence import graph_scores, prune_by_influence
 
     model, saes, baselines, image = _setup(threads, image_size)

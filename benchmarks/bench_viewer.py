@@ -103,7 +103,7 @@ def main() -> None:
     reason = unavailable_reason()
     if reason:
         sys.exit(f"no browser: {reason}")
-    from rrm_plugin.attribution.graph import attribute
+    from rrm_plugin.attribution.build import attribute
     from rrm_plugin.viewer.build import build_viewer, write_viewer
     from rrm_plugin.viewer.steps import influence_steps, paper_steps
 

@@ -17,11 +17,11 @@ __version__ = "0.1.0"
 
 # Public name -> module that defines it; imported on first access (PEP 562).
 _LAZY = {
-    "attribute": "rrm_plugin.attribution.graph",
+    "attribute": "rrm_plugin.attribution.build",
     "Graph": "rrm_plugin.attribution.graph",
     "compute_baselines": "rrm_plugin.attribution.baselines",
     "Circuit": "rrm_plugin.circuits.circuit",
-    "prune_by_influence": "rrm_plugin.circuits.pruning",
+    "prune_by_influence": "rrm_plugin.circuits.influence",
     "evaluate_faithfulness": "rrm_plugin.metrics.faithfulness",
     "run_lens": "rrm_plugin.lens.report",
     "FeatureIntervention": "rrm_plugin.replacement.interventions",

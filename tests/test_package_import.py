@@ -45,7 +45,8 @@ def test_replacement_is_the_context_manager_after_the_subpackage_loads():
 
 def test_main_api_is_exported_at_the_top_level():
     from rrm_plugin.attribution.baselines import compute_baselines
-    from rrm_plugin.attribution.graph import Graph, attribute
+    from rrm_plugin.attribution.build import attribute
+    from rrm_plugin.attribution.graph import Graph
     from rrm_plugin.circuits.circuit import Circuit
     from rrm_plugin.circuits.influence import prune_by_influence
     from rrm_plugin.lens.report import run_lens

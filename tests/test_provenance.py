@@ -6,7 +6,7 @@ import torch
 
 from rrm_plugin.attribution.baselines import Baselines, compute_baselines
 from rrm_plugin.hosts.prisma import build_hooked_vit
-from rrm_plugin.provenance import ProvenanceError, model_fingerprint, weights_fingerprint
+from rrm_plugin.provenance import ProvenanceError, fingerprint, model_fingerprint
 from rrm_plugin.saes.pipeline import train_sae_release
 from rrm_plugin.saes.registry import load_saes, register_sae_release
 from rrm_plugin.saes.training import TopKTrainingConfig
@@ -18,11 +18,11 @@ from tests.conftest import tiny_vit_config
 def test_fingerprint_sees_every_weight_and_survives_a_dtype_cast(tmp_path):
     model = build_hooked_vit(tiny_vit_config(), seed=0).eval()
     state = model.state_dict()
-    base = weights_fingerprint(state)
+    base = fingerprint(state)
     for name in ("blocks.1.attn.W_Q", "head.b_H"):  # one value changed anywhere -> new hash
         edited = {k: v.clone() for k, v in state.items()}
         edited[name].view(-1)[0] += 1e-6
-        assert weights_fingerprint(edited) != base, name
+        assert fingerprint(edited) != base, name
     save_model(model, tmp_path / "m")
     loaded = load_model_from_directory(tmp_path / "m")
     assert model_fingerprint(loaded) == base
@@ -37,8 +37,8 @@ def test_fingerprint_sees_every_weight_and_survives_a_dtype_cast(tmp_path):
 def test_fingerprint_of_scalar_tensors():
     # CLIP-like heads hold 0-dim parameters (a logit scale); their value and shape both count.
     one = {"scale": torch.tensor(2.0)}
-    assert weights_fingerprint(one) != weights_fingerprint({"scale": torch.tensor(3.0)})
-    assert weights_fingerprint(one) != weights_fingerprint({"scale": torch.tensor([2.0])})
+    assert fingerprint(one) != fingerprint({"scale": torch.tensor(3.0)})
+    assert fingerprint(one) != fingerprint({"scale": torch.tensor([2.0])})
 
 
 @pytest.fixture

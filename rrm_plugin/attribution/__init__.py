@@ -4,9 +4,10 @@ from rrm_plugin.attribution.baselines import (
     Baselines,
     compute_baselines,
 )
+from rrm_plugin.attribution.build import attribute
 from rrm_plugin.attribution.engine import EngineConfig
 from rrm_plugin.attribution.forward import attribution_forward
-from rrm_plugin.attribution.graph import Graph, GraphLayer, attribute, dense_scores
+from rrm_plugin.attribution.graph import Graph, GraphLayer, dense_scores
 from rrm_plugin.attribution.linearise import (
     FULL,
     NONE,

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from rrm_plugin.attribution.baselines import Baselines
-from rrm_plugin.attribution.graph import attribute
+from rrm_plugin.attribution.build import attribute
 from rrm_plugin.circuits.influence import prune_by_influence
 from rrm_plugin.debias.data import SpuriousSplit
 from rrm_plugin.metrics.faithfulness import neuron_scores

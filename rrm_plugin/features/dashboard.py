@@ -27,7 +27,7 @@ from sae_lens import SAE
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from rrm_plugin.attribution.graph import attribute
+from rrm_plugin.attribution.build import attribute
 from rrm_plugin.features.activations import TopActivations, collect_top_activations
 from rrm_plugin.features.circuits import (
     CircuitParticipation,

@@ -48,8 +48,8 @@ from sae_lens import SAE
 from torch import Tensor, nn
 
 from rrm_plugin.attribution.baselines import Baselines
+from rrm_plugin.attribution.build import graphs_from_forward
 from rrm_plugin.attribution.forward import attribution_forward
-from rrm_plugin.attribution.graph import graphs_from_forward
 from rrm_plugin.attribution.linearise import FULL, Linearisation, linearised
 from rrm_plugin.attribution.targets import metric_values, readout
 from rrm_plugin.circuits.circuit import Circuit, clean_errors, intervention_hooks, stack_masks

@@ -13,8 +13,10 @@ from sae_lens import SAE
 from torch import Tensor, nn
 
 from rrm_plugin.attribution.baselines import Baselines
+from rrm_plugin.attribution.build import attribute
 from rrm_plugin.attribution.engine import EngineConfig
-from rrm_plugin.attribution.graph import Granularity, Graph, attribute
+from rrm_plugin.attribution.graph import Granularity, Graph
+from rrm_plugin.attribution.graph_views import graph_json
 from rrm_plugin.attribution.targets import image_readout
 from rrm_plugin.circuits.circuit import Circuit, run_circuits
 from rrm_plugin.circuits.figure import plot_circuit, top_patches
@@ -128,10 +130,10 @@ def trace_image(
         title=(f"class {cls}: {circuit.node_count} nodes keep "
                f"{runs['insertion']['adjusted_logit']:.2f} of {graph.value:.2f} adjusted logit"),
     )
-    write_json(out_dir / "graph.json", graph.to_json_dict(max_edges=config.max_json_edges))
+    write_json(out_dir / "graph.json", graph_json(graph, max_edges=config.max_json_edges))
     graph.save(out_dir / "graph.lossless")
     write_json(out_dir / "circuit.json", {
-        **circuit.to_json_dict(),
+        **graph_json(circuit),
         "thumbnails": {f"{h}/F{f}": [e._asdict() for e in ex] for (h, f), ex in examples.items()},
     })
     write_json(out_dir / "summary.json", summary)

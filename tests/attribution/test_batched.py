@@ -3,8 +3,8 @@
 import pytest
 import torch
 
+from rrm_plugin.attribution.build import _image_groups, attribute
 from rrm_plugin.attribution.engine import EngineConfig
-from rrm_plugin.attribution.graph import _image_groups, attribute
 from tests.attribution.conftest import prisma_like_saes
 
 TOLERANCE = 1e-6  # relative to the largest entry: larger matrix products may sum in another order

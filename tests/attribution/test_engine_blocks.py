@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from rrm_plugin.attribution.baselines import compute_baselines
+from rrm_plugin.attribution.build import attribute
 from rrm_plugin.attribution.engine import EngineConfig, block_weights
-from rrm_plugin.attribution.graph import attribute
 from tests.attribution.conftest import random_saes, sharp_vit
 from tests.attribution.reference import reference_token_edges
 from tests.attribution.test_engine import assert_matches_reference

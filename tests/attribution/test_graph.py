@@ -6,8 +6,10 @@ import pytest
 import torch
 
 from rrm_plugin.attribution.baselines import Baselines, compute_baselines
+from rrm_plugin.attribution.build import attribute, graphs_from_forward
 from rrm_plugin.attribution.forward import attribution_forward
-from rrm_plugin.attribution.graph import Graph, attribute, graphs_from_forward
+from rrm_plugin.attribution.graph import Graph
+from rrm_plugin.attribution.graph_views import graph_json, graph_networkx
 from rrm_plugin.attribution.linearise import capture_constants, frozen
 from rrm_plugin.io import CorruptFileError
 from rrm_plugin.replacement.splice import replacement
@@ -162,11 +164,11 @@ def test_corrupt_graph_files_are_reported(tmp_path, vit, saes, images, baselines
 
 def test_json_and_networkx_views(vit, saes, images, baselines):
     graph = attribute(vit, saes, images[:1], baselines=baselines)[0]
-    data = graph.to_json_dict()
+    data = graph_json(graph)
     n_nodes = sum(len(layer) for layer in graph.layers)
     assert len(data["nodes"]) == n_nodes and len(data["error_nodes"]) == 2
     json.dumps(data)  # plain JSON
-    nx_graph = graph.to_networkx()
+    nx_graph = graph_networkx(graph)
     assert nx_graph.number_of_nodes() == n_nodes + 2 + 1
     into_logit = sum(d["weight"] for _, _, d in nx_graph.in_edges("logit", data=True))
     # Scores of the top layer and its error add up to the weight flowing into the logit.
@@ -179,13 +181,13 @@ def test_json_edges_match_the_matrices_and_max_edges_keeps_the_strongest(
     vit, saes, images, baselines
 ):
     graph = attribute(vit, saes, images[:1], baselines=baselines)[0]
-    full = graph.to_json_dict()
+    full = graph_json(graph)
     # Every non-zero entry of every edge matrix (error rows included) and of the logit edges.
     expected = sum(int((e != 0).sum()) for e in graph.edges) + int((graph.logit_edges != 0).sum())
     assert len(full["edges"]) == full["edges_total"] == expected
     into_logit = [e["weight"] for e in full["edges"] if e["target"] == "logit"]
     assert sum(into_logit) == pytest.approx(float(graph.logit_edges.sum()), rel=1e-5)
-    capped = graph.to_json_dict(max_edges=10)
+    capped = graph_json(graph, max_edges=10)
     assert len(capped["edges"]) == 10 and capped["edges_total"] == expected
     strongest = sorted((abs(e["weight"]) for e in full["edges"]), reverse=True)[:10]
     assert sorted((abs(e["weight"]) for e in capped["edges"]), reverse=True) == strongest

@@ -7,7 +7,8 @@ import json
 import pytest
 import torch
 
-from rrm_plugin.attribution.graph import Graph, attribute
+from rrm_plugin.attribution.build import attribute
+from rrm_plugin.attribution.graph import Graph
 from rrm_plugin.io import CorruptFileError
 from tests.attribution.hand_graphs import feature_hand_graph, sparse_token_hand_graph
 

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from rrm_plugin.attribution.graph import dense_scores, edge_entries
+from rrm_plugin.attribution.graph_views import graph_json, graph_networkx
 from tests.attribution.hand_graphs import feature_hand_graph, sparse_token_hand_graph
 
 LOW, TOP = "blocks.0.hook_resid_post", "blocks.1.hook_resid_post"
@@ -53,7 +54,7 @@ def test_logit_edges_and_error_scores():
 
 
 def test_json_dict_of_the_hand_graph():
-    data = feature_hand_graph().to_json_dict()
+    data = graph_json(feature_hand_graph())
     assert data == {
         "target": {"class": 1, "metric": "adjusted_logit", "value": 1.0},
         "granularity": "feature", "linearised": True, "nodes": FEATURE_NODES,
@@ -68,20 +69,20 @@ def test_json_dict_of_the_hand_graph():
 def test_json_edge_filters():
     graph = feature_hand_graph()
     # |weight| strictly above the floor: 0.25 and 0.125 go, 0.5 stays.
-    above = graph.to_json_dict(min_abs_edge=0.25)
+    above = graph_json(graph, min_abs_edge=0.25)
     assert _edges(above) == [e for e in FEATURE_EDGES if abs(e[2]) > 0.25]
     assert above["edges_total"] == 6
     # The three strongest edges (|w| 2, 1, 1), kept in the table order; the total counts all.
-    capped = graph.to_json_dict(max_edges=3)
+    capped = graph_json(graph, max_edges=3)
     assert _edges(capped) == [("L0/error", "L1/F5", -1.0), ("L1/F0", "logit", 1.0),
                               ("L1/F5", "logit", 2.0)]
     assert capped["edges_total"] == 9
-    assert _edges(graph.to_json_dict(max_edges=9)) == FEATURE_EDGES
-    assert graph.to_json_dict(min_abs_edge=5.0)["edges"] == []
+    assert _edges(graph_json(graph, max_edges=9)) == FEATURE_EDGES
+    assert graph_json(graph, min_abs_edge=5.0)["edges"] == []
 
 
 def test_json_edges_of_a_sparse_token_graph_skip_stored_zeros():
-    data = sparse_token_hand_graph().to_json_dict()
+    data = graph_json(sparse_token_hand_graph())
     assert _edges(data) == [("L0/T1/F3", "L1/T0/F1", 0.5), ("L0/T4/F0", "L1/T2/F1", -0.75),
                             ("L0/error", "L1/T2/F1", 0.25), ("L1/T0/F1", "logit", 1.5),
                             ("L1/T2/F1", "logit", -0.5), ("L1/error", "logit", -0.125)]
@@ -89,7 +90,7 @@ def test_json_edges_of_a_sparse_token_graph_skip_stored_zeros():
 
 
 def test_networkx_view():
-    graph = feature_hand_graph().to_networkx()
+    graph = graph_networkx(feature_hand_graph())
     assert graph.graph == {"target_class": 1, "metric": "adjusted_logit", "value": 1.0}
     expected = {n["id"]: {"kind": "feature", **n} for n in FEATURE_NODES}
     expected["L0/error"] = {"kind": "error", "id": "L0/error", "layer": 0, "hook_name": LOW,

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from rrm_plugin.attribution.graph import attribute
+from rrm_plugin.attribution.build import attribute
 from rrm_plugin.attribution.targets import integer_tensor, metric_values, resolve_classes
 
 LOGITS = torch.zeros(2, 5)

@@ -4,8 +4,8 @@ sparse top-k storage against the dense matrix it cuts."""
 import pytest
 import torch
 
+from rrm_plugin.attribution.build import attribute
 from rrm_plugin.attribution.engine import EngineConfig
-from rrm_plugin.attribution.graph import attribute
 from tests.attribution.reference import reference_token_edges
 
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from rrm_plugin.attribution.baselines import Baselines
-from rrm_plugin.attribution.graph import attribute
+from rrm_plugin.attribution.build import attribute
 from rrm_plugin.circuits.circuit import Circuit, run_circuits
 from rrm_plugin.circuits.influence import prune_by_influence
 from rrm_plugin.replacement.interventions import FeatureIntervention, intervention_hooks

@@ -6,7 +6,8 @@ import math
 import pytest
 import torch
 
-from rrm_plugin.attribution.graph import Graph, GraphLayer, attribute
+from rrm_plugin.attribution.build import attribute
+from rrm_plugin.attribution.graph import Graph, GraphLayer
 from rrm_plugin.circuits.circuit_tracer import (
     circuit_tracer_dict,
     prompt_tokens,

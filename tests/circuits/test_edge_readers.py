@@ -6,8 +6,10 @@ import json
 import pytest
 import torch
 
+from rrm_plugin.attribution.build import attribute
 from rrm_plugin.attribution.engine import EngineConfig
-from rrm_plugin.attribution.graph import Graph, attribute
+from rrm_plugin.attribution.graph import Graph
+from rrm_plugin.attribution.graph_views import graph_json
 from rrm_plugin.circuits.circuit import Circuit
 from rrm_plugin.circuits.circuit_tracer import write_circuit_tracer
 from rrm_plugin.circuits.influence import graph_scores, prune_by_influence, prune_by_influence_grid
@@ -100,7 +102,7 @@ def test_top_k_graph_round_trips_and_exports(token_graphs, tmp_path):
     assert len(nodes_only.edges) == between + n_top > len(circuit.edges)
     data = json.loads(write_circuit_tracer(loaded, tmp_path / "ct").read_text())
     assert len(data["links"]) == n_inner + n_logit
-    as_json = loaded.to_json_dict()
+    as_json = graph_json(loaded)
     stored = sum(int((e.to_dense() != 0).sum()) for e in loaded.edges)
     assert as_json["edges_total"] == stored + int((loaded.logit_edges != 0).sum())
 

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from rrm_plugin.attribution.graph import Graph, GraphLayer, attribute
+from rrm_plugin.attribution.build import attribute
+from rrm_plugin.attribution.graph import Graph, GraphLayer
 from rrm_plugin.circuits.edge_readers import layered_adjacency, layered_influence
 from rrm_plugin.circuits.influence import graph_scores, prune_by_influence, prune_by_influence_grid
 from rrm_plugin.circuits.pruning import (

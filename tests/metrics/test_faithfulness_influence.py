@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from rrm_plugin.attribution.graph import attribute
+from rrm_plugin.attribution.build import attribute
 from rrm_plugin.circuits.influence import graph_scores, prune_by_influence
 from rrm_plugin.metrics.faithfulness import FaithfulnessConfig, evaluate_faithfulness
 from rrm_plugin.replacement.splice import replacement

@@ -31,13 +31,13 @@ def hand_graph() -> Graph:
 
 @pytest.fixture
 def graph(vit, saes, images, baselines):  # noqa: F811
-    from rrm_plugin.attribution.graph import attribute
+    from rrm_plugin.attribution.build import attribute
 
     return attribute(vit, saes, images[:1], baselines=baselines)[0]
 
 
 @pytest.fixture
 def token_graph(vit, saes, images, baselines):  # noqa: F811
-    from rrm_plugin.attribution.graph import attribute
+    from rrm_plugin.attribution.build import attribute
 
     return attribute(vit, saes, images[:1], baselines=baselines, granularity="token")[0]

@@ -28,3 +28,8 @@ def test_release_baseline_paths(tmp_path, monkeypatch):
                                                 r"create them with `rrm baselines --release "
                                                 r"empty`"):
         load_release_baselines("empty")
+
+
+def test_unknown_release_is_named():
+    with pytest.raises(KeyError, match="unknown SAE release 'nope'"):
+        load_release_baselines("nope")
