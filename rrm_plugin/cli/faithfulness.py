@@ -120,7 +120,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _write(args, ws, loaded, result, how, output_directory) -> None:
     from rrm_plugin.io import write_json, write_text
-    from rrm_plugin.metrics.faithfulness import HEADLINE_AXIS, plot_faithfulness
+    from rrm_plugin.metrics.faithfulness_plot import plot_faithfulness
+    from rrm_plugin.metrics.faithfulness_result import HEADLINE_AXIS
 
     summary = result.to_json_dict()
     summary["metadata"] = {"model": ws.model_name, "release": ws.release, "baselines": how,

@@ -21,7 +21,7 @@ from rrm_plugin.attribution.baselines import Baselines
 from rrm_plugin.attribution.build import attribute
 from rrm_plugin.circuits.influence import prune_by_influence
 from rrm_plugin.debias.data import SpuriousSplit
-from rrm_plugin.metrics.faithfulness import neuron_scores
+from rrm_plugin.metrics.faithfulness_methods import neuron_scores
 from rrm_plugin.replacement.splice import replacement
 
 UnitScores = dict[str, Float[Tensor, " units"]]

@@ -35,13 +35,11 @@ Methods on the same sweep:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import numpy as np
-import scipy.integrate
 import torch
 from jaxtyping import Bool, Float, Int
 from sae_lens import SAE
@@ -50,8 +48,7 @@ from torch import Tensor, nn
 from rrm_plugin.attribution.baselines import Baselines
 from rrm_plugin.attribution.build import graphs_from_forward
 from rrm_plugin.attribution.forward import attribution_forward
-from rrm_plugin.attribution.linearise import FULL, Linearisation, linearised
-from rrm_plugin.attribution.targets import metric_values, readout
+from rrm_plugin.attribution.linearise import FULL, Linearisation
 from rrm_plugin.circuits.circuit import Circuit, clean_errors, intervention_hooks, stack_masks
 from rrm_plugin.circuits.influence import graph_scores, prune_by_influence
 from rrm_plugin.circuits.pruning import (
@@ -62,7 +59,15 @@ from rrm_plugin.circuits.pruning import (
     edge_rule,
     select,
 )
-from rrm_plugin.plotting import pyplot
+from rrm_plugin.metrics.faithfulness_methods import (
+    _dense_rrm_scores,
+    _neuron_hooks,
+    _readout,
+    authors_random_counts,
+    neuron_scores,
+    random_masks,
+)
+from rrm_plugin.metrics.faithfulness_result import MODES, QUANTITIES, FaithfulnessResult
 from rrm_plugin.replacement.splice import replacement
 from rrm_plugin.runs.sharded import concat, map_batches
 from rrm_plugin.saes.registry import hook_sort_key
@@ -70,12 +75,6 @@ from rrm_plugin.saes.registry import hook_sort_key
 METHODS: tuple[str, ...] = (
     "rrm", "rrm_edge", "non_linearised", "random", "random_authors", "neuron"
 )
-QUANTITIES: tuple[str, ...] = ("logit", "adjusted_logit", "probability", "accuracy", "node_count")
-SCORED: tuple[str, ...] = ("logit", "adjusted_logit", "probability", "accuracy")
-MODES: tuple[str, ...] = ("insertion", "deletion")
-AXES: tuple[str, ...] = ("index", "p", "nodes")
-HEADLINE_AXIS = "nodes"
-REFERENCE = "rrm"  # margins are this method against each other one
 # The authors' mode without LibraGrad: plain gradients, but the SAE input std is detached there too.
 NON_LINEARISED = Linearisation(
     attention_pattern=False, layer_norm_scale=False, gelu_gate=False, sae_input_std=True
@@ -133,249 +132,6 @@ class FaithfulnessConfig:
             raise ValueError(f"sweep values must be in [0, 1], got {self.sweep}")
         if list(self.sweep) != sorted(self.sweep):
             raise ValueError(f"sweep values must be increasing, got {self.sweep}")
-
-
-# ---- areas under the curve -------------------------------------------------------------------
-
-
-class Estimate(NamedTuple):
-    """A mean over images and its standard error (sample std / sqrt(n))."""
-
-    mean: float
-    se: float
-
-
-class Margin(NamedTuple):
-    """`method` against `other`, from paired per-image AUCs."""
-
-    difference: Estimate
-    """Mean of the per-image differences and its standard error."""
-    ratio: Estimate
-    """mean(method) / mean(other); standard error by the delta method on the paired AUCs."""
-
-
-def auc(values: Sequence[float], *, x: Sequence[float] | None = None) -> float:
-    """Trapezoidal area under `values` over `x`, divided by the range of `x` (its mean height).
-
-    Without `x`, the points are evenly spaced. A zero range (one point, or x constant) gives the
-    plain mean.
-    """
-    y = np.asarray(values, dtype=np.float64)
-    return float(image_aucs(y[None], x=np.linspace(0, 1, len(y)) if x is None else x)[0])
-
-
-def image_aucs(
-    curves: Float[np.ndarray, "image sweep"], *, x: Float[np.ndarray, " sweep"]
-) -> Float[np.ndarray, " image"]:
-    """`auc` of every row of `curves` over the shared axis `x`."""
-    y, x = np.asarray(curves, dtype=np.float64), np.asarray(x, dtype=np.float64)
-    if y.shape[-1] != len(x):
-        raise ValueError(f"curves have {y.shape[-1]} points but the axis has {len(x)}")
-    if len(x) == 0:
-        return np.full(len(y), np.nan)
-    span = x[-1] - x[0]
-    if len(x) < 2 or span == 0:
-        return y.mean(-1)
-    return scipy.integrate.trapezoid(y, x, axis=-1) / span
-
-
-def axis_positions(
-    axis: str, *, sweep: Sequence[float], node_counts: Float[np.ndarray, "image sweep"],
-    node_total: int,
-) -> Float[np.ndarray, " sweep"]:
-    """x of each sweep point on `axis` (`AXES`); `nodes` uses the mean count over images."""
-    if axis == "index":
-        return np.linspace(0.0, 1.0, len(sweep))
-    if axis == "p":
-        return np.asarray(sweep, dtype=np.float64)
-    if axis == "nodes":
-        # Shared by all images, so the mean of per-image AUCs is the AUC of the mean curve.
-        return np.asarray(node_counts, dtype=np.float64).mean(0) / node_total
-    raise ValueError(f"unknown AUC axis {axis!r}; expected one of {list(AXES)}")
-
-
-def mean_se(values: Float[np.ndarray, " n"]) -> Estimate:
-    values = np.asarray(values, dtype=np.float64)
-    se = values.std(ddof=1) / np.sqrt(len(values)) if len(values) > 1 else 0.0
-    return Estimate(float(values.mean()), float(se))
-
-
-def paired_margin(a: Float[np.ndarray, " n"], b: Float[np.ndarray, " n"]) -> Margin:
-    """Difference and ratio of paired per-image values `a` (method) and `b` (other)."""
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    ratio = a.mean() / b.mean()
-    # Delta method: R = mean(a) / mean(b) is, to first order, R + mean(a - R b) / mean(b).
-    linearised_ratio = (a - ratio * b) / b.mean()
-    return Margin(mean_se(a - b), Estimate(float(ratio), mean_se(linearised_ratio).se))
-
-
-@dataclass
-class FaithfulnessResult:
-    config: FaithfulnessConfig
-    image_indices: list[int]
-    image_curves: dict[str, dict[str, dict[str, Float[np.ndarray, "image sweep"]]]]
-    """`image_curves[method][mode][quantity]`: every image's curve, one column per sweep point."""
-    node_totals: dict[str, int]
-    """Nodes of the masked layers per method (the `nodes` axis divides by it)."""
-    influence_circuit: dict[str, float] = field(default_factory=dict)
-    """circuit-tracer pruning (0.8 / 0.98) of the RRM graphs: means over images."""
-
-    @property
-    def methods(self) -> list[str]:
-        return list(self.image_curves)
-
-    @property
-    def curves(self) -> dict[str, dict[str, dict[str, list[float]]]]:
-        """`curves[method][mode][quantity]`: mean over images at each sweep point."""
-        return {m: {mode: {q: v.mean(0).tolist() for q, v in qs.items()}
-                    for mode, qs in modes.items()} for m, modes in self.image_curves.items()}
-
-    def axis(self, method: str, mode: str, axis: str) -> Float[np.ndarray, " sweep"]:
-        return axis_positions(axis, sweep=self.config.sweep,
-                              node_counts=self.image_curves[method][mode]["node_count"],
-                              node_total=self.node_totals[method])
-
-    def image_auc(self, method: str, mode: str, quantity: str, *, axis: str = HEADLINE_AXIS
-                  ) -> Float[np.ndarray, " image"]:
-        return image_aucs(self.image_curves[method][mode][quantity],
-                          x=self.axis(method, mode, axis))
-
-    def auc(self, method: str, mode: str, quantity: str, *, axis: str = HEADLINE_AXIS
-            ) -> Estimate:
-        """Mean per-image AUC (= the AUC of the mean curve) and its standard error."""
-        return mean_se(self.image_auc(method, mode, quantity, axis=axis))
-
-    def margin(self, method: str, other: str, *, mode: str = "insertion",
-               quantity: str = "adjusted_logit", axis: str = HEADLINE_AXIS) -> Margin:
-        """`method` against `other` on paired per-image AUCs."""
-        return paired_margin(self.image_auc(method, mode, quantity, axis=axis),
-                             self.image_auc(other, mode, quantity, axis=axis))
-
-    def margins(self) -> list[str]:
-        return [m for m in self.methods if m != REFERENCE] if REFERENCE in self.methods else []
-
-    def to_json_dict(self) -> dict[str, Any]:
-        methods = self.methods
-        return {
-            "config": asdict(self.config), "n_images": len(self.image_indices),
-            "image_indices": self.image_indices, "headline_axis": HEADLINE_AXIS,
-            "node_totals": self.node_totals,
-            "axes": {axis: {m: {mode: self.axis(m, mode, axis).tolist() for mode in MODES}
-                            for m in methods} for axis in AXES},
-            "curves": self.curves,
-            "image_curves": {m: {mode: {q: v.tolist() for q, v in qs.items()}
-                                 for mode, qs in modes.items()}
-                             for m, modes in self.image_curves.items()},
-            "auc": {axis: {m: {mode: {q: self.auc(m, mode, q, axis=axis)._asdict()
-                                      for q in SCORED} for mode in MODES}
-                           for m in methods} for axis in AXES},
-            "margins": {
-                "reference": REFERENCE,
-                "ratio_se": "delta method on the paired per-image AUCs",
-                "vs": {other: {axis: {mode: {q: _margin_dict(self.margin(
-                    REFERENCE, other, mode=mode, quantity=q, axis=axis)) for q in SCORED}
-                    for mode in MODES} for axis in AXES} for other in self.margins()},
-            },
-            "influence_circuit": self.influence_circuit,
-        }
-
-    def table(self, quantity: str = "adjusted_logit") -> str:
-        """Markdown tables: AUCs on every axis, other quantities on the headline, margins."""
-        name = quantity.replace("_", " ")
-        head = ["method"] + [f"{mode[:3]}. AUC {name} ({axis})"
-                             for mode in MODES for axis in AXES]
-        lines = [_row(head), "|---" * len(head) + "|"]
-        for m in self.methods:
-            lines.append(_row([m] + [_fmt(self.auc(m, mode, quantity, axis=axis))
-                                     for mode in MODES for axis in AXES]))
-        others = [q for q in SCORED if q != quantity]
-        head = ["method"] + [f"{mode[:3]}. AUC {q.replace('_', ' ')} ({HEADLINE_AXIS})"
-                             for mode in MODES for q in others]
-        lines += ["", _row(head), "|---" * len(head) + "|"]
-        for m in self.methods:
-            lines.append(_row([m] + [_fmt(self.auc(m, mode, q)) for mode in MODES
-                                     for q in others]))
-        if self.margins():
-            head = [f"{REFERENCE} vs", "axis"] + [f"{mode[:3]}. {what}" for mode in MODES
-                                                for what in ("difference", "ratio")]
-            lines += ["", f"Margins on the {name} AUC (mean +- s.e. over paired images; ratio "
-                      "s.e. by the delta method):", "", _row(head), "|---" * len(head) + "|"]
-            for other in self.margins():
-                for axis in AXES:
-                    cells = []
-                    for mode in MODES:
-                        margin = self.margin(REFERENCE, other, mode=mode, quantity=quantity,
-                                             axis=axis)
-                        cells += [_fmt(margin.difference, sign=True), _fmt(margin.ratio)]
-                    lines.append(_row([other, axis] + cells))
-        return "\n".join(lines)
-
-
-def _margin_dict(margin: Margin) -> dict[str, dict[str, float]]:
-    return {"difference": margin.difference._asdict(), "ratio": margin.ratio._asdict()}
-
-
-def _fmt(estimate: Estimate, *, sign: bool = False) -> str:
-    return f"{estimate.mean:{'+' if sign else ''}.3f} +- {estimate.se:.3f}"
-
-
-def _row(cells: Sequence[str]) -> str:
-    return "| " + " | ".join(cells) + " |"
-
-
-# ---- circuits per method --------------------------------------------------------------------
-
-
-def _dense_rrm_scores(forward) -> list[Float[Tensor, "batch d_sae_plus_error"]]:
-    return [torch.cat([t.node_scores.sum(1), t.error_scores[:, None]], dim=1)
-            for t in forward.layers]
-
-
-def random_masks(
-    counts: Sequence[Int[Tensor, " batch"]], sizes: Sequence[int], generator: torch.Generator
-) -> list[Bool[Tensor, "batch n"]]:
-    """Per layer and image, `counts[l][i]` slots of `sizes[l]` drawn without replacement."""
-    masks = []
-    for count, size in zip(counts, sizes, strict=True):
-        ranks = torch.argsort(torch.rand(len(count), size, generator=generator), dim=-1)
-        masks.append(ranks < count[:, None])
-    return masks
-
-
-def authors_random_counts(value: float, sizes: Sequence[int], batch: int
-                          ) -> list[Int[Tensor, " batch"]]:
-    """The authors' random rule: `int(value * size)` slots per layer, error slot included."""
-    return [torch.full((batch,), int(value * size), dtype=torch.long) for size in sizes]
-
-
-def neuron_scores(
-    model: nn.Module, hook_names: Sequence[str], images: Tensor, classes: Tensor,
-    baselines: Baselines, metric: str,
-) -> list[Float[Tensor, "batch d_model"]]:
-    """gradient x (x - x~) per residual dimension, summed over tokens, in the linearised model."""
-    live: dict[str, Tensor] = {}
-    hooks = [(h, lambda t, hook: live.__setitem__(hook.name, t)) for h in hook_names]
-    with linearised(model, config=FULL), model.hooks(fwd_hooks=hooks), torch.enable_grad():
-        logits = model(images.detach().requires_grad_(True))  # also for frozen parameters
-        value = metric_values(logits, classes, metric).sum()
-        grads = torch.autograd.grad(value, [live[h] for h in hook_names])
-    return [(g * (live[h].detach() - baselines.resid[h])).sum(1)
-            for g, h in zip(grads, hook_names, strict=True)]
-
-
-def _neuron_hooks(hook_names, masks, baselines, mode) -> list[tuple[str, Callable]]:
-    hooks = []
-    for h, mask in zip(hook_names, masks, strict=True):
-        keep = mask[:, None, :] if mode == "insertion" else ~mask[:, None, :]
-        hooks.append((h, lambda x, hook, keep=keep, base=baselines.resid[h]:
-                      torch.where(keep, x, base)))
-    return hooks
-
-
-def _readout(logits: Tensor, labels: Tensor) -> dict[str, Tensor]:
-    values = readout(logits, labels)
-    predicted = values.pop("predicted_class")
-    return {**values, "accuracy": (predicted == labels).float()}
 
 
 # ---- the run --------------------------------------------------------------------------------
@@ -620,36 +376,3 @@ def _influence_summary(model, saes, x, y, graphs, baselines, influence) -> None:
             stats[f"{mode}_{q}"] = readout[q].tolist()
     for key, values in stats.items():
         influence.setdefault(key, []).extend(values)
-
-
-def plot_faithfulness(result: FaithfulnessResult, path: Path) -> Path:
-    """Insertion (top) and deletion (bottom) mean curves +- s.e. of every quantity (PNG)."""
-    plt = pyplot()
-
-    fig, axes = plt.subplots(2, len(SCORED), figsize=(4.5 * len(SCORED), 7.5), squeeze=False)
-    x = np.arange(len(result.config.sweep))
-    symbol = "tau" if result.config.criterion == "threshold" else "p"
-    for row, mode in enumerate(MODES):
-        for col, q in enumerate(SCORED):
-            ax = axes[row, col]
-            for method in result.methods:
-                curves = result.image_curves[method][mode][q]
-                mean, se = curves.mean(0), np.zeros(curves.shape[1])
-                if len(curves) > 1:
-                    se = curves.std(0, ddof=1) / np.sqrt(len(curves))
-                aucs = " / ".join(f"{result.auc(method, mode, q, axis=a).mean:.2f}" for a in AXES)
-                (line,) = ax.plot(x, mean, marker="o", ms=3, label=f"{method} ({aucs})")
-                ax.fill_between(x, mean - se, mean + se, color=line.get_color(), alpha=0.2)
-            ax.set_xticks(x, [f"{p:g}" for p in result.config.sweep], rotation=60, fontsize=7)
-            ax.set_title(f"{mode}: {q.replace('_', ' ')}", fontsize=10)
-            ax.set_xlabel(f"sweep value {symbol} ({result.config.criterion}; evenly spaced)",
-                          fontsize=8)
-            ax.legend(fontsize=6, title=f"AUC {' / '.join(AXES)}", title_fontsize=6)
-    fig.suptitle(f"faithfulness over {len(result.image_indices)} correctly classified images "
-                 "(mean +- s.e.)")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path

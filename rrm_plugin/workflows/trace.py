@@ -133,7 +133,7 @@ def trace_image(
     write_json(out_dir / "graph.json", graph_json(graph, max_edges=config.max_json_edges))
     graph.save(out_dir / "graph.lossless")
     write_json(out_dir / "circuit.json", {
-        **graph_json(circuit),
+        **circuit.to_json_dict(),
         "thumbnails": {f"{h}/F{f}": [e._asdict() for e in ex] for (h, f), ex in examples.items()},
     })
     write_json(out_dir / "summary.json", summary)

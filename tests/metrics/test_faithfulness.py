@@ -17,24 +17,26 @@ from rrm_plugin.circuits.pruning import (
     topk_rule,
 )
 from rrm_plugin.metrics.faithfulness import (
-    AXES,
     METHODS,
     NON_LINEARISED,
-    SCORED,
     FaithfulnessConfig,
-    FaithfulnessResult,
     Layout,
-    _dense_rrm_scores,
-    auc,
-    axis_positions,
     evaluate_faithfulness,
-    image_aucs,
     method_masks,
     method_scores,
-    paired_margin,
-    plot_faithfulness,
     sae_layout,
     select_images,
+)
+from rrm_plugin.metrics.faithfulness_methods import _dense_rrm_scores
+from rrm_plugin.metrics.faithfulness_plot import plot_faithfulness
+from rrm_plugin.metrics.faithfulness_result import (
+    AXES,
+    SCORED,
+    FaithfulnessResult,
+    auc,
+    axis_positions,
+    image_aucs,
+    paired_margin,
 )
 from rrm_plugin.replacement.splice import replacement
 from tests.circuits.test_circuit import baseline_model_logits

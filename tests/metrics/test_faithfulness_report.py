@@ -6,11 +6,9 @@ import pytest
 from matplotlib.colors import to_rgb
 from PIL import Image
 
-from rrm_plugin.metrics.faithfulness import (
-    FaithfulnessConfig,
-    FaithfulnessResult,
-    plot_faithfulness,
-)
+from rrm_plugin.metrics.faithfulness import FaithfulnessConfig
+from rrm_plugin.metrics.faithfulness_plot import plot_faithfulness
+from rrm_plugin.metrics.faithfulness_result import FaithfulnessResult
 from tests.metrics.oracles import trapezoid_auc
 
 SWEEP = (0.0, 0.25, 0.5, 1.0)
@@ -207,7 +205,7 @@ def test_json_margins_of_every_mode_quantity_and_axis():
 
 
 def test_mean_se_of_one_two_and_more_values():
-    from rrm_plugin.metrics.faithfulness import mean_se
+    from rrm_plugin.metrics.faithfulness_result import mean_se
 
     assert mean_se(np.array([3.0])) == (3.0, 0.0)  # one image: no spread to estimate
     assert mean_se(np.array([1.0, 3.0])) == pytest.approx((2.0, np.sqrt(2.0) / np.sqrt(2.0)))
@@ -216,7 +214,7 @@ def test_mean_se_of_one_two_and_more_values():
 
 def test_float32_inputs_are_summarised_in_float64():
     """Curves stored as float32 give the float64 numbers of their exact values."""
-    from rrm_plugin.metrics.faithfulness import auc, axis_positions, mean_se, paired_margin
+    from rrm_plugin.metrics.faithfulness_result import auc, axis_positions, mean_se, paired_margin
 
     rng = np.random.default_rng(1)
     a32, b32 = (rng.normal(size=1000).astype(np.float32) + 1.0 for _ in range(2))

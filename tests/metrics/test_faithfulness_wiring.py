@@ -14,18 +14,16 @@ from rrm_plugin.metrics.faithfulness import (
     METHODS,
     FaithfulnessConfig,
     Layout,
-    _dense_rrm_scores,
     batch_generators,
     correct_indices,
     evaluate_faithfulness,
-    image_aucs,
     method_masks,
     method_scores,
-    neuron_scores,
-    random_masks,
     sae_layout,
     select_images,
 )
+from rrm_plugin.metrics.faithfulness_methods import _dense_rrm_scores, neuron_scores, random_masks
+from rrm_plugin.metrics.faithfulness_result import image_aucs
 from tests.metrics.oracles import adjusted, trapezoid_auc
 
 SWEEP = (0.0, 0.5, 1.0)
