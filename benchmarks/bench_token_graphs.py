@@ -46,8 +46,9 @@ def task_pairs(threads: int, image_size: int, top_k: int, chunk_elements: int,
     """Nodes of the whole token graph (one forward + backward) and the top-k token edges of the
     given layer pairs only, each pair timed (for sizes whose full graph takes hours on a CPU)."""
     from rrm_plugin.attribution.build import _layer_nodes
-    from rrm_plugin.attribution.engine import EngineConfig, block_weights, pair_inputs, token_edges
+    from rrm_plugin.attribution.engine import EngineConfig, block_weights, pair_inputs
     from rrm_plugin.attribution.forward import attribution_forward
+    from rrm_plugin.attribution.token_engine import token_edges
 
     model, saes, baselines, image = _setup(threads, image_size)
     engine = EngineConfig(token_top_k=top_k, chunk_elements=chunk_elements,

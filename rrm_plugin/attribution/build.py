@@ -19,11 +19,11 @@ from rrm_plugin.attribution.engine import (
     block_weights,
     feature_edges_batch,
     pair_inputs,
-    token_edges_batch,
 )
 from rrm_plugin.attribution.forward import AttributionForward, attribution_forward
 from rrm_plugin.attribution.graph import Granularity, Graph, GraphLayer
 from rrm_plugin.attribution.linearise import FULL, NONE
+from rrm_plugin.attribution.token_engine import token_edges_batch
 from rrm_plugin.hosts.prisma import input_check_for
 
 

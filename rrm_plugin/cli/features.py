@@ -116,7 +116,7 @@ def _write(args, model, dash, saes, output_directory, *, progress: bool) -> None
     with output_directory(args.out, command="features", overwrite=args.overwrite) as tmp:
         written = write_dashboards(dash, tmp, progress=progress)
         if args.types:
-            from rrm_plugin.features.types import write_types
+            from rrm_plugin.features.types_report import write_types
 
             written += write_types(result, tmp)
     written = [args.out / p.relative_to(tmp) for p in map(Path, written)]

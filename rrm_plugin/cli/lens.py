@@ -95,7 +95,8 @@ def run(args: argparse.Namespace) -> int:
     from rrm_plugin.cli.dataset import chunk_report, dataset_run, start_processes
     from rrm_plugin.cli.output import check_output_directory, output_directory
     from rrm_plugin.hosts.prisma import build_hooked_vit
-    from rrm_plugin.lens.report import LensConfig, format_summary, run_lens, write_lens_report
+    from rrm_plugin.lens.report import LensConfig, run_lens
+    from rrm_plugin.lens.report_output import format_summary, write_lens_report
 
     for name in ("batch_size", "permutations", "random_repeats", "random_shared_seeds"):
         if getattr(args, name) < 1:

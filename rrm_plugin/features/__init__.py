@@ -9,7 +9,8 @@ from rrm_plugin.features.dashboard import (
     feature_records,
     write_dashboards,
 )
-from rrm_plugin.features.types import FeatureTypes, LayerTypes, feature_types, write_types
+from rrm_plugin.features.types import FeatureTypes, LayerTypes, feature_types
+from rrm_plugin.features.types_report import write_types
 
 __all__ = [
     "CircuitParticipation",

@@ -23,7 +23,8 @@ from rrm_plugin.lens.metrics import (
 )
 from rrm_plugin.lens.probes import compare_with_probes, fit_ridge_probes
 from rrm_plugin.lens.projection import ClassProjection, project, project_cache, project_images
-from rrm_plugin.lens.report import LensConfig, LensResults, run_lens, write_lens_report
+from rrm_plugin.lens.report import LensConfig, LensResults, run_lens
+from rrm_plugin.lens.report_output import write_lens_report
 
 __all__ = [
     "ClassProjection",

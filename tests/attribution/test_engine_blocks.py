@@ -133,7 +133,7 @@ def test_engine_config_bounds():
 
 
 def test_token_edge_limits_at_the_boundary():
-    from rrm_plugin.attribution.engine import _check_token_edges
+    from rrm_plugin.attribution.token_engine import _check_token_edges
 
     # Dense: (sources + error row) x targets entries; 5 x 2 = 10 fits a limit of 10.
     _check_token_edges(4, 2, EngineConfig(max_token_edges=10))

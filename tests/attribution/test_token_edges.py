@@ -93,7 +93,8 @@ def _pair_setup(vit, saes, images, baselines, k=0):
 
 def test_subsets_of_sources_and_targets_give_the_matching_rows_and_columns(
         vit, saes, images, baselines):
-    from rrm_plugin.attribution.engine import feature_edges, token_edges
+    from rrm_plugin.attribution.engine import feature_edges
+    from rrm_plugin.attribution.token_engine import token_edges
 
     graph = attribute(vit, saes, images[:1], baselines=baselines, granularity="token")[0]
     w, x = _pair_setup(vit, saes, images, baselines)
@@ -123,7 +124,7 @@ def test_subsets_of_sources_and_targets_give_the_matching_rows_and_columns(
 def test_top_k_storage_keeps_no_zero_edges(vit, saes, images, baselines):
     """A source at its baseline (delta 0) has exactly zero edges; the sparse matrix leaves them
     out rather than storing zeros."""
-    from rrm_plugin.attribution.engine import token_edges
+    from rrm_plugin.attribution.token_engine import token_edges
 
     graph = attribute(vit, saes, images[:1], baselines=baselines, granularity="token")[0]
     w, x = _pair_setup(vit, saes, images, baselines)

@@ -15,7 +15,8 @@ from rrm_plugin.lens.importance import (
     perturbation_curve,
     random_order,
 )
-from rrm_plugin.lens.report import LensConfig, format_summary, run_lens, write_lens_report
+from rrm_plugin.lens.report import LensConfig, run_lens
+from rrm_plugin.lens.report_output import format_summary, write_lens_report
 from tests.conftest import tiny_vit_config
 
 

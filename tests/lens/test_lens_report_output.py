@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from rrm_plugin.io import read_tensors
-from rrm_plugin.lens.report import LensConfig, LensResults, format_summary, write_lens_report
+from rrm_plugin.lens.report import LensConfig, LensResults
+from rrm_plugin.lens.report_output import format_summary, write_lens_report
 from tests.lens.test_lens_plots import SIDE, hand_summary, token_map_inputs
 
 
