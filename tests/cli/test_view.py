@@ -25,7 +25,8 @@ def test_view_a_folder_of_traces(tmp_path, capsys):
     assert step["node_count"] == sum(int(m.sum()) for m in expected.node_masks)
     assert payload["image"] is None  # no model: the graph alone
     index = (tmp_path / "index.html").read_text()
-    assert 'href="image_0001/circuit.html"' in index and 'href="image_0002/circuit.html"' in index
+    assert 'href="./image_0001/circuit.html"' in index and \
+        'href="./image_0002/circuit.html"' in index
     assert str(tmp_path / "index.html") in capsys.readouterr().out
 
 
@@ -55,6 +56,9 @@ def test_view_rejects_bad_input(tmp_path, capsys):
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"schema": "something-else", "cards": {}}))
     expect_user_error(capsys, ["view", str(tmp_path), "--feature-cards", str(bad)],
-                      "schema 'something-else', expected 'rrm-feature-cards/1'")
+                      r"bad.json: field schema: found 'something-else', expected "
+                      r"'rrm-feature-cards/1' \(a feature-cards file\)$")
     (tmp_path / "viewer.json").write_text(json.dumps({"schema": "x"}))
-    expect_user_error(capsys, ["view", str(tmp_path)], "is not a viewer payload")
+    expect_user_error(capsys, ["view", str(tmp_path)],
+                      r"viewer.json: field schema: found 'x', expected 'rrm-circuit-viewer/1' "
+                      r"\(a viewer payload\)$")
