@@ -188,7 +188,12 @@ def test_hostile_cards_and_viewer_data_never_run(tmp_path, session, with_policy)
         # The hostile strings are on the card as text (innerText folds U+2028 and spaces).
         for text in HOSTILE[:7]:
             assert text in c["text"], (c["node"], text)
-        assert c["images"] == 1 and "max activation" in c["text"]
+        assert c["images"] == 1
+        # Both activations say what they are: this image's, summed over its tokens, and the
+        # cards' maximum at one token over their images.
+        activation = payload["nodes"]["activation"][c["node"]]
+        assert f"activation on this image (sum over its 5 tokens)\t{activation:.3f}" in c["text"]
+        assert "max activation (one token, over the feature cards' images)\t6.250" in c["text"]
     assert_nothing_ran(page, since(events, before))
 
 
