@@ -102,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
         reference = rrm_plugin.load_test_set(ws.model_name).images.to(image)
     else:
         reference = image[None]
-    from rrm_plugin.viewer.build import read_cards
+    from rrm_plugin.viewer.cards import read_cards
     from rrm_plugin.zoo.hub_models import HUB_MODELS
 
     cards = read_cards(args.feature_cards) if args.feature_cards else None

@@ -12,8 +12,10 @@ from torch import Tensor, nn
 from rrm_plugin.attribution.baselines import Baselines
 from rrm_plugin.attribution.graph import Graph
 from rrm_plugin.io import read_json, write_json
+from rrm_plugin.viewer.cards import read_cards
+from rrm_plugin.viewer.check import check_payload
 from rrm_plugin.viewer.context import image_context
-from rrm_plugin.viewer.payload import CARDS_SCHEMA, NODE_FEATURE, PAYLOAD_SCHEMA, viewer_payload
+from rrm_plugin.viewer.payload import NODE_FEATURE, viewer_payload
 from rrm_plugin.viewer.render import write_html, write_index
 from rrm_plugin.viewer.steps import (
     EDGE_THRESHOLDS,
@@ -70,18 +72,6 @@ def build_viewer(
                                 all_at_baseline=all_at_baseline)
     return viewer_payload(graph, steps, context=context, cards=cards, title=title,
                           default_params=default)
-
-
-def read_cards(path: str | Path) -> dict[str, Any]:
-    """A feature-cards file (`cards.json` of the feature dashboards), schema checked."""
-    cards = read_json(Path(path))
-    if not isinstance(cards, dict) or cards.get("schema") != CARDS_SCHEMA:
-        found = cards.get("schema") if isinstance(cards, dict) else type(cards).__name__
-        raise ValueError(f"{path} is not a feature-cards file: schema {found!r}, expected "
-                         f"{CARDS_SCHEMA!r}")
-    if not isinstance(cards.get("cards"), dict):
-        raise ValueError(f"{path} has no 'cards' object of '<layer>:<feature>' entries")
-    return cards
 
 
 def merge_cards(payload: dict[str, Any], cards: Mapping[str, Any]) -> dict[str, Any]:
@@ -141,14 +131,13 @@ def view_directory(
     cards = read_cards(cards_path) if cards_path is not None else None
     pages, entries = [], []
     for folder in folders:
+        graph = Graph.load(folder / GRAPH_STEM)
         if (folder / PAYLOAD).is_file():
+            # An edited viewer.json must still describe this graph (checked like the graph).
             payload = read_json(folder / PAYLOAD)
-            if not isinstance(payload, dict) or payload.get("schema") != PAYLOAD_SCHEMA:
-                raise ValueError(f"{folder / PAYLOAD} is not a viewer payload (schema "
-                                 f"{payload.get('schema') if isinstance(payload, dict) else None!r}"
-                                 f", expected {PAYLOAD_SCHEMA!r})")
+            check_payload(payload, graph, where=str(folder / PAYLOAD),
+                          graph_name=f"{GRAPH_STEM}.json")
         else:
-            graph = Graph.load(folder / GRAPH_STEM)
             payload = build_viewer(graph, title=f"{folder.name}: class {graph.target_class}")
         if cards is not None:
             payload = merge_cards(payload, cards)

@@ -20,10 +20,10 @@ from torch import Tensor
 from rrm_plugin.attribution.graph import Graph
 from rrm_plugin.circuits.edge_readers import layered_adjacency, layered_influence
 from rrm_plugin.circuits.influence import graph_scores
+from rrm_plugin.viewer.cards import check_cards
 from rrm_plugin.viewer.steps import CircuitStep, pack_bits
 
 PAYLOAD_SCHEMA = "rrm-circuit-viewer/1"
-CARDS_SCHEMA = "rrm-feature-cards/1"
 NODE_FEATURE, NODE_ERROR, NODE_LOGIT = 0, 1, 2
 
 
@@ -171,9 +171,8 @@ def viewer_payload(
     """
     if not steps:
         raise ValueError("the viewer needs at least one circuit step (see rrm_plugin.viewer.steps)")
-    if cards is not None and cards.get("schema") != CARDS_SCHEMA:
-        raise ValueError(f"feature cards have schema {cards.get('schema')!r}, expected "
-                         f"{CARDS_SCHEMA!r}")
+    if cards is not None:
+        check_cards(cards, "feature cards")
     context = context or ImageContext()
     n_latent = sum(len(layer) for layer in graph.layers)
     nodes = _nodes(graph)

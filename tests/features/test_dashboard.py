@@ -63,6 +63,10 @@ def test_written_records_and_cards(dash, tiny_vit, tiny_saes, tmp_path):
     assert cards["schema"] == "rrm-feature-cards/1"
     assert (cards["model"], cards["release"]) == ("tiny", "tiny-rel")
     assert len(cards["cards"]) == sum(s.cfg.d_sae for s in tiny_saes.values())
+    # The circuit viewer reads the file with every card checked (it is untrusted input there).
+    from rrm_plugin.viewer.cards import read_cards
+
+    assert read_cards(tmp_path / "cards.json") == cards
     lens = feature_class_scores(tiny_vit, tiny_saes)
     for k, hook in enumerate(tiny_saes):
         t, rec = dash.top[hook], records["layers"][k]

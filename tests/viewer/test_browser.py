@@ -120,6 +120,9 @@ def test_hover_shows_the_card(session, digits):
     name = f"L{payload['nodes']['layer'][node]}/F{payload['nodes']['feature'][node]}"
     text = card.inner_text()
     assert name in text and "class lens" in text and "influence on logit" in text
+    # A feature node's activation is this image's, summed over all its tokens.
+    assert f"activation on this image (sum over its {digits[0].n_tokens} tokens)\t" \
+           f"{payload['nodes']['activation'][node]:.3f}" in text
     page.mouse.move(2, 2)
     assert not card.is_visible()
 
@@ -183,6 +186,11 @@ def test_token_granularity_page(tmp_path, session, vit, saes, images, baselines)
     node = next(n for n in page.evaluate("rrmViewer.drawnList()")
                 if payload["nodes"]["kind"][n] == 0 and payload["nodes"]["token"][n] >= 1
                 and payload["nodes"]["activation"][n] > 0)
+    at = page.evaluate(f"rrmViewer.nodePosition({node})")
+    page.mouse.move(at["x"], at["y"])
+    tok = payload["nodes"]["token"][node]
+    assert f"activation at token {tok} (this image)\t" \
+           f"{payload['nodes']['activation'][node]:.3f}" in page.inner_text("#card")
     page.evaluate(f"rrmViewer.pin({node})")
     rows, cols = payload["grid"]
     lit = page.evaluate(f"""(() => {{

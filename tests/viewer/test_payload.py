@@ -188,7 +188,8 @@ def test_cards_attach_by_hook_and_feature():
     assert set(merged) == {"4"}  # viewer index of L1/F4
     assert merged["4"]["density_images"] == 0.2
     assert viewer_payload(graph, paper_steps(graph), cards=cards)["cards"]["4"]["feature"] == 4
-    with pytest.raises(ValueError, match="schema 'other'"):
+    with pytest.raises(ValueError, match=r"^feature cards: field schema: found 'other', expected "
+                       r"'rrm-feature-cards/1' \(a feature-cards file\)$"):
         viewer_payload(graph, paper_steps(graph), cards={"schema": "other"})
 
 
