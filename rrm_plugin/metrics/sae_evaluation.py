@@ -77,7 +77,7 @@ class ReconstructionStats:
             "mse": self.resid / self.n,
             "cossim": self.cossim / self.n,
             "l0": self.l0 / self.n,
-            "dead_features_pct": float(100 * (~self.alive).float().mean()),
+            "dead_features_pct": float(100 * (~self.alive).double().mean()),
         }
 
 
@@ -103,11 +103,19 @@ def downstream_metrics(
     ablated: Float[Tensor, "batch classes"],
     labels: Int[Tensor, " batch"],
 ) -> dict[str, float]:
+    """SAELens's downstream metrics, computed in float64 whatever the logits' dtype.
+
+    A KL between nearly equal distributions is a sum of differences of log-probabilities of
+    size ~1: in float32 each carries ~1e-7 of rounding, ~1e-4 of a KL of ~1e-3, and
+    `kl_div_score` (a difference of two such KLs) magnifies that further. In float64 the
+    metrics follow the logits to ~1e-15, so logits that agree give metrics that agree.
+    """
+    clean, spliced, ablated = clean.double(), spliced.double(), ablated.double()
     kl_sae, kl_zero = _kl(clean, spliced), _kl(clean, ablated)
     ce_clean = F.cross_entropy(clean, labels)
     ce_sae, ce_zero = F.cross_entropy(spliced, labels), F.cross_entropy(ablated, labels)
     return {
-        "top1_accuracy": float((spliced.argmax(-1) == labels).float().mean()),
+        "top1_accuracy": float((spliced.argmax(-1) == labels).double().mean()),
         "kl_div_with_sae": float(kl_sae),
         "kl_div_with_ablation": float(kl_zero),
         "kl_div_score": float((kl_zero - kl_sae) / kl_zero),
@@ -177,12 +185,12 @@ def evaluate_saes(
             prefix = f"stats/{hook_name}/"
             stats[hook_name].add({k.removeprefix(prefix): v for k, v in part.items()
                                   if k.startswith(prefix)})
-    full = {key: concat(parts, key).float().cpu() for key in parts[0]
+    full = {key: concat(parts, key).double().cpu() for key in parts[0]
             if not key.startswith("stats/")}
     clean = full["clean"]
     labels = clean.argmax(-1) if labels is None else labels.cpu()
     results: dict[str, dict[str, float]] = {
-        "clean": {"top1_accuracy": float((clean.argmax(-1) == labels).float().mean())}
+        "clean": {"top1_accuracy": float((clean.argmax(-1) == labels).double().mean())}
     }
     for name in [*hook_names, ALL_LAYERS]:
         downstream = downstream_metrics(clean=clean, spliced=full[f"spliced/{name}"],

@@ -68,6 +68,8 @@ def test_top_k_keeps_each_targets_strongest_sources_and_its_error_edge(
             want = torch.zeros_like(full[:, col])
             want[order[:top_k]] = column[order[:top_k]]
             want[-1] = full[-1, col]
+            # The same float32 products computed for a sparse selection: a few ulps (rtol 1e-6
+            # is ~8 ulps; 1 ulp seen).
             torch.testing.assert_close(kept[:, col], want, atol=1e-7, rtol=1e-6)
         assert edges._nnz() <= (top_k + 1) * full.shape[1]
 
@@ -104,6 +106,7 @@ def test_subsets_of_sources_and_targets_give_the_matching_rows_and_columns(
     # One target pair: its column (targets are independent of each other).
     active = int(torch.nonzero(graph.layers[1].activations > 0)[0, 0])
     one = token_edges(w, x, sources=src, targets=tgt[active:active + 1])
+    # The same float32 products for one target instead of all: a few ulps (1 seen).
     torch.testing.assert_close(one, full[:, active:active + 1], atol=1e-7, rtol=1e-6)
     # No source nodes: only the error row, equal to the full graph's error row.
     none = token_edges(w, x, sources=src[:0], targets=tgt)

@@ -50,6 +50,8 @@ def test_sparse_graph_scores_by_hand():
     # Replacement: inputs a0 + a1 = .65625 of (inputs + errors .21875 + .125) = 1.
     # Completeness: b0 takes 1/4 of its weight from err0, b1 1/4; the logit 1/8 from err1.
     # weighted = (.375 + .28125 + .21875) + (.625 * .75 + .25 * .75 + .125) + (1 - .125)
+    # Every weight is dyadic, so the sums are exact in any order (sparse or dense); only the
+    # final float32 division rounds, by <= 3e-8 (half an ulp of ~0.9): abs=1e-7.
     scores = graph_scores(sparse_influence_graph())
     assert scores.replacement == pytest.approx(0.65625, abs=1e-7)
     weighted = 0.875 + 0.78125 + 0.875

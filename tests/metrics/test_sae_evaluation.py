@@ -33,6 +33,9 @@ def test_lossless_sae_scores_perfectly(tiny_vit, tiny_images):
     labels = tiny_vit(tiny_images).argmax(-1)
     results = evaluate_saes(tiny_vit, saes, tiny_images, labels)
     row = results[hook]
+    # Known answers up to float32 rounding of the reconstruction (measured: 1 - EV 8e-10, KL
+    # 2e-12, 1 - ce_loss_score 1.6e-5 as ce_sae - ce_clean ~1.5e-6 is over ce_zero - ce_clean
+    # ~0.09); each tolerance is >= 50x that.
     assert row["explained_variance"] == pytest.approx(1.0, abs=1e-4)
     assert row["cossim"] == pytest.approx(1.0, abs=1e-5)
     assert row["l0"] <= 16
@@ -52,11 +55,14 @@ def test_reported_replacement_accuracy_and_kl_are_the_replacement_models(
         clean = tiny_vit(tiny_images)
         with rrm_plugin.replacement(tiny_vit, tiny_saes, keep_error=False):
             replaced = tiny_vit(tiny_images)
-    acc = (replaced.argmax(-1) == labels).float().mean().item()
-    kl = torch.nn.functional.kl_div(replaced.log_softmax(-1), clean.log_softmax(-1),
+    acc = (replaced.argmax(-1) == labels).double().mean().item()
+    # The same logits (one batch of 4 both ways) and a float64 KL both ways: only float64
+    # rounding separates them (a float32 KL of ~1e-3 would carry ~1e-5 of rounding).
+    kl = torch.nn.functional.kl_div(replaced.double().log_softmax(-1),
+                                    clean.double().log_softmax(-1),
                                     log_target=True, reduction="batchmean").item()
     assert results["all"]["top1_accuracy"] == pytest.approx(acc)
-    assert results["all"]["kl_div_with_sae"] == pytest.approx(kl, rel=1e-5)
+    assert results["all"]["kl_div_with_sae"] == pytest.approx(kl, rel=1e-12)
     assert results["all"]["kl_div_with_sae"] > 0
 
 
@@ -68,16 +74,21 @@ def test_reconstruction_metrics_known_answer():
     with torch.no_grad():
         z = sae.encode(x)
         x_hat = sae.decode(z)
-    assert metrics["l0"] == pytest.approx(float((z > 0).sum(-1).float().mean()))
+    # The same float32 per-token values, summed in float64 both ways (in another order, or for
+    # the variance another algebra): only float64 rounding, ~1e-15, separates them.
+    x64, x_hat64 = x.double(), x_hat.double()
+    assert metrics["l0"] == pytest.approx(float((z > 0).sum(-1).double().mean()))
     # SAELens: squared error summed over d_in, averaged over tokens (not over every element).
-    assert metrics["mse"] == pytest.approx(float((x - x_hat).pow(2).sum(-1).mean()), rel=1e-5)
-    dead = 100 * float(((z > 0).sum(0) == 0).float().mean())
+    assert metrics["mse"] == pytest.approx(float((x64 - x_hat64).pow(2).sum(-1).mean()),
+                                           rel=1e-12)
+    dead = 100 * float(((z > 0).sum(0) == 0).double().mean())
     assert metrics["dead_features_pct"] == pytest.approx(dead)
-    residual = (x - x_hat).pow(2).sum()
-    total = (x - x.mean(0)).pow(2).sum()
-    assert metrics["explained_variance"] == pytest.approx(float(1 - residual / total), rel=1e-5)
-    cos = torch.nn.functional.cosine_similarity(x, x_hat, dim=-1).mean()
-    assert metrics["cossim"] == pytest.approx(float(cos), rel=1e-5)
+    residual = (x64 - x_hat64).pow(2).sum()
+    total = (x64 - x64.mean(0)).pow(2).sum()
+    assert metrics["explained_variance"] == pytest.approx(float(1 - residual / total),
+                                                          rel=1e-12)
+    cos = torch.nn.functional.cosine_similarity(x, x_hat, dim=-1).double().mean()
+    assert metrics["cossim"] == pytest.approx(float(cos), rel=1e-12)
 
 
 def test_batched_evaluation_is_exact_over_the_whole_set(tiny_vit, tiny_saes):
@@ -86,6 +97,12 @@ def test_batched_evaluation_is_exact_over_the_whole_set(tiny_vit, tiny_saes):
     whole = evaluate_saes(tiny_vit, tiny_saes, images, labels, batch_size=64)
     batched = evaluate_saes(tiny_vit, tiny_saes, images, labels, batch_size=3)
     assert whole.keys() == batched.keys()
+    # The runs differ only in the float32 forward passes' batch shape (3 vs 7 images), which can
+    # change logits in their last bits (BLAS picks kernels by shape: 2.2e-8 on logits of ~0.1
+    # here); the metrics are then float64 over the whole set. That noise reaches the KLs and CEs
+    # at ~1e-7 relative, and the scores, ratios over small differences (kl_zero ~2e-3,
+    # ce_zero - ce_clean ~5e-3), at <= 2e-6 relative (kl_div_score 4.4e-8 absolute); rel=1e-5,
+    # abs=1e-6 leaves >= 10x. Float32 KLs were off by 1e-5 relative, kl_div_score by 4.6e-4.
     for name, row in whole.items():
         for metric, value in row.items():
             assert batched[name][metric] == pytest.approx(value, rel=1e-5, abs=1e-6), (name, metric)
@@ -102,6 +119,7 @@ def test_class_token_saes_are_measured_and_ablated_on_the_class_token(
     results = evaluate_saes(tiny_vit, {hook: sae}, tiny_images, None)
     _, cache = tiny_vit.run_with_cache(tiny_images)
     expected = reconstruction_metrics(cache[hook][:, 0], sae)
+    # The same class-token activations through the same float64 sums: only float64 rounding.
     for name, value in expected.items():
         assert results[hook][name] == pytest.approx(value, rel=1e-6, abs=1e-9)
 
@@ -114,9 +132,11 @@ def test_class_token_saes_are_measured_and_ablated_on_the_class_token(
     with torch.no_grad():
         ablated = tiny_vit.run_with_hooks(tiny_images, fwd_hooks=[(hook, zero_cls)])
         clean = tiny_vit(tiny_images)
-    kl = torch.nn.functional.kl_div(ablated.log_softmax(-1), clean.log_softmax(-1),
+    # The same logits (one batch of 4 both ways), a float64 KL both ways.
+    kl = torch.nn.functional.kl_div(ablated.double().log_softmax(-1),
+                                    clean.double().log_softmax(-1),
                                     log_target=True, reduction="batchmean")
-    assert results[hook]["kl_div_with_ablation"] == pytest.approx(float(kl), rel=1e-5)
+    assert results[hook]["kl_div_with_ablation"] == pytest.approx(float(kl), rel=1e-12)
 
 
 def test_reconstruction_metrics_follow_sae_lens_evals():
@@ -126,21 +146,27 @@ def test_reconstruction_metrics_follow_sae_lens_evals():
     x = torch.randn(50, 6, generator=torch.Generator().manual_seed(1)) * 3 + 1
     with torch.no_grad():
         x_hat = sae.decode(sae.encode(x))
+    x64, x_hat64 = x.double(), x_hat.double()
     calculator = ExplainedVarianceCalculator()
-    calculator.add_batch(sae_output=x_hat, hidden_acts=x)
+    # Fed float64, SAELens sums in float64 as this library does (fed float32 it sums each
+    # batch in float32, ~1e-7 relative off): the two differ by float64 rounding only.
+    calculator.add_batch(sae_output=x_hat64, hidden_acts=x64)
     metrics = reconstruction_metrics(x, sae)
-    assert metrics["explained_variance"] == pytest.approx(calculator.compute(), rel=1e-6)
+    assert metrics["explained_variance"] == pytest.approx(calculator.compute(), rel=1e-12)
     # sae_lens.evals.get_sparsity_and_variance_metrics: mse = mean over tokens of the summed
     # squared residual (its training loss's convention).
-    assert metrics["mse"] == pytest.approx(float((x - x_hat).pow(2).sum(-1).mean()), rel=1e-5)
+    assert metrics["mse"] == pytest.approx(float((x64 - x_hat64).pow(2).sum(-1).mean()),
+                                           rel=1e-12)
 
 
 def test_downstream_metrics_known_answers():
     from sae_lens.evals import _kl as sae_lens_kl
 
-    clean = torch.log(torch.tensor([[0.5, 0.25, 0.25], [0.25, 0.5, 0.25]]))
-    spliced = torch.log(torch.tensor([[0.25, 0.5, 0.25], [0.25, 0.5, 0.25]]))
-    ablated = torch.log(torch.tensor([[0.25, 0.25, 0.5], [0.5, 0.25, 0.25]]))
+    # Float64 logits: float32 logs of these probabilities would put up to ~1e-6 relative on
+    # the KLs below, at pytest.approx's default tolerance.
+    clean = torch.log(torch.tensor([[0.5, 0.25, 0.25], [0.25, 0.5, 0.25]], dtype=torch.float64))
+    spliced = torch.log(torch.tensor([[0.25, 0.5, 0.25], [0.25, 0.5, 0.25]], dtype=torch.float64))
+    ablated = torch.log(torch.tensor([[0.25, 0.25, 0.5], [0.5, 0.25, 0.25]], dtype=torch.float64))
     labels = torch.tensor([0, 1])
     m = downstream_metrics(clean=clean, spliced=spliced, ablated=ablated, labels=labels)
     ln2 = math.log(2)
