@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 import rrm_plugin
-from rrm_plugin.cli.main import main
 from tests.cli.conftest import expect_user_error
 
 ROOT = Path(rrm_plugin.__file__).resolve().parent.parent
@@ -20,7 +19,6 @@ HEAVY = ("torch", "sae_lens", "vit_prisma", "transformer_lens", "numpy", "PIL")
 # reports exit codes, stderr lines, seconds and which heavy modules got imported.
 DRIVER = """
 import contextlib, io, json, sys, time
-from rrm_plugin.cli.main import main
 results = []
 for argv in json.loads(sys.argv[1]):
     err = io.StringIO()
@@ -32,8 +30,8 @@ for argv in json.loads(sys.argv[1]):
             code = exit.code
     results.append({"code": code, "err": err.getvalue().splitlines(),
                     "seconds": time.perf_counter() - start})
-print(json.dumps({"results": results, "heavy": sorted(m for m in %r if m in sys.modules)}))
-""" % (HEAVY,)
+print(json.dumps({"results": results, "heavy": sorted(m for m in HEAVY if m in sys.modules)}))
+""".replace("HEAVY", repr(HEAVY))
 
 
 def bad_cases(s: Path) -> list[tuple[list[str], str]]:
@@ -280,7 +278,8 @@ def test_multi_line_messages_become_one_line(monkeypatch, capsys):
     import rrm_plugin.cli.listing as listing
 
     def upstream_style(args):
-        raise FileNotFoundError("We couldn't connect to 'https://huggingface.co'.\nCheck your connection.")
+        raise FileNotFoundError("We couldn't connect to 'https://huggingface.co'.\n"
+                                "Check your connection.")
 
     monkeypatch.setattr(listing, "run", upstream_style)
     expect_user_error(capsys, ["list"], r"^rrm list: error: We couldn't connect to "
