@@ -19,6 +19,7 @@ HEAVY = ("torch", "sae_lens", "vit_prisma", "transformer_lens", "numpy", "PIL")
 # reports exit codes, stderr lines, seconds and which heavy modules got imported.
 DRIVER = """
 import contextlib, io, json, sys, time
+from rrm_plugin.cli.main import main
 results = []
 for argv in json.loads(sys.argv[1]):
     err = io.StringIO()
