@@ -1,18 +1,22 @@
-"""Atomic writes and verified reads of safetensors and JSON files."""
+"""Atomic writes and verified reads of safetensors and JSON files.
+
+torch and safetensors are imported where tensors are read or written, so the CLI's checks of
+output paths (which use this module) run before any heavy import.
+"""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+if TYPE_CHECKING:
+    import torch
 
 
 class CorruptFileError(ValueError):
@@ -37,10 +41,25 @@ def check_not_shipped(path: Path) -> Path:
     return Path(path)
 
 
+_NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+def not_writable(path: Path, err: OSError) -> OSError:
+    """The error for a write into an unwritable folder, naming the path the user gave (not the
+    temporary sibling the write went to); other OS errors are returned unchanged."""
+    if err.errno not in _NOT_WRITABLE:
+        return err
+    return PermissionError(f"cannot write {path}: its folder {Path(path).parent} is not writable "
+                           f"({err.strerror})")
+
+
 def _atomic(path: Path, write: Callable[[Path], None]) -> Path:
     path = check_not_shipped(Path(path))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as err:
+        raise not_writable(path, err) from err
     os.close(fd)
     try:
         write(Path(tmp))
@@ -77,17 +96,27 @@ def write_text(path: Path, text: str) -> Path:
 def write_tensors(
     path: Path, tensors: dict[str, torch.Tensor], metadata: dict | None = None
 ) -> Path:
+    from safetensors.torch import save_file
+
     contiguous = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     return _atomic(path, lambda tmp: save_file(contiguous, str(tmp), metadata=metadata))
 
 
 def read_tensors(
-    path: Path, *, expected_shapes: dict[str, tuple[int, ...]] | None = None
+    path: Path, *, expected_shapes: dict[str, tuple[int, ...]] | None = None,
+    what: str = "weights file",
 ) -> dict[str, torch.Tensor]:
-    """Load a safetensors file; with `expected_shapes`, insist on exactly those keys and shapes."""
+    """Load a safetensors file; with `expected_shapes`, insist on exactly those keys and shapes.
+
+    `what` names the kind of file in the error for a missing one (e.g. "baselines file").
+    """
+    import torch
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"missing weights file {path}")
+        raise FileNotFoundError(f"missing {what} {path}")
     try:
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as err:
@@ -112,8 +141,11 @@ def read_tensors(
 def replace_directory(build: Callable[[Path], None], target: Path) -> Path:
     """Build a directory in a temporary sibling, then swap it in, so a crash never leaves half."""
     target = check_not_shipped(Path(target))
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    except OSError as err:
+        raise not_writable(target, err) from err
     try:
         build(tmp)
         swap_into_place(tmp, target)
@@ -124,13 +156,39 @@ def replace_directory(build: Callable[[Path], None], target: Path) -> Path:
 
 
 def swap_into_place(tmp: Path, target: Path) -> None:
-    """Rename the finished folder `tmp` (a sibling of `target`) to `target`, replacing it."""
+    """Rename the finished folder `tmp` (a sibling of `target`) to `target`, replacing it.
+
+    A failed rename is reported for `target` (the folder the user named), and the emptied
+    holding folder of the old contents is removed again.
+    """
     os.chmod(tmp, 0o755)  # mkdtemp makes 0700
-    if target.exists():
-        parent = target.resolve().parent
+    if not target.exists():
+        try:
+            os.replace(tmp, target)
+        except OSError as err:
+            raise _swap_error(target, err) from err
+        return
+    parent = target.resolve().parent
+    try:
         old = Path(tempfile.mkdtemp(dir=parent, prefix=f".{target.name}.old."))
+    except OSError as err:
+        raise _swap_error(target, err) from err
+    try:
         os.replace(target, old / target.name)
+    except OSError as err:
+        old.rmdir()
+        raise _swap_error(target, err) from err
+    try:
         os.replace(tmp, target)
-        shutil.rmtree(old)
-    else:
-        os.replace(tmp, target)
+    except OSError as err:
+        os.replace(old / target.name, target)  # put the earlier output back
+        old.rmdir()
+        raise _swap_error(target, err) from err
+    shutil.rmtree(old)
+
+
+def _swap_error(target: Path, err: OSError) -> OSError:
+    if err.errno not in _NOT_WRITABLE:
+        return err
+    return PermissionError(f"cannot replace {target}: {target} or its folder "
+                           f"{target.resolve().parent} is not writable ({err.strerror})")

@@ -114,7 +114,7 @@ class Baselines:
         from safetensors import safe_open
 
         path = Path(path)
-        tensors = read_tensors(path)
+        tensors = read_tensors(path, what="baselines file")
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
         if "statistic" not in metadata:

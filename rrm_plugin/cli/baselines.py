@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from rrm_plugin.cli import checks
 from rrm_plugin.cli.common import add_images_arg, add_model_args
 from rrm_plugin.cli.dataset import add_run_args
 
@@ -19,7 +20,7 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
                    help="reference renders when no --images are given")
     p.add_argument("--seed", type=int, default=4321, help="seed of the reference renders")
     p.add_argument("--batch-size", type=int, default=256, help="images per forward pass")
-    p.add_argument("--out", type=Path, default=None,
+    p.add_argument("--out", type=checks.out_path, default=None,
                    help="output file (default: inside a --release folder, else the user cache "
                         "$RRM_PLUGIN_CACHE/baselines/RELEASE.safetensors, default "
                         "~/.cache/rrm_plugin; trace and faithfulness find it there); the "
@@ -35,6 +36,22 @@ def default_output(release: str) -> Path:
     return cached_baselines_path(release)
 
 
+def check_args(args: argparse.Namespace) -> list[Path]:
+    """Every option and path, before any heavy import; returns the output to lock (an explicit
+    --out; the default path in the cache is known only once the release is loaded)."""
+    checks.model_args(args)
+    if args.release is None or args.release.lower() == "none":
+        raise ValueError("--release none: baselines need an SAE release")
+    checks.image_paths("--images", args.images)
+    checks.at_least("--n-images", args.n_images)
+    checks.at_least("--batch-size", args.batch_size)
+    checks.chunks_arg(args, None)
+    if args.out is None:
+        return []
+    checks.check_out_file(args.out, inputs=checks.inputs_of(args, "images", "model", "release"))
+    return [args.out]
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
@@ -45,12 +62,6 @@ def run(args: argparse.Namespace) -> int:
     from rrm_plugin.zoo.models import MODELS
 
     torch.set_num_threads(2)
-    if args.n_images < 1:
-        raise ValueError(f"--n-images must be at least 1, got {args.n_images}")
-    if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
-    if args.release is None or args.release.lower() == "none":
-        raise ValueError("--release none: baselines need an SAE release")
     ctx = start_processes(args)
     ws = load_workspace(args)
     if args.images:

@@ -59,8 +59,6 @@ def resolve_model_name(model: str | None, release: str | None) -> str:
 
 def load_workspace(args: argparse.Namespace, *, with_saes: bool = True) -> Workspace:
     """The model and SAEs named by `--model` / `--release`, on `--device` in `--dtype`."""
-    import torch
-
     import rrm_plugin
     from rrm_plugin.provenance import check_release_provenance
     from rrm_plugin.saes.registry import local_release_directory
@@ -69,8 +67,7 @@ def load_workspace(args: argparse.Namespace, *, with_saes: bool = True) -> Works
     release = getattr(args, "release", None)
     if release is not None and release.lower() == "none":
         release = None
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device {args.device}: CUDA is not available on this machine")
+    check_device_available(args.device)
     if args.model is not None and Path(args.model).is_dir():  # a HookedViT saved by rrm
         from rrm_plugin.zoo.models import load_model_from_directory, to_device
 
@@ -92,6 +89,22 @@ def load_workspace(args: argparse.Namespace, *, with_saes: bool = True) -> Works
         if args.dtype is not None:
             saes = {h: s.to(DTYPES[args.dtype]) for h, s in saes.items()}
     return Workspace(model, saes, name, release, args.device)
+
+
+def check_device_available(device: str) -> None:
+    """`--device` (already of a valid form, `checks.check_device`) exists on this machine."""
+    import torch
+
+    kind, _, index = device.partition(":")
+    if kind == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {device}: CUDA is not available on this machine")
+        n = torch.cuda.device_count()
+        if index and int(index) >= n:
+            raise ValueError(f"--device {device}: this machine has {n} CUDA device(s), "
+                             f"cuda:0..cuda:{n - 1}")
+    elif kind == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device {device}: MPS is not available on this machine")
 
 
 def check_saes_fit(model, saes: dict, *, release: str, model_name: str) -> None:

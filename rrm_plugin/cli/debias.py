@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from rrm_plugin.cli import checks
 from rrm_plugin.cli.common import add_baselines_arg, add_model_args
 from rrm_plugin.cli.output import add_overwrite_arg
 
@@ -43,18 +44,35 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the selection pool, random baseline and bootstrap (default 0)")
     p.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
-    p.add_argument("--out", type=Path, default=Path("debias"),
+    p.add_argument("--out", type=checks.out_path, default=Path("debias"),
                    help="output folder, written as a unit (default ./debias): debias.json, "
                         "debias.md, debias.png")
     add_overwrite_arg(p)
     p.set_defaults(run=run)
 
 
+def check_args(args: argparse.Namespace) -> list[Path]:
+    """Every option and path, before any heavy import; returns the output to lock."""
+    from rrm_plugin.cli.output import check_output_directory
+
+    checks.model_args(args)
+    checks.existing_file("--baselines", args.baselines, what="baselines file")
+    checks.existing_file("--data", args.data, what="data file (safetensors)")
+    if args.reference_model is not None and args.reference_model.lower() != "none":
+        checks.model_arg("--reference-model", args.reference_model)
+    for name in ("pool", "random_draws", "bootstrap", "batch_size", "counts"):
+        checks.at_least(f"--{name.replace('_', '-')}", getattr(args, name))
+    check_output_directory(args.out, command="debias", overwrite=args.overwrite,
+                           inputs=checks.inputs_of(args, "baselines", "data", "model", "release",
+                                                   "reference_model"))
+    return [args.out]
+
+
 def _load_data(path: Path):
     from rrm_plugin.debias.data import SpuriousSplit
     from rrm_plugin.io import read_tensors
 
-    tensors = read_tensors(path)
+    tensors = read_tensors(path, what="data file")
     wanted = [f"{s}_{f}" for s in SPLITS for f in FIELDS]
     missing = [k for k in wanted if k not in tensors]
     if missing:
@@ -79,20 +97,15 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from rrm_plugin.cli.common import load_workspace, resolve_baselines
-    from rrm_plugin.cli.output import check_output_directory, output_directory
+    from rrm_plugin.cli.output import output_directory
     from rrm_plugin.debias.experiment import DebiasConfig, run_debias
     from rrm_plugin.debias.plot import plot_debias
     from rrm_plugin.io import write_json, write_text
 
     torch.set_num_threads(2)
-    for name in ("pool", "random_draws", "bootstrap", "batch_size"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got "
-                             f"{getattr(args, name)}")
     config = DebiasConfig(**({"counts": tuple(args.counts)} if args.counts else {}),
                           random_draws=args.random_draws, n_bootstrap=args.bootstrap,
                           seed=args.seed, batch_size=args.batch_size)
-    check_output_directory(args.out, command="debias", overwrite=args.overwrite)
     ws = load_workspace(args)
     if args.data is not None:
         selection, validation, test = _load_data(args.data)

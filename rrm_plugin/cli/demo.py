@@ -6,15 +6,24 @@ import argparse
 import time
 from pathlib import Path
 
+from rrm_plugin.cli import checks
 from rrm_plugin.cli.output import add_overwrite_arg
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     p = sub.add_parser(name, help="run the method end to end on the embedded digits-vit")
-    p.add_argument("--out", type=Path, default=Path("rrm_demo"),
+    p.add_argument("--out", type=checks.out_path, default=Path("rrm_demo"),
                    help="output folder, written as a unit (default ./rrm_demo)")
     add_overwrite_arg(p)
     p.set_defaults(run=run)
+
+
+def check_args(args: argparse.Namespace) -> list[Path]:
+    """`--out`, before any heavy import; returns it to lock."""
+    from rrm_plugin.cli.output import check_output_directory
+
+    check_output_directory(args.out, command="demo", overwrite=args.overwrite)
+    return [args.out]
 
 
 def plot_predictions(images, labels, clean_pred, replaced_pred, path: Path, *, n: int = 12) -> Path:

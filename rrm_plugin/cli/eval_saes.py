@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from rrm_plugin.cli import checks
 from rrm_plugin.cli.common import add_images_arg, add_model_args
 from rrm_plugin.cli.dataset import add_run_args
 
@@ -14,10 +15,20 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     add_model_args(p)
     add_images_arg(p, help_default="the embedded model's held-out set")
     p.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
-    p.add_argument("--out", type=Path, default=Path("sae_eval.json"),
+    p.add_argument("--out", type=checks.out_path, default=Path("sae_eval.json"),
                    help="JSON file to write (default ./sae_eval.json)")
     add_run_args(p)
     p.set_defaults(run=run)
+
+
+def check_args(args: argparse.Namespace) -> list[Path]:
+    """Every option and path, before any heavy import; returns the output to lock."""
+    checks.model_args(args)
+    checks.image_paths("--images", args.images)
+    checks.at_least("--batch-size", args.batch_size)
+    checks.chunks_arg(args, None)
+    checks.check_out_file(args.out, inputs=checks.inputs_of(args, "images", "model", "release"))
+    return [args.out]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -25,15 +36,10 @@ def run(args: argparse.Namespace) -> int:
 
     from rrm_plugin.cli.common import load_image_args, load_workspace
     from rrm_plugin.cli.dataset import chunk_report, dataset_run, start_processes
-    from rrm_plugin.io import check_not_shipped, write_json
+    from rrm_plugin.io import write_json
     from rrm_plugin.metrics.sae_evaluation import evaluate_saes, format_table
 
     torch.set_num_threads(2)
-    if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
-    check_not_shipped(args.out)
-    if args.out.is_dir():
-        raise IsADirectoryError(f"--out {args.out} is a folder; expected a JSON file path")
     ctx = start_processes(args)
     ws = load_workspace(args)
     loaded = load_image_args(args.images, ws)

@@ -5,9 +5,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from rrm_plugin.cli import checks
 from rrm_plugin.cli.common import add_baselines_arg, add_images_arg, add_model_args
 from rrm_plugin.cli.dataset import add_run_args
 from rrm_plugin.cli.output import add_overwrite_arg
+
+# metrics.faithfulness.METHODS, circuits.pruning.CRITERIA / TIES, spelled out so that the options
+# are checked without importing torch (tests/cli/test_cli_option_checks.py keeps them equal).
+METHODS = ("rrm", "rrm_edge", "non_linearised", "random", "random_authors", "neuron")
+CRITERIA = ("topn", "topk", "threshold")
+TIES = ("raw", "index", "random")
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
@@ -22,8 +29,6 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
                         "paper)")
     p.add_argument("--metric", choices=["adjusted_logit", "logit"], default="adjusted_logit",
                    help="attributed quantity (default adjusted_logit)")
-    # Checked in `run` against metrics.faithfulness / circuits.pruning (the parser imports
-    # nothing heavy).
     p.add_argument("--methods", nargs="+", default=None,
                    help="circuit methods to compare (default: all of rrm, rrm_edge, "
                         "non_linearised, random, random_authors, neuron)")
@@ -42,7 +47,7 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
                    help="node ranking: negative scores count as zero (clamp, default) or by "
                         "absolute value (abs)")
     p.add_argument("--batch-size", type=int, default=64, help="images per batched forward pass")
-    p.add_argument("--out", type=Path, default=Path("faithfulness"),
+    p.add_argument("--out", type=checks.out_path, default=Path("faithfulness"),
                    help="output folder, written as a unit (default ./faithfulness): "
                         "faithfulness.json, .png, .md")
     add_overwrite_arg(p)
@@ -50,10 +55,34 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     p.set_defaults(run=run)
 
 
+def check_args(args: argparse.Namespace) -> list[Path]:
+    """Every option and path, before any heavy import; returns the output to lock."""
+    from rrm_plugin.cli.output import check_output_directory
+
+    checks.model_args(args)
+    checks.image_paths("--images", args.images)
+    checks.existing_file("--baselines", args.baselines, what="baselines file")
+    unknown = [m for m in args.methods or () if m not in METHODS]
+    if unknown:
+        raise ValueError(f"--methods: unknown {unknown}; expected some of {list(METHODS)}")
+    if args.criterion not in CRITERIA:
+        raise ValueError(f"--criterion: unknown {args.criterion!r}; expected one of "
+                         f"{list(CRITERIA)}")
+    if args.ties not in TIES:
+        raise ValueError(f"--ties: unknown {args.ties!r}; expected one of {list(TIES)}")
+    checks.at_least("--n-images", args.n_images)
+    checks.at_least("--skip-early-layers", args.skip_early_layers, 0)
+    checks.at_least("--batch-size", args.batch_size)
+    checks.chunks_arg(args, args.out)
+    check_output_directory(args.out, command="faithfulness", overwrite=args.overwrite,
+                           inputs=checks.inputs_of(args, "images", "baselines", "model",
+                                                   "release", "chunks"))
+    return [args.out]
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from rrm_plugin.circuits.pruning import CRITERIA, TIES
     from rrm_plugin.cli.common import (
         load_image_args,
         load_workspace,
@@ -66,28 +95,11 @@ def run(args: argparse.Namespace) -> int:
         dataset_run,
         start_processes,
     )
-    from rrm_plugin.cli.output import check_output_directory, output_directory
-    from rrm_plugin.metrics.faithfulness import (
-        METHODS,
-        FaithfulnessConfig,
-        evaluate_faithfulness,
-    )
+    from rrm_plugin.cli.output import output_directory
+    from rrm_plugin.metrics.faithfulness import FaithfulnessConfig, evaluate_faithfulness
 
     torch.set_num_threads(2)
     methods = list(METHODS) if args.methods is None else args.methods
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        raise ValueError(f"--methods: unknown {unknown}; expected some of {list(METHODS)}")
-    if args.criterion not in CRITERIA:
-        raise ValueError(f"--criterion: unknown {args.criterion!r}; expected one of "
-                         f"{list(CRITERIA)}")
-    if args.ties not in TIES:
-        raise ValueError(f"--ties: unknown {args.ties!r}; expected one of {list(TIES)}")
-    if args.skip_early_layers < 0:
-        raise ValueError(f"--skip-early-layers must be >= 0, got {args.skip_early_layers}")
-    if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
-    check_output_directory(args.out, command="faithfulness", overwrite=args.overwrite)
     ctx = start_processes(args)
     ws = load_workspace(args)
     loaded = load_image_args(args.images, ws)

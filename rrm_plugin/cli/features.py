@@ -6,6 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
+from rrm_plugin.cli import checks
 from rrm_plugin.cli.common import add_baselines_arg, add_images_arg, add_model_args
 from rrm_plugin.cli.dataset import add_run_args
 from rrm_plugin.cli.output import add_overwrite_arg
@@ -13,7 +14,7 @@ from rrm_plugin.cli.output import add_overwrite_arg
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     p = sub.add_parser(name, help="feature dashboards: top images, densities, lens, circuits")
-    p.add_argument("--out", type=Path, required=True,
+    p.add_argument("--out", type=checks.out_path, required=True,
                    help="folder for features.json, cards.json, contact sheets and pages")
     add_model_args(p)
     add_images_arg(p, help_default="the embedded model's held-out set")
@@ -33,6 +34,26 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     add_overwrite_arg(p)
     add_run_args(p)
     p.set_defaults(run=run)
+
+
+def check_args(args: argparse.Namespace) -> list[Path]:
+    """Every option and path, before any heavy import; returns the output to lock."""
+    from rrm_plugin.cli.output import check_output_directory
+
+    checks.model_args(args)
+    if args.release is None or args.release.lower() == "none":
+        raise ValueError("rrm features needs an SAE release: give --release NAME or FOLDER")
+    checks.image_paths("--images", args.images)
+    checks.existing_file("--baselines", args.baselines, what="baselines file")
+    checks.at_least("--k", args.k)
+    checks.at_least("--batch-size", args.batch_size)
+    checks.at_least("--n-circuit-images", args.n_circuit_images, 0)
+    checks.at_least("--layers", args.layers, 0)
+    checks.chunks_arg(args, args.out)
+    check_output_directory(args.out, command="features", overwrite=args.overwrite,
+                           inputs=checks.inputs_of(args, "images", "baselines", "model",
+                                                   "release", "chunks"))
+    return [args.out]
 
 
 def _select_layers(saes: dict, layers: list[int] | None) -> dict:
@@ -65,15 +86,10 @@ def run(args: argparse.Namespace) -> int:
         dataset_run,
         start_processes,
     )
-    from rrm_plugin.cli.output import check_output_directory, output_directory
+    from rrm_plugin.cli.output import output_directory
     from rrm_plugin.features.dashboard import build_dashboards
 
     start = time.time()
-    if args.k < 1:
-        raise ValueError(f"--k must be >= 1, got {args.k}")
-    if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
-    check_output_directory(args.out, command="features", overwrite=args.overwrite)
     ctx = start_processes(args)
     ws = load_workspace(args)
     if not ws.saes:

@@ -6,6 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
+from rrm_plugin.cli import checks
 from rrm_plugin.cli.common import add_images_arg, add_model_args
 from rrm_plugin.cli.dataset import add_run_args
 from rrm_plugin.cli.output import add_overwrite_arg
@@ -15,7 +16,7 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     p = sub.add_parser(
         name, help="project tokens and SAE features onto the class embedding space"
     )
-    p.add_argument("--out", type=Path, required=True,
+    p.add_argument("--out", type=checks.out_path, required=True,
                    help="folder for lens.json, lens_tensors.safetensors and the plots (written "
                         "as a unit)")
     add_overwrite_arg(p)
@@ -44,6 +45,25 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     add_run_args(p)
     p.set_defaults(run=run)
+
+
+def check_args(args: argparse.Namespace) -> list[Path]:
+    """Every option and path, before any heavy import; returns the output to lock."""
+    from rrm_plugin.cli.output import check_output_directory
+
+    checks.model_args(args)
+    checks.image_paths("--images", args.images)
+    checks.image_paths("--probe-images", args.probe_images)
+    for name in ("batch_size", "permutations", "random_repeats", "random_shared_seeds",
+                 "n_images"):
+        checks.at_least(f"--{name.replace('_', '-')}", getattr(args, name))
+    checks.at_least("--n-probe-images", args.n_probe_images, 0)
+    checks.at_least("--blocks", args.blocks, 0)
+    checks.chunks_arg(args, args.out)
+    check_output_directory(args.out, command="lens", overwrite=args.overwrite,
+                           inputs=checks.inputs_of(args, "images", "probe_images", "model",
+                                                   "release", "chunks"))
+    return [args.out]
 
 
 def _lens_inputs(args: argparse.Namespace, ws):
@@ -93,18 +113,11 @@ def run(args: argparse.Namespace) -> int:
 
     from rrm_plugin.cli.common import load_workspace
     from rrm_plugin.cli.dataset import chunk_report, dataset_run, start_processes
-    from rrm_plugin.cli.output import check_output_directory, output_directory
+    from rrm_plugin.cli.output import output_directory
     from rrm_plugin.hosts.prisma import build_hooked_vit
     from rrm_plugin.lens.report import LensConfig, run_lens
     from rrm_plugin.lens.report_output import format_summary, write_lens_report
 
-    for name in ("batch_size", "permutations", "random_repeats", "random_shared_seeds"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got "
-                             f"{getattr(args, name)}")
-    if args.n_probe_images < 0:
-        raise ValueError(f"--n-probe-images must be 0 or more, got {args.n_probe_images}")
-    check_output_directory(args.out, command="lens", overwrite=args.overwrite)
     start = time.time()
     no_saes = args.release is not None and args.release.lower() == "none"
     ctx = start_processes(args)

@@ -1,17 +1,23 @@
 """`rrm` command line. Each sub-command lives in its own module with `add_parser` and `run`.
 
 The parser is built without importing torch, SAELens or ViT-Prisma (`rrm --help` stays fast):
-command modules import their heavy dependencies inside `run`. Errors a user can fix (bad file,
-unknown name, bad option value) print one line, `rrm <command>: error: <message>`, and exit 2;
-other exceptions are internal errors and keep their traceback. `--debug` shows every traceback.
+command modules import their heavy dependencies inside `run`. Before `run`, the module's
+`check_args(args)` checks every option and path with the standard library alone and returns the
+outputs the run writes; each is locked (`runs.lock`) so a second run on the same output is
+refused. Errors a user can fix (bad file, unknown name, bad option value) print one line,
+`rrm <command>: error: <message>`, and exit 2; other exceptions are internal errors and keep
+their traceback. `--debug` shows every traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import traceback
+from contextlib import ExitStack
+from pathlib import Path
 
 # Explicit registry: sub-command name -> module under rrm_plugin.cli.
 COMMANDS: dict[str, str] = {
@@ -68,7 +74,22 @@ def build_parser() -> argparse.ArgumentParser:
 def _message(err: BaseException) -> str:
     # KeyError's str() quotes its message; the first argument is our sentence.
     text = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
-    return str(text) or type(err).__name__
+    # Upstream libraries' messages may span lines; the contract is one line.
+    return " ".join(str(text).split()) or type(err).__name__
+
+
+def _check_and_run(args: argparse.Namespace) -> int:
+    """The command's cheap checks, then its run while holding the lock of every output."""
+    check = getattr(importlib.import_module(COMMANDS[args.command]), "check_args", None)
+    outputs: list[Path] = list(check(args) or []) if check is not None else []
+    with ExitStack() as stack:
+        # Under torchrun every rank runs this; only rank 0 writes the outputs, so only it locks.
+        if os.environ.get("RANK", "0") == "0":
+            from rrm_plugin.runs.lock import output_lock
+
+            for out in outputs:
+                stack.enter_context(output_lock(out, command=args.command))
+        return int(args.run(args) or 0)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,12 +99,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.command_parsers[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
     prog = f"rrm {args.command}"
     try:
-        return int(args.run(args) or 0)
+        return _check_and_run(args)
     except SystemExit as err:  # a command's own `raise SystemExit("message")`
         if isinstance(err.code, str):
             if args.debug:
                 raise
-            print(f"{prog}: error: {err.code}", file=sys.stderr)
+            print(f"{prog}: error: {' '.join(err.code.split())}", file=sys.stderr)
             return USER_ERROR_EXIT
         raise
     except KeyboardInterrupt:

@@ -9,11 +9,12 @@ unless `overwrite=True`.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -28,11 +29,17 @@ def previous_command(out: Path) -> str | None:
         return None
 
 
-def check_output_directory(out: Path, *, command: str, overwrite: bool = False) -> Path:
-    """Raise (before any work) unless `out` may be replaced by this command's output."""
+def check_output_directory(out: Path, *, command: str, overwrite: bool = False,
+                           inputs: Iterable[Path | str | None] = ()) -> Path:
+    """Raise (before any work) unless `out` may be replaced by this command's output.
+
+    `inputs`: the paths the command reads, none of which may lie inside `out`.
+    """
+    from rrm_plugin.cli.checks import check_out_location
     from rrm_plugin.io import check_not_shipped
 
     out = check_not_shipped(Path(out))
+    check_out_location(out, inputs=inputs)
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"--out {out} is a file; expected a folder (new or empty)")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
@@ -43,8 +50,12 @@ def check_output_directory(out: Path, *, command: str, overwrite: bool = False) 
                                   f"folder or --overwrite to replace it")
     parent = out.resolve().parent
     existing = next(p for p in (parent, *parent.parents) if p.exists())
+    if not existing.is_dir():
+        raise NotADirectoryError(f"--out {out}: {existing} is a file, not a folder")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise PermissionError(f"--out {out}: cannot create files in {existing} (not writable)")
+    if out.is_dir() and not os.access(out, os.W_OK | os.X_OK):  # moving a folder needs both
+        raise PermissionError(f"--out {out} is not writable, so it cannot be replaced")
     return out
 
 
@@ -54,8 +65,14 @@ def output_directory(out: Path, *, command: str, overwrite: bool = False) -> Ite
     from rrm_plugin.io import swap_into_place, write_json
 
     out = check_output_directory(out, command=command, overwrite=overwrite)
-    out.resolve().parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.resolve().parent, prefix=f".{out.name}.partial."))
+    try:
+        out.resolve().parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=out.resolve().parent, prefix=f".{out.name}.partial."))
+    except OSError as err:  # named for the folder the user gave, not the temporary one
+        if err.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise
+        raise PermissionError(f"--out {out}: cannot create files in {out.resolve().parent} "
+                              f"({err.strerror})") from err
     try:
         yield tmp
         files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())

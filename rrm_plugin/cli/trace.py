@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from rrm_plugin.cli import checks
 from rrm_plugin.cli.common import add_baselines_arg, add_model_args
 from rrm_plugin.cli.output import add_overwrite_arg
 
@@ -13,7 +14,7 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     p = sub.add_parser(name, help="trace the circuit of one image (held-out index or image file)")
     p.add_argument("image", help="image file (PNG/JPEG), or an index into the embedded model's "
                                  "held-out test set")
-    p.add_argument("--out", type=Path, required=True,
+    p.add_argument("--out", type=checks.out_path, required=True,
                    help="output folder (written as a unit: graph.json, graph.lossless.json + "
                         ".safetensors, circuit.json, circuit.png, summary.json)")
     add_overwrite_arg(p)
@@ -42,6 +43,34 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
                    help="skip circuit.html, whose slider readouts cost two forward passes per "
                         "distinct circuit of the sliders (minutes for a ViT-B on a CPU)")
     p.set_defaults(run=run)
+
+
+def check_args(args: argparse.Namespace) -> list[Path]:
+    """Every option and path, before any heavy import; returns the output to lock."""
+    from rrm_plugin.cli.output import check_output_directory
+
+    checks.model_args(args)
+    if args.image.lstrip("-").isdigit():
+        checks.at_least("the image index", int(args.image), 0)
+    else:
+        checks.image_paths(None, [args.image])
+    checks.existing_file("--baselines", args.baselines, what="baselines file")
+    checks.image_paths("--reference-images", args.reference_images)
+    checks.existing_file("--feature-cards", args.feature_cards, what="feature cards file")
+    checks.at_least("--target", args.target, 0)
+    for name in ("node_threshold", "edge_threshold"):
+        checks.in_range(f"--{name.replace('_', '-')}", getattr(args, name), low=0, high=1,
+                        low_open=True)
+    checks.at_least("--token-top-k", args.token_top_k)
+    if args.token_top_k is not None and (args.granularity != "token" or not args.no_viewer):
+        raise ValueError("--token-top-k needs --granularity token and --no-viewer (the viewer "
+                         "needs dense edge matrices)")
+    if args.no_viewer and args.feature_cards:
+        raise ValueError("--feature-cards is for the viewer; drop it or --no-viewer")
+    check_output_directory(args.out, command="trace", overwrite=args.overwrite,
+                           inputs=checks.inputs_of(args, "image", "baselines", "reference_images",
+                                                   "feature_cards", "model", "release"))
+    return [args.out]
 
 
 def resolve_image(spec: str, ws):
@@ -77,22 +106,11 @@ def run(args: argparse.Namespace) -> int:
         model_preprocessing,
         resolve_baselines,
     )
-    from rrm_plugin.cli.output import check_output_directory, output_directory
+    from rrm_plugin.cli.output import output_directory
     from rrm_plugin.workflows.trace import TraceConfig, trace_image
     from rrm_plugin.zoo.models import MODELS
 
     torch.set_num_threads(2)
-    for name in ("node_threshold", "edge_threshold"):
-        value = getattr(args, name)
-        if not 0 < value <= 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be in (0, 1], got {value}")
-    if args.token_top_k is not None:
-        if args.token_top_k < 1:
-            raise ValueError(f"--token-top-k must be >= 1, got {args.token_top_k}")
-        if args.granularity != "token" or not args.no_viewer:
-            raise ValueError("--token-top-k needs --granularity token and --no-viewer (the "
-                             "viewer needs dense edge matrices)")
-    check_output_directory(args.out, command="trace", overwrite=args.overwrite)
     ws = load_workspace(args)
     image, meta = resolve_image(args.image, ws)
     baselines, how = resolve_baselines(args.baselines, ws, image[None])
@@ -111,8 +129,6 @@ def run(args: argparse.Namespace) -> int:
                          granularity=args.granularity, node_threshold=args.node_threshold,
                          edge_threshold=args.edge_threshold, viewer=not args.no_viewer,
                          token_top_k=args.token_top_k)
-    if args.no_viewer and args.feature_cards:
-        raise ValueError("--feature-cards is for the viewer; drop it or --no-viewer")
     with output_directory(args.out, command="trace", overwrite=args.overwrite) as tmp:
         summary = trace_image(
             ws.model, ws.saes, image, baselines=baselines, out_dir=tmp,

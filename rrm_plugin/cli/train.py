@@ -10,6 +10,7 @@ import argparse
 import time
 from pathlib import Path
 
+from rrm_plugin.cli import checks
 from rrm_plugin.cli.output import add_overwrite_arg
 
 
@@ -17,7 +18,7 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     if name == "train-model":
         p = sub.add_parser(name, help="train an embedded model's recipe (seeded, 10-15 min on 2 "
                                       "cores) into a new folder")
-        p.add_argument("--out", type=Path, required=True,
+        p.add_argument("--out", type=checks.out_path, required=True,
                        help="folder for config.json + model.safetensors (use it as --model DIR)")
         p.add_argument("--recipe", default="digits-vit", choices=RECIPES,
                        help="which embedded model to train (default digits-vit; "
@@ -29,7 +30,7 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
         p.set_defaults(run=run_train_model)
     else:
         p = sub.add_parser(name, help="train one TopK SAE per block output of a HookedViT")
-        p.add_argument("--out", type=Path, required=True,
+        p.add_argument("--out", type=checks.out_path, required=True,
                        help="release folder to write (use it as --release DIR)")
         p.add_argument("--model", default=None,
                        help="model name (`rrm list`) to train SAEs for; default: digits-vit "
@@ -65,9 +66,44 @@ RECIPE_SAE_MODELS = (None, "digits-vit", "digits-vit-spurious")
 """`--model` values (None: the default) whose SAEs `train-saes` trains by a shipped recipe."""
 
 
-def _positive(name: str, value) -> None:
-    if value is not None and value < 1:
-        raise ValueError(f"{name} must be at least 1, got {value}")
+def _recipe(args: argparse.Namespace) -> bool:
+    """`train-saes` trains by a shipped recipe (else: own SAEs, which need more options)."""
+    return args.images is None and args.model in RECIPE_SAE_MODELS
+
+
+def check_args(args: argparse.Namespace) -> list[Path]:
+    """Every option and path, before any heavy import; returns the output to lock."""
+    from rrm_plugin.cli.output import check_output_directory
+
+    if args.command == "train-model":
+        checks.at_least("--steps", args.steps)
+        check_output_directory(args.out, command="train-model", overwrite=args.overwrite)
+        return [args.out]
+    for name in ("--steps", "--d-sae", "--k", "--n-baseline-images"):
+        checks.at_least(name, getattr(args, name[2:].replace("-", "_")))
+    if args.lr is not None and not args.lr > 0:
+        raise ValueError(f"--lr must be positive, got {args.lr}")
+    if args.d_sae is not None and args.k is not None and args.k > args.d_sae:
+        raise ValueError(f"--k {args.k} is more than --d-sae {args.d_sae}: a TopK SAE keeps k of "
+                         "its d_sae latents per token")
+    checks.check_device(args.device)
+    checks.model_arg("--model", args.model)
+    checks.existing_folder("--model-dir", args.model_dir, what="model folder")
+    checks.model_arg("--model-dir", None if args.model_dir is None else str(args.model_dir))
+    if not _recipe(args):
+        if (args.model is None) == (args.model_dir is None):
+            raise ValueError("give exactly one of --model NAME or --model-dir DIR")
+        if not args.images:
+            raise ValueError(f"give --images to train SAEs for {args.model or args.model_dir}")
+        if args.d_sae is None or args.k is None:
+            raise ValueError("to train own SAEs, give --d-sae and --k")
+    if args.images and len(args.images) == 1 and args.images[0].endswith(".safetensors"):
+        checks.existing_file("--images", args.images[0], what="images file (safetensors)")
+    else:
+        checks.image_paths("--images", args.images)
+    check_output_directory(args.out, command="train-saes", overwrite=args.overwrite,
+                           inputs=checks.inputs_of(args, "images", "model", "model_dir"))
+    return [args.out]
 
 
 def run_train_model(args: argparse.Namespace) -> int:
@@ -78,7 +114,6 @@ def run_train_model(args: argparse.Namespace) -> int:
     from rrm_plugin.zoo.spurious import SPURIOUS_TRAINING, train_spurious_vit
     from rrm_plugin.zoo.train_model import ModelTrainingConfig, train_digits_vit
 
-    _positive("--steps", args.steps)
     cfg = ModelTrainingConfig() if args.recipe == "digits-vit" else SPURIOUS_TRAINING
     cfg = cfg if args.steps is None else replace(cfg, n_steps=args.steps)
     start = time.time()
@@ -109,31 +144,40 @@ def _spurious_accuracy_line(model) -> str:
 def run_train_saes(args: argparse.Namespace) -> int:
     from rrm_plugin.cli.output import output_directory
 
-    for name in ("--steps", "--d-sae", "--k", "--n-baseline-images"):
-        _positive(name, getattr(args, name[2:].replace("-", "_")))
-    if args.lr is not None and not args.lr > 0:
-        raise ValueError(f"--lr must be positive, got {args.lr}")
     start = time.time()
+    configs = _recipe_configs(args) if _recipe(args) else None  # checked before the work
     with output_directory(args.out, command="train-saes", overwrite=args.overwrite) as tmp:
-        _train_saes_into(args, tmp)
-    if args.images is None and args.model in RECIPE_SAE_MODELS:
+        _train_saes_into(args, tmp, configs)
+    if _recipe(args):
         model_arg = f"--model {args.model_dir or args.model or 'digits-vit'}"
         print(f"use them with `{model_arg} --release {args.out}`")
     print(f"SAEs trained in {time.time() - start:.0f}s; saved to {args.out}")
     return 0
 
 
-def _train_saes_into(args: argparse.Namespace, out: Path) -> None:
+def _recipe_configs(args: argparse.Namespace) -> dict:
+    """The recipe's SAE configs with the options' overrides; k <= d_sae for each."""
     from dataclasses import replace
 
-    if args.images is None and args.model in RECIPE_SAE_MODELS:
-        from rrm_plugin.zoo.recipes import DIGITS_SAE_CONFIGS, train_digits_saes
+    from rrm_plugin.zoo.recipes import DIGITS_SAE_CONFIGS
+
+    overrides = {key: value for key, value in (
+        ("n_steps", args.steps), ("lr", args.lr), ("d_sae", args.d_sae), ("k", args.k))
+        if value is not None}
+    for hook, cfg in DIGITS_SAE_CONFIGS.items():
+        d_sae, k = overrides.get("d_sae", cfg.d_sae), overrides.get("k", cfg.k)
+        if k > d_sae:
+            given = "--k" if "k" in overrides else "the recipe's k"
+            raise ValueError(f"{given} {k} is more than the d_sae {d_sae} of {hook} (the "
+                             "recipe's unless --d-sae is given): give --k <= --d-sae")
+    return {h: replace(c, **overrides) for h, c in DIGITS_SAE_CONFIGS.items()}
+
+
+def _train_saes_into(args: argparse.Namespace, out: Path, configs: dict | None) -> None:
+    if configs is not None:
+        from rrm_plugin.zoo.recipes import train_digits_saes
         from rrm_plugin.zoo.spurious import train_spurious_saes
 
-        overrides = {key: value for key, value in (
-            ("n_steps", args.steps), ("lr", args.lr), ("d_sae", args.d_sae), ("k", args.k))
-            if value is not None}
-        configs = {h: replace(c, **overrides) for h, c in DIGITS_SAE_CONFIGS.items()}
         train = train_spurious_saes if args.model == "digits-vit-spurious" else train_digits_saes
         train(out=out, model_dir=args.model_dir, configs=configs,
               n_baseline_images=args.n_baseline_images)
@@ -142,23 +186,20 @@ def _train_saes_into(args: argparse.Namespace, out: Path) -> None:
 
 
 def _own_model_and_images(args: argparse.Namespace):
-    from rrm_plugin.cli.common import model_preprocessing
+    from rrm_plugin.cli.common import check_device_available, model_preprocessing
     from rrm_plugin.data.images import load_images
     from rrm_plugin.hosts.prisma import check_images
     from rrm_plugin.io import read_tensors
     from rrm_plugin.zoo.models import load_model, load_model_from_directory
 
-    if (args.model is None) == (args.model_dir is None):
-        raise SystemExit("give exactly one of --model NAME or --model-dir DIR")
-    if args.model_dir is not None:
+    check_device_available(args.device)
+    if args.model_dir is not None:  # check_args: exactly one of --model, --model-dir
         model, name = load_model_from_directory(args.model_dir), None
     else:
         model, name = load_model(args.model, device=args.device), args.model
     model_name = name or model.cfg.model_name
-    if not args.images:
-        raise SystemExit(f"give --images to train SAEs for {model_name}")
     if len(args.images) == 1 and args.images[0].endswith(".safetensors"):
-        tensors = read_tensors(Path(args.images[0]))
+        tensors = read_tensors(Path(args.images[0]), what="images file")
         if "images" not in tensors:
             raise SystemExit(f"{args.images[0]} has no 'images' tensor (found {sorted(tensors)})")
         images = tensors["images"]
@@ -171,8 +212,6 @@ def _train_own_saes(args: argparse.Namespace, out: Path) -> Path:
     from rrm_plugin.saes.pipeline import default_sae_hooks, train_sae_release
     from rrm_plugin.saes.training import TopKTrainingConfig
 
-    if args.d_sae is None or args.k is None:
-        raise SystemExit("to train own SAEs, give --d-sae and --k")
     model, model_name, images = _own_model_and_images(args)
     cfg = TopKTrainingConfig(d_sae=args.d_sae, k=args.k, n_steps=args.steps or 2000,
                              lr=args.lr or 2e-4)

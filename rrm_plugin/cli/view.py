@@ -17,6 +17,15 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     p.set_defaults(run=run)
 
 
+def check_args(args: argparse.Namespace) -> list[Path]:
+    """The paths, before any heavy import (the pages are written one by one, atomically)."""
+    from rrm_plugin.cli import checks
+
+    checks.existing_folder("", args.graph_dir, what="trace folder (or folder of them)")
+    checks.existing_file("--feature-cards", args.feature_cards, what="feature cards file")
+    return []
+
+
 def run(args: argparse.Namespace) -> int:
     from rrm_plugin.viewer.build import view_directory
 

@@ -1,10 +1,26 @@
-"""Dataset-scale runs: sharded across `torchrun` processes, resumable from chunk files."""
+"""Dataset-scale runs: sharded across `torchrun` processes, resumable from chunk files.
 
-from rrm_plugin.runs.chunks import ChunkStore, run_key
-from rrm_plugin.runs.distributed import Distributed, init_distributed, shutdown_distributed
-from rrm_plugin.runs.sharded import ShardedRun, active_run, concat, map_batches, sharded
+Names load on first use, so the light `rrm_plugin.runs.lock` imports no torch.
+"""
 
-__all__ = [
-    "ChunkStore", "Distributed", "ShardedRun", "active_run", "concat", "init_distributed",
-    "map_batches", "run_key", "sharded", "shutdown_distributed",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "ChunkStore": "chunks", "run_key": "chunks",
+    "Distributed": "distributed", "init_distributed": "distributed",
+    "shutdown_distributed": "distributed",
+    "ShardedRun": "sharded", "active_run": "sharded", "concat": "sharded",
+    "map_batches": "sharded", "sharded": "sharded",
+    "OutputInUseError": "lock", "output_lock": "lock",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)

@@ -47,6 +47,13 @@ class TopKTrainingConfig:
     dead_after_tokens: int = 1_000_000
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        for name in ("d_sae", "k", "n_steps", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.k > self.d_sae:  # TopK cannot keep more latents than there are
+            raise ValueError(f"k ({self.k}) must be at most d_sae ({self.d_sae})")
+
 
 class TrainingLog(NamedTuple):
     mse: list[float]

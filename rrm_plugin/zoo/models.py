@@ -176,6 +176,9 @@ def load_model(
     if dtype is not None and dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; expected one of {sorted(DTYPES)}")
     if name in HUB_MODELS:
+        from rrm_plugin.zoo.hub_cache import check_offline_cache
+
+        check_offline_cache(name)  # one line naming what is missing, before the upstream imports
         model = HUB_MODELS[name].build()
     elif name in MODELS:
         spec = MODELS[name]

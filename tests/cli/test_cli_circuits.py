@@ -114,7 +114,7 @@ def test_faithfulness_user_errors(tmp_path, capsys):
     expect_user_error(capsys, ["faithfulness", "--ties", "first", *out],
                       r"--ties: unknown 'first'")
     expect_user_error(capsys, ["faithfulness", "--skip-early-layers", "-1", *out],
-                      "--skip-early-layers must be >= 0, got -1")
+                      "--skip-early-layers must be at least 0, got -1")
     expect_user_error(capsys, ["faithfulness", "--skip-early-layers", "3", *out],
                       "--skip-early-layers 3 leaves no SAE layer to mask")
 

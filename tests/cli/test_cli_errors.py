@@ -33,7 +33,7 @@ def cases(tmp_path, not_an_image):
         "lens": (["lens", "--batch-size", "0", "--out", str(tmp_path / "l")],
                  "--batch-size must be at least 1, got 0"),
         "features": (["features", "--k", "0", "--out", str(tmp_path / "feats")],
-                     "--k must be >= 1, got 0"),
+                     "--k must be at least 1, got 0"),
         "view": (["view", str(tmp_path / "no_such_trace")], "no_such_trace"),
         "debias": (["debias", "--random-draws", "0", "--out", str(tmp_path / "d")],
                    "--random-draws must be at least 1, got 0"),

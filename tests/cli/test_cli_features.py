@@ -27,7 +27,7 @@ def test_features_command_on_two_layers(tmp_path):
 @pytest.mark.parametrize(("argv", "match"), [
     (["--layers", "5"], r"--layers \[5\] out of range: the release has layers 0..2"),
     (["--layers", "0", "2"], "must be consecutive"),
-    (["--k", "0"], "--k must be >= 1"),
+    (["--k", "0"], "--k must be at least 1"),
 ])
 def test_features_command_bad_input(tmp_path, capsys, argv, match):
     expect_user_error(capsys, ["features", "--out", str(tmp_path / "f"), "--no-progress", *argv],

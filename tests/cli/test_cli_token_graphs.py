@@ -29,4 +29,4 @@ def test_token_top_k_needs_token_granularity_and_no_viewer(tmp_path, capsys):
                       "--token-top-k needs --granularity token and --no-viewer")
     expect_user_error(capsys, ["trace", "0", "--out", str(tmp_path / "o"), "--granularity",
                                "token", "--no-viewer", "--token-top-k", "0"],
-                      "--token-top-k must be >= 1, got 0")
+                      "--token-top-k must be at least 1, got 0")
