@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from rrm_plugin.attribution.graph import Graph, error_id, node_id
 from rrm_plugin.circuits.circuit import Circuit
-from rrm_plugin.replacement.splice import replacement
+from rrm_plugin.replacement.splice import splice_saes
 
 
 class PatchExample(NamedTuple):
@@ -44,7 +44,7 @@ def top_patches(
     wanted = {h: torch.as_tensor(list(f), dtype=torch.long) for h, f in features.items() if f}
     names = {f"{h}.hook_sae_acts_post": h for h in wanted}
     acts: dict[str, list[Tensor]] = {h: [] for h in wanted}
-    with replacement(model, {h: saes[h] for h in wanted}, keep_error=True):
+    with splice_saes(model, {h: saes[h] for h in wanted}, keep_error=True):
         for start in range(0, len(images), batch_size):
             _, cache = model.run_with_cache(images[start : start + batch_size],
                                             names_filter=lambda n: n in names)

@@ -68,7 +68,7 @@ def _demo(out: Path) -> list[Path]:
 
     with torch.no_grad():
         clean_pred = model(test.images).argmax(-1)
-        with rrm_plugin.replacement(model, saes, keep_error=False):
+        with rrm_plugin.splice_saes(model, saes, keep_error=False):
             rrm_pred = model(test.images).argmax(-1)
     plot_predictions(test.images, test.labels, clean_pred, rrm_pred, out / "predictions.png")
 

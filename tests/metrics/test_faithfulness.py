@@ -36,7 +36,7 @@ from rrm_plugin.metrics.faithfulness import (
     sae_layout,
     select_images,
 )
-from rrm_plugin.replacement.splice import replacement
+from rrm_plugin.replacement.splice import splice_saes
 from tests.circuits.test_circuit import baseline_model_logits
 from tests.metrics.oracles import adjusted, trapezoid_auc
 
@@ -247,7 +247,7 @@ def test_skip_early_layers_leaves_them_unmasked(vit, saes, reference_images, bas
     hooks = [(f"{top}.hook_sae_acts_post",
               lambda z, hook: baselines.features[top].expand_as(z)),
              (f"{top}.hook_sae_error", lambda e, hook: baselines.errors[top].expand_as(e))]
-    with torch.no_grad(), replacement(vit, saes, keep_error=True):
+    with torch.no_grad(), splice_saes(vit, saes, keep_error=True):
         only_top = adjusted(vit.run_with_hooks(images, fwd_hooks=hooks), labels)
     for method in ("rrm", "random_authors"):
         ins, dele = res.curves[method]["insertion"], res.curves[method]["deletion"]

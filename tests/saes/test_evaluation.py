@@ -50,7 +50,7 @@ def test_reported_replacement_accuracy_and_kl_are_the_replacement_models(
     results = evaluate_saes(tiny_vit, tiny_saes, tiny_images, labels)
     with torch.no_grad():
         clean = tiny_vit(tiny_images)
-        with rrm_plugin.replacement(tiny_vit, tiny_saes, keep_error=False):
+        with rrm_plugin.splice_saes(tiny_vit, tiny_saes, keep_error=False):
             replaced = tiny_vit(tiny_images)
     acc = (replaced.argmax(-1) == labels).float().mean().item()
     kl = torch.nn.functional.kl_div(replaced.log_softmax(-1), clean.log_softmax(-1),
