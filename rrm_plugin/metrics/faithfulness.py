@@ -38,7 +38,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import scipy.integrate
@@ -66,6 +66,9 @@ from rrm_plugin.circuits.pruning import (
 from rrm_plugin.replacement.splice import splice_saes
 from rrm_plugin.runs.sharded import concat, map_batches
 from rrm_plugin.saes.registry import hook_sort_key
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 METHODS: tuple[str, ...] = (
     "rrm", "rrm_edge", "non_linearised", "random", "random_authors", "neuron"
@@ -626,13 +629,13 @@ def _influence_summary(model, saes, x, y, graphs, baselines, influence) -> None:
         influence.setdefault(key, []).extend(values)
 
 
-def plot_faithfulness(result: FaithfulnessResult, path: Path) -> Path:
-    """Insertion (top) and deletion (bottom) mean curves +- s.e. of every quantity (PNG)."""
-    from rrm_plugin.plotting import pyplot
+def plot_faithfulness(result: FaithfulnessResult, path: Path | None = None) -> Figure:
+    """Insertion (top) and deletion (bottom) mean curves +- s.e. of every quantity; a PNG at
+    `path` when given."""
+    from rrm_plugin.plotting import new_figure, save_figure
 
-    plt = pyplot()
-
-    fig, axes = plt.subplots(2, len(SCORED), figsize=(4.5 * len(SCORED), 7.5), squeeze=False)
+    fig = new_figure(figsize=(4.5 * len(SCORED), 7.5))
+    axes = fig.subplots(2, len(SCORED), squeeze=False)
     x = np.arange(len(result.config.sweep))
     symbol = "tau" if result.config.criterion == "threshold" else "p"
     for row, mode in enumerate(MODES):
@@ -654,8 +657,4 @@ def plot_faithfulness(result: FaithfulnessResult, path: Path) -> Path:
     fig.suptitle(f"faithfulness over {len(result.image_indices)} correctly classified images "
                  "(mean +- s.e.)")
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=100)
