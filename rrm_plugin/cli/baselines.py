@@ -36,15 +36,12 @@ def default_output(release: str) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from rrm_plugin.attribution.baselines import compute_baselines
     from rrm_plugin.cli.common import load_image_args, load_workspace
     from rrm_plugin.cli.dataset import chunk_report, dataset_run, start_processes
     from rrm_plugin.data import training_sampler
     from rrm_plugin.zoo.models import MODELS
 
-    torch.set_num_threads(2)
     if args.n_images < 1:
         raise ValueError(f"--n-images must be at least 1, got {args.n_images}")
     if args.batch_size < 1:

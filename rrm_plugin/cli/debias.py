@@ -76,15 +76,12 @@ def _embedded_data(pool: int, seed: int):
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from rrm_plugin.cli.common import load_workspace, resolve_baselines
     from rrm_plugin.cli.output import check_output_directory, output_directory
     from rrm_plugin.debias.experiment import DebiasConfig, run_debias
     from rrm_plugin.debias.plot import plot_debias
     from rrm_plugin.io import write_json, write_text
 
-    torch.set_num_threads(2)
     for name in ("pool", "random_draws", "bootstrap", "batch_size"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got "

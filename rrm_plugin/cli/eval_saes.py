@@ -21,14 +21,11 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from rrm_plugin.cli.common import load_image_args, load_workspace
     from rrm_plugin.cli.dataset import chunk_report, dataset_run, start_processes
     from rrm_plugin.io import check_not_shipped, write_json
     from rrm_plugin.saes.evaluation import evaluate_saes, format_table
 
-    torch.set_num_threads(2)
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
     check_not_shipped(args.out)

@@ -51,8 +51,6 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from rrm_plugin.circuits.pruning import CRITERIA, TIES
     from rrm_plugin.cli.common import (
         load_image_args,
@@ -73,7 +71,6 @@ def run(args: argparse.Namespace) -> int:
         evaluate_faithfulness,
     )
 
-    torch.set_num_threads(2)
     methods = list(METHODS) if args.methods is None else args.methods
     unknown = [m for m in methods if m not in METHODS]
     if unknown:

@@ -4,6 +4,8 @@ The parser is built without importing torch, SAELens or ViT-Prisma (`rrm --help`
 command modules import their heavy dependencies inside `run`. Errors a user can fix (bad file,
 unknown name, bad option value) print one line, `rrm <command>: error: <message>`, and exit 2;
 other exceptions are internal errors and keep their traceback. `--debug` shows every traceback.
+`--threads N` sets torch's CPU thread count for the run; this process is the command's own, so
+`main` sets it, and no library function ever does (default: torch's own choice).
 """
 
 from __future__ import annotations
@@ -62,7 +64,30 @@ def build_parser() -> argparse.ArgumentParser:
     for command_parser in sub.choices.values():
         command_parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                                     help="show Python tracebacks for every error")
+        command_parser.add_argument(
+            "--threads", type=thread_count, default=None, metavar="N",
+            help="torch CPU threads for this run (default: torch's own, usually one per core; "
+                 "the training recipes use their recorded count inside)")
     return parser
+
+
+def thread_count(text: str) -> int:
+    """argparse type of `--threads`: a whole number >= 1."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {n}")
+    return n
+
+
+def apply_threads(threads: int | None) -> None:
+    """Set torch's CPU thread count for this process when `--threads` was given."""
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
 
 
 def _message(err: BaseException) -> str:
@@ -77,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     if extra:  # reported by the command's own parser, so the message names the command
         parser.command_parsers[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
     prog = f"rrm {args.command}"
+    apply_threads(getattr(args, "threads", None))
     try:
         return int(args.run(args) or 0)
     except SystemExit as err:  # a command's own `raise SystemExit("message")`

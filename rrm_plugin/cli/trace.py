@@ -68,8 +68,6 @@ def resolve_image(spec: str, ws):
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     import rrm_plugin
     from rrm_plugin.circuits.trace import TraceConfig, trace_image
     from rrm_plugin.cli.common import (
@@ -81,7 +79,6 @@ def run(args: argparse.Namespace) -> int:
     from rrm_plugin.cli.output import check_output_directory, output_directory
     from rrm_plugin.zoo.models import MODELS
 
-    torch.set_num_threads(2)
     for name in ("node_threshold", "edge_threshold"):
         value = getattr(args, name)
         if not 0 < value <= 1:
