@@ -177,7 +177,7 @@ def task_reference(threads: int, image_size: int, pairs: list[int], out_path: st
 
 
 def task_forward(threads: int, image_size: int, out_path: str, repeats: int = 5) -> None:
-    from rrm_plugin.replacement.splice import replacement
+    from rrm_plugin.replacement.splice import splice_saes
 
     model, saes, _, image = setup(threads, image_size)
     batch = image.expand(8, -1, -1, -1).contiguous()
@@ -193,9 +193,9 @@ def task_forward(threads: int, image_size: int, out_path: str, repeats: int = 5)
 
     with torch.no_grad():
         plain = timed(lambda: model(batch))
-        with replacement(model, saes, keep_error=False):
+        with splice_saes(model, saes, keep_error=False):
             spliced = timed(lambda: model(batch))
-        with replacement(model, saes, keep_error=True):
+        with splice_saes(model, saes, keep_error=True):
             spliced_error = timed(lambda: model(batch))
     torch.save({"result": {"plain": plain, "replacement": spliced,
                            "replacement_keep_error": spliced_error, "batch": 8}, "tensors": {}},

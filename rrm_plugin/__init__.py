@@ -1,17 +1,18 @@
 """rrm-plugin: residual replacement model circuits and class-embedding-space analysis for ViTs.
 
-Importing the package is cheap: the public functions load on first use, and the embedded SAE
-releases (e.g. `rrm-digits-vit`) are registered with SAELens as soon as SAELens is imported,
-before or after this package (`SAE.from_pretrained("rrm-digits-vit", ...)` works either way).
+Importing the package is cheap (the `rrm` command starts with it): the public functions load on
+first use, through the `_LAZY` table below, and importing changes nothing outside this package.
+
+SAE releases by name: `rrm_plugin.register_releases()` adds this package's SAE releases (the
+shipped `rrm-digits-vit`, the hub releases in `rrm_plugin.list_releases()`) to SAELens's
+pretrained-SAE directory, after which `SAE.from_pretrained("rrm-digits-vit", sae_id)` finds them.
+It is one explicit call because registering imports SAELens (seconds), which `import rrm_plugin`
+must not do. The package's own loaders (`load_saes`, every `rrm` command) call it themselves.
 """
 
 from __future__ import annotations
 
 import importlib
-import sys
-import types
-from importlib.abc import MetaPathFinder
-from importlib.machinery import PathFinder
 
 __version__ = "0.1.0"
 
@@ -27,7 +28,9 @@ _LAZY = {
     "FeatureIntervention": "rrm_plugin.replacement.interventions",
     "intervention_hooks": "rrm_plugin.replacement.interventions",
     "load_saes": "rrm_plugin.zoo.releases",
+    "register_releases": "rrm_plugin.zoo.releases",
     "register_sae_release": "rrm_plugin.saes.registry",
+    "splice_saes": "rrm_plugin.replacement.splice",
     "load_model": "rrm_plugin.zoo.models",
     "load_test_set": "rrm_plugin.zoo.datasets",
 }
@@ -39,77 +42,6 @@ def __getattr__(name: str):
         globals()[name] = value
         return value
     raise AttributeError(f"module 'rrm_plugin' has no attribute {name!r}")
-
-
-class _Package(types.ModuleType):
-    """`rrm_plugin.replacement` is the context manager, as when it was imported eagerly, even
-    after the `rrm_plugin.replacement` subpackage loads (the import system then sets the
-    package attribute to the subpackage; the subpackage stays reachable through sys.modules)."""
-
-    @property
-    def replacement(self):
-        from rrm_plugin.replacement.splice import replacement
-
-        return replacement
-
-    @replacement.setter
-    def replacement(self, value) -> None:
-        pass
-
-
-sys.modules[__name__].__class__ = _Package
-
-
-# Modules that registration imports and that import sae_lens themselves. If one of them is what
-# first imports sae_lens, it is still initialising when the hook below fires; registration then
-# waits and that module finishes it at its end (`registration_pending`).
-_REGISTRATION_MODULES = ("rrm_plugin.zoo.releases", "rrm_plugin.saes.registry")
-_pending = [False]
-
-
-def _initialising(name: str) -> bool:
-    module = sys.modules.get(name)
-    return module is not None and bool(getattr(module.__spec__, "_initializing", False))
-
-
-def registration_pending() -> bool:
-    """True if SAELens was imported while a registration module was initialising."""
-    return _pending[0]
-
-
-def _register_releases() -> None:
-    if any(_initialising(name) for name in _REGISTRATION_MODULES):
-        _pending[0] = True
-        return
-    from rrm_plugin.zoo.releases import ensure_registered
-
-    ensure_registered()
-
-
-class _RegisterAfterSAELens(MetaPathFinder):
-    """Runs `_register_releases` right after the `sae_lens` package finishes importing."""
-
-    def find_spec(self, fullname, path, target=None):
-        if fullname != "sae_lens":
-            return None
-        spec = PathFinder.find_spec(fullname, path)
-        if spec is None or spec.loader is None:
-            return None
-        loader_exec = spec.loader.exec_module
-
-        def exec_module(module):
-            loader_exec(module)
-            sys.meta_path[:] = [f for f in sys.meta_path if f is not self]
-            _register_releases()
-
-        spec.loader.exec_module = exec_module
-        return spec
-
-
-if "sae_lens" in sys.modules:
-    _register_releases()
-elif not any(isinstance(f, _RegisterAfterSAELens) for f in sys.meta_path):
-    sys.meta_path.insert(0, _RegisterAfterSAELens())
 
 
 def list_models(*, show: bool = True) -> list[dict[str, str]]:
@@ -148,7 +80,8 @@ __all__ = [
     "load_saes",
     "load_test_set",
     "prune_by_influence",
+    "register_releases",
     "register_sae_release",
-    "replacement",
     "run_lens",
+    "splice_saes",
 ]

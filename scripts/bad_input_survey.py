@@ -184,21 +184,21 @@ CASES: list[Case] = [
         graphs = attribute(model, saes, images, baselines=None)
         return f"returned {len(graphs)} graphs"
         """),
-    api("api_scale_nan", "`FeatureIntervention(..., scale=nan)` inside `replacement()`", """
+    api("api_scale_nan", "`FeatureIntervention(..., scale=nan)` inside `splice_saes()`", """
         edit = rrm_plugin.FeatureIntervention("blocks.1.hook_resid_post", features=[5],
                                               scale=float("nan"))
-        with rrm_plugin.replacement(model, saes):
+        with rrm_plugin.splice_saes(model, saes):
             logits = model.run_with_hooks(images, fwd_hooks=rrm_plugin.intervention_hooks([edit]))
         return f"logits finite: {bool(torch.isfinite(logits).all())}"
         """),
-    api("api_intervention_outside", "intervention outside `replacement()`, as in the README "
+    api("api_intervention_outside", "intervention outside `splice_saes()`, as in the README "
         "(`intervention_hooks([edit])`)", """
         edit = rrm_plugin.FeatureIntervention("blocks.1.hook_resid_post", features=[5],
                                               scale=0.0)
         logits = model.run_with_hooks(images, fwd_hooks=rrm_plugin.intervention_hooks([edit]))
         return f"returned logits {list(logits.shape)}"
         """),
-    api("api_intervention_outside_model", "intervention outside `replacement()`, "
+    api("api_intervention_outside_model", "intervention outside `splice_saes()`, "
         "`intervention_hooks([edit], model=model)` where that exists", """
         edit = rrm_plugin.FeatureIntervention("blocks.1.hook_resid_post", features=[5],
                                               scale=0.0)
@@ -214,10 +214,10 @@ CASES: list[Case] = [
     api("api_unknown_release", "`load_saes(\"nope\")`", """
         return f"returned {len(rrm_plugin.load_saes('nope'))} SAEs"
         """),
-    api("api_sae_width", "`replacement(model48, saes of d_in 64)`", """
+    api("api_sae_width", "`splice_saes(model48, saes of d_in 64)`", """
         from rrm_plugin.zoo.models import load_model_from_directory
         own = load_model_from_directory(Path("{fx}/model48"))
-        with rrm_plugin.replacement(own, saes):
+        with rrm_plugin.splice_saes(own, saes):
             logits = own(images)
         return f"returned logits {list(logits.shape)}"
         """),

@@ -30,16 +30,19 @@ def _seeded_global_generators():
 
 @pytest.fixture
 def kept_figures(monkeypatch):
-    """The figures the code under test closes, kept open for inspection (`plt.close(fig)`
-    records them, in order); every figure is really closed after the test."""
-    from rrm_plugin.plotting import pyplot
+    """The figures the code under test saves, in order (`Figure.savefig` records the figure, then
+    saves as usual); for figures drawn inside a report writer, which returns only paths."""
+    from matplotlib.figure import Figure
 
-    plt = pyplot()
-    close = plt.close  # the patched name would only record "all" at teardown
+    save = Figure.savefig
     kept = []
-    monkeypatch.setattr(plt, "close", kept.append)
-    yield kept
-    close("all")
+
+    def record(fig, *args, **kwargs):
+        kept.append(fig)
+        return save(fig, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", record)
+    return kept
 
 
 def tiny_vit_config(**overrides) -> HookedViTConfig:

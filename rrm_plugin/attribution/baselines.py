@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from rrm_plugin.io import CorruptFileError, read_tensors, write_tensors
 from rrm_plugin.provenance import ProvenanceError, model_fingerprint, sae_fingerprint
-from rrm_plugin.replacement.splice import replacement
+from rrm_plugin.replacement.splice import splice_saes
 from rrm_plugin.runs.sharded import concat, map_batches
 
 Statistic = Literal["median", "mean", "zero"]
@@ -172,7 +172,7 @@ def compute_baselines(
              zip(_KINDS, ("hook_sae_acts_post", "hook_sae_error", "hook_sae_input"), strict=True)}
 
     def batch(sl: slice) -> dict[str, Tensor]:
-        with replacement(model, saes, keep_error=True):
+        with splice_saes(model, saes, keep_error=True):
             _, cache = model.run_with_cache(images[sl], names_filter=lambda n: n in names)
         return {name: cache[name].cpu() for name in names}
 

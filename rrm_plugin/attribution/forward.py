@@ -30,7 +30,7 @@ from rrm_plugin.attribution.linearise import (
     sae_input_stats,
 )
 from rrm_plugin.attribution.targets import check_metric, metric_values, resolve_classes
-from rrm_plugin.replacement.splice import replacement
+from rrm_plugin.replacement.splice import splice_saes
 
 _RESID_POST = re.compile(r"^blocks\.(\d+)\.hook_resid_post$")
 
@@ -156,7 +156,7 @@ def attribution_forward(
             names += [f"blocks.{b}.ln2.hook_scale", f"blocks.{b}.mlp.hook_pre"]
         hooks += [(n, keep_fixed) for n in names if n in model.hook_dict]
 
-    with replacement(model, saes, keep_error=True), linearised(
+    with splice_saes(model, saes, keep_error=True), linearised(
         model, saes, config=linearisation
     ), model.hooks(fwd_hooks=hooks), torch.enable_grad():
         # The input requires grad so the graph exists even for a frozen model (backward stops at

@@ -216,7 +216,7 @@ def capture_constants(
 ) -> LinearisationConstants:
     """Run the spliced model (error kept) once and record its linearisation constants.
 
-    Call inside `replacement(model, saes, keep_error=True)`; uses the host cache API.
+    Call inside `splice_saes(model, saes, keep_error=True)`; uses the host cache API.
     """
     gate = activation_gate(activation_name(model))
     host_names = _hooks_named(model, ("attn.hook_pattern", "hook_scale", "mlp.hook_pre"))
@@ -292,7 +292,7 @@ def frozen(
 ) -> Iterator[nn.Module]:
     """The spliced model with all linearisation constants fixed: exactly affine in its streams.
 
-    Call inside `replacement(model, saes, keep_error=True)`. At the input where `constants` were
+    Call inside `splice_saes(model, saes, keep_error=True)`. At the input where `constants` were
     captured it reproduces that forward pass; elsewhere it is the affine model whose gradient the
     linearised backward pass computes.
     """

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from rrm_plugin.attribution.baselines import Baselines, require_baselines
 from rrm_plugin.attribution.graph import Graph, edge_entries, error_id, node_id
-from rrm_plugin.replacement.splice import replacement
+from rrm_plugin.replacement.splice import splice_saes
 
 Mode = Literal["insertion", "deletion"]
 
@@ -143,7 +143,7 @@ def clean_errors(
 ) -> dict[str, Float[Tensor, "batch pos d_model"]]:
     """SAE errors of the clean spliced run (the errors' "true values")."""
     names = {f"{h}.hook_sae_error" for h in saes}
-    with replacement(model, saes, keep_error=True):
+    with splice_saes(model, saes, keep_error=True):
         _, cache = model.run_with_cache(images, names_filter=lambda n: n in names)
     return {h: cache[f"{h}.hook_sae_error"] for h in saes}
 
@@ -217,5 +217,5 @@ def run_circuits(
     latent_masks, error_masks = stack_masks(circuits, n_tokens)
     hooks = intervention_hooks(hook_names, latent_masks, error_masks, baselines=baselines,
                                errors=errors, mode=mode)
-    with replacement(model, used, keep_error=True):
+    with splice_saes(model, used, keep_error=True):
         return model.run_with_hooks(images, fwd_hooks=hooks)

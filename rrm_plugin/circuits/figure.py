@@ -1,11 +1,12 @@
 """Circuit figure: layers as rows, latents as nodes sized by score, edges by weight, and the
-top-activating patches of every latent as thumbnails (matplotlib, Agg, PNG)."""
+top-activating patches of every latent as thumbnails (a matplotlib `Figure`; a PNG when given a
+path)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import torch
@@ -16,8 +17,11 @@ from torch import Tensor, nn
 from rrm_plugin.attribution.graph import Graph, error_id, node_id
 from rrm_plugin.circuits.circuit import Circuit
 from rrm_plugin.hosts.vit import n_prefix_tokens
-from rrm_plugin.plotting import pyplot
-from rrm_plugin.replacement.splice import replacement
+from rrm_plugin.plotting import new_figure, save_figure
+from rrm_plugin.replacement.splice import splice_saes
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 class PatchExample(NamedTuple):
@@ -44,7 +48,7 @@ def top_patches(
     wanted = {h: torch.as_tensor(list(f), dtype=torch.long) for h, f in features.items() if f}
     names = {f"{h}.hook_sae_acts_post": h for h in wanted}
     acts: dict[str, list[Tensor]] = {h: [] for h in wanted}
-    with replacement(model, {h: saes[h] for h in wanted}, keep_error=True):
+    with splice_saes(model, {h: saes[h] for h in wanted}, keep_error=True):
         for start in range(0, len(images), batch_size):
             _, cache = model.run_with_cache(images[start : start + batch_size],
                                             names_filter=lambda n: n in names)
@@ -95,7 +99,7 @@ def plot_circuit(
     circuit: Circuit,
     image: Float[Tensor, "c h w"],
     *,
-    path: Path,
+    path: Path | None = None,
     examples: Mapping[tuple[str, int], Sequence[PatchExample]] | None = None,
     reference_images: Tensor | None = None,
     patch_size: int = 4,
@@ -103,16 +107,15 @@ def plot_circuit(
     title: str = "",
     feature_classes: Mapping[str, Tensor] | None = None,
     n_prefix: int = 1,
-) -> Path:
+) -> Figure:
     """Draw the circuit: rows = SAE layers (bottom up) and the logit; node area ~ |score|.
 
     `feature_classes` (hook name -> [d_sae] class index, e.g. the top class of each feature in
     `rrm_plugin.lens.feature_lens`) labels every feature node with the class it writes towards.
     """
-    plt = pyplot()
 
     n_layers = len(graph.layers)
-    fig = plt.figure(figsize=(13, 2.3 * (n_layers + 1) + 0.6))
+    fig = new_figure(figsize=(13, 2.3 * (n_layers + 1) + 0.6))
     ax_img = fig.add_axes((0.01, 0.70, 0.13, 0.22))
     ax_img.imshow(image.permute(1, 2, 0).clamp(0, 1).numpy(), interpolation="nearest")
     ax_img.set_title("input", fontsize=9)
@@ -184,11 +187,7 @@ def plot_circuit(
              "patches (white box) with one patch of context"
              + ("\nF<i> -> c: the class feature i's decoder direction favours (feature lens)"
                 if feature_classes is not None else ""), ha="center", fontsize=8)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 def _feature_scores(layer, mask: Tensor) -> dict[int, float]:

@@ -53,15 +53,12 @@ def check_args(args: argparse.Namespace) -> list[Path]:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from rrm_plugin.attribution.baselines import compute_baselines
     from rrm_plugin.cli.common import load_image_args, load_workspace
     from rrm_plugin.cli.dataset import chunk_report, dataset_run, start_processes
     from rrm_plugin.zoo.datasets import training_sampler
     from rrm_plugin.zoo.models import MODELS
 
-    torch.set_num_threads(2)
     ctx = start_processes(args)
     ws = load_workspace(args)
     if args.images:

@@ -94,15 +94,12 @@ def _embedded_data(pool: int, seed: int):
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from rrm_plugin.cli.common import load_workspace, resolve_baselines
     from rrm_plugin.cli.output import output_directory
     from rrm_plugin.debias.experiment import DebiasConfig, run_debias
     from rrm_plugin.debias.plot import plot_debias
     from rrm_plugin.io import write_json, write_text
 
-    torch.set_num_threads(2)
     config = DebiasConfig(**({"counts": tuple(args.counts)} if args.counts else {}),
                           random_draws=args.random_draws, n_bootstrap=args.bootstrap,
                           seed=args.seed, batch_size=args.batch_size)

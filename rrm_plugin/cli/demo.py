@@ -26,12 +26,13 @@ def check_args(args: argparse.Namespace) -> list[Path]:
     return [args.out]
 
 
-def plot_predictions(images, labels, clean_pred, replaced_pred, path: Path, *, n: int = 12) -> Path:
-    from rrm_plugin.plotting import pyplot
+def plot_predictions(images, labels, clean_pred, replaced_pred, path: Path | None = None, *,
+                     n: int = 12):
+    """The first `n` held-out digits with their predictions; returns the `Figure`."""
+    from rrm_plugin.plotting import new_figure, save_figure
 
-    plt = pyplot()
-
-    fig, axes = plt.subplots(2, n // 2, figsize=(n, 4.6))
+    fig = new_figure(figsize=(n, 4.6))
+    axes = fig.subplots(2, n // 2)
     for ax, img, y, p_clean, p_rrm in zip(
         axes.flat, images, labels, clean_pred, replaced_pred, strict=False
     ):
@@ -40,9 +41,7 @@ def plot_predictions(images, labels, clean_pred, replaced_pred, path: Path, *, n
         ax.axis("off")
     fig.suptitle("held-out digits: label, ViT prediction, pure replacement-model prediction")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=100)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -77,7 +76,7 @@ def _demo(out: Path) -> list[Path]:
 
     with torch.no_grad():
         clean_pred = model(test.images).argmax(-1)
-        with rrm_plugin.replacement(model, saes, keep_error=False):
+        with rrm_plugin.splice_saes(model, saes, keep_error=False):
             rrm_pred = model(test.images).argmax(-1)
     plot_predictions(test.images, test.labels, clean_pred, rrm_pred, out / "predictions.png")
 

@@ -32,14 +32,11 @@ def check_args(args: argparse.Namespace) -> list[Path]:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from rrm_plugin.cli.common import load_image_args, load_workspace
     from rrm_plugin.cli.dataset import chunk_report, dataset_run, start_processes
     from rrm_plugin.io import write_json
     from rrm_plugin.metrics.sae_evaluation import evaluate_saes, format_table
 
-    torch.set_num_threads(2)
     ctx = start_processes(args)
     ws = load_workspace(args)
     loaded = load_image_args(args.images, ws)

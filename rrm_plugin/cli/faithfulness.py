@@ -81,8 +81,6 @@ def check_args(args: argparse.Namespace) -> list[Path]:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from rrm_plugin.cli.common import (
         load_image_args,
         load_workspace,
@@ -98,7 +96,6 @@ def run(args: argparse.Namespace) -> int:
     from rrm_plugin.cli.output import output_directory
     from rrm_plugin.metrics.faithfulness import FaithfulnessConfig, evaluate_faithfulness
 
-    torch.set_num_threads(2)
     methods = list(METHODS) if args.methods is None else args.methods
     ctx = start_processes(args)
     ws = load_workspace(args)

@@ -16,6 +16,7 @@ def run(args: argparse.Namespace) -> int:
 
     print("Models (rrm_plugin.load_model(name), --model):")
     print(format_model_table(list_models()))
-    print("\nSAE releases (SAE.from_pretrained(release, sae_id), --release):")
+    print("\nSAE releases (rrm_plugin.load_saes(release), --release; SAE.from_pretrained(release, "
+          "sae_id) after rrm_plugin.register_releases()):")
     print(format_release_table(list_releases()))
     return 0

@@ -7,6 +7,8 @@ outputs the run writes; each is locked (`runs.lock`) so a second run on the same
 refused. Errors a user can fix (bad file, unknown name, bad option value) print one line,
 `rrm <command>: error: <message>`, and exit 2; other exceptions are internal errors and keep
 their traceback. `--debug` shows every traceback.
+`--threads N` sets torch's CPU thread count for the run; this process is the command's own, so
+`main` sets it, and no library function ever does (default: torch's own choice).
 """
 
 from __future__ import annotations
@@ -68,7 +70,30 @@ def build_parser() -> argparse.ArgumentParser:
     for command_parser in sub.choices.values():
         command_parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                                     help="show Python tracebacks for every error")
+        command_parser.add_argument(
+            "--threads", type=thread_count, default=None, metavar="N",
+            help="torch CPU threads for this run (default: torch's own, usually one per core; "
+                 "the training recipes use their recorded count inside)")
     return parser
+
+
+def thread_count(text: str) -> int:
+    """argparse type of `--threads`: a whole number >= 1."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {n}")
+    return n
+
+
+def apply_threads(threads: int | None) -> None:
+    """Set torch's CPU thread count for this process when `--threads` was given."""
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
 
 
 def _message(err: BaseException) -> str:
@@ -82,6 +107,7 @@ def _check_and_run(args: argparse.Namespace) -> int:
     """The command's cheap checks, then its run while holding the lock of every output."""
     check = getattr(importlib.import_module(COMMANDS[args.command]), "check_args", None)
     outputs: list[Path] = list(check(args) or []) if check is not None else []
+    apply_threads(getattr(args, "threads", None))  # after the cheap checks: it imports torch
     with ExitStack() as stack:
         # Under torchrun every rank runs this; only rank 0 writes the outputs, so only it locks.
         if os.environ.get("RANK", "0") == "0":

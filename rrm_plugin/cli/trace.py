@@ -97,8 +97,6 @@ def resolve_image(spec: str, ws):
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     import rrm_plugin
     from rrm_plugin.cli.common import (
         load_image_args,
@@ -110,7 +108,6 @@ def run(args: argparse.Namespace) -> int:
     from rrm_plugin.workflows.trace import TraceConfig, trace_image
     from rrm_plugin.zoo.models import MODELS
 
-    torch.set_num_threads(2)
     ws = load_workspace(args)
     image, meta = resolve_image(args.image, ws)
     baselines, how = resolve_baselines(args.baselines, ws, image[None])

@@ -14,7 +14,7 @@ from sae_lens import SAE
 from torch import Tensor, nn
 
 from rrm_plugin.attribution.baselines import Baselines
-from rrm_plugin.replacement.splice import replacement
+from rrm_plugin.replacement.splice import splice_saes
 
 UnitKind = Literal["feature", "neuron"]
 
@@ -89,7 +89,7 @@ def predict(
             raise KeyError(f"feature ablation at {missing} needs the SAEs of those hooks in saes=")
         spliced = {h: saes[h] for h, u in ablation.units.items() if len(u)}
     out = []
-    with replacement(model, spliced, keep_error=True) if spliced else nullcontext():
+    with splice_saes(model, spliced, keep_error=True) if spliced else nullcontext():
         for start in range(0, len(images), batch_size):
             logits = model.run_with_hooks(images[start:start + batch_size], fwd_hooks=hooks)
             out.append(logits.argmax(-1).cpu())

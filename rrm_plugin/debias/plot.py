@@ -4,19 +4,24 @@ every method's average and worst-group accuracy with their 95% intervals."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from rrm_plugin.debias.experiment import RRM
-from rrm_plugin.plotting import pyplot
+from rrm_plugin.plotting import new_figure, save_figure
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
-def plot_debias(summary: dict, path: Path) -> Path:
-    plt = pyplot()
+def plot_debias(summary: dict, path: Path | None = None) -> Figure:
+    """The figure; a PNG at `path` when given."""
 
     methods = summary["methods"]
     groups = list(methods["original"]["per_group"])
-    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(11, 7.5))
+    fig = new_figure(figsize=(11, 7.5))
+    ax1, ax2 = fig.subplots(2, 1)
     shown = [m for m in ("original", RRM, "balanced_retrain") if m in methods]
     width = 0.8 / len(shown)
     x = np.arange(len(groups))
@@ -44,6 +49,4 @@ def plot_debias(summary: dict, path: Path) -> Path:
     ax2.legend(fontsize=8, loc="lower left")
     ax2.grid(axis="x", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Path(path)
+    return save_figure(fig, path, dpi=110)

@@ -22,7 +22,7 @@ from rrm_plugin.attribution.build import attribute
 from rrm_plugin.circuits.influence import prune_by_influence
 from rrm_plugin.debias.data import SpuriousSplit
 from rrm_plugin.metrics.faithfulness_methods import neuron_scores
-from rrm_plugin.replacement.splice import replacement
+from rrm_plugin.replacement.splice import splice_saes
 
 UnitScores = dict[str, Float[Tensor, " units"]]
 """Per hook point, one score per unit (SAE latent or residual dimension)."""
@@ -100,7 +100,7 @@ def feature_activations(
     """Latent activations summed over tokens, per image (errors kept: the model is exact)."""
     names = {f"{h}.hook_sae_acts_post": h for h in saes}
     chunks: dict[str, list[Tensor]] = {h: [] for h in saes}
-    with replacement(model, saes, keep_error=True):
+    with splice_saes(model, saes, keep_error=True):
         for start in _batches(len(images), batch_size):
             _, cache = model.run_with_cache(images[start:start + batch_size],
                                             names_filter=lambda n: n in names)

@@ -20,7 +20,7 @@ import html
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jaxtyping import Float
 from sae_lens import SAE
@@ -47,8 +47,11 @@ from rrm_plugin.features.render import (
 from rrm_plugin.hosts.vit import n_prefix_tokens
 from rrm_plugin.io import _atomic, write_json
 from rrm_plugin.lens.features import feature_class_scores
-from rrm_plugin.plotting import pyplot
+from rrm_plugin.plotting import new_figure, save_figure
 from rrm_plugin.runs.sharded import map_batches
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 CARDS_SCHEMA = "rrm-feature-cards/1"
 LENS_TOP = 5
@@ -259,11 +262,11 @@ def feature_cards(dash: FeatureDashboards, *, tile: int = 72) -> dict[str, Any]:
             "cards": cards}
 
 
-def _density_figure(dash: FeatureDashboards, hook: str, path: Path) -> Path:
-    plt = pyplot()
+def _density_figure(dash: FeatureDashboards, hook: str, path: Path | None = None) -> Figure:
 
     t = dash.top[hook]
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    fig = new_figure(figsize=(9, 3.2))
+    axes = fig.subplots(1, 2)
     for ax, values, what in ((axes[0], t.token_density, "tokens"),
                              (axes[1], t.image_density, "images")):
         live = values[values > 0]
@@ -272,9 +275,7 @@ def _density_figure(dash: FeatureDashboards, hook: str, path: Path) -> Path:
         ax.set_ylabel("features")
         ax.set_title(f"{hook}: {int((values == 0).sum())} of {len(values)} never fire")
     fig.tight_layout()
-    _atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 def _histogram_svg(counts: list[int], width: int = 160, height: int = 40) -> str:
@@ -350,7 +351,8 @@ def write_dashboards(dash: FeatureDashboards, out_dir: Path, *, sheet_columns: i
         sheet = contact_sheet(lit[:shown], labels, columns=sheet_columns)
         layer = dash.layer_id(k)
         written.append(write_png(out / f"contact_sheet_layer{layer}.png", sheet))
-        written.append(_density_figure(dash, hook, out / f"density_layer{layer}.png"))
+        _density_figure(dash, hook, out / f"density_layer{layer}.png")
+        written.append(out / f"density_layer{layer}.png")
         page = _layer_html(dash, k, records, cards)
         written.append(_atomic(out / f"dashboard_layer{layer}.html",
                                lambda tmp, page=page: tmp.write_text(page)))

@@ -10,7 +10,7 @@ from torch import Tensor
 
 from rrm_plugin.features.types import FACTORS, GROUPS, TYPES, FeatureTypes
 from rrm_plugin.io import _atomic, write_json
-from rrm_plugin.plotting import pyplot
+from rrm_plugin.plotting import new_figure, save_figure
 
 
 def _round(t: Tensor) -> list:
@@ -47,14 +47,14 @@ def shares_table(result: FeatureTypes) -> str:
 
 def write_types(result: FeatureTypes, out_dir: Path) -> list[Path]:
     """types.json, types_table.md, type_shares.png and tuning_examples.png."""
-    plt = pyplot()
 
     out = Path(out_dir)
     written = [write_json(out / "types.json", types_records(result))]
     table = shares_table(result)
     written.append(_atomic(out / "types_table.md", lambda tmp: tmp.write_text(table + "\n")))
     hooks = list(result.layers)
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig = new_figure(figsize=(6, 3.5))
+    ax = fig.subplots()
     bottom = torch.zeros(len(hooks))
     for t in TYPES:
         share = torch.tensor([result.layers[h].shares()[t] for h in hooks])
@@ -64,12 +64,12 @@ def write_types(result: FeatureTypes, out_dir: Path) -> list[Path]:
     ax.set_ylabel("share of features")
     ax.legend(fontsize=7, bbox_to_anchor=(1.02, 1), loc="upper left")
     fig.tight_layout()
-    _atomic(out / "type_shares.png", lambda tmp: fig.savefig(tmp, format="png", dpi=110))
-    plt.close(fig)
+    save_figure(fig, out / "type_shares.png", dpi=110)
     written.append(out / "type_shares.png")
     # Tuning curves of the best orientation and curve features of every layer.
     index = {f: i for i, f in enumerate(FACTORS)}
-    fig, axes = plt.subplots(2, len(hooks), figsize=(3.2 * len(hooks), 5.5), squeeze=False)
+    fig = new_figure(figsize=(3.2 * len(hooks), 5.5))
+    axes = fig.subplots(2, len(hooks), squeeze=False)
     degrees = result.level_values["orientation"]
     curvatures = result.level_values["curve"]
     for k, hook in enumerate(hooks):
@@ -90,7 +90,6 @@ def write_types(result: FeatureTypes, out_dir: Path) -> list[Path]:
     axes[0, 0].set_ylabel("mean max activation")
     axes[1, 0].set_ylabel("mean max activation")
     fig.tight_layout()
-    _atomic(out / "tuning_examples.png", lambda tmp: fig.savefig(tmp, format="png", dpi=110))
-    plt.close(fig)
+    save_figure(fig, out / "tuning_examples.png", dpi=110)
     written.append(out / "tuning_examples.png")
     return written

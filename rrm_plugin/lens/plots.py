@@ -1,19 +1,24 @@
-"""PNG plots of the lens results (matplotlib, Agg backend), drawn from the JSON summary."""
+"""Plots of the lens results, drawn from the JSON summary; each returns its `Figure` and writes a
+PNG when given a path (`rrm_plugin.plotting`: no pyplot, no backend switch)."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from torch import Tensor
 
-from rrm_plugin.plotting import pyplot
+from rrm_plugin.plotting import new_figure, save_figure
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
-def plot_identifiability(summary: dict, path: Path) -> Path:
-    plt = pyplot()
+def plot_identifiability(summary: dict, path: Path | None = None) -> Figure:
     ident = summary["identifiability"]
     blocks = list(range(1, summary["model"]["n_layers"] + 1))
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig = new_figure(figsize=(10, 3.8))
+    ax1, ax2 = fig.subplots(1, 2)
     if summary["model"]["n_prefix_tokens"]:
         ax1.plot(blocks, ident["cls_score"], "o-", label="[CLS]")
     ax1.plot(blocks, ident["image_score"], "s-", label="image tokens")
@@ -29,25 +34,22 @@ def plot_identifiability(summary: dict, path: Path) -> Path:
     ax2.set(xlabel="block", ylabel="%", ylim=(0, 102), xticks=blocks, title="rates")
     ax2.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 def plot_token_maps(
     images: Tensor,
     labels: Tensor,
     token_scores: Tensor,
-    path: Path,
+    path: Path | None = None,
     *,
     blocks: list[int],
     object_mask: Tensor | None = None,
-) -> Path:
-    plt = pyplot()
+) -> Figure:
     n = len(images)
     side = int(round(token_scores.shape[-1] ** 0.5))
-    fig, axes = plt.subplots(n, len(blocks) + 1, figsize=(1.9 * (len(blocks) + 1), 1.9 * n),
-                             squeeze=False)
+    fig = new_figure(figsize=(1.9 * (len(blocks) + 1), 1.9 * n))
+    axes = fig.subplots(n, len(blocks) + 1, squeeze=False)
     for i in range(n):
         axes[i, 0].imshow(images[i].permute(1, 2, 0).clamp(0, 1).numpy(), interpolation="nearest")
         axes[i, 0].set_title(f"label {int(labels[i])}", fontsize=8)
@@ -66,16 +68,14 @@ def plot_token_maps(
         ax.axis("off")
     fig.suptitle("identifiability score of each patch token (white: digit patches)", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
-def plot_perturbation(summary: dict, path: Path) -> Path:
-    plt = pyplot()
+def plot_perturbation(summary: dict, path: Path | None = None) -> Figure:
     pert = summary["perturbation"]
     x = [100 * f for f in pert["fraction_removed"]]
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    fig = new_figure(figsize=(6.4, 4.2))
+    ax = fig.subplots()
     styles = {"negative": "-", "positive": "--"}
     for name, curve in pert["curves"].items():
         mode = name.rsplit("_", 1)[-1]
@@ -87,16 +87,14 @@ def plot_perturbation(summary: dict, path: Path) -> Path:
                  "AUC with the authors' normalisation (unperturbed point left out)")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
-def plot_mechanisms(summary: dict, path: Path) -> Path:
+def plot_mechanisms(summary: dict, path: Path | None = None) -> Figure:
     """Sublayer change rates, residual composition, class-value and key-value agreement."""
-    plt = pyplot()
     blocks = list(range(1, summary["model"]["n_layers"] + 1))
-    fig, axes = plt.subplots(1, 4, figsize=(17, 3.8))
+    fig = new_figure(figsize=(17, 3.8))
+    axes = fig.subplots(1, 4)
     for name, rate in summary["sublayer_change_rate"].items():
         if rate and rate[0] is not None:
             axes[0].plot(blocks, rate, "o-", label=name)
@@ -124,17 +122,14 @@ def plot_mechanisms(summary: dict, path: Path) -> Path:
     for ax in axes[2:]:
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
-def plot_probes(summary: dict, path: Path) -> Path:
-    plt = pyplot()
+def plot_probes(summary: dict, path: Path | None = None) -> Figure:
     probes = summary["linear_probes"]
     blocks = list(range(1, summary["model"]["n_layers"] + 1))
-    fig, axes = plt.subplots(1, len(probes["kinds"]), figsize=(4.2 * len(probes["kinds"]), 3.6),
-                             squeeze=False)
+    fig = new_figure(figsize=(4.2 * len(probes["kinds"]), 3.6))
+    axes = fig.subplots(1, len(probes["kinds"]), squeeze=False)
     for ax, kind, probe, lens in zip(axes[0], probes["kinds"],
                                      probes["probe_accuracy_image_tokens"],
                                      probes["projection_accuracy_image_tokens"], strict=True):
@@ -144,6 +139,4 @@ def plot_probes(summary: dict, path: Path) -> Path:
                ylim=(0, 102), xticks=blocks)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)

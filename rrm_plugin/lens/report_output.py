@@ -44,16 +44,18 @@ def write_lens_report(
             **{f"curve.{k}": v for k, v in results.curves.items()},
             **{f"feature_class_scores.{k}": v for k, v in results.feature_scores.items()},
         }),
-        plot_identifiability(summary, out_dir / "identifiability.png"),
-        plot_token_maps(images[:n_show], labels[:n_show], results.token_scores[:, :n_show],
-                        out_dir / "token_maps.png", blocks=blocks,
-                        object_mask=None if object_mask is None else object_mask[:n_show]),
-        plot_perturbation(summary, out_dir / "perturbation.png"),
-        plot_mechanisms(summary, out_dir / "mechanisms.png"),
     ]
+    plot_identifiability(summary, out_dir / "identifiability.png")
+    plot_token_maps(images[:n_show], labels[:n_show], results.token_scores[:, :n_show],
+                    out_dir / "token_maps.png", blocks=blocks,
+                    object_mask=None if object_mask is None else object_mask[:n_show])
+    plot_perturbation(summary, out_dir / "perturbation.png")
+    plot_mechanisms(summary, out_dir / "mechanisms.png")
+    pngs = ["identifiability.png", "token_maps.png", "perturbation.png", "mechanisms.png"]
     if "linear_probes" in summary:
-        written.append(plot_probes(summary, out_dir / "probes.png"))
-    return written
+        plot_probes(summary, out_dir / "probes.png")
+        pngs.append("probes.png")
+    return written + [out_dir / name for name in pngs]
 
 
 def format_summary(summary: dict) -> str:

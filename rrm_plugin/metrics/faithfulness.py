@@ -68,9 +68,12 @@ from rrm_plugin.metrics.faithfulness_methods import (
     random_masks,
 )
 from rrm_plugin.metrics.faithfulness_result import MODES, QUANTITIES, FaithfulnessResult
-from rrm_plugin.replacement.splice import replacement
+from rrm_plugin.replacement.splice import splice_saes
 from rrm_plugin.runs.sharded import concat, map_batches
 from rrm_plugin.saes.registry import hook_sort_key
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 METHODS: tuple[str, ...] = (
     "rrm", "rrm_edge", "non_linearised", "random", "random_authors", "neuron"
@@ -344,7 +347,7 @@ def _run(model, saes, x, method, layer_masks, layout, baselines, errors, mode) -
     error_flags = torch.stack([m[:, -1] for m in masks], dim=1)
     hooks = intervention_hooks(names, latents, error_flags, baselines=baselines,
                                errors=errors, mode=mode)
-    with replacement(model, saes, keep_error=True):
+    with splice_saes(model, saes, keep_error=True):
         return model.run_with_hooks(x, fwd_hooks=hooks)
 
 
@@ -370,7 +373,7 @@ def _influence_summary(model, saes, x, y, graphs, baselines, influence) -> None:
     for mode in MODES:
         hooks = intervention_hooks(hook_names, latents, error_flags, baselines=baselines,
                                    errors=errors, mode=mode)
-        with torch.no_grad(), replacement(model, saes, keep_error=True):
+        with torch.no_grad(), splice_saes(model, saes, keep_error=True):
             readout = _readout(model.run_with_hooks(x, fwd_hooks=hooks), y)
         for q in ("adjusted_logit", "probability", "accuracy"):
             stats[f"{mode}_{q}"] = readout[q].tolist()

@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from rrm_plugin.metrics.faithfulness_result import AXES, MODES, SCORED, FaithfulnessResult
-from rrm_plugin.plotting import pyplot
+from rrm_plugin.plotting import new_figure, save_figure
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
-def plot_faithfulness(result: FaithfulnessResult, path: Path) -> Path:
-    """Insertion (top) and deletion (bottom) mean curves +- s.e. of every quantity (PNG)."""
-    plt = pyplot()
-
-    fig, axes = plt.subplots(2, len(SCORED), figsize=(4.5 * len(SCORED), 7.5), squeeze=False)
+def plot_faithfulness(result: FaithfulnessResult, path: Path | None = None) -> Figure:
+    """Insertion (top) and deletion (bottom) mean curves +- s.e. of every quantity; a PNG at
+    `path` when given."""
+    fig = new_figure(figsize=(4.5 * len(SCORED), 7.5))
+    axes = fig.subplots(2, len(SCORED), squeeze=False)
     x = np.arange(len(result.config.sweep))
     symbol = "tau" if result.config.criterion == "threshold" else "p"
     for row, mode in enumerate(MODES):
@@ -36,8 +40,4 @@ def plot_faithfulness(result: FaithfulnessResult, path: Path) -> Path:
     fig.suptitle(f"faithfulness over {len(result.image_indices)} correctly classified images "
                  "(mean +- s.e.)")
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=100)

@@ -20,7 +20,7 @@ from sae_lens import SAE
 from sae_lens.evals import ExplainedVarianceCalculator
 from torch import Tensor, nn
 
-from rrm_plugin.replacement.splice import replacement
+from rrm_plugin.replacement.splice import splice_saes
 from rrm_plugin.runs.sharded import concat, map_batches
 from rrm_plugin.saes.positions import sae_positions
 
@@ -167,11 +167,11 @@ def evaluate_saes(
             acts = cache[hook_name][:, sae_positions(sae)]
             sums = ReconstructionStats.sums(acts.reshape(-1, acts.shape[-1]), sae)
             out.update({f"stats/{hook_name}/{k}": v for k, v in sums.items()})
-            with replacement(model, {hook_name: sae}, keep_error=False):
+            with splice_saes(model, {hook_name: sae}, keep_error=False):
                 out[f"spliced/{hook_name}"] = model(x)
             out[f"ablated/{hook_name}"] = model.run_with_hooks(
                 x, fwd_hooks=[(hook_name, _zero_ablation(sae))])
-        with replacement(model, saes, keep_error=False):
+        with splice_saes(model, saes, keep_error=False):
             out[f"spliced/{ALL_LAYERS}"] = model(x)
         out[f"ablated/{ALL_LAYERS}"] = model.run_with_hooks(
             x, fwd_hooks=[(h, _zero_ablation(sae)) for h, sae in saes.items()])

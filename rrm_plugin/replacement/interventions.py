@@ -71,7 +71,7 @@ def intervention_hooks(
 ) -> list[tuple[str, Callable]]:
     """`fwd_hooks` for the host's `run_with_hooks`, one per intervention.
 
-    With `model`, checks that each intervention's SAE is spliced in (inside `replacement`).
+    With `model`, checks that each intervention's SAE is spliced in (inside `splice_saes`).
     """
     names = [f"{iv.hook_name}.hook_sae_acts_post" for iv in interventions]
     if model is not None:
@@ -79,7 +79,7 @@ def intervention_hooks(
                    if n not in model.hook_dict]
         if missing:
             raise KeyError(f"no SAE is spliced at {missing}: run the interventions inside "
-                           "`with rrm_plugin.replacement(model, saes):` with SAEs at those hooks")
+                           "`with rrm_plugin.splice_saes(model, saes):` with SAEs at those hooks")
 
     def make(intervention: FeatureIntervention) -> Callable:
         def hook(acts: Tensor, hook) -> Tensor:

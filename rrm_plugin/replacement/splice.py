@@ -156,7 +156,7 @@ def _attach(model: nn.Module, hook_name: str, sae: SAE, keep_error: bool) -> Ite
 
 
 @contextmanager
-def replacement(
+def splice_saes(
     model: nn.Module,
     saes: Mapping[str, SAE],
     *,

@@ -4,10 +4,11 @@ SAELens resolves a release through two explicit registries: its pretrained-SAE d
 -> repo_id, sae_id -> folder) and `NAMED_PRETRAINED_SAE_LOADERS` (how to read a folder). We add a
 loader that reads SAELens's own on-disk format (its `SAE_CFG_FILENAME` + `SAE_WEIGHTS_FILENAME`,
 as `SAE.save_model` writes them) from a local folder, and directory entries whose `repo_id` is
-that folder. Both registries are plain dicts in SAELens 6.x; this module is the one place that
-writes to them. The loader is ours rather than SAELens's `sae_lens_disk_loader` for its checks:
-a corrupt or incomplete file is named (`CorruptFileError`), and tensor names and shapes are
-verified against the config before SAELens builds the SAE.
+that folder. Both registries are plain dicts in SAELens 6.x; they change only when a `register_*`
+function here or in `rrm_plugin.zoo.releases` is called, never on import. The loader is ours
+rather than SAELens's `sae_lens_disk_loader` for its checks: a corrupt or incomplete file is
+named (`CorruptFileError`), and tensor names and shapes are verified against the config before
+SAELens builds the SAE.
 """
 
 from __future__ import annotations
@@ -75,8 +76,10 @@ def load_local_sae_components(
     return cfg, {k: v.to(device) for k, v in state.items()}, None
 
 
-NAMED_PRETRAINED_SAE_LOADERS[LOCAL_LOADER_NAME] = load_local_sae_components
-NAMED_PRETRAINED_SAE_CONFIG_GETTERS[LOCAL_LOADER_NAME] = read_local_sae_config
+def register_loader(name: str, *, loader, config_getter) -> None:
+    """Add a loader (and its config getter) to SAELens's loader registry under `name`."""
+    NAMED_PRETRAINED_SAE_LOADERS[name] = loader
+    NAMED_PRETRAINED_SAE_CONFIG_GETTERS[name] = config_getter
 
 
 def list_sae_ids(directory: Path) -> list[str]:
@@ -99,6 +102,8 @@ def register_sae_release(release: str, directory: Path, *, model_name: str) -> l
     sae_ids = list_sae_ids(directory)
     if not sae_ids:
         raise FileNotFoundError(f"no SAEs (sub-folders with {SAE_CFG_FILENAME}) in {directory}")
+    register_loader(LOCAL_LOADER_NAME, loader=load_local_sae_components,
+                    config_getter=read_local_sae_config)
     get_pretrained_saes_directory()[release] = PretrainedSAELookup(
         release=release,
         repo_id=str(directory),
@@ -151,16 +156,3 @@ def load_saes(
                                  release=release)
     return saes
 
-
-def _finish_pending_registration() -> None:
-    import rrm_plugin  # import-time registration machinery (pyproject's ignore_imports)
-
-    # SAELens was first imported by this module (if by the releases module, that one finishes).
-    if rrm_plugin.registration_pending() and not rrm_plugin._initialising(
-            "rrm_plugin.zoo.releases"):
-        from rrm_plugin.zoo.releases import ensure_registered  # upward: pyproject ignore_imports
-
-        ensure_registered()
-
-
-_finish_pending_registration()

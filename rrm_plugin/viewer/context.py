@@ -17,7 +17,7 @@ from rrm_plugin.attribution.targets import image_readout
 from rrm_plugin.circuits.circuit import Circuit, clean_errors, run_circuits
 from rrm_plugin.hosts.vit import n_prefix_tokens
 from rrm_plugin.lens.features import feature_lens
-from rrm_plugin.replacement.splice import replacement
+from rrm_plugin.replacement.splice import splice_saes
 from rrm_plugin.viewer.payload import ImageContext
 from rrm_plugin.viewer.steps import CircuitStep
 
@@ -47,7 +47,7 @@ def patch_activations(
     """Each latent node's SAE activation on every patch of the image (token nodes: own patch)."""
     n_prefix = n_prefix_tokens(model)
     names = {f"{layer.hook_name}.hook_sae_acts_post" for layer in graph.layers}
-    with replacement(model, saes, keep_error=True):
+    with splice_saes(model, saes, keep_error=True):
         _, cache = model.run_with_cache(image[None], names_filter=lambda n: n in names)
     rows = []
     for layer in graph.layers:

@@ -1,8 +1,9 @@
 """Registry of SAE releases: shipped ones and published ones on the Hugging Face hub.
 
-Importing `rrm_plugin` registers all of them with SAELens, so `SAE.from_pretrained(release,
-"blocks.{l}.hook_resid_post")` works for each; hub releases download (or read from the local
-cache) only the layer asked for.
+`register_releases()` (also `rrm_plugin.register_releases()`) registers all of them with SAELens,
+after which `SAE.from_pretrained(release, "blocks.{l}.hook_resid_post")` works for each; hub
+releases download (or read from the local cache) only the layer asked for. Importing this module
+changes nothing in SAELens; only that call does.
 """
 
 from __future__ import annotations
@@ -12,10 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sae_lens.constants import SAE_CFG_FILENAME
-from sae_lens.loading.pretrained_sae_loaders import (
-    NAMED_PRETRAINED_SAE_CONFIG_GETTERS,
-    NAMED_PRETRAINED_SAE_LOADERS,
-)
 from sae_lens.loading.pretrained_saes_directory import (
     PretrainedSAELookup,
     get_pretrained_saes_directory,
@@ -35,7 +32,7 @@ from rrm_plugin.saes.prisma import (
     read_prisma_sae_config,
 )
 from rrm_plugin.saes.registry import load_saes as load_registered_saes
-from rrm_plugin.saes.registry import register_sae_release
+from rrm_plugin.saes.registry import register_loader, register_sae_release
 
 
 @dataclass(frozen=True)
@@ -173,14 +170,17 @@ HUB_SAE_RELEASES: dict[str, HubSAEReleaseSpec] = {
     )
 }
 
-NAMED_PRETRAINED_SAE_LOADERS[AUTHORS_LOADER_NAME] = load_authors_sae
-NAMED_PRETRAINED_SAE_CONFIG_GETTERS[AUTHORS_LOADER_NAME] = read_authors_sae_config
-NAMED_PRETRAINED_SAE_LOADERS[PRISMA_LOADER_NAME] = load_prisma_sae
-NAMED_PRETRAINED_SAE_CONFIG_GETTERS[PRISMA_LOADER_NAME] = read_prisma_sae_config
+# SAELens loader name -> (loader, config getter) of the hub releases.
+HUB_LOADERS = {
+    AUTHORS_LOADER_NAME: (load_authors_sae, read_authors_sae_config),
+    PRISMA_LOADER_NAME: (load_prisma_sae, read_prisma_sae_config),
+}
 
 
 def register_hub_release(spec: HubSAEReleaseSpec) -> None:
     """Make `SAE.from_pretrained(spec.release, hook_name)` load through `spec.loader`."""
+    loader, config_getter = HUB_LOADERS[spec.loader]
+    register_loader(spec.loader, loader=loader, config_getter=config_getter)
     get_pretrained_saes_directory()[spec.release] = PretrainedSAELookup(
         release=spec.release,
         repo_id=spec.repo_id,
@@ -199,13 +199,15 @@ def register_hub_release(spec: HubSAEReleaseSpec) -> None:
 _REGISTERED: list[str] = []
 
 
-def ensure_registered() -> list[str]:
-    """Register the shipped and hub releases with SAELens once (idempotent)."""
-    import rrm_plugin  # the package may still be initialising (its SAELens import hook calls us)
+def register_releases() -> list[str]:
+    """Add every release of this package to SAELens's pretrained-SAE directory; their names.
 
+    After it, `SAE.from_pretrained(release, sae_id)` finds the shipped releases (read offline from
+    the package) and the hub releases (downloaded per layer). Idempotent: the first call
+    registers, later ones return the same names.
+    """
     if not _REGISTERED:
         _REGISTERED.extend(register_embedded_releases())
-        rrm_plugin._pending[0] = False
     return list(_REGISTERED)
 
 
@@ -215,7 +217,7 @@ def load_saes(
     """All SAEs of a release as `{hook_name: SAE}`: a named one (shipped or on the hub, registered
     here first) or one registered from a folder (`register_sae_release`). With `model`, a local
     release's recorded provenance is checked (`ProvenanceError` on other model weights)."""
-    ensure_registered()
+    register_releases()
     return load_registered_saes(release, sae_ids=sae_ids, device=device, model=model)
 
 
@@ -281,12 +283,3 @@ def format_release_table(rows: list[dict]) -> str:
                      f"{compact(r['k'])} | {r['source']} |")
     return "\n".join(lines)
 
-
-def _finish_pending_registration() -> None:
-    import rrm_plugin  # the package may still be initialising (its SAELens import hook calls us)
-
-    if rrm_plugin.registration_pending():  # SAELens was first imported by this module
-        ensure_registered()
-
-
-_finish_pending_registration()

@@ -12,12 +12,12 @@ from rrm_plugin.attribution.baselines import (
 )
 from rrm_plugin.io import CorruptFileError, write_tensors
 from rrm_plugin.provenance import sae_fingerprint
-from rrm_plugin.replacement.splice import replacement
+from rrm_plugin.replacement.splice import splice_saes
 from tests.attribution.conftest import random_saes, sharp_vit
 
 
 def test_median_and_mean_are_per_position_statistics(vit, saes, reference_images):
-    with torch.no_grad(), replacement(vit, saes, keep_error=True):
+    with torch.no_grad(), splice_saes(vit, saes, keep_error=True):
         _, cache = vit.run_with_cache(reference_images)
     med = compute_baselines(vit, saes, reference_images, statistic="median", batch_size=7,
                             progress=False)

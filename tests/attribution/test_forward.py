@@ -4,13 +4,13 @@ jacrev reference: stream statistics, deltas, gradients, block constants."""
 import torch
 
 from rrm_plugin.attribution.forward import attribution_forward
-from rrm_plugin.replacement.splice import replacement
+from rrm_plugin.replacement.splice import splice_saes
 from tests.attribution.conftest import prisma_like_saes
 from tests.attribution.reference import reference_graph
 
 
 def _cache(model, saes, images):
-    with torch.no_grad(), replacement(model, saes, keep_error=True):
+    with torch.no_grad(), splice_saes(model, saes, keep_error=True):
         return model.run_with_cache(images)[1]
 
 

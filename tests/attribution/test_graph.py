@@ -12,7 +12,7 @@ from rrm_plugin.attribution.graph import Graph
 from rrm_plugin.attribution.graph_views import graph_json, graph_networkx
 from rrm_plugin.attribution.linearise import capture_constants, frozen
 from rrm_plugin.io import CorruptFileError
-from rrm_plugin.replacement.splice import replacement
+from rrm_plugin.replacement.splice import splice_saes
 from tests.attribution.conftest import random_saes, sharp_vit
 
 
@@ -34,7 +34,7 @@ def test_hand_computed_scores_and_edges(reference_images, images):
     image = images[:1]
     graph = attribute(model, saes, image, baselines=base, classes=[1])[0]
 
-    with torch.no_grad(), replacement(model, saes, keep_error=True):
+    with torch.no_grad(), splice_saes(model, saes, keep_error=True):
         _, cache = model.run_with_cache(image)
     h0, h1 = "blocks.0.hook_resid_post", "blocks.1.hook_resid_post"
     sae0, sae1 = saes[h0], saes[h1]
@@ -86,7 +86,7 @@ def test_conservation_layer_scores_are_the_first_order_change(vit, saes, images,
     image = images[:1]
     graph = attribute(vit, saes, image, baselines=base)[0]
     cls = graph.target_class
-    with replacement(vit, saes, keep_error=True):
+    with splice_saes(vit, saes, keep_error=True):
         constants = capture_constants(vit, saes, image)
         with frozen(vit, saes, constants), torch.no_grad():  # exactly affine
             for layer in graph.layers:

@@ -13,7 +13,7 @@ from rrm_plugin.attribution.linearise import (
     frozen,
     linearised,
 )
-from rrm_plugin.replacement.splice import replacement
+from rrm_plugin.replacement.splice import splice_saes
 from tests.attribution.conftest import random_saes, sharp_vit
 
 
@@ -21,9 +21,9 @@ def test_forward_values_are_unchanged(vit, saes, images):
     clean = vit(images)
     with linearised(vit, saes):
         assert torch.equal(vit(images), clean)  # bit for bit: only the backward pass changes
-        with replacement(vit, saes, keep_error=True):
+        with splice_saes(vit, saes, keep_error=True):
             torch.testing.assert_close(vit(images), clean, atol=1e-5, rtol=0)
-    with replacement(vit, saes, keep_error=True), linearised(vit, saes):
+    with splice_saes(vit, saes, keep_error=True), linearised(vit, saes):
         torch.testing.assert_close(vit(images), clean, atol=1e-5, rtol=0)
     assert all(not hp._forward_hooks for hp in vit.hook_dict.values())  # hooks removed
 
@@ -60,7 +60,7 @@ def test_linearised_block_is_affine_and_its_jvp_matches_the_backward_pass(vit, i
         x0 = vit(image, stop_at_layer=1)
     w = torch.randn(1, 5, 16, generator=torch.Generator().manual_seed(0))
     grad = _stream_gradient(vit, image, w, FULL)
-    with replacement(vit, {}, keep_error=True):
+    with splice_saes(vit, {}, keep_error=True):
         constants = capture_constants(vit, {}, image)
         with frozen(vit, {}, constants), torch.no_grad():
             def block(delta):
@@ -121,7 +121,7 @@ def test_keep_error_forward_with_linearisation_equals_clean_for_other_activation
     model = sharp_vit(activation_name="gelu_new")
     saes = random_saes(model)
     clean = model(images)
-    with rrm_plugin.replacement(model, saes, keep_error=True), linearised(model, saes):
+    with rrm_plugin.splice_saes(model, saes, keep_error=True), linearised(model, saes):
         torch.testing.assert_close(model(images), clean, atol=1e-5, rtol=0)
 
 

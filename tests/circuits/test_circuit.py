@@ -8,7 +8,7 @@ from rrm_plugin.attribution.build import attribute
 from rrm_plugin.circuits.circuit import Circuit, run_circuits
 from rrm_plugin.circuits.influence import prune_by_influence
 from rrm_plugin.replacement.interventions import FeatureIntervention, intervention_hooks
-from rrm_plugin.replacement.splice import replacement
+from rrm_plugin.replacement.splice import splice_saes
 
 
 def all_or_nothing(graph, keep: bool) -> Circuit:
@@ -23,7 +23,7 @@ def baseline_model_logits(vit, saes, images, baselines):
         base_z, base_e = baselines.features[h], baselines.errors[h]
         hooks += [(f"{h}.hook_sae_acts_post", lambda z, hook, b=base_z: b.expand_as(z)),
                   (f"{h}.hook_sae_error", lambda e, hook, b=base_e: b.expand_as(e))]
-    with torch.no_grad(), replacement(vit, saes, keep_error=True):
+    with torch.no_grad(), splice_saes(vit, saes, keep_error=True):
         return vit.run_with_hooks(images, fwd_hooks=hooks)
 
 
@@ -46,7 +46,7 @@ def test_deleting_one_latent_equals_a_feature_intervention(vit, saes, images):
     h = "blocks.1.hook_resid_post"
     one = {h: saes[h]}
     zero = Baselines.zeros(one, n_tokens=5)
-    with torch.no_grad(), replacement(vit, one, keep_error=True):
+    with torch.no_grad(), splice_saes(vit, one, keep_error=True):
         acts = vit.run_with_cache(images, names_filter=f"{h}.hook_sae_acts_post")[1][
             f"{h}.hook_sae_acts_post"]
         feature = int(acts.sum((0, 1)).argmax())

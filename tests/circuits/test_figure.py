@@ -4,13 +4,13 @@ import pytest
 import torch
 
 from rrm_plugin.circuits.figure import top_patches
-from rrm_plugin.replacement.splice import replacement
+from rrm_plugin.replacement.splice import splice_saes
 
 
 def test_top_patches_are_the_largest_patch_activations(vit, saes, reference_images):
     hook = "blocks.1.hook_resid_post"
     images = reference_images[:6]
-    with torch.no_grad(), replacement(vit, saes, keep_error=True):
+    with torch.no_grad(), splice_saes(vit, saes, keep_error=True):
         _, cache = vit.run_with_cache(images, names_filter=[f"{hook}.hook_sae_acts_post"])
     acts = cache[f"{hook}.hook_sae_acts_post"]  # [image, token, latent]; token 0 is CLS
     latents = [int(i) for i in acts[:, 1:].amax((0, 1)).topk(3).indices]

@@ -35,16 +35,15 @@ def hand_graph_and_circuit():
 
 @pytest.fixture
 def drawn(kept_figures, tmp_path):
-    """plot_circuit's figure, kept open (its `plt.close` recorded instead)."""
-    figures = kept_figures
+    """plot_circuit's figure (the one it returns, which is the one it saved) and its main axes."""
 
     def draw(**kwargs):
         graph, circuit = hand_graph_and_circuit()
-        path = plot_circuit(graph, circuit, kwargs.pop("image", torch.rand(3, 8, 8)),
-                            path=tmp_path / "sub" / "c.png", max_nodes_per_layer=2, **kwargs)
-        assert path == tmp_path / "sub" / "c.png" and path.stat().st_size > 0
-        assert len(figures) == 1
-        fig = figures.pop()
+        path = tmp_path / "sub" / "c.png"
+        fig = plot_circuit(graph, circuit, kwargs.pop("image", torch.rand(3, 8, 8)),
+                           path=path, max_nodes_per_layer=2, **kwargs)
+        assert path.stat().st_size > 0 and kept_figures == [fig]
+        kept_figures.clear()
         return fig, fig.axes[1]
 
     return draw

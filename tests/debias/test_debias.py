@@ -14,7 +14,7 @@ from rrm_plugin.debias.scoring import (
     neuron_attribution_scores,
 )
 from rrm_plugin.debias.selection import choose_count, random_ablation, rank_units
-from rrm_plugin.replacement.splice import replacement
+from rrm_plugin.replacement.splice import splice_saes
 from tests.debias.conftest import HOOK, MARKER_LATENT, all_groups, planted_split
 
 CONFLICTING = planted_split([0, 0, 1, 1], [1, 1, 0, 0], noise_seed=3)
@@ -43,7 +43,7 @@ def test_ablating_the_selected_latent_removes_the_markers_effect(planted):
     ablation = Ablation("feature", {HOOK: torch.tensor([MARKER_LATENT])})
     with_marker = planted_split([0, 1], [1, 1])
     without = planted_split([0, 1], [0, 0])
-    with replacement(model, saes, keep_error=True):
+    with splice_saes(model, saes, keep_error=True):
         hooks = ablation_hooks(ablation, baselines)
         edited = model.run_with_hooks(with_marker.images, fwd_hooks=hooks)
         clean = model.run_with_hooks(without.images, fwd_hooks=hooks)
@@ -140,7 +140,7 @@ def test_ablation_writes_the_per_position_baselines(planted):
     images = all_groups(1).images
     ablation = Ablation("feature", {HOOK: torch.tensor([0, 3])})
     name = f"{HOOK}.hook_sae_acts_post"
-    with replacement(model, saes, keep_error=True):
+    with splice_saes(model, saes, keep_error=True):
         _, clean = model.run_with_cache(images, names_filter=name)
         with model.hooks(fwd_hooks=ablation_hooks(ablation, baselines)):
             _, edited = model.run_with_cache(images, names_filter=name)

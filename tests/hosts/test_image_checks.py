@@ -12,7 +12,7 @@ def test_images_scaled_0_255_are_refused(tiny_vit, tiny_saes, tiny_images):
     with pytest.raises(ValueError, match="values up to 2[0-9][0-9].*divide 0..255 images by 255"):
         check_images(tiny_vit, raw)
     with pytest.raises(ValueError, match="divide 0..255 images by 255"), \
-            rrm_plugin.replacement(tiny_vit, tiny_saes):
+            rrm_plugin.splice_saes(tiny_vit, tiny_saes):
         tiny_vit(raw)
     # Normalised pixels (mean/std) and [0, 1] pixels pass; the limit is stated.
     check_images(tiny_vit, (tiny_images - 0.5) / 0.229)

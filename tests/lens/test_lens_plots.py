@@ -55,23 +55,25 @@ def hand_summary(n_prefix=1):
 
 @pytest.fixture
 def drawn(kept_figures, tmp_path):
-    """Calls a plot function and returns its figure, kept open (`plt.close` recorded instead);
-    checks the returned path and that the PNG is figsize x 110 dpi pixels."""
-    import matplotlib.pyplot as plt
+    """Calls a plot function and returns the figure it returns, which must be the one it saved;
+    checks that the PNG is figsize x 110 dpi pixels and that no path means no file."""
+    from matplotlib.figure import Figure
 
-    default_left = plt.rcParams["figure.subplot.left"]
-    figures = kept_figures
+    default_left = Figure().subplotpars.left
 
     def draw(plot, *args, size, **kwargs):
         path = tmp_path / "p.png"
-        assert plot(*args, path, **kwargs) == path
+        fig = plot(*args, path, **kwargs)
+        assert isinstance(fig, Figure) and kept_figures == [fig]
+        kept_figures.clear()
         with Image.open(path) as png:
             assert png.size == (round(size[0] * 110), round(size[1] * 110))
-        assert len(figures) == 1
-        fig = figures.pop()
         assert tuple(fig.get_size_inches()) == pytest.approx(size)
         # tight_layout moved the axes off the default subplot margins.
         assert fig.axes[0].get_position().x0 != pytest.approx(default_left)
+        path.unlink()
+        unsaved = plot(*args, None, **kwargs)
+        assert isinstance(unsaved, Figure) and not path.exists() and kept_figures == []
         return fig
 
     return draw

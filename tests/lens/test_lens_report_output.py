@@ -28,7 +28,7 @@ def images_and_labels():
 
 @pytest.fixture
 def figures(kept_figures):
-    """Every figure the report draws, in order, kept open."""
+    """Every figure the report saves, in order."""
     return kept_figures
 
 

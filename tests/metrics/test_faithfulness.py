@@ -38,7 +38,7 @@ from rrm_plugin.metrics.faithfulness_result import (
     image_aucs,
     paired_margin,
 )
-from rrm_plugin.replacement.splice import replacement
+from rrm_plugin.replacement.splice import splice_saes
 from tests.circuits.test_circuit import baseline_model_logits
 from tests.metrics.oracles import adjusted, trapezoid_auc
 
@@ -220,8 +220,8 @@ def test_outputs_json_table_and_png(result, tmp_path):
     assert len(rows) == 2 + len(AXES)  # two AUC tables, one margin row per axis
     margin = res.margin("rrm", "random")
     assert margin.difference.se >= 0 and isinstance(margin.ratio.mean, float)
-    path = plot_faithfulness(res, tmp_path / "f.png")
-    assert path.read_bytes()[:4] == b"\x89PNG"
+    plot_faithfulness(res, tmp_path / "f.png")
+    assert (tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_batching_does_not_change_the_curves(vit, saes, reference_images, baselines):
@@ -249,7 +249,7 @@ def test_skip_early_layers_leaves_them_unmasked(vit, saes, reference_images, bas
     hooks = [(f"{top}.hook_sae_acts_post",
               lambda z, hook: baselines.features[top].expand_as(z)),
              (f"{top}.hook_sae_error", lambda e, hook: baselines.errors[top].expand_as(e))]
-    with torch.no_grad(), replacement(vit, saes, keep_error=True):
+    with torch.no_grad(), splice_saes(vit, saes, keep_error=True):
         only_top = adjusted(vit.run_with_hooks(images, fwd_hooks=hooks), labels)
     for method in ("rrm", "random_authors"):
         ins, dele = res.curves[method]["insertion"], res.curves[method]["deletion"]

@@ -9,7 +9,7 @@ import torch
 from rrm_plugin.attribution.build import attribute
 from rrm_plugin.circuits.influence import graph_scores, prune_by_influence
 from rrm_plugin.metrics.faithfulness import FaithfulnessConfig, evaluate_faithfulness
-from rrm_plugin.replacement.splice import replacement
+from rrm_plugin.replacement.splice import splice_saes
 
 
 def circuit_logits(vit, saes, image, node_masks, baselines, mode):
@@ -17,7 +17,7 @@ def circuit_logits(vit, saes, image, node_masks, baselines, mode):
 
     A kept error node holds its value of the clean spliced run (the protocol's rule), not the
     error of the intervened run."""
-    with torch.no_grad(), replacement(vit, saes, keep_error=True):
+    with torch.no_grad(), splice_saes(vit, saes, keep_error=True):
         _, cache = vit.run_with_cache(image)
     hooks = []
     for mask in node_masks:
@@ -36,7 +36,7 @@ def circuit_logits(vit, saes, image, node_masks, baselines, mode):
             return clean if keep_error else base.expand_as(e)
 
         hooks += [(f"{h}.hook_sae_acts_post", acts), (f"{h}.hook_sae_error", error)]
-    with torch.no_grad(), replacement(vit, saes, keep_error=True):
+    with torch.no_grad(), splice_saes(vit, saes, keep_error=True):
         return vit.run_with_hooks(image, fwd_hooks=hooks)[0]
 
 

@@ -108,14 +108,14 @@ def test_table_signs_negative_and_positive_differences():
 
 @pytest.fixture
 def drawn(kept_figures, tmp_path):
-    """plot_faithfulness's figure, kept open (its `plt.close` recorded instead)."""
-    figures = kept_figures
+    """plot_faithfulness's figure (the one it returns, which is the one it saved) and its PNG."""
 
     def draw(res):
-        path = plot_faithfulness(res, tmp_path / "sub" / "f.png")
-        assert path == tmp_path / "sub" / "f.png"
-        assert len(figures) == 1
-        return figures.pop(), path
+        path = tmp_path / "sub" / "f.png"
+        fig = plot_faithfulness(res, path)
+        assert kept_figures == [fig] and path.read_bytes()[:4] == b"\x89PNG"
+        kept_figures.clear()
+        return fig, path
 
     return draw
 
@@ -235,9 +235,10 @@ def test_float32_inputs_are_summarised_in_float64():
 
 def test_plot_of_two_images_has_standard_error_bands_in_a_new_folder(kept_figures, tmp_path):
     res = curves_result(methods=("rrm",), n_images=2)
-    path = plot_faithfulness(res, tmp_path / "new" / "nested" / "f.png")  # parents created
-    assert path.read_bytes()[:4] == b"\x89PNG"
-    verts = kept_figures[0].axes[0].collections[0].get_paths()[0].vertices
+    path = tmp_path / "new" / "nested" / "f.png"  # parents created
+    fig = plot_faithfulness(res, path)
+    assert path.read_bytes()[:4] == b"\x89PNG" and kept_figures == [fig]
+    verts = fig.axes[0].collections[0].get_paths()[0].vertices
     y = res.image_curves["rrm"]["insertion"]["logit"]
     se = np.abs(y[0] - y[1]) / 2  # s.d. (ddof 1) of two values / sqrt(2)
     for k in range(len(SWEEP)):

@@ -53,7 +53,7 @@ def test_reported_replacement_accuracy_and_kl_are_the_replacement_models(
     results = evaluate_saes(tiny_vit, tiny_saes, tiny_images, labels)
     with torch.no_grad():
         clean = tiny_vit(tiny_images)
-        with rrm_plugin.replacement(tiny_vit, tiny_saes, keep_error=False):
+        with rrm_plugin.splice_saes(tiny_vit, tiny_saes, keep_error=False):
             replaced = tiny_vit(tiny_images)
     acc = (replaced.argmax(-1) == labels).double().mean().item()
     # The same logits (one batch of 4 both ways) and a float64 KL both ways: only float64

@@ -35,7 +35,7 @@ def test_interventions_outside_replacement_say_what_is_missing(tiny_vit, tiny_sa
     edit = FeatureIntervention(HOOK, features=[1], scale=0.0)
     with pytest.raises(KeyError, match=r"no SAE is spliced at \['blocks.0.hook_resid_post'\]"):
         intervention_hooks([edit], model=tiny_vit)
-    with rrm_plugin.replacement(tiny_vit, tiny_saes, keep_error=True):
+    with rrm_plugin.splice_saes(tiny_vit, tiny_saes, keep_error=True):
         hooks = intervention_hooks([edit], model=tiny_vit)
         edited = tiny_vit.run_with_hooks(tiny_images, fwd_hooks=hooks)
     assert torch.isfinite(edited).all()

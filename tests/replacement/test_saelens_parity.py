@@ -51,7 +51,7 @@ def test_splice_matches_saelens_run_with_saes(tiny_lm, keep_error, hooks):
         ref_logits, ref_cache = tiny_lm.run_with_cache_with_saes(
             tokens, saes=list(saes.values()), use_error_term=keep_error
         )
-        with rrm_plugin.replacement(tiny_lm, saes, keep_error=keep_error):
+        with rrm_plugin.splice_saes(tiny_lm, saes, keep_error=keep_error):
             logits, cache = tiny_lm.run_with_cache(tokens)
         clean = tiny_lm(tokens)
     torch.testing.assert_close(logits, ref_logits, atol=1e-5, rtol=1e-5)
@@ -71,6 +71,6 @@ def test_saelens_run_with_saes_logits_match(tiny_lm):
     tokens = _tokens(tiny_lm, 2, 2)
     with torch.no_grad():
         ref = tiny_lm.run_with_saes(tokens, saes=list(saes.values()), use_error_term=False)
-        with rrm_plugin.replacement(tiny_lm, saes, keep_error=False):
+        with rrm_plugin.splice_saes(tiny_lm, saes, keep_error=False):
             ours = tiny_lm(tokens)
     torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)

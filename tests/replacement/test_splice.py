@@ -3,13 +3,13 @@ import torch
 
 import rrm_plugin
 from rrm_plugin.replacement.interventions import FeatureIntervention, intervention_hooks
-from rrm_plugin.replacement.splice import SAE_HOOK_NAMES, replacement
+from rrm_plugin.replacement.splice import SAE_HOOK_NAMES, splice_saes
 from rrm_plugin.saes.training import new_topk_sae
 
 
 def test_keep_error_reproduces_clean_logits(tiny_vit, tiny_saes, tiny_images):
     clean = tiny_vit(tiny_images)
-    with rrm_plugin.replacement(tiny_vit, tiny_saes, keep_error=True):
+    with rrm_plugin.splice_saes(tiny_vit, tiny_saes, keep_error=True):
         spliced = tiny_vit(tiny_images)
     torch.testing.assert_close(spliced, clean, atol=1e-5, rtol=0)
 
@@ -19,14 +19,14 @@ def test_drop_error_equals_saelens_forward_at_each_hook(tiny_vit, tiny_saes, tin
     hooks = [(h, lambda act, hook, sae=sae: sae(act)) for h, sae in tiny_saes.items()]
     with torch.no_grad():
         reference = tiny_vit.run_with_hooks(tiny_images, fwd_hooks=hooks)
-        with rrm_plugin.replacement(tiny_vit, tiny_saes, keep_error=False):
+        with rrm_plugin.splice_saes(tiny_vit, tiny_saes, keep_error=False):
             spliced = tiny_vit(tiny_images)
     torch.testing.assert_close(spliced, reference, atol=1e-6, rtol=1e-5)
     assert (spliced - tiny_vit(tiny_images)).abs().max() > 1e-3  # random SAEs do change it
 
 
 def test_sae_activations_and_errors_appear_in_host_cache(tiny_vit, tiny_saes, tiny_images):
-    with rrm_plugin.replacement(tiny_vit, tiny_saes, keep_error=False):
+    with rrm_plugin.splice_saes(tiny_vit, tiny_saes, keep_error=False):
         _, cache = tiny_vit.run_with_cache(tiny_images)
     for hook, sae in tiny_saes.items():
         for name in SAE_HOOK_NAMES:
@@ -43,7 +43,7 @@ def test_sae_activations_and_errors_appear_in_host_cache(tiny_vit, tiny_saes, ti
 
 def test_only_chosen_layers_are_spliced(tiny_vit, tiny_saes, tiny_images):
     chosen = ["blocks.1.hook_resid_post"]
-    with rrm_plugin.replacement(tiny_vit, tiny_saes, hook_names=chosen):
+    with rrm_plugin.splice_saes(tiny_vit, tiny_saes, hook_names=chosen):
         _, cache = tiny_vit.run_with_cache(tiny_images)
     assert "blocks.1.hook_resid_post.hook_sae_acts_post" in cache
     assert "blocks.0.hook_resid_post.hook_sae_acts_post" not in cache
@@ -54,7 +54,7 @@ def test_only_chosen_layers_are_spliced(tiny_vit, tiny_saes, tiny_images):
 def test_hooks_are_removed_afterwards_also_on_exceptions(tiny_vit, tiny_saes, tiny_images):
     before = set(tiny_vit.hook_dict)
     clean = tiny_vit(tiny_images)
-    with pytest.raises(RuntimeError, match="boom"), rrm_plugin.replacement(tiny_vit, tiny_saes):
+    with pytest.raises(RuntimeError, match="boom"), rrm_plugin.splice_saes(tiny_vit, tiny_saes):
         raise RuntimeError("boom")
     assert set(tiny_vit.hook_dict) == before
     assert all(not hp._forward_hooks for hp in tiny_vit.hook_dict.values())
@@ -65,7 +65,7 @@ def test_hooks_are_removed_afterwards_also_on_exceptions(tiny_vit, tiny_saes, ti
 
 def test_set_feature_changes_the_stream_by_its_decoder_direction(tiny_vit, tiny_saes, tiny_images):
     hook, sae = "blocks.1.hook_resid_post", tiny_saes["blocks.1.hook_resid_post"]
-    with rrm_plugin.replacement(tiny_vit, tiny_saes, keep_error=True):
+    with rrm_plugin.splice_saes(tiny_vit, tiny_saes, keep_error=True):
         _, clean = tiny_vit.run_with_cache(tiny_images)
         iv = FeatureIntervention(hook, features=[3], tokens=[0, 2], value=2.5)
         with tiny_vit.hooks(fwd_hooks=intervention_hooks([iv])):
@@ -84,7 +84,7 @@ def test_set_feature_changes_the_stream_by_its_decoder_direction(tiny_vit, tiny_
 
 def test_scale_by_one_is_a_no_op(tiny_vit, tiny_saes, tiny_images):
     iv = FeatureIntervention("blocks.0.hook_resid_post", features=range(32), scale=1.0)
-    with rrm_plugin.replacement(tiny_vit, tiny_saes, keep_error=False):
+    with rrm_plugin.splice_saes(tiny_vit, tiny_saes, keep_error=False):
         base = tiny_vit(tiny_images)
         scaled = tiny_vit.run_with_hooks(tiny_images, fwd_hooks=intervention_hooks([iv]))
     torch.testing.assert_close(scaled, base)
@@ -94,34 +94,34 @@ def test_bad_interventions_are_rejected(tiny_vit, tiny_saes, tiny_images):
     with pytest.raises(ValueError, match="exactly one of value= or scale="):
         FeatureIntervention("blocks.0.hook_resid_post", features=[0])
     iv = FeatureIntervention("blocks.0.hook_resid_post", features=[32], value=1.0)
-    with rrm_plugin.replacement(tiny_vit, tiny_saes), pytest.raises(IndexError, match="range"):
+    with rrm_plugin.splice_saes(tiny_vit, tiny_saes), pytest.raises(IndexError, match="range"):
         tiny_vit.run_with_hooks(tiny_images, fwd_hooks=intervention_hooks([iv]))
 
 
 def test_sae_width_not_matching_hook_is_rejected(tiny_vit):
     wide = new_topk_sae(d_in=24, d_sae=8, k=2, hook_name="blocks.0.hook_resid_post", model_name="m")
     with pytest.raises(ValueError, match=r"d_in=24, but the residual stream .* d_model=16"):
-        with rrm_plugin.replacement(tiny_vit, {"blocks.0.hook_resid_post": wide}):
+        with rrm_plugin.splice_saes(tiny_vit, {"blocks.0.hook_resid_post": wide}):
             pass
 
 
 def test_unknown_hook_and_misplaced_sae_are_rejected(tiny_vit, tiny_saes):
     with pytest.raises(KeyError, match=r"no hook point 'blocks.9.hook_resid_post'"):
-        with rrm_plugin.replacement(tiny_vit, {"blocks.9.hook_resid_post": tiny_saes[
+        with rrm_plugin.splice_saes(tiny_vit, {"blocks.9.hook_resid_post": tiny_saes[
                 "blocks.0.hook_resid_post"]}):
             pass
     with pytest.raises(ValueError, match="trained at 'blocks.0.hook_resid_post' but is being"):
-        with rrm_plugin.replacement(
+        with rrm_plugin.splice_saes(
             tiny_vit, {"blocks.1.hook_resid_post": tiny_saes["blocks.0.hook_resid_post"]}
         ):
             pass
     with pytest.raises(KeyError, match="no SAE given"):
-        with rrm_plugin.replacement(tiny_vit, tiny_saes, hook_names=["blocks.2.hook_resid_post"]):
+        with rrm_plugin.splice_saes(tiny_vit, tiny_saes, hook_names=["blocks.2.hook_resid_post"]):
             pass
 
 
 def test_bad_images_are_rejected_inside_replacement(tiny_vit, tiny_saes):
-    with rrm_plugin.replacement(tiny_vit, tiny_saes):
+    with rrm_plugin.splice_saes(tiny_vit, tiny_saes):
         with pytest.raises(ValueError, match="2 channels, model expects 3"):
             tiny_vit(torch.rand(1, 2, 8, 8))
         with pytest.raises(ValueError, match="NaN/inf"):
@@ -138,11 +138,11 @@ def test_works_on_a_transformerlens_model():
                        model_name="tl")
     tokens = torch.randint(0, 20, (2, 8), generator=torch.Generator().manual_seed(0))
     clean = model(tokens)
-    with replacement(model, {"blocks.0.hook_resid_post": sae}, keep_error=True):
+    with splice_saes(model, {"blocks.0.hook_resid_post": sae}, keep_error=True):
         kept, cache = model.run_with_cache(tokens)
     torch.testing.assert_close(kept, clean, atol=1e-5, rtol=0)
     assert cache["blocks.0.hook_resid_post.hook_sae_acts_post"].shape == (2, 8, 32)
-    with replacement(model, {"blocks.0.hook_resid_post": sae}, keep_error=False):
+    with splice_saes(model, {"blocks.0.hook_resid_post": sae}, keep_error=False):
         dropped = model(tokens)
     ref = model.run_with_hooks(tokens, fwd_hooks=[("blocks.0.hook_resid_post",
                                                    lambda a, hook: sae(a))])
@@ -162,9 +162,9 @@ def test_class_token_sae_replaces_only_the_class_token(tiny_vit, tiny_saes, tiny
     with torch.no_grad():
         _, clean = tiny_vit.run_with_cache(tiny_images)
         clean_logits = tiny_vit(tiny_images)
-        with rrm_plugin.replacement(tiny_vit, {hook: saes[hook]}, keep_error=False):
+        with rrm_plugin.splice_saes(tiny_vit, {hook: saes[hook]}, keep_error=False):
             _, cache = tiny_vit.run_with_cache(tiny_images)
-        with rrm_plugin.replacement(tiny_vit, saes, keep_error=True):
+        with rrm_plugin.splice_saes(tiny_vit, saes, keep_error=True):
             kept = tiny_vit(tiny_images)
     torch.testing.assert_close(kept, clean_logits, atol=1e-5, rtol=0)
     acts = cache[f"{hook}.hook_sae_acts_post"]
@@ -182,7 +182,7 @@ def test_class_token_sae_replaces_only_the_class_token(tiny_vit, tiny_saes, tiny
 def test_bad_seqpos_slice_is_rejected(tiny_vit, tiny_saes, tiny_images):
     hook = "blocks.0.hook_resid_post"
     tiny_saes[hook].cfg.metadata.seqpos_slice = (0, "1")
-    with pytest.raises(ValueError, match="seqpos_slice"), rrm_plugin.replacement(
+    with pytest.raises(ValueError, match="seqpos_slice"), rrm_plugin.splice_saes(
             tiny_vit, {hook: tiny_saes[hook]}):
         tiny_vit(tiny_images)
 
@@ -191,7 +191,7 @@ def test_backward_hooks_on_latents_fire_without_forward_hooks(tiny_vit, tiny_sae
     # Only a backward hook on the latents: the relay must still route them through the host hook.
     name = "blocks.1.hook_resid_post.hook_sae_acts_post"
     grads = []
-    with rrm_plugin.replacement(tiny_vit, tiny_saes, keep_error=False):
+    with rrm_plugin.splice_saes(tiny_vit, tiny_saes, keep_error=False):
         with tiny_vit.hooks(bwd_hooks=[(name, lambda g, hook: grads.append(g))]):
             tiny_vit(tiny_images)[:, 0].sum().backward()
         # Reference: the same gradient by autograd, from the latents a forward hook keeps.
@@ -213,7 +213,7 @@ def test_width_mismatch_at_a_non_residual_hook_is_named(tiny_vit, tiny_images):
     sae = new_topk_sae(d_in=16, d_sae=8, k=2, hook_name="blocks.0.mlp.hook_post", model_name="m")
     message = (r"^activation at blocks.0.mlp.hook_post has width 32, but the SAE spliced there "
                r"has d_in=16$")
-    with rrm_plugin.replacement(tiny_vit, {"blocks.0.mlp.hook_post": sae}):
+    with rrm_plugin.splice_saes(tiny_vit, {"blocks.0.mlp.hook_post": sae}):
         with pytest.raises(ValueError, match=message):
             tiny_vit(tiny_images)
 
@@ -223,7 +223,7 @@ def test_unknown_hook_message_lists_the_residual_hook_points(tiny_vit, tiny_saes
     message = (r"^\"model has no hook point 'blocks.9.hook_resid_post'; residual hook points are "
                + str(resid).replace("[", r"\[").replace("]", r"\]") + '\"$')
     with pytest.raises(KeyError, match=message):
-        with rrm_plugin.replacement(tiny_vit, {"blocks.9.hook_resid_post": tiny_saes[
+        with rrm_plugin.splice_saes(tiny_vit, {"blocks.9.hook_resid_post": tiny_saes[
                 "blocks.0.hook_resid_post"]}):
             pass
 
@@ -238,7 +238,7 @@ def test_float32_saes_in_a_float64_model_keep_the_models_dtype(tiny_saes, tiny_i
              for h, sae in tiny_saes.items()]
     with torch.no_grad():
         reference = model.run_with_hooks(images, fwd_hooks=hooks)
-        with rrm_plugin.replacement(model, tiny_saes, keep_error=False):
+        with rrm_plugin.splice_saes(model, tiny_saes, keep_error=False):
             spliced, cache = model.run_with_cache(images)
     for hook in tiny_saes:
         assert cache[hook].dtype == torch.float64

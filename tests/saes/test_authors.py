@@ -12,7 +12,7 @@ import pytest
 import torch
 from sae_lens import SAE
 
-import rrm_plugin  # noqa: F401  (registers the releases)
+import rrm_plugin
 from rrm_plugin.io import CorruptFileError
 from rrm_plugin.saes.authors import (
     authors_folder,
@@ -26,6 +26,7 @@ from rrm_plugin.zoo.releases import AUTHORS_SIZES, HUB_SAE_RELEASES
 from tests.hubcache import add_file, record_hub_snapshots, torch_bytes
 
 REPO = "timespt/topksae-vit-base-patch16-224"
+rrm_plugin.register_releases()  # SAE.from_pretrained below finds the releases by name
 
 
 def authors_state(d_in: int, d_sae: int, seed: int) -> dict[str, torch.Tensor]:

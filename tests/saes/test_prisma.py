@@ -11,7 +11,7 @@ import pytest
 import torch
 from sae_lens import SAE, StandardSAE, TopKSAE
 
-import rrm_plugin  # noqa: F401  (registers the releases)
+import rrm_plugin
 from rrm_plugin.io import CorruptFileError
 from rrm_plugin.saes.hub import CheckpointNotFoundError
 from rrm_plugin.saes.prisma import (
@@ -37,6 +37,7 @@ from tests.hubcache import (
 
 VANILLA = "prisma-clip-b32-vanilla-x64"
 TOPK_CLS = "prisma-clip-b32-topk64-cls"
+rrm_plugin.register_releases()  # SAE.from_pretrained below finds the releases by name
 
 
 def prisma_forward(x, state, *, k=None, layer_norm=False):

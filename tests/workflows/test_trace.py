@@ -16,7 +16,7 @@ from rrm_plugin.attribution.graph import Graph
 from rrm_plugin.circuits.circuit import Circuit, run_circuits
 from rrm_plugin.circuits.figure import top_patches
 from rrm_plugin.circuits.influence import graph_scores, prune_by_influence
-from rrm_plugin.replacement.splice import replacement
+from rrm_plugin.replacement.splice import splice_saes
 from rrm_plugin.workflows.trace import TraceConfig, trace_image
 
 
@@ -34,7 +34,7 @@ def _all_at_baseline(vit, saes, image, baselines):
         hooks += [(f"{h}.hook_sae_acts_post", lambda z, hook, b=baselines.features[h]:
                    b.expand_as(z)),
                   (f"{h}.hook_sae_error", lambda e, hook, b=baselines.errors[h]: b.expand_as(e))]
-    with torch.no_grad(), replacement(vit, saes, keep_error=True):
+    with torch.no_grad(), splice_saes(vit, saes, keep_error=True):
         return vit.run_with_hooks(image[None], fwd_hooks=hooks)[0]
 
 

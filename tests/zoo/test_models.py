@@ -51,6 +51,7 @@ def test_shipped_digits_vit_reaches_95_percent_held_out():
 
 def test_shipped_saes_load_by_name_offline(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert "rrm-digits-vit" in rrm_plugin.register_releases()
     sae = SAE.from_pretrained("rrm-digits-vit", "blocks.0.hook_resid_post")
     assert sae.cfg.architecture() == "topk" and sae.cfg.normalize_activations == "layer_norm"
     saes = rrm_plugin.load_saes("rrm-digits-vit")
