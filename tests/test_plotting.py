@@ -28,7 +28,8 @@ from rrm_plugin.circuits.figure import plot_circuit
 from rrm_plugin.cli.demo import plot_predictions
 from rrm_plugin.debias.plot import plot_debias
 from rrm_plugin.features.dashboard import _density_figure
-from rrm_plugin.features.types import feature_types, write_types
+from rrm_plugin.features.types import feature_types
+from rrm_plugin.features.types_report import write_types
 from rrm_plugin.lens.report import LensConfig, write_lens_report
 from rrm_plugin.metrics.faithfulness import plot_faithfulness
 from tests.circuits.test_figure_drawing import hand_graph_and_circuit
