@@ -35,10 +35,11 @@ class Preprocessing:
         crop: Centre-crop side after resizing (None: no crop).
         mean: Per-channel mean subtracted after scaling pixels to [0, 1].
         std: Per-channel std divided by.
-        interpolation: `"bilinear"` or `"bicubic"` (torchvision, antialiased).
+        interpolation: `"bilinear"` or `"bicubic"`: PIL's filters, applied to the 8-bit image
+            (as the upstream pipelines do, so the pixels match theirs exactly).
         exact_size: Refuse images whose size is not `size` instead of resizing them (models
             trained on small renders, where resizing a photo gives a meaningless input).
-        crop_rounding: How centre-crop offsets are rounded: `"floor"` (CLIPProcessor) or
+        crop_rounding: How centre-crop offsets are rounded: `"floor"` (transformers) or
             `"round"` (torchvision's `CenterCrop`, used by open_clip).
     """
 
@@ -76,7 +77,9 @@ class Preprocessing:
 
 # The RRM authors feed timm's ViT and DINOv2 with Resize((224, 224)) and mean = std = 0.5.
 AUTHORS_PREPROCESSING = Preprocessing(size=(224, 224), crop=None, mean=(0.5,) * 3, std=(0.5,) * 3)
-# ... and CLIP with CLIPProcessor: shorter side 224 (bicubic), centre crop 224, CLIP mean/std.
+# ... and CLIP with CLIPProcessor (transformers' PIL image processor): shorter side 224 (PIL
+# bicubic), centre crop 224, CLIP mean/std. (transformers' newer default processor resizes with
+# torchvision instead, which differs from PIL by about 1.5e-2; the authors' is the PIL one.)
 CLIP_PREPROCESSING = Preprocessing(size=224, crop=224, mean=CLIP_MEAN, std=CLIP_STD,
                                    interpolation="bicubic")
 # open_clip's validation transform (and ViT-Prisma's for its CLIP SAEs): the same, but cropped
