@@ -92,7 +92,8 @@ def preprocess(image: UInt8[Tensor, "3 h w"], preprocessing: Preprocessing
         # pipeline) rounds them: one pixel apart for odd margins.
         crop = preprocessing.crop
         if out_h < crop or out_w < crop:
-            raise ImageFileError(f"image resized to {out_h}x{out_w} is smaller than the {crop} crop")
+            raise ImageFileError(
+                f"image resized to {out_h}x{out_w} is smaller than the {crop} crop")
         if preprocessing.crop_rounding == "round":
             top, left = int(round((out_h - crop) / 2)), int(round((out_w - crop) / 2))
         else:
