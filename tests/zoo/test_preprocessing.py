@@ -29,7 +29,8 @@ TOL = 1e-6
 def sample_arrays() -> list[np.ndarray]:
     g = np.random.default_rng(0)
     noise = [g.integers(0, 256, shape, dtype=np.uint8)
-             for shape in ((375, 500, 3), (640, 427, 3), (225, 301, 3), (224, 224, 3))]
+             for shape in ((375, 500, 3), (640, 427, 3), (225, 301, 3), (224, 224, 3),
+                           (224, 150, 3))]
     return [*load_sample_images().images, *noise]
 
 
