@@ -84,5 +84,5 @@ def sample_photos(preprocessing) -> torch.Tensor:
     from rrm_plugin.data.images import preprocess
 
     arrays = load_sample_images().images
-    raw = [torch.tensor(im).permute(2, 0, 1).float() / 255 for im in arrays]
+    raw = [torch.tensor(im).permute(2, 0, 1) for im in arrays]  # 8-bit, as read_image gives
     return torch.stack([preprocess(im, preprocessing) for im in raw])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from rrm_plugin.cli import checks
@@ -49,8 +50,19 @@ def run(args: argparse.Namespace) -> int:
             if loaded.labels is None:
                 print("unlabelled images: the model's predictions stand in for labels")
             print(format_table(results))
+            for line in normalisation_warnings(ws, results):
+                print(f"warning: {line}", file=sys.stderr)
             write_json(args.out, {"model": ws.model_name, "release": ws.release,
                                   "n_images": len(loaded.images), "metrics": results})
             print(f"wrote {args.out}")
             print(report)
     return 0
+
+
+def normalisation_warnings(ws, results: dict) -> list[str]:
+    """SAEs explaining far less variance than their release documents (a wrong normalisation)."""
+    from rrm_plugin.saes.sanity import release_warnings
+
+    measured = {hook: row["explained_variance"] for hook, row in results.items()
+                if hook in ws.saes and "explained_variance" in row}
+    return release_warnings(ws.release, ws.saes, measured)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Float, Int, UInt8
 from torch import Tensor
 
 from rrm_plugin.data.preprocessing import Preprocessing
@@ -37,8 +37,8 @@ def identity_preprocessing(image_size: int) -> Preprocessing:
                          exact_size=True)
 
 
-def read_image(path: Path) -> Float[Tensor, "3 h w"]:
-    """An image file as RGB floats in [0, 1]."""
+def read_image(path: Path) -> UInt8[Tensor, "3 h w"]:
+    """An image file as 8-bit RGB pixels (as decoded; preprocessing resizes these)."""
     from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
@@ -51,39 +51,62 @@ def read_image(path: Path) -> Float[Tensor, "3 h w"]:
         raise ImageFileError(f"{path} is not a readable image file ({err})") from err
     import numpy as np
 
-    array = torch.from_numpy(np.asarray(rgb, dtype=np.uint8).copy())
-    return array.permute(2, 0, 1).float() / 255.0
+    return torch.from_numpy(np.asarray(rgb, dtype=np.uint8).copy()).permute(2, 0, 1)
 
 
-def preprocess(image: Float[Tensor, "3 h w"], preprocessing: Preprocessing
+def resized_size(h: int, w: int, size: int | tuple[int, int]) -> tuple[int, int]:
+    """The (h, w) a resize to `size` gives: a pair as is; an int for the shorter side, the longer
+    side scaled and truncated (torchvision's `Resize` and transformers' shortest-edge resize)."""
+    if isinstance(size, tuple):
+        return size
+    if h <= w:
+        return size, int(size * w / h)
+    return int(size * h / w), size
+
+
+def preprocess(image: UInt8[Tensor, "3 h w"], preprocessing: Preprocessing
                ) -> Float[Tensor, "3 hh ww"]:
-    """Resize (and centre-crop), then normalise, with torchvision's functional transforms."""
-    from torchvision.transforms import InterpolationMode
-    from torchvision.transforms.v2 import functional as TF
+    """Resize (and centre-crop) the 8-bit pixels with PIL, then scale to [0, 1] and normalise.
 
-    mode = {"bilinear": InterpolationMode.BILINEAR, "bicubic": InterpolationMode.BICUBIC}[
+    This is what the models' upstream pipelines do (torchvision transforms on PIL images, open_clip,
+    transformers' PIL image processors): PIL resizes the 8-bit image, so the model sees exactly
+    the pixels upstream gives it. Resizing floats instead differs by up to about 0.05 after
+    normalisation.
+    """
+    import numpy as np
+    from PIL import Image
+
+    if image.dtype != torch.uint8 or image.ndim != 3 or image.shape[0] != 3:
+        raise TypeError(f"preprocess takes 8-bit RGB pixels [3, h, w] (torch.uint8, as read_image "
+                        f"gives), got {image.dtype} {list(image.shape)}")
+    resample = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}[
         preprocessing.interpolation]
-    size = preprocessing.size
-    target = list(size) if isinstance(size, tuple) else [size]
-    if not (isinstance(size, tuple) and tuple(image.shape[1:]) == tuple(size)):
-        image = TF.resize(image, target, interpolation=mode, antialias=True)
+    h, w = image.shape[1:]
+    out_h, out_w = resized_size(h, w, preprocessing.size)
+    pil = Image.fromarray(image.permute(1, 2, 0).cpu().numpy())
+    if (out_h, out_w) != (h, w):
+        pil = pil.resize((out_w, out_h), resample=resample)
+    pixels = torch.from_numpy(np.asarray(pil, dtype=np.uint8).copy()).permute(2, 0, 1)
     if preprocessing.crop is not None:
-        # CLIPProcessor (the authors' pipeline) rounds the offsets down; torchvision's
-        # CenterCrop (open_clip's pipeline) rounds them: one pixel apart for odd margins.
+        # transformers' centre crop rounds the offsets down; torchvision's CenterCrop (open_clip's
+        # pipeline) rounds them: one pixel apart for odd margins.
         crop = preprocessing.crop
-        h, w = image.shape[-2:]
-        if h < crop or w < crop:
-            raise ImageFileError(f"image resized to {h}x{w} is smaller than the {crop} crop")
+        if out_h < crop or out_w < crop:
+            raise ImageFileError(
+                f"image resized to {out_h}x{out_w} is smaller than the {crop} crop")
         if preprocessing.crop_rounding == "round":
-            top, left = int(round((h - crop) / 2)), int(round((w - crop) / 2))
+            top, left = int(round((out_h - crop) / 2)), int(round((out_w - crop) / 2))
         else:
-            top, left = (h - crop) // 2, (w - crop) // 2
-        image = image[..., top : top + crop, left : left + crop]
-    image = image.clamp(0, 1) if mode == InterpolationMode.BICUBIC else image
-    return TF.normalize(image, list(preprocessing.mean), list(preprocessing.std))
+            top, left = (out_h - crop) // 2, (out_w - crop) // 2
+        pixels = pixels[:, top : top + crop, left : left + crop]
+    # As torchvision's ToTensor and Normalize: float32 x / 255, then (x - mean) / std.
+    x = pixels.float().div(255)
+    mean = torch.tensor(preprocessing.mean, dtype=torch.float32)[:, None, None]
+    std = torch.tensor(preprocessing.std, dtype=torch.float32)[:, None, None]
+    return x.sub(mean).div(std)
 
 
-def _read_sized(path: Path, preprocessing: Preprocessing) -> Float[Tensor, "3 h w"]:
+def _read_sized(path: Path, preprocessing: Preprocessing) -> UInt8[Tensor, "3 h w"]:
     image = read_image(path)
     if preprocessing.exact_size and tuple(image.shape[1:]) != tuple(preprocessing.size):
         h, w = image.shape[1:]

@@ -18,10 +18,11 @@ class Preprocessing:
         crop: Centre-crop side after resizing (None: no crop).
         mean: Per-channel mean subtracted after scaling pixels to [0, 1].
         std: Per-channel std divided by.
-        interpolation: `"bilinear"` or `"bicubic"` (torchvision, antialiased).
+        interpolation: `"bilinear"` or `"bicubic"`: PIL's filters, applied to the 8-bit image
+            (as the upstream pipelines do, so the pixels match theirs exactly).
         exact_size: Refuse images whose size is not `size` instead of resizing them (models
             trained on small renders, where resizing a photo gives a meaningless input).
-        crop_rounding: How centre-crop offsets are rounded: `"floor"` (CLIPProcessor) or
+        crop_rounding: How centre-crop offsets are rounded: `"floor"` (transformers) or
             `"round"` (torchvision's `CenterCrop`, used by open_clip).
     """
 

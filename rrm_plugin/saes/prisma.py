@@ -9,7 +9,12 @@ ViT-Prisma's forward:
     x_n = norm(x)        z = act((x_n - b_dec) W_enc + b_enc)        x_hat = denorm(z W_dec + b_dec)
 
 with `act` = ReLU (`activation_fn_str="relu"`) or ReLU after the top k (`"topk"`), and `norm` from
-`normalize_activations` (JSON null: none; absent: ViT-Prisma's default `"layer_norm"`). That is
+`normalize_activations` (JSON null: none; absent: ViT-Prisma's default `"layer_norm"`). A config
+without `activation_fn_str` is refused: ViT-Prisma's default is TopK (which then needs
+`activation_fn_kwargs.k`) but it was ReLU when some SAEs were trained, so the file does not say
+which forward it holds; state it with `cfg_overrides={"activation_fn_str": ...}` (and
+`"activation_fn_kwargs": {"k": k}` for TopK). ViT-Prisma also changed its input normalisation while
+its SAEs were trained; `cfg_overrides={"normalize_activations": ...}` switches it. That is
 SAELens's `StandardSAE` / `TopKSAE` with `apply_b_dec_to_input=True` and the same normalisation.
 SAEs trained on the class token only (`cls_token_only`) get SAELens's `seqpos_slice = (0, 1)`;
 those trained on the patches only (`use_patches_only`) get `(1, None)`: the replacement mode then
@@ -38,6 +43,8 @@ WEIGHTS_FILE = "weights.pt"
 # ViT-Prisma's own default when a config omits the key.
 PRISMA_DEFAULT_NORMALISATION = "layer_norm"
 _NORMALISATIONS = ("none", "layer_norm", "constant_norm_rescale")
+# ViT-Prisma config keys a user may state when the file leaves them out (see the module doc).
+STATABLE_KEYS = ("activation_fn_str", "activation_fn_kwargs")
 
 
 def prisma_repo(repo_id: str, folder_name: str) -> str:
@@ -83,7 +90,14 @@ def sae_lens_config_from_prisma(cfg: dict[str, Any], *, where: str) -> dict[str,
     if architecture != "standard":
         raise CorruptFileError(f"{where}: ViT-Prisma architecture {architecture!r} is not "
                                "supported (only 'standard' ReLU and TopK SAEs)")
-    activation = cfg.get("activation_fn_str", "relu")
+    if "activation_fn_str" not in cfg:
+        raise CorruptFileError(
+            f"{where}: the config has no activation_fn_str, so it does not say whether this is a "
+            "ReLU or a TopK SAE (ViT-Prisma's default is 'topk', which then needs "
+            "activation_fn_kwargs.k; older ViT-Prisma versions defaulted to 'relu'). State it: "
+            "cfg_overrides={'activation_fn_str': 'relu'} or {'activation_fn_str': 'topk', "
+            "'activation_fn_kwargs': {'k': K}} (e.g. load_saes(..., cfg_overrides=...))")
+    activation = cfg["activation_fn_str"]
     out: dict[str, Any] = {"d_in": d_in, "d_sae": d_sae, "dtype": "float32", "device": "cpu",
                            "apply_b_dec_to_input": True,
                            "normalize_activations": prisma_normalisation(cfg, where),
@@ -106,7 +120,20 @@ def sae_lens_config_from_prisma(cfg: dict[str, Any], *, where: str) -> dict[str,
     return out
 
 
-def _read_config(repo: str, *, force_download: bool) -> dict[str, Any]:
+def apply_stated_keys(cfg: dict[str, Any], stated: dict[str, Any], *, where: str
+                      ) -> dict[str, Any]:
+    """`cfg` with the keys the user `stated` filled in; a stated key the file contradicts is an
+    error (the file's own value is never silently replaced; null or `{}` says nothing)."""
+    out = dict(cfg)
+    for key, value in stated.items():
+        if cfg.get(key) not in (None, {}) and cfg[key] != value:
+            raise CorruptFileError(f"{where}: {key}={cfg[key]!r} in the file, but "
+                                   f"{value!r} was stated; remove the override")
+        out[key] = value
+    return out
+
+
+def _read_config(repo: str, *, force_download: bool, stated: dict[str, Any]) -> dict[str, Any]:
     folder = hub_snapshot(repo, [CONFIG_FILE], force_download=force_download)
     path = folder / CONFIG_FILE
     if not path.is_file():
@@ -117,6 +144,7 @@ def _read_config(repo: str, *, force_download: bool) -> dict[str, Any]:
         raise CorruptFileError(f"{path} is not valid JSON ({err})") from err
     if not isinstance(cfg, dict):
         raise CorruptFileError(f"{path} holds a {type(cfg).__name__}, expected an object")
+    cfg = apply_stated_keys(cfg, stated, where=str(path))
     return sae_lens_config_from_prisma(cfg, where=str(path))
 
 
@@ -127,9 +155,15 @@ def read_prisma_sae_config(
     force_download: bool = False,
     cfg_overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """SAELens config getter: reads the SAE repo's `config.json` (not the weights)."""
-    cfg = _read_config(prisma_repo(repo_id, folder_name), force_download=force_download)
+    """SAELens config getter: reads the SAE repo's `config.json` (not the weights).
+
+    `cfg_overrides` may state the ViT-Prisma keys in `STATABLE_KEYS` the file leaves out; the
+    other keys override the converted (SAELens) config.
+    """
     overrides = dict(cfg_overrides or {})
+    stated = {key: overrides.pop(key) for key in STATABLE_KEYS if key in overrides}
+    cfg = _read_config(prisma_repo(repo_id, folder_name), force_download=force_download,
+                       stated=stated)
     if "d_in" in overrides and int(overrides.pop("d_in")) != cfg["d_in"]:
         raise CorruptFileError(
             f"{prisma_repo(repo_id, folder_name)}: config d_in={cfg['d_in']} does not match the "

@@ -125,15 +125,42 @@ def local_release_directory(release: str) -> Path | None:
     return _LOCAL_RELEASES.get(release)
 
 
+def _converter(release: str, overrides: dict[str, Any]):
+    """The release's registered loader, with `overrides` added to its config overrides."""
+    from sae_lens.loading.pretrained_sae_loaders import get_conversion_loader_name
+
+    loader = NAMED_PRETRAINED_SAE_LOADERS[get_conversion_loader_name(release)]
+
+    def converter(repo_id, folder_name, device="cpu", force_download=False, cfg_overrides=None):
+        return loader(repo_id, folder_name, device=device, force_download=force_download,
+                      cfg_overrides={**(cfg_overrides or {}), **overrides})
+
+    return converter
+
+
 def load_saes(
-    release: str, *, sae_ids: list[str] | None = None, device: str = "cpu", model=None
+    release: str,
+    *,
+    sae_ids: list[str] | None = None,
+    device: str = "cpu",
+    model=None,
+    cfg_overrides: dict[str, Any] | None = None,
+    images: torch.Tensor | None = None,
 ) -> dict[str, SAE]:
     """All SAEs of a registered release as `{hook_name: SAE}`, through `SAE.from_pretrained`.
 
     Named releases are registered by `rrm_plugin.zoo.releases` (its `load_saes` registers them
     first). With `model`, a local release's recorded provenance is checked: SAEs trained on other
-    model weights raise `ProvenanceError`.
+    model weights raise `ProvenanceError`. `cfg_overrides` go to the release's loader for every SAE
+    (e.g. `{"normalize_activations": "none"}`; the RRM authors' loader takes `{"epoch": n}`, the
+    ViT-Prisma loader `{"activation_fn_str": ...}` where the config leaves it out). With `images`
+    (preprocessed model inputs; needs `model`), a cheap check runs a few of them through the model
+    and warns (`ExplainedVarianceWarning`) about SAEs that explain far less variance than their
+    release documents, which points at a wrong input normalisation.
     """
+    if images is not None and model is None:
+        raise ValueError("load_saes(images=...) checks the SAEs on the model's activations: "
+                         "pass model= too")
     directory = get_pretrained_saes_directory()
     if release not in directory:
         raise KeyError(
@@ -147,12 +174,17 @@ def load_saes(
         raise KeyError(
             f"unknown sae_id(s) {unknown} in release {release!r}; available: {available}"
         )
+    converter = _converter(release, dict(cfg_overrides)) if cfg_overrides else None
     saes = {}
     for sae_id in wanted:
-        sae = SAE.from_pretrained(release, sae_id, device=device)
+        sae = SAE.from_pretrained(release, sae_id, device=device, converter=converter)
         saes[sae.cfg.metadata.hook_name or sae_id] = sae.eval()
     if release in _LOCAL_RELEASES:
         check_release_provenance(_LOCAL_RELEASES[release], model=model, saes=saes,
                                  release=release)
+    if images is not None:
+        from rrm_plugin.saes.sanity import check_explained_variance
+
+        check_explained_variance(model, saes, images, release=release)
     return saes
 

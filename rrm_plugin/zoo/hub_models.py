@@ -39,7 +39,9 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 # The RRM authors feed timm's ViT and DINOv2 with Resize((224, 224)) and mean = std = 0.5.
 AUTHORS_PREPROCESSING = Preprocessing(size=(224, 224), crop=None, mean=(0.5,) * 3, std=(0.5,) * 3)
-# ... and CLIP with CLIPProcessor: shorter side 224 (bicubic), centre crop 224, CLIP mean/std.
+# ... and CLIP with CLIPProcessor (transformers' PIL image processor): shorter side 224 (PIL
+# bicubic), centre crop 224, CLIP mean/std. (transformers' newer default processor resizes with
+# torchvision instead, which differs from PIL by about 1.5e-2; the authors' is the PIL one.)
 CLIP_PREPROCESSING = Preprocessing(size=224, crop=224, mean=CLIP_MEAN, std=CLIP_STD,
                                    interpolation="bicubic")
 # open_clip's validation transform (and ViT-Prisma's for its CLIP SAEs): the same, but cropped

@@ -73,12 +73,15 @@ class HubLayer:
         path: Where it lives in the repo (what the loader is given as `folder_name`).
         d_sae: Number of latents.
         k: Latents kept per token (TopK), or None for a ReLU SAE.
+        explained_variance: The explained variance (a fraction) the release documents for this
+            SAE, or None where it documents none.
     """
 
     hook_name: str
     path: str
     d_sae: int
     k: int | None
+    explained_variance: float | None = None
 
 
 @dataclass(frozen=True)
@@ -93,6 +96,9 @@ class HubSAEReleaseSpec:
         layers: The SAEs, in layer order.
         d_in: Width of the hooked stream.
         source: One line on where the SAEs come from.
+        config_overrides: Added to every SAE's config (the loader's `cfg_overrides`).
+        explained_variance_source: Where the layers' documented explained variance comes from
+            ("" where none is documented).
     """
 
     release: str
@@ -103,6 +109,7 @@ class HubSAEReleaseSpec:
     d_in: int = 768
     source: str = ""
     config_overrides: dict = field(default_factory=dict)
+    explained_variance_source: str = ""
 
 
 # (k, expansion R) per block output 0..10, from the authors' `load_default_sae_configs`.
@@ -142,14 +149,25 @@ def prisma_topk_cls_repo(layer: int) -> str:
     return f"sae-top_k-64-cls_only-layer_{layer}-hook_resid_post"
 
 
+# The "% Explained var." column of ViT-Prisma's published SAE performance table (its repository's
+# docs/sae_table.md: "Vanilla SAEs (All Patches)" resid_post rows, "Top K SAEs (CLS only, k =
+# 64)" rows), layers 0..11, as fractions. The RRM authors document none per SAE.
+PRISMA_TABLE = "ViT-Prisma's SAE performance table (docs/sae_table.md, '% Explained var.')"
+PRISMA_VANILLA_EV = (.986, .983, .906, .981, .980, .981, .982, .982, .982, .982, .984, .984)
+PRISMA_TOPK_CLS_EV = (.90, .96, .96, .95, .94, .93, .92, .90, .87, .85, .86, .84)
+
+
 def prisma_release(release: str, *, repo: Callable[[int], str], k: int | None, what: str,
-                   repo_pattern: str) -> HubSAEReleaseSpec:
+                   repo_pattern: str, explained_variance: tuple[float, ...]
+                   ) -> HubSAEReleaseSpec:
     layers = tuple(HubLayer(hook_name=f"blocks.{layer}.hook_resid_post", path=repo(layer),
-                            d_sae=64 * 768, k=k) for layer in range(12))
+                            d_sae=64 * 768, k=k, explained_variance=explained_variance[layer])
+                   for layer in range(12))
     return HubSAEReleaseSpec(
         release=release, model_name="clip-vit-b32-datacomp", repo_id=PRISMA_ORG,
         loader=PRISMA_LOADER_NAME, layers=layers,
-        source=f"ViT-Prisma, {what} (hf: {PRISMA_ORG}/{repo_pattern})")
+        source=f"ViT-Prisma, {what} (hf: {PRISMA_ORG}/{repo_pattern})",
+        explained_variance_source=PRISMA_TABLE)
 
 
 HUB_SAE_RELEASES: dict[str, HubSAEReleaseSpec] = {
@@ -163,10 +181,12 @@ HUB_SAE_RELEASES: dict[str, HubSAEReleaseSpec] = {
         prisma_release("prisma-clip-b32-vanilla-x64", repo=prisma_vanilla_repo, k=None,
                        what="ReLU + L1, all tokens", repo_pattern=(
                            "sparse-autoencoder-clip-b-32-sae-vanilla-x64-layer-{l}-hook_resid_post"
-                           "-l1-1e-05 (layer 2: l1-5e-05)")),
+                           "-l1-1e-05 (layer 2: l1-5e-05)"),
+                       explained_variance=PRISMA_VANILLA_EV),
         prisma_release("prisma-clip-b32-topk64-cls", repo=prisma_topk_cls_repo, k=64,
                        what="TopK k=64, class token only",
-                       repo_pattern="sae-top_k-64-cls_only-layer_{l}-hook_resid_post"),
+                       repo_pattern="sae-top_k-64-cls_only-layer_{l}-hook_resid_post",
+                       explained_variance=PRISMA_TOPK_CLS_EV),
     )
 }
 
@@ -187,7 +207,10 @@ def register_hub_release(spec: HubSAEReleaseSpec) -> None:
         model=spec.model_name,
         conversion_func=spec.loader,
         saes_map={layer.hook_name: layer.path for layer in spec.layers},
-        expected_var_explained={},
+        # SAELens's own field for the explained variance a release documents (read by
+        # rrm_plugin.saes.sanity).
+        expected_var_explained={layer.hook_name: layer.explained_variance for layer in spec.layers
+                                if layer.explained_variance is not None},
         expected_l0={},
         neuronpedia_id={},
         norm_scaling_factor={},
@@ -212,13 +235,21 @@ def register_releases() -> list[str]:
 
 
 def load_saes(
-    release: str, *, sae_ids: list[str] | None = None, device: str = "cpu", model=None
+    release: str,
+    *,
+    sae_ids: list[str] | None = None,
+    device: str = "cpu",
+    model=None,
+    cfg_overrides: dict | None = None,
+    images=None,
 ) -> dict:
     """All SAEs of a release as `{hook_name: SAE}`: a named one (shipped or on the hub, registered
     here first) or one registered from a folder (`register_sae_release`). With `model`, a local
-    release's recorded provenance is checked (`ProvenanceError` on other model weights)."""
+    release's recorded provenance is checked (`ProvenanceError` on other model weights);
+    `cfg_overrides` and `images` as in `rrm_plugin.saes.registry.load_saes`."""
     register_releases()
-    return load_registered_saes(release, sae_ids=sae_ids, device=device, model=model)
+    return load_registered_saes(release, sae_ids=sae_ids, device=device, model=model,
+                                cfg_overrides=cfg_overrides, images=images)
 
 
 def register_embedded_releases() -> list[str]:

@@ -22,6 +22,43 @@ def test_eval_saes_prints_and_writes_json(tmp_path, capsys):
     assert 0 < results["all"]["top1_accuracy"] <= 1
 
 
+def test_eval_saes_warns_when_far_below_the_documented_explained_variance(
+        tmp_path, capsys, monkeypatch):
+    from rrm_plugin.saes import sanity
+    from tests.saes.test_sanity import HOOK, complement_sae, offset_model
+
+    # The hand-built case of tests/saes/test_sanity.py: exact under layer norm, about -0.04
+    # explained variance without it; the release is said to document 0.95.
+    save_model(offset_model(build_hooked_vit(tiny_vit_config(), seed=0).eval()),
+               tmp_path / "model")
+    from PIL import Image
+
+    (tmp_path / "images").mkdir()
+    g = torch.Generator().manual_seed(0)
+    for i in range(6):
+        pixels = torch.randint(0, 256, (8, 8, 3), generator=g, dtype=torch.uint8)
+        Image.fromarray(pixels.numpy()).save(tmp_path / "images" / f"{i}.png")
+    documented = {}
+    monkeypatch.setattr(sanity, "documented_explained_variance", lambda release: documented)
+    argv = ["eval-saes", "--model", str(tmp_path / "model"), "--images",
+            str(tmp_path / "images"), "--out", str(tmp_path / "eval.json")]
+    for normalisation in ("layer_norm", "none"):
+        complement_sae(16, normalisation=normalisation).save_model(tmp_path / normalisation / HOOK)
+    assert main([*argv, "--release", str(tmp_path / "none")]) == 0
+    assert "documents no explained variance: normalisation check skipped" in (
+        capsys.readouterr().err)
+    documented[HOOK] = 0.95
+    assert main([*argv, "--release", str(tmp_path / "layer_norm")]) == 0
+    assert "warning" not in capsys.readouterr().err
+    assert main([*argv, "--release", str(tmp_path / "none")]) == 0
+    ev = json.loads((tmp_path / "eval.json").read_text())["metrics"][HOOK]["explained_variance"]
+    err = capsys.readouterr().err
+    assert ev < 0.1 and err.count("warning: ") == 1
+    assert (f"warning: SAE {tmp_path / 'none'}/{HOOK}: explained variance {ev:.3f} on these "
+            "images, but its release documents 0.950") in err
+    assert "likely cause is input normalisation" in err
+
+
 def test_train_saes_for_own_model_then_load_by_name(tmp_path):
     model = build_hooked_vit(tiny_vit_config(), seed=0).eval()
     save_model(model, tmp_path / "model")

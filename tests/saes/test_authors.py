@@ -23,7 +23,7 @@ from rrm_plugin.saes.authors import (
 )
 from rrm_plugin.saes.hub import CheckpointNotFoundError
 from rrm_plugin.zoo.releases import AUTHORS_SIZES, HUB_SAE_RELEASES
-from tests.hubcache import add_file, record_hub_snapshots, torch_bytes
+from tests.hubcache import COMMIT, add_file, record_hub_snapshots, torch_bytes
 
 REPO = "timespt/topksae-vit-base-patch16-224"
 rrm_plugin.register_releases()  # SAE.from_pretrained below finds the releases by name
@@ -84,7 +84,7 @@ def test_release_layer_reproduces_authors_forward(offline_hub, layer, caplog):
     torch.testing.assert_close(x_hat_fwd, x_hat_ref, atol=1e-5 * x.abs().max().item(), rtol=1e-5)
 
 
-def test_checkpoint_under_a_model_folder_and_latest_epoch(offline_hub):
+def test_checkpoint_under_a_model_folder_and_epoch50_not_another(offline_hub):
     k, r = AUTHORS_SIZES["clip_vit"][2]
     folder = authors_folder(k=k, expansion=r, layer=2)
     old, new = authors_state(768, int(768 * r), 0), authors_state(768, int(768 * r), 1)
@@ -221,16 +221,86 @@ def test_wrapped_state_that_is_not_a_dict_is_named(offline_hub):
         load_authors_sae(REPO, "K4_R0.25/L0")
 
 
-@pytest.mark.parametrize(("epochs", "latest"), [
-    (["epoch8", "epoch9", "epoch"], "epoch9"),  # numerically latest, not the first in name order
-    (["epoch", "epoch0"], "epoch0"),  # a file without an epoch number ranks below epoch 0
-])
-def test_latest_numbered_epoch_is_loaded(offline_hub, epochs, latest):
-    states = {name: authors_state(768, 192, seed=i) for i, name in enumerate(epochs)}
-    for name, state in states.items():
-        add_file(offline_hub, REPO, f"K4_R0.25/L0/{name}.pth", checkpoint_bytes(state))
+def add_epochs(cache, epochs, folder="K4_R0.25/L0") -> dict[int, dict]:
+    states = {epoch: authors_state(768, 192, seed=epoch) for epoch in epochs}
+    for epoch, state in states.items():
+        add_file(cache, REPO, f"{folder}/epoch{epoch}.pth", checkpoint_bytes(state, epoch))
+    return states
+
+
+def test_epoch50_is_loaded_even_when_later_epochs_exist(offline_hub):
+    # The authors' code loads epoch50.pth; a later (or earlier) checkpoint is never preferred.
+    states = add_epochs(offline_hub, [9, 50, 60, 100])
     _, weights, _ = load_authors_sae(REPO, "K4_R0.25/L0")
-    torch.testing.assert_close(weights["W_dec"], states[latest]["W_dec"], rtol=0, atol=0)
+    torch.testing.assert_close(weights["W_dec"], states[50]["W_dec"], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("epoch", [9, 100])
+def test_an_explicit_epoch_reads_that_file(offline_hub, epoch):
+    states = add_epochs(offline_hub, [9, 50, 100])
+    cfg, weights, _ = load_authors_sae(REPO, "K4_R0.25/L0", cfg_overrides={"epoch": epoch})
+    torch.testing.assert_close(weights["W_dec"], states[epoch]["W_dec"], rtol=0, atol=0)
+    assert "epoch" not in cfg  # chooses the file; not a SAELens config key
+    assert "epoch" not in read_authors_sae_config(REPO, "K4_R0.25/L0", cfg_overrides={
+        "epoch": epoch})
+
+
+def test_load_saes_passes_the_epoch_to_the_loader(offline_hub):
+    states = add_epochs(offline_hub, [9, 50])
+    default = rrm_plugin.load_saes("rrm-vit-b16-imagenet", sae_ids=["blocks.0.hook_resid_post"])
+    chosen = rrm_plugin.load_saes("rrm-vit-b16-imagenet", sae_ids=["blocks.0.hook_resid_post"],
+                                  cfg_overrides={"epoch": 9})
+    hook = "blocks.0.hook_resid_post"
+    torch.testing.assert_close(default[hook].W_dec.detach(), states[50]["W_dec"], rtol=0, atol=0)
+    torch.testing.assert_close(chosen[hook].W_dec.detach(), states[9]["W_dec"], rtol=0, atol=0)
+
+
+def test_missing_epoch50_lists_the_epochs_found_and_how_to_pick_one(offline_hub):
+    add_epochs(offline_hub, [8, 9, 10])
+    add_file(offline_hub, REPO, "K4_R0.25/L1/epoch50.pth", b"another layer's")
+    with pytest.raises(CheckpointNotFoundError) as err:
+        load_authors_sae(REPO, "K4_R0.25/L0")
+    message = str(err.value)
+    assert "has no epoch50.pth for K4_R0.25/L0" in message
+    assert "epochs found for K4_R0.25/L0: [8, 9, 10]" in message  # numeric order, this layer's
+    assert "cfg_overrides={'epoch': n}" in message and "{'epoch': 10}" in message
+    with pytest.raises(CheckpointNotFoundError, match=r"no epoch7\.pth .*\[8, 9, 10\]"):
+        load_authors_sae(REPO, "K4_R0.25/L0", cfg_overrides={"epoch": 7})
+
+
+def test_missing_layer_without_any_epoch_says_so(offline_hub):
+    add_epochs(offline_hub, [50])
+    with pytest.raises(CheckpointNotFoundError, match=r"no epoch\*\.pth at all for K4_R0.25/L1$"):
+        load_authors_sae(REPO, "K4_R0.25/L1")
+
+
+def test_epochs_are_listed_from_the_hub_when_online(offline_hub, monkeypatch):
+    from huggingface_hub import constants
+
+    from rrm_plugin.saes import authors
+
+    add_epochs(offline_hub, [8])
+    listed = ["K4_R0.25/L0/epoch20.pth", "vit/K4_R0.25/L0/epoch30.pth", "K4_R0.25/L0/notes.txt",
+              "K4_R0.25/L10/epoch40.pth", "K4_R0.25/L0/epoch5.pth.bak"]
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr("huggingface_hub.list_repo_files", lambda repo: listed)
+    monkeypatch.setattr(authors, "hub_snapshot", lambda repo, patterns, force_download: (
+        offline_hub / "models--timespt--topksae-vit-base-patch16-224" / "snapshots" / COMMIT))
+    with pytest.raises(CheckpointNotFoundError, match=r"epochs found for K4_R0.25/L0: \[20, 30\]"):
+        load_authors_sae(REPO, "K4_R0.25/L0")
+
+
+@pytest.mark.parametrize("epoch", [-1, "50", 5.0, True])
+def test_bad_epochs_are_refused_before_any_download(offline_hub, epoch):
+    with pytest.raises(ValueError, match="epoch must be a non-negative integer"):
+        load_authors_sae(REPO, "K4_R0.25/L0", cfg_overrides={"epoch": epoch})
+
+
+def test_the_same_epoch_in_two_places_is_refused(offline_hub):
+    add_epochs(offline_hub, [50])
+    add_epochs(offline_hub, [50], folder="vit/K4_R0.25/L0")
+    with pytest.raises(CheckpointNotFoundError, match=r"holds 2 checkpoints .*expected exactly"):
+        load_authors_sae(REPO, "K4_R0.25/L0")
 
 
 def test_loader_asks_the_hub_for_the_layers_checkpoints_only(offline_hub, monkeypatch):
@@ -239,7 +309,7 @@ def test_loader_asks_the_hub_for_the_layers_checkpoints_only(offline_hub, monkey
     add_file(offline_hub, REPO, "K4_R0.25/L0/epoch50.pth", checkpoint_bytes(authors_state(
         768, 192, 0)))
     calls = record_hub_snapshots(monkeypatch, authors)
-    patterns = ["K4_R0.25/L0/epoch*.pth", "*/K4_R0.25/L0/epoch*.pth"]
+    patterns = ["K4_R0.25/L0/epoch50.pth", "*/K4_R0.25/L0/epoch50.pth"]
     cfg, _, _ = load_authors_sae(REPO, "K4_R0.25/L0")
     assert calls == [(REPO, patterns, False)] and cfg["model_name"] == REPO
     cfg, _, _ = load_authors_sae(REPO, "K4_R0.25/L0", device="meta", force_download=True)

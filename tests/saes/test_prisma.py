@@ -214,15 +214,91 @@ def test_config_conversion_known_answers():
 
 
 def test_config_defaults_and_patch_positions():
-    # Without `architecture` and `activation_fn_str`, ViT-Prisma's defaults: a standard ReLU SAE.
+    # Without `architecture`, ViT-Prisma's default: a standard SAE.
     cfg = prisma_sae_config(layer=1, d_in=8, expansion=2, use_patches_only=True,
                             layer_subtype="hook_mlp_out")
-    del cfg["architecture"], cfg["activation_fn_str"]
+    del cfg["architecture"]
     out = sae_lens_config_from_prisma(cfg, where="x")
     assert out["architecture"] == "standard" and "k" not in out
     assert out["hook_name"] == "blocks.1.hook_mlp_out"
     assert out["seqpos_slice"] == (1, None)  # the patches: every token but the class token
     assert prisma_seqpos_slice({"use_patches_only": False}, "x") == (None,)
+
+
+UNSTATED = (r"config\.json: the config has no activation_fn_str, so it does not say whether this "
+            r"is a ReLU or a TopK SAE \(ViT-Prisma's default is 'topk', which then needs "
+            r"activation_fn_kwargs\.k; older ViT-Prisma versions defaulted to 'relu'\)\. State "
+            r"it: cfg_overrides=\{'activation_fn_str': 'relu'\}")
+
+
+def unstated_vanilla(cache, layer=0, **extra):
+    cfg = prisma_sae_config(layer=layer, **extra)
+    del cfg["activation_fn_str"]
+    state = prisma_sae_state(768, 1536, seed=layer)
+    add_prisma_sae(cache, prisma_vanilla_repo(layer), cfg, state)
+    return state
+
+
+def test_a_config_without_activation_fn_str_is_refused(offline_hub):
+    with pytest.raises(CorruptFileError, match=UNSTATED):
+        sae_lens_config_from_prisma({"d_in": 8, "expansion_factor": 2, "hook_point_layer": 0},
+                                    where="x/config.json")
+    unstated_vanilla(offline_hub)
+    with pytest.raises(CorruptFileError, match=UNSTATED):
+        SAE.from_pretrained(VANILLA, "blocks.0.hook_resid_post")
+    with pytest.raises(CorruptFileError, match=UNSTATED):
+        read_prisma_sae_config("Prisma-Multimodal", prisma_vanilla_repo(0))
+
+
+def test_a_stated_activation_loads_that_forward(offline_hub):
+    state = unstated_vanilla(offline_hub)
+    hook = "blocks.0.hook_resid_post"
+    relu = rrm_plugin.load_saes(VANILLA, sae_ids=[hook],
+                                cfg_overrides={"activation_fn_str": "relu"})[hook]
+    topk = rrm_plugin.load_saes(VANILLA, sae_ids=[hook], cfg_overrides={
+        "activation_fn_str": "topk", "activation_fn_kwargs": {"k": 8}})[hook]
+    assert isinstance(relu, StandardSAE) and isinstance(topk, TopKSAE) and topk.cfg.k == 8
+    x = stream()
+    for sae, k in ((relu, None), (topk, 8)):
+        _, out_ref = prisma_forward(x, state, k=k)  # the file's normalisation (null: none)
+        with torch.no_grad():
+            torch.testing.assert_close(sae(x), out_ref, atol=1e-5, rtol=1e-5)
+    with pytest.raises(CorruptFileError, match=r"TopK SAE needs activation_fn_kwargs.k"):
+        load_prisma_sae("Prisma-Multimodal", prisma_vanilla_repo(0),
+                        cfg_overrides={"activation_fn_str": "topk"})
+
+
+def test_a_statement_the_file_contradicts_is_refused(offline_hub):
+    add_prisma_sae(offline_hub, prisma_vanilla_repo(0), prisma_sae_config(layer=0),
+                   prisma_sae_state(768, 1536, seed=0))
+    with pytest.raises(CorruptFileError, match=r"config\.json: activation_fn_str='relu' in the "
+                                               r"file, but 'topk' was stated; remove the override"):
+        load_prisma_sae("Prisma-Multimodal", prisma_vanilla_repo(0), cfg_overrides={
+            "activation_fn_str": "topk", "activation_fn_kwargs": {"k": 8}})
+    add_prisma_sae(offline_hub, prisma_topk_cls_repo(0),
+                   prisma_sae_config(layer=0, topk=64, cls_only=True),
+                   prisma_sae_state(768, 1536, seed=0))
+    with pytest.raises(CorruptFileError, match=r"activation_fn_kwargs=\{'k': 64\} in the file, but "
+                                               r"\{'k': 8\} was stated"):
+        load_prisma_sae("Prisma-Multimodal", prisma_topk_cls_repo(0),
+                        cfg_overrides={"activation_fn_kwargs": {"k": 8}})
+    # Stating what the file says is harmless.
+    cfg, _, _ = load_prisma_sae("Prisma-Multimodal", prisma_vanilla_repo(0),
+                                cfg_overrides={"activation_fn_str": "relu"})
+    assert cfg["architecture"] == "standard" and "activation_fn_str" not in cfg
+
+
+def test_normalisation_can_be_switched_by_override(offline_hub):
+    state = prisma_sae_state(768, 1536, seed=0)
+    add_prisma_sae(offline_hub, prisma_vanilla_repo(0), prisma_sae_config(layer=0), state)
+    hook = "blocks.0.hook_resid_post"
+    sae = rrm_plugin.load_saes(VANILLA, sae_ids=[hook],
+                               cfg_overrides={"normalize_activations": "layer_norm"})[hook]
+    assert sae.cfg.normalize_activations == "layer_norm"
+    x = stream()
+    with torch.no_grad():
+        torch.testing.assert_close(sae(x), prisma_forward(x, state, layer_norm=True)[1],
+                                   atol=1e-5 * x.abs().max().item(), rtol=1e-5)
 
 
 def test_prisma_repo_is_the_org_and_name_unless_a_full_repo_is_given():
