@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
 
 def normalisation_warnings(ws, results: dict) -> list[str]:
     """SAEs explaining far less variance than their release documents (a wrong normalisation)."""
-    from rrm_plugin.saes.sanity import release_warnings
+    from rrm_plugin.metrics.sae_sanity import release_warnings
 
     measured = {hook: row["explained_variance"] for hook, row in results.items()
                 if hook in ws.saes and "explained_variance" in row}

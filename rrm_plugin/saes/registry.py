@@ -145,7 +145,6 @@ def load_saes(
     device: str = "cpu",
     model=None,
     cfg_overrides: dict[str, Any] | None = None,
-    images: torch.Tensor | None = None,
 ) -> dict[str, SAE]:
     """All SAEs of a registered release as `{hook_name: SAE}`, through `SAE.from_pretrained`.
 
@@ -153,14 +152,8 @@ def load_saes(
     first). With `model`, a local release's recorded provenance is checked: SAEs trained on other
     model weights raise `ProvenanceError`. `cfg_overrides` go to the release's loader for every SAE
     (e.g. `{"normalize_activations": "none"}`; the RRM authors' loader takes `{"epoch": n}`, the
-    ViT-Prisma loader `{"activation_fn_str": ...}` where the config leaves it out). With `images`
-    (preprocessed model inputs; needs `model`), a cheap check runs a few of them through the model
-    and warns (`ExplainedVarianceWarning`) about SAEs that explain far less variance than their
-    release documents, which points at a wrong input normalisation.
+    ViT-Prisma loader `{"activation_fn_str": ...}` where the config leaves it out).
     """
-    if images is not None and model is None:
-        raise ValueError("load_saes(images=...) checks the SAEs on the model's activations: "
-                         "pass model= too")
     directory = get_pretrained_saes_directory()
     if release not in directory:
         raise KeyError(
@@ -182,9 +175,5 @@ def load_saes(
     if release in _LOCAL_RELEASES:
         check_release_provenance(_LOCAL_RELEASES[release], model=model, saes=saes,
                                  release=release)
-    if images is not None:
-        from rrm_plugin.saes.sanity import check_explained_variance
-
-        check_explained_variance(model, saes, images, release=release)
     return saes
 

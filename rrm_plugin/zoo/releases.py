@@ -19,6 +19,7 @@ from sae_lens.loading.pretrained_saes_directory import (
 )
 
 from rrm_plugin.io import SHIPPED_DIR as WEIGHTS_DIR
+from rrm_plugin.metrics.sae_sanity import check_explained_variance
 from rrm_plugin.saes.authors import (
     AUTHORS_LOADER_NAME,
     authors_folder,
@@ -208,7 +209,7 @@ def register_hub_release(spec: HubSAEReleaseSpec) -> None:
         conversion_func=spec.loader,
         saes_map={layer.hook_name: layer.path for layer in spec.layers},
         # SAELens's own field for the explained variance a release documents (read by
-        # rrm_plugin.saes.sanity).
+        # rrm_plugin.metrics.sae_sanity).
         expected_var_explained={layer.hook_name: layer.explained_variance for layer in spec.layers
                                 if layer.explained_variance is not None},
         expected_l0={},
@@ -246,10 +247,19 @@ def load_saes(
     """All SAEs of a release as `{hook_name: SAE}`: a named one (shipped or on the hub, registered
     here first) or one registered from a folder (`register_sae_release`). With `model`, a local
     release's recorded provenance is checked (`ProvenanceError` on other model weights);
-    `cfg_overrides` and `images` as in `rrm_plugin.saes.registry.load_saes`."""
+    `cfg_overrides` as in `rrm_plugin.saes.registry.load_saes`. With `images` (preprocessed model
+    inputs; needs `model`), a cheap check runs a few of them through the model and warns
+    (`ExplainedVarianceWarning`) about SAEs that explain far less variance than their release
+    documents, which points at a wrong input normalisation."""
+    if images is not None and model is None:
+        raise ValueError("load_saes(images=...) checks the SAEs on the model's activations: "
+                         "pass model= too")
     register_releases()
-    return load_registered_saes(release, sae_ids=sae_ids, device=device, model=model,
-                                cfg_overrides=cfg_overrides, images=images)
+    saes = load_registered_saes(release, sae_ids=sae_ids, device=device, model=model,
+                                cfg_overrides=cfg_overrides)
+    if images is not None:
+        check_explained_variance(model, saes, images, release=release)
+    return saes
 
 
 def register_embedded_releases() -> list[str]:

@@ -24,10 +24,10 @@ def test_eval_saes_prints_and_writes_json(tmp_path, capsys):
 
 def test_eval_saes_warns_when_far_below_the_documented_explained_variance(
         tmp_path, capsys, monkeypatch):
-    from rrm_plugin.saes import sanity
-    from tests.saes.test_sanity import HOOK, complement_sae, offset_model
+    from rrm_plugin.metrics import sae_sanity as sanity
+    from tests.metrics.test_sae_sanity import HOOK, complement_sae, offset_model
 
-    # The hand-built case of tests/saes/test_sanity.py: exact under layer norm, about -0.04
+    # The hand-built case of tests.metrics.test_sae_sanity.py: exact under layer norm, about -0.04
     # explained variance without it; the release is said to document 0.95.
     save_model(offset_model(build_hooked_vit(tiny_vit_config(), seed=0).eval()),
                tmp_path / "model")

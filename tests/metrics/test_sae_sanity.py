@@ -21,7 +21,7 @@ from sae_lens.loading.pretrained_saes_directory import (
 from sae_lens.saes.sae import SAEMetadata
 
 import rrm_plugin
-from rrm_plugin.saes.sanity import (
+from rrm_plugin.metrics.sae_sanity import (
     EV_WARNING_RATIO,
     ExplainedVarianceWarning,
     check_explained_variance,
@@ -163,9 +163,9 @@ def test_a_release_without_documented_values_says_so_and_skips(tiny_vit, tiny_im
 
 
 def test_prisma_releases_record_their_documented_values():
-    from rrm_plugin.zoo.releases import ensure_registered
+    from rrm_plugin.zoo.releases import register_releases
 
-    ensure_registered()
+    register_releases()
     for release, values in (("prisma-clip-b32-vanilla-x64", PRISMA_VANILLA_EV),
                             ("prisma-clip-b32-topk64-cls", PRISMA_TOPK_CLS_EV)):
         documented = documented_explained_variance(release)

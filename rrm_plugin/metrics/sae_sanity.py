@@ -26,7 +26,7 @@ from sae_lens import SAE
 from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
 from torch import Tensor, nn
 
-from rrm_plugin.saes.evaluation import ReconstructionStats
+from rrm_plugin.metrics.sae_evaluation import ReconstructionStats
 from rrm_plugin.saes.positions import sae_positions
 
 logger = logging.getLogger(__name__)
