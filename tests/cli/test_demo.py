@@ -9,7 +9,8 @@ from rrm_plugin.cli.main import main
 def test_demo_runs_the_whole_method_on_the_embedded_default(tmp_path):
     assert main(["demo", "--out", str(tmp_path)]) == 0
     sae_eval = json.loads((tmp_path / "sae_eval.json").read_text())
-    # The pure replacement model keeps most of the clean accuracy (README: 89.97% vs 98.33%).
+    # The pure replacement model keeps most of the clean accuracy (docs/models.md: 89.97% vs
+    # 98.33%).
     assert sae_eval["clean"]["top1_accuracy"] >= 0.95
     assert 0.85 <= sae_eval["all"]["top1_accuracy"] < sae_eval["clean"]["top1_accuracy"]
     circuits = json.loads((tmp_path / "circuits" / "circuits.json").read_text())
@@ -27,6 +28,6 @@ def test_demo_runs_the_whole_method_on_the_embedded_default(tmp_path):
     lens = json.loads((tmp_path / "lens" / "lens.json").read_text())
     assert lens["n_images"] == 359
     rate = lens["identifiability"]["identifiability_rate"]
-    # Class identity builds up with depth (README: 10.1, 15.4, 26.2, 61.5%).
+    # Class identity builds up with depth (docs/lens.md: 10.1, 15.4, 26.2, 61.5%).
     assert rate == sorted(rate) and rate[-1] > 50
     assert (tmp_path / "predictions.png").stat().st_size > 0
