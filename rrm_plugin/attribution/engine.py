@@ -285,7 +285,7 @@ def feature_edges_batch(
     columns[tgt_all] = torch.arange(n_tgt, device=device)
     acts = _stack(xs, "tgt_acts")  # [img, pos, d_tgt]
     active = (acts > 0) & (columns >= 0)  # the target pairs
-    out = torch.zeros(n_img * n_tgt, n_src + 1, device=device)
+    out = torch.zeros(n_img * n_tgt, n_src + 1, device=device, dtype=x0.W_dec.dtype)
     width = int(active.sum(-1).max()) if active.numel() else 0
     if width > 0:
         _feature_chunks(w, xs, active, columns, src_all, tgt_all, width, out, config)

@@ -126,7 +126,7 @@ def _token_edges(
     col_all = columns[t_all * d_tgt + o_all]
     keep = col_all >= 0
     pairs = _Targets(t_all[keep], o_all[keep], col_all[keep])
-    store = _TokenEdgeStore(n_src, n_tgt, config.token_top_k, device)
+    store = _TokenEdgeStore(n_src, n_tgt, config.token_top_k, device, x.W_dec.dtype)
     if len(pairs.token) == 0:
         return store.result()
     latents, latent_idx = torch.unique(pairs.latent, return_inverse=True)
@@ -163,7 +163,7 @@ def _token_edges(
         o = pairs.latent[start:stop]
         v, q = _pair_vectors(w, x, t, o, dirs, latent_idx[start:stop])
         q_flat = q.flatten(1)
-        rows = torch.empty(len(t), n_src, device=device)
+        rows = torch.empty(len(t), n_src, device=device, dtype=q_flat.dtype)
         for s0 in range(0, n_src, src_step):
             block = slice(s0, s0 + src_step)
             weight = (x.block.pattern[:, t[0], ts[block]] * coeff[block]).T  # [s, head]
@@ -180,14 +180,15 @@ class _TokenEdgeStore:
     """Token-edge columns as they are computed: a dense `[n_tgt, n_src + 1]` buffer, or (top-k)
     each column's k strongest source rows plus its error row, kept in fixed-width buffers."""
 
-    def __init__(self, n_src: int, n_tgt: int, top_k: int | None, device: torch.device) -> None:
+    def __init__(self, n_src: int, n_tgt: int, top_k: int | None, device: torch.device,
+                 dtype: torch.dtype) -> None:
         self.n_src, self.n_tgt, self.top_k = n_src, n_tgt, top_k
         if top_k is None:
-            self.dense = torch.zeros(n_tgt, n_src + 1, device=device)
+            self.dense = torch.zeros(n_tgt, n_src + 1, device=device, dtype=dtype)
         else:
             self.k = min(top_k, n_src)
             self.rows = torch.zeros(n_tgt, self.k + 1, dtype=torch.long, device=device)
-            self.values = torch.zeros(n_tgt, self.k + 1, device=device)
+            self.values = torch.zeros(n_tgt, self.k + 1, device=device, dtype=dtype)
 
     def add(self, col: Tensor, rows: Tensor, err: Tensor) -> None:
         if self.top_k is None:

@@ -52,8 +52,11 @@ def baseline_tensors(baselines) -> list[Any]:
 
 @contextmanager
 def dataset_run(args: argparse.Namespace, ws, ctx, *, command: str, out: Path, images,
-                progress: bool = True) -> Iterator[Any]:
-    """Shard, store and gather every batched pass inside the block; clean up after success."""
+                labels=None, progress: bool = True) -> Iterator[Any]:
+    """Shard, store and gather every batched pass inside the block; clean up after success.
+
+    The run's key covers the options, the weights, the images and their `labels` (folder
+    names can change the labels of the same image files)."""
     import torch
 
     from rrm_plugin.provenance import model_fingerprint, sae_fingerprint
@@ -67,7 +70,8 @@ def dataset_run(args: argparse.Namespace, ws, ctx, *, command: str, out: Path, i
                         model_weights=model_fingerprint(ws.model),
                         saes={h: sae_fingerprint(s) for h, s in ws.saes.items()})
         store = ChunkStore(chunk_folder(args, out))
-        run = ShardedRun(ctx=ctx, key=run_key(settings, [images]), store=store,
+        tensors = [images] if labels is None else [images, labels]
+        run = ShardedRun(ctx=ctx, key=run_key(settings, tensors), store=store,
                          progress=progress)
         with sharded(run):
             yield run

@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     ws = load_workspace(args)
     loaded = load_image_args(args.images, ws)
     with dataset_run(args, ws, ctx, command="eval-saes", out=args.out,
-                     images=loaded.images) as run:
+                     images=loaded.images, labels=loaded.labels) as run:
         results = evaluate_saes(ws.model, ws.saes, loaded.images, loaded.labels,
                                 batch_size=args.batch_size, progress=ctx.is_main)
         report = chunk_report(run)

@@ -104,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--skip-early-layers {args.skip_early_layers} leaves no SAE layer to "
                          f"mask ({len(ws.saes)} in {ws.release})")
     with dataset_run(args, ws, ctx, command="faithfulness", out=args.out,
-                     images=loaded.images) as run:
+                     images=loaded.images, labels=loaded.labels) as run:
         labels = loaded.labels
         if labels is None:
             # Unlabelled images: explain the predicted class (every image counts as "correct").

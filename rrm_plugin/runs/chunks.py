@@ -29,11 +29,12 @@ SUFFIX = ".safetensors"
 
 
 def run_key(settings: Mapping[str, Any], tensors: Iterable[Tensor] = ()) -> str:
-    """16 hex digits of sha256 over `settings` (JSON, sorted keys) and the bytes of `tensors`."""
+    """16 hex digits of sha256 over `settings` (JSON, sorted keys) and the dtype, shape and
+    bytes of each of `tensors`."""
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
     for tensor in tensors:
         t = tensor.detach().cpu().contiguous().reshape(-1)
-        digest.update(f"{t.dtype}|{t.numel()}|".encode())
+        digest.update(f"{t.dtype}|{tuple(tensor.shape)}|".encode())
         digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return digest.hexdigest()[:16]
 
