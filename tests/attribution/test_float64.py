@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from rrm_plugin.attribution.baselines import compute_baselines
+from rrm_plugin.attribution.build import attribute
 from rrm_plugin.attribution.engine import EngineConfig
-from rrm_plugin.attribution.graph import attribute
 from rrm_plugin.zoo.models import to_device
 from tests.attribution.conftest import random_saes, sharp_vit
 

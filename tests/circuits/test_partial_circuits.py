@@ -13,10 +13,10 @@ import json
 import pytest
 import torch
 
-from rrm_plugin.attribution.graph import attribute
+from rrm_plugin.attribution.build import attribute
 from rrm_plugin.circuits.circuit import Circuit, run_circuits
-from rrm_plugin.circuits.pruning import prune_by_influence
-from rrm_plugin.circuits.trace import TraceConfig, trace_image
+from rrm_plugin.circuits.influence import prune_by_influence
+from rrm_plugin.workflows.trace import TraceConfig, trace_image
 from tests.circuits.partial_oracle import HOOKS, oracle_logits, partial_setup
 
 ATOL = 1e-9  # float64 on both paths

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import rrm_plugin.metrics.faithfulness as faithfulness
-from rrm_plugin.circuits.pruning import prune_by_influence
+from rrm_plugin.circuits.influence import prune_by_influence
 from rrm_plugin.metrics.faithfulness import (
     FaithfulnessConfig,
     evaluate_faithfulness,
