@@ -1,6 +1,8 @@
 """Image files and folders as model inputs, preprocessed as the model expects.
 
-Files are decoded with PIL (PNG, JPEG, ...) and converted to RGB. A folder of images gives no
+Files are decoded with PIL (PNG, JPEG, ...) into RGB in [0, 1] by `image_files.read_image`
+(16-bit and palette images at their real range, transparency composited over the
+preprocessing's background, oversized files refused from their header). A folder of images gives no
 labels; a folder of class folders (torchvision's ImageFolder layout) gives labels: the folder name
 itself when every name is an integer, else the index of the name in sorted order (as ImageFolder;
 for ImageNet synset folders that is the standard class index).
@@ -16,7 +18,12 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from rrm_plugin.data.image_files import BLACK, MAX_IMAGE_PIXELS, ImageFileError, read_image
 from rrm_plugin.zoo.hub_models import Preprocessing
+
+__all__ = ["BLACK", "MAX_IMAGE_PIXELS", "IMAGE_SUFFIXES", "ImageFileError", "ImageSet",
+           "collect_image_files", "identity_preprocessing", "load_images", "preprocess",
+           "read_image"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
@@ -27,32 +34,13 @@ class ImageSet(NamedTuple):
     files: list[str]
 
 
-class ImageFileError(ValueError):
-    """An image path that is missing, unreadable or not an image."""
-
-
 def identity_preprocessing(image_size: int) -> Preprocessing:
-    """Images of exactly the model's size, pixels kept in [0, 1] (the embedded digits models)."""
+    """Images of exactly the model's size, pixels kept in [0, 1] (the embedded digits models).
+
+    Transparency is composited over black: the digits are drawn on a dark canvas.
+    """
     return Preprocessing(size=(image_size, image_size), crop=None, mean=(0.0,) * 3, std=(1.0,) * 3,
-                         exact_size=True)
-
-
-def read_image(path: Path) -> Float[Tensor, "3 h w"]:
-    """An image file as RGB floats in [0, 1]."""
-    from PIL import Image, UnidentifiedImageError
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no image file {path}")
-    try:
-        with Image.open(path) as handle:
-            rgb = handle.convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError) as err:
-        raise ImageFileError(f"{path} is not a readable image file ({err})") from err
-    import numpy as np
-
-    array = torch.from_numpy(np.asarray(rgb, dtype=np.uint8).copy())
-    return array.permute(2, 0, 1).float() / 255.0
+                         exact_size=True, background=BLACK)
 
 
 def preprocess(image: Float[Tensor, "3 h w"], preprocessing: Preprocessing
@@ -84,12 +72,9 @@ def preprocess(image: Float[Tensor, "3 h w"], preprocessing: Preprocessing
 
 
 def _read_sized(path: Path, preprocessing: Preprocessing) -> Float[Tensor, "3 h w"]:
-    image = read_image(path)
-    if preprocessing.exact_size and tuple(image.shape[1:]) != tuple(preprocessing.size):
-        h, w = image.shape[1:]
-        raise ImageFileError(f"{path} is {h}x{w} pixels, model expects "
-                             f"{preprocessing.size[0]}x{preprocessing.size[1]}")
-    return image
+    # An exact-size model refuses other sizes from the header, before decoding.
+    size = tuple(preprocessing.size) if preprocessing.exact_size else None
+    return read_image(path, background=preprocessing.background, size=size)
 
 
 def _images_in(folder: Path) -> list[Path]:
