@@ -35,8 +35,10 @@ WHITE = (1.0, 1.0, 1.0)
 BLACK = (0.0, 0.0, 0.0)
 # Bits per sample of greyscale modes whose range is not 0..255.
 _DEEP_MODES = {"I;16": 16, "I;16B": 16, "I;16L": 16, "I;16N": 16, "I;16S": 16}
-# What PIL raises for a damaged file: truncated data, bad checksums, broken headers.
-_DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error, zlib.error)
+# What PIL's decoders raise on a damaged file (truncated data, broken chunks, malformed tags);
+# caught around PIL's own `load` only, so that our code's errors are never mistaken for them.
+_DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, TypeError, IndexError,
+                  struct.error, zlib.error)
 
 
 class ImageFileError(ValueError):
@@ -68,17 +70,15 @@ def read_image(path: str | Path, *, background: tuple[float, float, float] = WHI
         try:
             with Image.open(path) as handle:
                 _check_header(path, handle.size, size=size, max_pixels=max_pixels)
+                _load(path, handle)
                 colour, alpha = _decode(path, handle)
         except ImageFileError:
             raise
         except Image.DecompressionBombError as err:
             raise ImageFileError(f"{path} is too large to read ({err}); rrm reads images of at "
                                  f"most {max_pixels:,} pixels") from err
-        except UnidentifiedImageError as err:
+        except (UnidentifiedImageError, OSError, ValueError) as err:
             raise ImageFileError(f"{path} is not a readable image file ({err})") from err
-        except _DECODE_ERRORS as err:
-            raise ImageFileError(f"{path} is not a readable image file (damaged or truncated: "
-                                 f"{err})") from err
     return _composite(path, colour, alpha, background)
 
 
@@ -91,6 +91,15 @@ def _check_header(path: Path, wh: tuple[int, int], *, size: tuple[int, int] | No
     if width * height > max_pixels:
         raise ImageFileError(f"{path} has {width * height:,} pixels ({width} wide, {height} "
                              f"high), more than the {max_pixels:,} rrm reads; downscale it first")
+
+
+def _load(path: Path, image) -> None:
+    """Decode the pixels (PIL reads lazily); a damaged file fails here, in one line."""
+    try:
+        image.load()
+    except _DECODE_ERRORS as err:
+        raise ImageFileError(f"{path} is not a readable image file (damaged or truncated: "
+                             f"{type(err).__name__}: {err})") from err
 
 
 def _decode(path: Path, image) -> tuple[Tensor, Tensor | None]:

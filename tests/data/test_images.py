@@ -5,6 +5,7 @@ expected pixels are worked out by hand from the values written.
 """
 
 import logging
+import struct
 import time
 import tracemalloc
 import warnings
@@ -246,13 +247,21 @@ def test_damaged_files_are_one_line_errors_naming_the_file(tmp_path):
                     ).save(good)
     data = good.read_bytes()
     truncated = tmp_path / "truncated.png"
-    truncated.write_bytes(data[: len(data) // 2])
-    flipped = tmp_path / "flipped.png"
-    middle = len(data) // 2
-    flipped.write_bytes(data[:middle] + bytes([data[middle] ^ 0xFF]) + data[middle + 1:])
-    for path in (truncated, flipped):
+    truncated.write_bytes(data[: len(data) // 2])  # PIL: OSError, image file is truncated
+    broken = tmp_path / "broken.png"
+    # The IDAT chunk's length halved: PIL reads pixel data as the next chunk's header.
+    at = data.index(b"IDAT") - 4
+    half = struct.pack(">I", struct.unpack(">I", data[at : at + 4])[0] // 2)
+    broken.write_bytes(data[:at] + half + data[at + 4 :])
+    tiff = tmp_path / "tiff.tif"
+    Image.open(good).save(tiff)
+    data = tiff.read_bytes()
+    # StripOffsets (tag 273, one LONG, little-endian) retyped as a RATIONAL: PIL's TypeError.
+    at = data.index(struct.pack("<HHI", 273, 4, 1)) + 2
+    tiff.write_bytes(data[:at] + struct.pack("<H", 5) + data[at + 2 :])
+    for path, kind in ((truncated, "OSError"), (broken, "SyntaxError"), (tiff, "TypeError")):
         with pytest.raises(ImageFileError) as err:
             read_image(path)
         assert str(err.value).startswith(f"{path} is not a readable image file (damaged or "
-                                         "truncated: ")
+                                         f"truncated: {kind}: ")
         assert "\n" not in str(err.value)
