@@ -1,6 +1,9 @@
 """Image files and folders as model inputs, preprocessed as the model expects.
 
-Files are decoded with PIL (PNG, JPEG, ...) and converted to RGB. A folder of images gives no
+Files are decoded with PIL (PNG, JPEG, ...) into RGB in [0, 1] by `image_files.read_image`
+(16-bit and palette images at their real range, transparency composited over the
+preprocessing's background, oversized files refused from their header), then quantised to 8 bits
+and resized with PIL as the upstream pipelines do (`preprocess`). A folder of images gives no
 labels; a folder of class folders (torchvision's ImageFolder layout) gives labels: the folder name
 itself when every name is an integer, else the index of the name in sorted order (as ImageFolder;
 for ImageNet synset folders that is the standard class index).
@@ -16,7 +19,12 @@ import torch
 from jaxtyping import Float, Int, UInt8
 from torch import Tensor
 
+from rrm_plugin.data.image_files import BLACK, MAX_IMAGE_PIXELS, ImageFileError, read_image
 from rrm_plugin.data.preprocessing import Preprocessing
+
+__all__ = ["BLACK", "MAX_IMAGE_PIXELS", "IMAGE_SUFFIXES", "ImageFileError", "ImageSet",
+           "collect_image_files", "identity_preprocessing", "load_images", "preprocess",
+           "read_image"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
@@ -27,31 +35,13 @@ class ImageSet(NamedTuple):
     files: list[str]
 
 
-class ImageFileError(ValueError):
-    """An image path that is missing, unreadable or not an image."""
-
-
 def identity_preprocessing(image_size: int) -> Preprocessing:
-    """Images of exactly the model's size, pixels kept in [0, 1] (the embedded digits models)."""
+    """Images of exactly the model's size, pixels kept in [0, 1] (the embedded digits models).
+
+    Transparency is composited over black: the digits are drawn on a dark canvas.
+    """
     return Preprocessing(size=(image_size, image_size), crop=None, mean=(0.0,) * 3, std=(1.0,) * 3,
-                         exact_size=True)
-
-
-def read_image(path: Path) -> UInt8[Tensor, "3 h w"]:
-    """An image file as 8-bit RGB pixels (as decoded; preprocessing resizes these)."""
-    from PIL import Image, UnidentifiedImageError
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no image file {path}")
-    try:
-        with Image.open(path) as handle:
-            rgb = handle.convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError) as err:
-        raise ImageFileError(f"{path} is not a readable image file ({err})") from err
-    import numpy as np
-
-    return torch.from_numpy(np.asarray(rgb, dtype=np.uint8).copy()).permute(2, 0, 1)
+                         exact_size=True, background=BLACK)
 
 
 def resized_size(h: int, w: int, size: int | tuple[int, int]) -> tuple[int, int]:
@@ -107,12 +97,12 @@ def preprocess(image: UInt8[Tensor, "3 h w"], preprocessing: Preprocessing
 
 
 def _read_sized(path: Path, preprocessing: Preprocessing) -> UInt8[Tensor, "3 h w"]:
-    image = read_image(path)
-    if preprocessing.exact_size and tuple(image.shape[1:]) != tuple(preprocessing.size):
-        h, w = image.shape[1:]
-        raise ImageFileError(f"{path} is {h}x{w} pixels, model expects "
-                             f"{preprocessing.size[0]}x{preprocessing.size[1]}")
-    return image
+    # An exact-size model refuses other sizes from the header, before decoding.
+    size = tuple(preprocessing.size) if preprocessing.exact_size else None
+    image = read_image(path, background=preprocessing.background, size=size)
+    # Upstream pipelines resize 8-bit pixels: an 8-bit file comes back exactly (k / 255 * 255
+    # rounds to k); 16-bit files and composited transparency are quantised to 8 bits here.
+    return image.mul(255).round().to(torch.uint8)
 
 
 def _images_in(folder: Path) -> list[Path]:

@@ -24,6 +24,8 @@ class Preprocessing:
             trained on small renders, where resizing a photo gives a meaningless input).
         crop_rounding: How centre-crop offsets are rounded: `"floor"` (transformers) or
             `"round"` (torchvision's `CenterCrop`, used by open_clip).
+        background: RGB in [0, 1] that transparent pixels are composited over (white, as
+            transformers' `convert_to_rgb` does for these models' processors).
     """
 
     size: int | tuple[int, int]
@@ -33,16 +35,19 @@ class Preprocessing:
     interpolation: str = "bilinear"
     exact_size: bool = False
     crop_rounding: str = "floor"
+    background: tuple[float, float, float] = (1.0, 1.0, 1.0)
 
     def __post_init__(self) -> None:
         if self.crop_rounding not in ("floor", "round"):
             raise ValueError(
                 f"crop_rounding must be 'floor' or 'round', got {self.crop_rounding!r}")
+        if len(self.background) != 3 or not all(0 <= c <= 1 for c in self.background):
+            raise ValueError(f"background must be RGB in [0, 1], got {self.background!r}")
 
     def to_json_dict(self) -> dict:
         return {"size": self.size, "crop": self.crop, "mean": list(self.mean),
                 "std": list(self.std), "interpolation": self.interpolation,
-                "crop_rounding": self.crop_rounding}
+                "crop_rounding": self.crop_rounding, "background": list(self.background)}
 
     def to_display(self, images: Tensor) -> Tensor:
         """Undo the normalisation: model inputs back to [0, 1] RGB."""
