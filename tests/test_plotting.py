@@ -30,8 +30,9 @@ from rrm_plugin.debias.plot import plot_debias
 from rrm_plugin.features.dashboard import _density_figure
 from rrm_plugin.features.types import feature_types
 from rrm_plugin.features.types_report import write_types
-from rrm_plugin.lens.report import LensConfig, write_lens_report
-from rrm_plugin.metrics.faithfulness import plot_faithfulness
+from rrm_plugin.lens.report import LensConfig
+from rrm_plugin.lens.report_output import write_lens_report
+from rrm_plugin.metrics.faithfulness_plot import plot_faithfulness
 from tests.circuits.test_figure_drawing import hand_graph_and_circuit
 from tests.features.test_types import planted_model_and_sae
 from tests.lens.test_lens_plots import hand_summary

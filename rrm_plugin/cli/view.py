@@ -21,7 +21,10 @@ def check_args(args: argparse.Namespace) -> list[Path]:
     """The paths, before any heavy import (the pages are written one by one, atomically)."""
     from rrm_plugin.cli import checks
 
-    checks.existing_folder("", args.graph_dir, what="trace folder (or folder of them)")
+    if not args.graph_dir.is_dir():  # worded as the viewer's own check
+        what = "is a file" if args.graph_dir.exists() else "does not exist"
+        raise FileNotFoundError(f"no folder {args.graph_dir} ({what}); expected an `rrm trace "
+                                "--out` folder")
     checks.existing_file("--feature-cards", args.feature_cards, what="feature cards file")
     return []
 

@@ -1,6 +1,8 @@
 """Dataset-scale runs: sharded across `torchrun` processes, resumable from chunk files.
 
-Names load on first use, so the light `rrm_plugin.runs.lock` imports no torch.
+Names load on first use, so the light `rrm_plugin.runs.lock` imports no torch. The context
+manager `sharded` is imported from its module, `rrm_plugin.runs.sharded` (once that module is
+loaded, the package attribute of the same name is the module).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ _EXPORTS = {
     "Distributed": "distributed", "init_distributed": "distributed",
     "shutdown_distributed": "distributed",
     "ShardedRun": "sharded", "active_run": "sharded", "concat": "sharded",
-    "map_batches": "sharded", "sharded": "sharded",
+    "map_batches": "sharded",
     "OutputInUseError": "lock", "output_lock": "lock",
 }
 

@@ -66,4 +66,4 @@ def test_debias_reads_a_data_file_and_refuses_bad_ones(tmp_path, capsys):
 @pytest.mark.parametrize("counts", [["0"], ["-3"]])
 def test_debias_refuses_non_positive_counts(tmp_path, capsys, counts):
     expect_user_error(capsys, ["debias", "--counts", *counts, "--out", str(tmp_path / "z")],
-                      "counts must be positive integers")
+                      rf"--counts must be at least 1, got {counts[0]}$")

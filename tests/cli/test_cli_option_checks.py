@@ -158,7 +158,10 @@ def bad_cases(s: Path) -> list[tuple[list[str], str]]:
         (["train-saes", "--model-dir", str(model), "--images", "imgs.safetensors", "--d-sae",
           "8", "--k", "2", "--out", "r"],
          "rrm train-saes: error: --images imgs.safetensors: no such images file (safetensors)"),
-        (["view", "notrace"], "rrm view: error: notrace: no such trace folder (or folder of them)"),
+        (["view", "notrace"], "rrm view: error: no folder notrace (does not exist); expected an "
+                              "`rrm trace --out` folder"),
+        (["view", str(cards)], f"rrm view: error: no folder {cards} (is a file); expected an "
+                               "`rrm trace --out` folder"),
     ]
     return lines
 

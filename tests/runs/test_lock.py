@@ -136,3 +136,13 @@ def test_torchrun_ranks_other_than_0_take_no_lock(tmp_path, monkeypatch, quick_t
     monkeypatch.setenv("RANK", "0")
     assert main(["trace", "0", "--out", str(out)]) == 0
     assert quick_trace[-1] is not None
+
+
+def test_the_lock_and_the_output_checks_import_nothing_heavy():
+    """A locked --out is refused as fast as a bad option: no torch on the way."""
+    code = ("import sys\nimport rrm_plugin.runs.lock, rrm_plugin.cli.checks, "
+            "rrm_plugin.cli.output, rrm_plugin.io\n"
+            "print(sorted(m for m in ('torch', 'numpy', 'safetensors') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+    assert proc.stdout.strip() == "[]", proc.stderr[-2000:]
