@@ -6,10 +6,16 @@ import torch
 
 from rrm_plugin.attribution.baselines import Baselines, compute_baselines
 from rrm_plugin.hosts.prisma import build_hooked_vit
-from rrm_plugin.provenance import ProvenanceError, fingerprint, model_fingerprint
+from rrm_plugin.provenance import (
+    SAE_WEIGHTS,
+    ProvenanceError,
+    fingerprint,
+    model_fingerprint,
+    sae_fingerprint,
+)
 from rrm_plugin.saes.pipeline import train_sae_release
 from rrm_plugin.saes.registry import load_saes, register_sae_release
-from rrm_plugin.saes.training import TopKTrainingConfig
+from rrm_plugin.saes.training import TopKTrainingConfig, new_topk_sae
 from rrm_plugin.zoo.models import load_model_from_directory, save_model
 from tests.cli.conftest import expect_user_error
 from tests.conftest import tiny_vit_config
@@ -39,6 +45,21 @@ def test_fingerprint_of_scalar_tensors():
     one = {"scale": torch.tensor(2.0)}
     assert fingerprint(one) != fingerprint({"scale": torch.tensor(3.0)})
     assert fingerprint(one) != fingerprint({"scale": torch.tensor([2.0])})
+
+
+def test_fingerprint_counts_names_and_dtypes_and_covers_every_sae_weight():
+    # The same values under another name, or in another dtype, are other weights.
+    a, b = torch.arange(4.0), torch.arange(4.0) + 1
+    assert fingerprint({"x": a}) != fingerprint({"y": a})
+    assert fingerprint({"x": a}) != fingerprint({"x": a.double()})
+    assert fingerprint({"x": a, "y": b}) == fingerprint({"y": b, "x": a})  # order-free
+    sae = new_topk_sae(d_in=4, d_sae=6, k=2, hook_name="blocks.0.hook_resid_post", model_name="m")
+    base = sae_fingerprint(sae)
+    for name in SAE_WEIGHTS:
+        with torch.no_grad():
+            getattr(sae, name).view(-1)[0] += 1.0
+        assert sae_fingerprint(sae) != base, name
+        base = sae_fingerprint(sae)
 
 
 @pytest.fixture
