@@ -6,7 +6,7 @@ import torch
 from sae_lens import StandardSAE, StandardSAEConfig
 from sae_lens.saes.sae import SAEMetadata
 
-from rrm_plugin.features.probes import probe_families, stroke_alpha
+from rrm_plugin.features.probes import probe_families
 from rrm_plugin.features.types import (
     FACTORS,
     assign_types,
@@ -62,13 +62,6 @@ def test_assign_types_rule():
     assert types == ["colour", "position", "mixed", "mixed", "dead"]
     _, types = assign_types(eta, torch.zeros(5, n), torch.full((5, n), 0.5), fire)
     assert types[:2] == ["mixed", "mixed"]  # not significant
-
-
-def test_bars_have_the_requested_orientation():
-    alpha = stroke_alpha(size=24, centre=np.array([[12.0, 12.0], [12.0, 12.0]]),
-                         angle_deg=np.array([0.0, 90.0]), curvature=np.zeros(2))
-    assert alpha[0, 11:13, 5:19].min() == 1.0 and alpha[0, 5, 12] == 0.0   # horizontal
-    assert alpha[1, 5:19, 11:13].min() == 1.0 and alpha[1, 12, 5] == 0.0   # vertical
 
 
 TOKEN = 8  # patch (row 1, col 1): pixels 4-7, the digit's ink reaches it only near the corner
