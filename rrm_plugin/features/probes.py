@@ -9,7 +9,8 @@ fixed levels while everything else is drawn at random:
 - `brightness`: the foreground's HSV value (6 levels from 0.3 to 1: contrast to the background);
 - `digit`: the digit's identity (10 classes, held-out source digits);
 - `orientation`: a straight bar (14 x 2 px) at 12 orientations over 180 degrees, no digit;
-- `curve`: an arc of 14 px at 5 curvatures (straight to radius 5 px) x 8 bow directions.
+- `curve`: an arc of 14 px at 5 curvatures (straight to radius 5 px) x 8 bow directions; the
+  straight level is the bar along the chord the arcs of that bow direction share.
 """
 
 from __future__ import annotations
@@ -83,24 +84,40 @@ def digit_alpha(digits: np.ndarray, top: np.ndarray, left: np.ndarray,
     return alpha
 
 
-def stroke_alpha(
-    *, size: int, centre: np.ndarray, angle_deg: np.ndarray, curvature: np.ndarray,
+def bar_alpha(
+    *, size: int, centre: np.ndarray, orientation_deg: np.ndarray,
     length: float = STROKE_LENGTH, width: float = STROKE_WIDTH,
 ) -> np.ndarray:
-    """Anti-aliased bars (curvature 0) or circular arcs of given arc length `[n, size, size]`.
+    """Anti-aliased straight bars `[n, size, size]` running along `orientation_deg`.
 
-    `angle_deg` is the bar's direction (curvature 0) or the direction the arc bows towards;
-    the arc's chord runs perpendicular to it, through `centre` at the arc's middle.
+    The orientation is measured from the image's x axis towards its y axis (which points down);
+    `centre` is the bar's middle in pixels `(x, y)`.
     """
     yy, xx = np.meshgrid(np.arange(size) + 0.5, np.arange(size) + 0.5, indexing="ij")
-    theta = np.deg2rad(angle_deg)[:, None, None]
+    theta = np.deg2rad(orientation_deg)[:, None, None]
     dx, dy = xx[None] - centre[:, 0, None, None], yy[None] - centre[:, 1, None, None]
-    kappa = curvature[:, None, None]
-    # Bars: distance across and along the direction theta (image y points down).
     across = -dx * np.sin(theta) + dy * np.cos(theta)
     along = dx * np.cos(theta) + dy * np.sin(theta)
     bar = (np.abs(along) <= length / 2) * np.clip(width / 2 + 0.5 - np.abs(across), 0, 1)
-    # Arcs: circle of radius 1/kappa whose centre lies opposite the bow direction.
+    return bar.astype(np.float32)
+
+
+def arc_alpha(
+    *, size: int, centre: np.ndarray, bow_deg: np.ndarray, curvature: np.ndarray,
+    length: float = STROKE_LENGTH, width: float = STROKE_WIDTH,
+) -> np.ndarray:
+    """Anti-aliased circular arcs of arc length `length` `[n, size, size]`.
+
+    The arc's middle lies at `centre` and it bows towards `bow_deg` (its circle's centre lies
+    `1 / curvature` px the other way), so its chord runs perpendicular to `bow_deg`. Curvature 0
+    is the limit of vanishing curvature: the straight bar along the chord, at `bow_deg + 90`.
+    """
+    if (curvature < 0).any():
+        raise ValueError(f"curvatures must be >= 0 (the bow direction gives the side), got "
+                         f"{curvature[curvature < 0][:3].tolist()}")
+    yy, xx = np.meshgrid(np.arange(size) + 0.5, np.arange(size) + 0.5, indexing="ij")
+    theta = np.deg2rad(bow_deg)[:, None, None]
+    kappa = curvature[:, None, None]
     radius = 1 / np.where(kappa > 0, kappa, 1.0)
     cx = centre[:, 0, None, None] - radius * np.cos(theta)
     cy = centre[:, 1, None, None] - radius * np.sin(theta)
@@ -108,6 +125,8 @@ def stroke_alpha(
     dist = np.abs(np.hypot(rx, ry) - radius)
     ang = np.angle((rx + 1j * ry) * np.exp(-1j * theta))  # 0 at the arc's middle
     arc = (np.abs(ang) * radius <= length / 2) * np.clip(width / 2 + 0.5 - dist, 0, 1)
+    bar = bar_alpha(size=size, centre=centre, orientation_deg=bow_deg + 90.0, length=length,
+                    width=width)
     return np.where(kappa > 0, arc, bar).astype(np.float32)
 
 
@@ -166,16 +185,15 @@ def probe_families(
         return rng.uniform(size / 3, 2 * size / 3, (n, 2))
 
     levels, _, n = family("orientation", len(ORIENTATIONS), ORIENTATIONS)
-    alpha = stroke_alpha(size=size, centre=centres(n), angle_deg=ORIENTATIONS[levels],
-                         curvature=np.zeros(n))
+    alpha = bar_alpha(size=size, centre=centres(n), orientation_deg=ORIENTATIONS[levels])
     out["orientation"] = ProbeFamily("orientation", compose(alpha, _fg(rng, n), _bg(rng, n)),
                                      torch.from_numpy(levels), [float(v) for v in ORIENTATIONS])
     n_rep = max(2, math.ceil(repeats / 3))
     curv = np.repeat(np.arange(len(CURVATURES)), len(BOWS) * n_rep)
     bow = np.tile(np.repeat(np.arange(len(BOWS)), n_rep), len(CURVATURES))
     n = len(curv)
-    alpha = stroke_alpha(size=size, centre=centres(n), angle_deg=BOWS[bow],
-                         curvature=CURVATURES[curv])
+    alpha = arc_alpha(size=size, centre=centres(n), bow_deg=BOWS[bow],
+                      curvature=CURVATURES[curv])
     out["curve"] = ProbeFamily("curve", compose(alpha, _fg(rng, n), _bg(rng, n)),
                                torch.from_numpy(curv), [float(v) for v in CURVATURES],
                                second=torch.from_numpy(bow))

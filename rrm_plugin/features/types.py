@@ -7,21 +7,11 @@ labels (`n_permutations` times) and the excess `eta2 - mean(null)` corrects for 
 levels. Position also gets a token-level eta squared: on the position family, the share of the
 variance of every token's activation explained by which token it is (pure positional features).
 
-Factor groups and the type rule (the README states the same thresholds):
-
-- colour = max(hue, tint); position = max(digit offset, token index); orientation = bars'
-  orientation; curve = arcs' curvature; digit/class = digit identity. Brightness/contrast is
-  measured and reported but is no type: contrast scales the response of every detector (an edge
-  detector fires more on brighter strokes), so it would otherwise pull edge features to colour;
-- `dead`: the feature fires on fewer than `DEAD_FRACTION` of the probe images;
-- otherwise the best group's excess eta squared must be significant (permutation p <=
-  `MAX_P`), >= `MIN_EXCESS`, >= the `RANDOM_QUANTILE` quantile of the same group's score over
-  `n_random` random directions of the same residual stream (`ReLU((x - mean) . d)`, d uniform
-  on the sphere), and >= `MARGIN` x the second best group's; else `mixed`.
-
-The random-direction floor matters: in `digits-vit` a random readout of the residual stream
-is already strongly modulated by patch position and by bar orientation (big, coherent stimulus
-changes), so a fixed threshold alone types about 45% of random directions.
+The type rule, its groups and thresholds are in `features/types_rule.py` (the README states the
+same); the null that sets each group's floor, random latents read through the SAE's own encoder,
+in `features/types_null.py`. The floor matters: in `digits-vit` any readout of the residual
+stream is already strongly modulated by patch position and by bar orientation (big, coherent
+stimulus changes), so a fixed threshold alone types a large share of random latents.
 """
 
 from __future__ import annotations
@@ -38,23 +28,21 @@ from tqdm.auto import tqdm
 
 from rrm_plugin.data.digits import DIGITS_DATA, DigitsCanvasConfig
 from rrm_plugin.features.probes import probe_families
+from rrm_plugin.features.types_null import random_latent_activations, read_latents
+from rrm_plugin.features.types_rule import (
+    DEAD_FRACTION,
+    FACTORS,
+    GROUPS,
+    MARGIN,
+    MAX_P,
+    MIN_EXCESS,
+    RANDOM_QUANTILE,
+    group_scores,
+    random_floor,
+    shares,
+    type_labels,
+)
 from rrm_plugin.hosts.vit import n_prefix_tokens
-
-FACTORS = ("position", "hue", "tint", "brightness", "digit", "orientation", "curve",
-           "position_token")
-GROUPS: dict[str, tuple[str, ...]] = {
-    "position": ("position", "position_token"),
-    "colour": ("hue", "tint"),
-    "orientation": ("orientation",),
-    "curve": ("curve",),
-    "digit/class": ("digit",),
-}
-TYPES = (*GROUPS, "mixed", "dead")
-MIN_EXCESS = 0.3
-RANDOM_QUANTILE = 0.99
-MARGIN = 1.5
-MAX_P = 0.01
-DEAD_FRACTION = 0.01
 
 
 @dataclass
@@ -71,8 +59,10 @@ class LayerTypes:
         types: Type of every feature.
         orientation_tuning: `[d_sae, 12]` mean response per bar orientation.
         curve_tuning: `[d_sae, curvatures, bows]` mean response per arc curvature and bow.
-        random_floor: `[groups]` the random-direction quantile of each group's score.
-        random_types: Types the rule gives the random directions (its false-positive rate).
+        random_floor: `[groups]` the random latents' quantile of each group's score.
+        random_types: Types the rule gives the random latents (its false-positive rate).
+        random_scores: `[n_random, groups]` group scores of the random latents.
+        random_fire_fraction: `[n_random]` share of probe images where each random latent fires.
     """
 
     hook_name: str
@@ -86,10 +76,11 @@ class LayerTypes:
     curve_tuning: Float[Tensor, "d_sae curvatures bows"]
     random_floor: Float[Tensor, " groups"]
     random_types: list[str]
+    random_scores: Float[Tensor, "n_random groups"]
+    random_fire_fraction: Float[Tensor, " n_random"]
 
     def shares(self) -> dict[str, float]:
-        n = len(self.types)
-        return {t: sum(x == t for x in self.types) / n for t in TYPES}
+        return shares(self.types)
 
 
 @dataclass
@@ -158,44 +149,6 @@ def _stream(model, hooks: list[str], images: Tensor, *, batch_size: int) -> dict
     return {h: torch.cat(v) for h, v in out.items()}
 
 
-def group_scores(eta2: Tensor, null_mean: Tensor, p_values: Tensor) -> Tensor:
-    """`[d_sae, groups]` best significant excess eta squared of each type group."""
-    excess = torch.where(p_values <= MAX_P, (eta2 - null_mean).clamp_min(0), 0.0)
-    index = {f: i for i, f in enumerate(FACTORS)}
-    return torch.stack([excess[:, [index[f] for f in fs]].amax(1) for fs in GROUPS.values()],
-                       dim=1)
-
-
-def assign_types(
-    eta2: Tensor, null_mean: Tensor, p_values: Tensor, fire_fraction: Tensor,
-    floor: Tensor | None = None,
-) -> tuple[Tensor, list[str]]:
-    """`(group_scores [d_sae, groups], types)` by the rule in the module docstring.
-
-    Args:
-        eta2: `[d_sae, factors]`.
-        null_mean: `[d_sae, factors]` mean null eta squared.
-        p_values: `[d_sae, factors]`.
-        fire_fraction: `[d_sae]` share of probe images where the feature fires.
-        floor: `[groups]` per-group minimum score (random-direction quantile), or None.
-    """
-    scores = group_scores(eta2, null_mean, p_values)
-    floor = torch.zeros(scores.shape[1]) if floor is None else floor
-    need = floor.clamp_min(MIN_EXCESS)
-    ranked = scores.sort(dim=1, descending=True)
-    best, second = ranked.values[:, 0], ranked.values[:, 1]
-    names = list(GROUPS)
-    types = []
-    for f in range(len(scores)):  # only string labels per feature; the numbers are batched
-        if fire_fraction[f] < DEAD_FRACTION:
-            types.append("dead")
-        elif best[f] >= need[ranked.indices[f, 0]] and best[f] >= MARGIN * second[f]:
-            types.append(names[int(ranked.indices[f, 0])])
-        else:
-            types.append("mixed")
-    return scores, types
-
-
 def _check_canvas(model, canvas: DigitsCanvasConfig) -> None:
     cfg = model.cfg
     if cfg.image_size != canvas.canvas_size or cfg.patch_size != canvas.patch_size:
@@ -212,7 +165,7 @@ def feature_types(
     canvas: DigitsCanvasConfig | None = None,
     repeats: int = 18,
     n_permutations: int = 200,
-    n_random: int = 128,
+    n_random: int = 256,
     seed: int = 0,
     batch_size: int = 256,
     progress: bool = True,
@@ -225,7 +178,8 @@ def feature_types(
         canvas: Canvas of the probes (default: the embedded digits-vit's).
         repeats: Probe images per factor level.
         n_permutations: Label permutations of the null.
-        n_random: Random directions per layer whose scores set the per-group floor.
+        n_random: Random latents per layer (`features/types_null.py`) whose scores set the
+            per-group floor.
         seed: Seed of the probes and permutations.
         batch_size: Images per forward pass.
         progress: Show a progress bar over probe families.
@@ -245,36 +199,27 @@ def feature_types(
                                      disable=not progress)}
     layers = {}
     for hook, sae in tqdm(saes.items(), desc="feature types", disable=not progress):
-        d_in = streams["position"][hook].shape[-1]
-        mean = torch.cat([streams[n][hook].flatten(0, 1) for n in families]).mean(0)
-        directions = torch.randn(d_in, n_random, generator=generator)
-        directions /= directions.norm(dim=0, keepdim=True)
-
-        def encode(x: Tensor, sae=sae) -> Tensor:
-            with torch.no_grad():
-                return sae.encode(x.to(sae.device, sae.dtype)).float().cpu()
-
-        def random_readout(x: Tensor, directions=directions, mean=mean) -> Tensor:
-            return torch.relu((x - mean) @ directions)
-
-        measured = [_measure(families, {n: encode(streams[n][hook]) for n in families},
-                             n_prefix=n_prefix, n_permutations=n_permutations,
-                             generator=generator)]
-        measured.append(_measure(families, {n: random_readout(streams[n][hook])
-                                            for n in families},
-                                 n_prefix=n_prefix, n_permutations=n_permutations,
-                                 generator=generator))
-        (eta2, null, pval, fire, orient, curve), (r_eta, r_null, r_p, r_fire, _, _) = measured
-        random_scores = group_scores(r_eta, r_null, r_p)
-        floor = random_scores.quantile(RANDOM_QUANTILE, dim=0)
-        scores, types = assign_types(eta2, null, pval, fire, floor)
-        _, random_types = assign_types(r_eta, r_null, r_p, r_fire, floor)
-        layers[hook] = LayerTypes(hook, eta2, null, pval, scores, fire, types, orient, curve,
-                                  floor, random_types)
+        inputs = {n: streams[n][hook] for n in families}
+        every = torch.arange(sae.cfg.d_sae)
+        real = {n: read_latents(sae, x, every) for n, x in inputs.items()}
+        random = random_latent_activations(sae, inputs, n_random=n_random, generator=generator)
+        eta2, null, pval, fire, orient, curve = _measure(
+            families, real, n_prefix=n_prefix, n_permutations=n_permutations,
+            generator=generator)
+        r_eta, r_null, r_p, r_fire, _, _ = _measure(
+            families, random, n_prefix=n_prefix, n_permutations=n_permutations,
+            generator=generator)
+        scores, random_scores = group_scores(eta2, null, pval), group_scores(r_eta, r_null, r_p)
+        floor = random_floor(random_scores, r_fire)
+        layers[hook] = LayerTypes(
+            hook, eta2, null, pval, scores, fire, type_labels(scores, fire, floor), orient,
+            curve, floor, type_labels(random_scores, r_fire, floor), random_scores, r_fire)
     return FeatureTypes(
         layers=layers, level_values={n: f.level_values for n, f in families.items()},
         settings={"repeats": repeats, "n_permutations": n_permutations, "seed": seed,
                   "n_random": n_random, "random_quantile": RANDOM_QUANTILE,
+                  "null": "random latents inserted d_sae // 16 at a time into a copy of the SAE, "
+                          "read by its own encode",
                   "n_probe_images": sum(len(f.images) for f in families.values()),
                   "min_excess": MIN_EXCESS, "margin": MARGIN, "max_p": MAX_P,
                   "dead_fraction": DEAD_FRACTION, "factors": list(FACTORS),

@@ -8,7 +8,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from rrm_plugin.features.types import FACTORS, GROUPS, TYPES, FeatureTypes
+from rrm_plugin.features.types import FeatureTypes
+from rrm_plugin.features.types_rule import FACTORS, GROUPS, TYPES
+from rrm_plugin.features.types_sensitivity import write_sensitivity
 from rrm_plugin.io import _atomic, write_json
 from rrm_plugin.plotting import new_figure, save_figure
 
@@ -29,8 +31,10 @@ def types_records(result: FeatureTypes) -> dict[str, Any]:
             "orientation_tuning": _round(lt.orientation_tuning),
             "curve_tuning": _round(lt.curve_tuning),
             "random_floor": _round(lt.random_floor),
-            "random_direction_shares": {t: lt.random_types.count(t) / len(lt.random_types)
-                                        for t in TYPES},
+            "random_latent_shares": {t: lt.random_types.count(t) / len(lt.random_types)
+                                     for t in TYPES},
+            "random_group_scores": _round(lt.random_scores),
+            "random_fire_fraction": _round(lt.random_fire_fraction),
         } for hook, lt in result.layers.items()],
     }
 
@@ -46,7 +50,8 @@ def shares_table(result: FeatureTypes) -> str:
 
 
 def write_types(result: FeatureTypes, out_dir: Path) -> list[Path]:
-    """types.json, types_table.md, type_shares.png and tuning_examples.png."""
+    """types.json, types_table.md, type_shares.png, tuning_examples.png and the threshold
+    sensitivity (types_sensitivity.json/.md/.png)."""
 
     out = Path(out_dir)
     written = [write_json(out / "types.json", types_records(result))]
@@ -92,4 +97,4 @@ def write_types(result: FeatureTypes, out_dir: Path) -> list[Path]:
     fig.tight_layout()
     save_figure(fig, out / "tuning_examples.png", dpi=110)
     written.append(out / "tuning_examples.png")
-    return written
+    return written + write_sensitivity(result, out)

@@ -45,5 +45,11 @@ def test_features_command_with_types(tmp_path):
     assert [cards[f"2:{f}"]["type"] for f in range(256)] == layer["types"]
     assert abs(sum(layer["shares"].values()) - 1) < 1e-9
     assert "circuits" not in json.loads((out / "features.json").read_text())["layers"][0]
-    for name in ("types_table.md", "type_shares.png", "tuning_examples.png"):
+    for name in ("types_table.md", "type_shares.png", "tuning_examples.png",
+                 "types_sensitivity.md", "types_sensitivity.png", "types_sensitivity.json"):
         assert (out / name).is_file()
+    # The sensitivity's rows at the default thresholds (one per threshold) re-type to the shares.
+    rows = json.loads((out / "types_sensitivity.json").read_text())["layers"][0]["rows"]
+    default = [r for r in rows if r["default"]]
+    assert len(default) == 4 and all(r["shares"] == pytest.approx(layer["shares"], abs=1e-12)
+                                     for r in default)
