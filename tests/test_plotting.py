@@ -71,8 +71,9 @@ def test_drawing_every_figure_leaves_the_backend_and_pyplot_alone():
     env.pop("MPLBACKEND", None)
     proc = subprocess.run([sys.executable, "-c", DRAW_EVERYTHING], env=env, text=True,
                           capture_output=True, timeout=900, cwd=ROOT)
-    # 5 lens plots, faithfulness, circuit, predictions, debias, density, 2 types figures.
-    assert "PNGS 12 True" in proc.stdout, (proc.stdout, proc.stderr[-3000:])
+    # 5 lens plots, faithfulness, circuit, predictions, debias, density, 3 types figures
+    # (shares, tuning curves, threshold sensitivity).
+    assert "PNGS 13 True" in proc.stdout, (proc.stdout, proc.stderr[-3000:])
     assert "BACKEND svg FIGURES True" in proc.stdout, (proc.stdout, proc.stderr[-3000:])
 
 
