@@ -8,6 +8,7 @@ from pathlib import Path
 from rrm_plugin.cli import checks
 from rrm_plugin.cli.common import add_images_arg, add_model_args
 from rrm_plugin.cli.dataset import add_run_args
+from rrm_plugin.errors import RRMUserError
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
@@ -41,7 +42,7 @@ def check_args(args: argparse.Namespace) -> list[Path]:
     --out; the default path in the cache is known only once the release is loaded)."""
     checks.model_args(args)
     if args.release is None or args.release.lower() == "none":
-        raise ValueError("--release none: baselines need an SAE release")
+        raise RRMUserError("--release none: baselines need an SAE release")
     checks.image_paths("--images", args.images)
     checks.at_least("--n-images", args.n_images)
     checks.at_least("--batch-size", args.batch_size)
@@ -68,8 +69,8 @@ def run(args: argparse.Namespace) -> int:
         images = training_sampler(ws.model_name, seed=args.seed)(args.n_images).images
         images, what = images.to(ws.device), f"{args.n_images} renders"
     else:
-        raise ValueError(f"model {ws.model_name!r} has no embedded data: give --images "
-                         "(the paper uses the ImageNet-1k training set)")
+        raise RRMUserError(f"model {ws.model_name!r} has no embedded data: give --images "
+                           "(the paper uses the ImageNet-1k training set)")
     out = args.out or default_output(ws.release)
     from rrm_plugin.io import check_not_shipped
 

@@ -6,6 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from rrm_plugin.errors import RRMUserError
+
 DEFAULT_RELEASE = "rrm-digits-vit"
 DTYPE_CHOICES = ("float32", "float64", "bfloat16", "float16")
 
@@ -53,7 +55,7 @@ def resolve_model_name(model: str | None, release: str | None) -> str:
     if release is None:
         return "digits-vit"
     if Path(release).is_dir():
-        raise ValueError(f"--release {release} is a folder of your own SAEs: give --model too")
+        raise RRMUserError(f"--release {release} is a folder of your own SAEs: give --model too")
     return release_model_name(release)
 
 
@@ -98,13 +100,13 @@ def check_device_available(device: str) -> None:
     kind, _, index = device.partition(":")
     if kind == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"--device {device}: CUDA is not available on this machine")
+            raise RRMUserError(f"--device {device}: CUDA is not available on this machine")
         n = torch.cuda.device_count()
         if index and int(index) >= n:
-            raise ValueError(f"--device {device}: this machine has {n} CUDA device(s), "
-                             f"cuda:0..cuda:{n - 1}")
+            raise RRMUserError(f"--device {device}: this machine has {n} CUDA device(s), "
+                               f"cuda:0..cuda:{n - 1}")
     elif kind == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"--device {device}: MPS is not available on this machine")
+        raise RRMUserError(f"--device {device}: MPS is not available on this machine")
 
 
 def check_saes_fit(model, saes: dict, *, release: str, model_name: str) -> None:
@@ -115,8 +117,8 @@ def check_saes_fit(model, saes: dict, *, release: str, model_name: str) -> None:
         try:
             check_sae_for_hook(model, hook, sae)
         except (KeyError, ValueError) as err:
-            raise ValueError(f"SAE release {release!r} does not fit model {model_name!r}: "
-                             f"{err.args[0]}") from err
+            raise RRMUserError(f"SAE release {release!r} does not fit model {model_name!r}: "
+                               f"{err.args[0]}") from err
 
 
 def predicted_labels(model, images, *, batch_size: int):
@@ -160,7 +162,7 @@ def load_image_args(paths: list[str] | None, ws: Workspace):
         test = rrm_plugin.load_test_set(ws.model_name)
         loaded = ImageSet(test.images, test.labels, [])
     else:
-        raise ValueError(f"model {ws.model_name!r} has no embedded images: give --images")
+        raise RRMUserError(f"model {ws.model_name!r} has no embedded images: give --images")
     images = loaded.images.to(device=ws.device, dtype=next(ws.model.parameters()).dtype)
     labels = None if loaded.labels is None else loaded.labels.to(ws.device)
     return ImageSet(images, labels, loaded.files)

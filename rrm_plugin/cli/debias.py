@@ -13,6 +13,7 @@ from pathlib import Path
 from rrm_plugin.cli import checks
 from rrm_plugin.cli.common import add_baselines_arg, add_model_args
 from rrm_plugin.cli.output import add_overwrite_arg
+from rrm_plugin.errors import RRMUserError
 
 SPLITS = ("select", "validation", "test")
 FIELDS = ("images", "labels", "spurious")
@@ -76,7 +77,7 @@ def _load_data(path: Path):
     wanted = [f"{s}_{f}" for s in SPLITS for f in FIELDS]
     missing = [k for k in wanted if k not in tensors]
     if missing:
-        raise ValueError(f"--data {path}: missing tensors {missing}; expected {wanted}")
+        raise RRMUserError(f"--data {path}: missing tensors {missing}; expected {wanted}")
     return [SpuriousSplit(*(tensors[f"{s}_{f}"] for f in FIELDS)) for s in SPLITS]
 
 

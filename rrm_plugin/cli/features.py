@@ -10,6 +10,7 @@ from rrm_plugin.cli import checks
 from rrm_plugin.cli.common import add_baselines_arg, add_images_arg, add_model_args
 from rrm_plugin.cli.dataset import add_run_args
 from rrm_plugin.cli.output import add_overwrite_arg
+from rrm_plugin.errors import RRMUserError
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
@@ -42,7 +43,7 @@ def check_args(args: argparse.Namespace) -> list[Path]:
 
     checks.model_args(args)
     if args.release is None or args.release.lower() == "none":
-        raise ValueError("rrm features needs an SAE release: give --release NAME or FOLDER")
+        raise RRMUserError("rrm features needs an SAE release: give --release NAME or FOLDER")
     checks.image_paths("--images", args.images)
     checks.existing_file("--baselines", args.baselines, what="baselines file")
     checks.at_least("--k", args.k)
@@ -62,11 +63,12 @@ def _select_layers(saes: dict, layers: list[int] | None) -> dict:
         return saes
     bad = [k for k in layers if not 0 <= k < len(hooks)]
     if bad:
-        raise ValueError(f"--layers {bad} out of range: the release has layers 0..{len(hooks) - 1}"
-                         f" ({', '.join(hooks)})")
+        raise RRMUserError(
+            f"--layers {bad} out of range: the release has layers 0..{len(hooks) - 1}"
+            f" ({', '.join(hooks)})")
     chosen = sorted(set(layers))
     if chosen != list(range(chosen[0], chosen[-1] + 1)):
-        raise ValueError(f"--layers {chosen} must be consecutive (circuits join adjacent layers)")
+        raise RRMUserError(f"--layers {chosen} must be consecutive (circuits join adjacent layers)")
     return {hooks[k]: saes[hooks[k]] for k in chosen}
 
 
@@ -93,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
     ctx = start_processes(args)
     ws = load_workspace(args)
     if not ws.saes:
-        raise ValueError("rrm features needs an SAE release: give --release NAME or FOLDER")
+        raise RRMUserError("rrm features needs an SAE release: give --release NAME or FOLDER")
     saes = _select_layers(ws.saes, args.layers)
     loaded = load_image_args(args.images, ws)
     progress = not args.no_progress and ctx.is_main

@@ -10,6 +10,7 @@ from rrm_plugin.cli import checks
 from rrm_plugin.cli.common import add_images_arg, add_model_args
 from rrm_plugin.cli.dataset import add_run_args
 from rrm_plugin.cli.output import add_overwrite_arg
+from rrm_plugin.errors import RRMUserError
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
@@ -87,18 +88,18 @@ def _lens_inputs(args: argparse.Namespace, ws):
         images, labels, mask = test.images, test.labels, test.object_mask
         images, labels = images.to(ws.device, dtype), labels.to(ws.device)
     else:
-        raise ValueError(f"model {ws.model_name!r} has no embedded images: give --images")
+        raise RRMUserError(f"model {ws.model_name!r} has no embedded images: give --images")
     n = len(labels) if args.n_images is None else args.n_images
     if not 1 <= n <= len(labels):
-        raise ValueError(f"--n-images must be in [1, {len(labels)}], got {n}")
+        raise RRMUserError(f"--n-images must be in [1, {len(labels)}], got {n}")
     images, labels = images[:n], labels[:n]
     mask = None if mask is None else mask[:n].to(ws.device)
     probe_images = probe_labels = None
     if args.probe_images:
         probes = load_image_args(args.probe_images, ws)
         if probes.labels is None:
-            raise ValueError("--probe-images need labels: give an ImageFolder tree "
-                             "(one folder per class)")
+            raise RRMUserError("--probe-images need labels: give an ImageFolder tree "
+                               "(one folder per class)")
         probe_images, probe_labels = probes.images, probes.labels
     elif ws.model_name in MODELS and args.n_probe_images > 0:
         # Probes train on fresh renders of the training digits, never on the held-out images.

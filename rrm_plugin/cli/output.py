@@ -18,6 +18,8 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from rrm_plugin.errors import NotAFolderError, NotWritableError, OutputExistsError
+
 MANIFEST = "rrm-output.json"
 
 
@@ -41,21 +43,21 @@ def check_output_directory(out: Path, *, command: str, overwrite: bool = False,
     out = check_not_shipped(Path(out))
     check_out_location(out, inputs=inputs)
     if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"--out {out} is a file; expected a folder (new or empty)")
+        raise NotAFolderError(f"--out {out} is a file; expected a folder (new or empty)")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         found = previous_command(out)
         if found != command:
             what = "no rrm output manifest" if found is None else f"output of `rrm {found}`"
-            raise FileExistsError(f"--out {out} is a non-empty folder ({what}); give a new "
-                                  f"folder or --overwrite to replace it")
+            raise OutputExistsError(f"--out {out} is a non-empty folder ({what}); give a new "
+                                    f"folder or --overwrite to replace it")
     parent = out.resolve().parent
     existing = next(p for p in (parent, *parent.parents) if p.exists())
     if not existing.is_dir():
-        raise NotADirectoryError(f"--out {out}: {existing} is a file, not a folder")
+        raise NotAFolderError(f"--out {out}: {existing} is a file, not a folder")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise PermissionError(f"--out {out}: cannot create files in {existing} (not writable)")
+        raise NotWritableError(f"--out {out}: cannot create files in {existing} (not writable)")
     if out.is_dir() and not os.access(out, os.W_OK | os.X_OK):  # moving a folder needs both
-        raise PermissionError(f"--out {out} is not writable, so it cannot be replaced")
+        raise NotWritableError(f"--out {out} is not writable, so it cannot be replaced")
     return out
 
 
@@ -71,8 +73,8 @@ def output_directory(out: Path, *, command: str, overwrite: bool = False) -> Ite
     except OSError as err:  # named for the folder the user gave, not the temporary one
         if err.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
             raise
-        raise PermissionError(f"--out {out}: cannot create files in {out.resolve().parent} "
-                              f"({err.strerror})") from err
+        raise NotWritableError(f"--out {out}: cannot create files in {out.resolve().parent} "
+                               f"({err.strerror})") from err
     try:
         yield tmp
         files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())

@@ -8,6 +8,7 @@ from pathlib import Path
 from rrm_plugin.cli import checks
 from rrm_plugin.cli.common import add_baselines_arg, add_model_args
 from rrm_plugin.cli.output import add_overwrite_arg
+from rrm_plugin.errors import OutOfRangeError, RRMUserError
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
@@ -63,10 +64,10 @@ def check_args(args: argparse.Namespace) -> list[Path]:
                         low_open=True)
     checks.at_least("--token-top-k", args.token_top_k)
     if args.token_top_k is not None and (args.granularity != "token" or not args.no_viewer):
-        raise ValueError("--token-top-k needs --granularity token and --no-viewer (the viewer "
-                         "needs dense edge matrices)")
+        raise RRMUserError("--token-top-k needs --granularity token and --no-viewer (the viewer "
+                           "needs dense edge matrices)")
     if args.no_viewer and args.feature_cards:
-        raise ValueError("--feature-cards is for the viewer; drop it or --no-viewer")
+        raise RRMUserError("--feature-cards is for the viewer; drop it or --no-viewer")
     check_output_directory(args.out, command="trace", overwrite=args.overwrite,
                            inputs=checks.inputs_of(args, "image", "baselines", "reference_images",
                                                    "feature_cards", "model", "release"))
@@ -81,18 +82,18 @@ def resolve_image(spec: str, ws):
 
     if spec.lstrip("-").isdigit():
         if ws.model_name not in MODELS:
-            raise ValueError(f"an image index needs an embedded model; {ws.model_name!r} has no "
-                             "held-out set: give an image file")
+            raise RRMUserError(f"an image index needs an embedded model; {ws.model_name!r} has no "
+                               "held-out set: give an image file")
         test = rrm_plugin.load_test_set(ws.model_name)
         index, n = int(spec), len(test.labels)
         if not 0 <= index < n:
-            raise IndexError(f"image index {index} out of range: the held-out set of "
-                             f"{ws.model_name} has {n} images (0..{n - 1})")
+            raise OutOfRangeError(f"image index {index} out of range: the held-out set of "
+                                  f"{ws.model_name} has {n} images (0..{n - 1})")
         image = test.images[index].to(ws.device, next(ws.model.parameters()).dtype)
         return image, {"test_index": index, "label": int(test.labels[index])}
     loaded = load_image_args([spec], ws)
     if len(loaded.images) != 1:
-        raise ValueError(f"{spec} names {len(loaded.images)} images; trace takes one image file")
+        raise RRMUserError(f"{spec} names {len(loaded.images)} images; trace takes one image file")
     return loaded.images[0], {"file": str(spec)}
 
 

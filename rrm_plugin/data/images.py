@@ -17,6 +17,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from rrm_plugin.data.preprocessing import Preprocessing
+from rrm_plugin.errors import MissingFileError, RRMUserError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
@@ -27,7 +28,7 @@ class ImageSet(NamedTuple):
     files: list[str]
 
 
-class ImageFileError(ValueError):
+class ImageFileError(RRMUserError):
     """An image path that is missing, unreadable or not an image."""
 
 
@@ -43,7 +44,7 @@ def read_image(path: Path) -> Float[Tensor, "3 h w"]:
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no image file {path}")
+        raise MissingFileError(f"no image file {path}")
     try:
         with Image.open(path) as handle:
             rgb = handle.convert("RGB")
@@ -118,7 +119,7 @@ def collect_image_files(paths: Sequence[str | Path]) -> tuple[list[Path], list[i
                 files += _images_in(path)
                 labels = None
         else:
-            raise FileNotFoundError(f"no image file or folder {path}")
+            raise MissingFileError(f"no image file or folder {path}")
     if not files:
         suffixes = ", ".join(IMAGE_SUFFIXES)
         raise ImageFileError(f"no image files ({suffixes}) in {list(map(str, paths))}")

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from rrm_plugin.errors import RRMUserError
+
 
 @dataclass(frozen=True)
 class Preprocessing:
@@ -35,7 +37,7 @@ class Preprocessing:
 
     def __post_init__(self) -> None:
         if self.crop_rounding not in ("floor", "round"):
-            raise ValueError(
+            raise RRMUserError(
                 f"crop_rounding must be 'floor' or 'round', got {self.crop_rounding!r}")
 
     def to_json_dict(self) -> dict:

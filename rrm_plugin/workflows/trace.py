@@ -21,6 +21,7 @@ from rrm_plugin.attribution.targets import image_readout
 from rrm_plugin.circuits.circuit import Circuit, run_circuits
 from rrm_plugin.circuits.figure import plot_circuit, top_patches
 from rrm_plugin.circuits.influence import graph_scores, prune_by_influence
+from rrm_plugin.errors import RRMUserError
 from rrm_plugin.hosts.vit import n_prefix_tokens
 from rrm_plugin.io import write_json
 from rrm_plugin.lens.features import feature_lens
@@ -58,10 +59,10 @@ class TraceConfig:
 
     def __post_init__(self) -> None:
         if self.token_top_k is not None and self.granularity != "token":
-            raise ValueError("token_top_k applies to token graphs: set granularity='token'")
+            raise RRMUserError("token_top_k applies to token graphs: set granularity='token'")
         if self.token_top_k is not None and self.viewer:
-            raise ValueError("the viewer needs dense edges; a token_top_k graph is traced "
-                             "without it (viewer=False, --no-viewer)")
+            raise RRMUserError("the viewer needs dense edges; a token_top_k graph is traced "
+                               "without it (viewer=False, --no-viewer)")
 
 
 def trace_image(

@@ -11,6 +11,7 @@ from vit_prisma.configs.HookedViTConfig import HookedViTConfig
 from vit_prisma.models.base_vit import HookedViT
 
 from rrm_plugin.data.digits import DIGITS_DATA, DigitsCanvasConfig
+from rrm_plugin.errors import MissingFileError, RRMUserError, UnknownNameError
 from rrm_plugin.hosts.vit import ExtendedViT, ExtendedViTConfig
 from rrm_plugin.io import CorruptFileError, read_json, read_tensors, write_json, write_tensors
 from rrm_plugin.provenance import FINGERPRINT_ATTR, remember_fingerprint
@@ -174,7 +175,7 @@ def load_model(
     transformers, torch hub), which honour `HF_HUB_OFFLINE` and the local caches.
     """
     if dtype is not None and dtype not in DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; expected one of {sorted(DTYPES)}")
+        raise RRMUserError(f"unknown dtype {dtype!r}; expected one of {sorted(DTYPES)}")
     if name in HUB_MODELS:
         from rrm_plugin.zoo.hub_cache import check_offline_cache
 
@@ -183,13 +184,13 @@ def load_model(
     elif name in MODELS:
         spec = MODELS[name]
         if not (spec.directory / WEIGHTS_FILENAME).is_file():
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"weights of {name!r} are missing at {spec.directory}; regenerate them with "
                 f"`rrm train-model --out DIR` and load it with `--model DIR`"
             )
         model = load_model_from_directory(spec.directory)
     else:
-        raise KeyError(f"unknown model {name!r}; available models: {model_names()}")
+        raise UnknownNameError(f"unknown model {name!r}; available models: {model_names()}")
     return to_device(model, device=device, dtype=dtype)
 
 

@@ -18,6 +18,7 @@ from sae_lens.loading.pretrained_saes_directory import (
     get_pretrained_saes_directory,
 )
 
+from rrm_plugin.errors import UnknownNameError
 from rrm_plugin.io import SHIPPED_DIR as WEIGHTS_DIR
 from rrm_plugin.saes.authors import (
     AUTHORS_LOADER_NAME,
@@ -240,7 +241,7 @@ def release_model_name(release: str) -> str:
         return SAE_RELEASES[release].model_name
     if release in HUB_SAE_RELEASES:
         return HUB_SAE_RELEASES[release].model_name
-    raise KeyError(f"unknown SAE release {release!r}; known releases: {release_names()}")
+    raise UnknownNameError(f"unknown SAE release {release!r}; known releases: {release_names()}")
 
 
 def release_names() -> list[str]:
