@@ -55,22 +55,14 @@ def check_args(args: argparse.Namespace) -> list[Path]:
 
 def run(args: argparse.Namespace) -> int:
     from rrm_plugin.attribution.baselines import compute_baselines
-    from rrm_plugin.cli.common import load_image_args, load_workspace
+    from rrm_plugin.cli.common import workspace_of
     from rrm_plugin.cli.dataset import chunk_report, dataset_run, start_processes
-    from rrm_plugin.zoo.datasets import training_sampler
-    from rrm_plugin.zoo.models import MODELS
+    from rrm_plugin.workflows.inputs import reference_renders
 
     ctx = start_processes(args)
-    ws = load_workspace(args)
-    if args.images:
-        images = load_image_args(args.images, ws).images
-        what = f"{len(images)} images"
-    elif ws.model_name in MODELS:
-        images = training_sampler(ws.model_name, seed=args.seed)(args.n_images).images
-        images, what = images.to(ws.device), f"{args.n_images} renders"
-    else:
-        raise RRMUserError(f"model {ws.model_name!r} has no embedded data: give --images "
-                           "(the paper uses the ImageNet-1k training set)")
+    ws = workspace_of(args)
+    images, what = reference_renders(args.images, ws.model, n_images=args.n_images,
+                                     seed=args.seed)
     out = args.out or default_output(ws.release)
     from rrm_plugin.io import check_not_shipped
 

@@ -114,27 +114,10 @@ def model_args(args: argparse.Namespace) -> None:
     check_device(args.device)
 
 
-def check_out_location(out: Path, *, inputs: Iterable[Path | str | None] = ()) -> None:
-    """`--out` is neither the current folder nor one above it, and holds none of the inputs:
-    rrm replaces an output as a whole, which would remove them."""
-    resolved = Path(out).resolve()
-    cwd = Path.cwd().resolve()
-    if resolved == cwd or resolved in cwd.parents:
-        what = "the current folder" if resolved == cwd else "a folder above the current one"
-        raise RRMUserError(f"--out {out} is {what}, which rrm would replace as a whole; give a new "
-                           "folder (e.g. --out ./results)")
-    for path in inputs:
-        if path is None:
-            continue
-        inside = Path(path).resolve()
-        if inside == resolved or resolved in inside.parents:
-            raise RRMUserError(f"--out {out} holds the input {path}, which replacing --out would "
-                               "remove; give another --out")
-
-
 def check_out_file(out: Path, *, inputs: Iterable[Path | str | None] = ()) -> None:
     """An output file (`eval-saes`, `baselines`): not a folder, folder writable, not shipped."""
     from rrm_plugin.io import check_not_shipped
+    from rrm_plugin.runs.output import check_out_location
 
     check_out_location(out, inputs=inputs)
     check_not_shipped(out)

@@ -82,12 +82,7 @@ def check_args(args: argparse.Namespace) -> list[Path]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rrm_plugin.cli.common import (
-        load_image_args,
-        load_workspace,
-        predicted_labels,
-        resolve_baselines,
-    )
+    from rrm_plugin.cli.common import workspace_of
     from rrm_plugin.cli.dataset import (
         baseline_tensors,
         chunk_report,
@@ -96,11 +91,13 @@ def run(args: argparse.Namespace) -> int:
     )
     from rrm_plugin.cli.output import output_directory
     from rrm_plugin.metrics.faithfulness import FaithfulnessConfig, evaluate_faithfulness
+    from rrm_plugin.workflows.baselines import resolve_baselines
+    from rrm_plugin.workflows.inputs import dataset_images, predicted_labels
 
     methods = list(METHODS) if args.methods is None else args.methods
     ctx = start_processes(args)
-    ws = load_workspace(args)
-    loaded = load_image_args(args.images, ws)
+    ws = workspace_of(args)
+    loaded = dataset_images(args.images, ws.model)
     if args.skip_early_layers >= len(ws.saes):
         raise RRMUserError(f"--skip-early-layers {args.skip_early_layers} leaves no SAE layer to "
                            f"mask ({len(ws.saes)} in {ws.release})")
@@ -110,7 +107,8 @@ def run(args: argparse.Namespace) -> int:
         if labels is None:
             # Unlabelled images: explain the predicted class (every image counts as "correct").
             labels = predicted_labels(ws.model, loaded.images, batch_size=args.batch_size)
-        baselines, how = resolve_baselines(args.baselines, ws, loaded.images)
+        baselines, how = resolve_baselines(ws.model, ws.saes, images=loaded.images,
+                                           path=args.baselines)
         run.extend_key(baseline_tensors(baselines))
         config = FaithfulnessConfig(n_images=args.n_images, seed=args.seed, metric=args.metric,
                                     methods=tuple(methods), normalisation=args.normalisation,

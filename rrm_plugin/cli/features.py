@@ -72,16 +72,8 @@ def _select_layers(saes: dict, layers: list[int] | None) -> dict:
     return {hooks[k]: saes[hooks[k]] for k in chosen}
 
 
-def _class_names(ws) -> list[str] | None:
-    from rrm_plugin.zoo.hub_models import HUB_MODELS
-
-    if ws.model_name in HUB_MODELS:
-        return HUB_MODELS[ws.model_name].class_names()
-    return None
-
-
 def run(args: argparse.Namespace) -> int:
-    from rrm_plugin.cli.common import load_image_args, load_workspace, resolve_baselines
+    from rrm_plugin.cli.common import workspace_of
     from rrm_plugin.cli.dataset import (
         baseline_tensors,
         chunk_report,
@@ -90,25 +82,28 @@ def run(args: argparse.Namespace) -> int:
     )
     from rrm_plugin.cli.output import output_directory
     from rrm_plugin.features.dashboard import build_dashboards
+    from rrm_plugin.workflows.baselines import resolve_baselines
+    from rrm_plugin.workflows.inputs import dataset_images
+    from rrm_plugin.zoo.inputs import class_names_of
 
     start = time.time()
     ctx = start_processes(args)
-    ws = load_workspace(args)
+    ws = workspace_of(args)
     if not ws.saes:
         raise RRMUserError("rrm features needs an SAE release: give --release NAME or FOLDER")
     saes = _select_layers(ws.saes, args.layers)
-    loaded = load_image_args(args.images, ws)
+    loaded = dataset_images(args.images, ws.model)
     progress = not args.no_progress and ctx.is_main
     with dataset_run(args, ws, ctx, command="features", out=args.out, images=loaded.images,
                      progress=progress) as run:
         baselines = what = None
         if args.n_circuit_images != 0:
-            baselines, what = resolve_baselines(args.baselines, ws._replace(saes=saes),
-                                                loaded.images)
+            baselines, what = resolve_baselines(ws.model, saes, images=loaded.images,
+                                                path=args.baselines, release=ws.release)
             run.extend_key(baseline_tensors(baselines))
         dash = build_dashboards(
             ws.model, saes, loaded.images, model_name=ws.model_name, release=str(ws.release),
-            class_names=_class_names(ws), baselines=baselines,
+            class_names=class_names_of(ws.model), baselines=baselines,
             n_circuit_images=args.n_circuit_images or None, k=args.k,
             batch_size=args.batch_size, files=[str(f) for f in loaded.files] or None,
             progress=progress, layer_ids=[list(ws.saes).index(h) for h in saes],

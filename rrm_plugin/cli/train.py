@@ -187,10 +187,10 @@ def _train_saes_into(args: argparse.Namespace, out: Path, configs: dict | None) 
 
 
 def _own_model_and_images(args: argparse.Namespace):
-    from rrm_plugin.cli.common import check_device_available, model_preprocessing
-    from rrm_plugin.data.images import load_images
     from rrm_plugin.hosts.prisma import check_images
     from rrm_plugin.io import read_tensors
+    from rrm_plugin.workflows.workspace import check_device_available
+    from rrm_plugin.zoo.inputs import load_images, model_preprocessing
     from rrm_plugin.zoo.models import load_model, load_model_from_directory
 
     check_device_available(args.device)
@@ -205,7 +205,8 @@ def _own_model_and_images(args: argparse.Namespace):
             raise RRMUserError(f"{args.images[0]} has no 'images' tensor (found {sorted(tensors)})")
         images = tensors["images"]
     else:
-        images = load_images(args.images, model_preprocessing(model_name, model)).images
+        images = load_images(args.images, model=model,
+                             preprocessing=model_preprocessing(model, name=model_name)).images
     return model, model_name, check_images(model, images.to(args.device))
 
 

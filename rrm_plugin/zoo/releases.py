@@ -8,7 +8,7 @@ changes nothing in SAELens; only that call does.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,8 +18,9 @@ from sae_lens.loading.pretrained_saes_directory import (
     get_pretrained_saes_directory,
 )
 
-from rrm_plugin.errors import UnknownNameError
+from rrm_plugin.errors import RRMUserError, UnknownNameError
 from rrm_plugin.io import SHIPPED_DIR as WEIGHTS_DIR
+from rrm_plugin.replacement.splice import check_sae_for_hook
 from rrm_plugin.saes.authors import (
     AUTHORS_LOADER_NAME,
     authors_folder,
@@ -34,6 +35,7 @@ from rrm_plugin.saes.prisma import (
 )
 from rrm_plugin.saes.registry import load_saes as load_registered_saes
 from rrm_plugin.saes.registry import register_loader, register_sae_release
+from rrm_plugin.zoo.models import model_name_of
 
 
 @dataclass(frozen=True)
@@ -212,14 +214,46 @@ def register_releases() -> list[str]:
     return list(_REGISTERED)
 
 
+RELEASE_ATTR = "rrm_release"  # set on each SAE `load_saes` returns: the release it came from
+
+
 def load_saes(
-    release: str, *, sae_ids: list[str] | None = None, device: str = "cpu", model=None
+    release: str, *, sae_ids: list[str] | None = None, device: str | None = None, model=None
 ) -> dict:
     """All SAEs of a release as `{hook_name: SAE}`: a named one (shipped or on the hub, registered
-    here first) or one registered from a folder (`register_sae_release`). With `model`, a local
-    release's recorded provenance is checked (`ProvenanceError` on other model weights)."""
+    here first) or one registered from a folder (`register_sae_release`).
+
+    With `model`: a local release's recorded provenance is checked (`ProvenanceError` on other
+    model weights), every SAE must fit its hook point of the model, and `device` defaults to the
+    model's (else the CPU). Each SAE records the release (`release_of`), which `trace` and
+    `resolve_baselines` use to find the release's baselines.
+    """
     register_releases()
-    return load_registered_saes(release, sae_ids=sae_ids, device=device, model=model)
+    if device is None:
+        device = "cpu" if model is None else str(next(model.parameters()).device)
+    saes = load_registered_saes(release, sae_ids=sae_ids, device=device, model=model)
+    if model is not None:
+        check_saes_fit(model, saes, release=release,
+                       model_name=model_name_of(model) or model.cfg.model_name)
+    for sae in saes.values():
+        setattr(sae, RELEASE_ATTR, release)
+    return saes
+
+
+def release_of(saes: Mapping) -> str | None:
+    """The release every SAE of `saes` was loaded from by `load_saes`, else None."""
+    found = {getattr(sae, RELEASE_ATTR, None) for sae in saes.values()}
+    return found.pop() if len(found) == 1 else None
+
+
+def check_saes_fit(model, saes: Mapping, *, release: str, model_name: str) -> None:
+    """Every SAE must fit its hook point (the replacement model's check), named for the user."""
+    for hook, sae in saes.items():
+        try:
+            check_sae_for_hook(model, hook, sae)
+        except (KeyError, ValueError) as err:
+            raise RRMUserError(f"SAE release {release!r} does not fit model {model_name!r}: "
+                               f"{err.args[0]}") from err
 
 
 def register_embedded_releases() -> list[str]:
