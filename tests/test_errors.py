@@ -54,8 +54,9 @@ def test_no_bare_builtin_user_errors_are_raised():
     found = []
     for path in sorted(PACKAGE.rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Raise | ast.Return) and isinstance(node.value, ast.Call):
-                name = getattr(node.value.func, "id", None)
+            made = node.exc if isinstance(node, ast.Raise) else getattr(node, "value", None)
+            if isinstance(node, ast.Raise | ast.Return) and isinstance(made, ast.Call):
+                name = getattr(made.func, "id", None)
                 if name in BUILTINS:
                     found.append(f"{path.relative_to(PACKAGE)}:{node.lineno} {name}")
     assert found == []
