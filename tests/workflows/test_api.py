@@ -119,6 +119,8 @@ def test_baselines_order(vit, saes, images, reference_images, tmp_path, monkeypa
     assert got.description == f"cached {cached}"
     assert same_tensors(got.baselines, Baselines.load(cached))
     assert not same_tensors(got.baselines, reference)
+    got = resolve_baselines(vit, saes, path=tmp_path / "given.safetensors")
+    assert got.description.startswith("file ") and same_tensors(got.baselines, reference)
 
 
 def test_named_models_record_their_name_and_the_shipped_baselines(tmp_path, monkeypatch):
