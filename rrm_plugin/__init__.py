@@ -33,6 +33,15 @@ _LAZY = {
     "splice_saes": "rrm_plugin.replacement.splice",
     "load_model": "rrm_plugin.zoo.models",
     "load_test_set": "rrm_plugin.zoo.datasets",
+    "load_images": "rrm_plugin.zoo.inputs",
+    "Preprocessing": "rrm_plugin.data.preprocessing",
+    "Baselines": "rrm_plugin.attribution.baselines",
+    "resolve_baselines": "rrm_plugin.workflows.baselines",
+    "ResolvedBaselines": "rrm_plugin.workflows.baselines",
+    "trace": "rrm_plugin.workflows.trace",
+    "TraceConfig": "rrm_plugin.workflows.trace",
+    "TraceResult": "rrm_plugin.workflows.trace",
+    "RRMUserError": "rrm_plugin.errors",
 }
 
 
@@ -67,21 +76,30 @@ def list_releases(*, show: bool = True) -> list[dict]:
 
 
 __all__ = [
+    "Baselines",
     "Circuit",
     "FeatureIntervention",
     "Graph",
+    "Preprocessing",
+    "RRMUserError",
+    "ResolvedBaselines",
+    "TraceConfig",
+    "TraceResult",
     "attribute",
     "compute_baselines",
     "evaluate_faithfulness",
     "intervention_hooks",
     "list_models",
     "list_releases",
+    "load_images",
     "load_model",
     "load_saes",
     "load_test_set",
     "prune_by_influence",
     "register_releases",
     "register_sae_release",
+    "resolve_baselines",
     "run_lens",
     "splice_saes",
+    "trace",
 ]

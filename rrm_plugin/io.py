@@ -15,12 +15,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from rrm_plugin.errors import CorruptFileError, MissingFileError, NotWritableError
+
 if TYPE_CHECKING:
     import torch
-
-
-class CorruptFileError(ValueError):
-    """A weights or config file that cannot be read or does not have the expected content."""
 
 
 # The package's shipped weights are read-only for every command and API (issue 15): training and
@@ -35,7 +33,7 @@ def check_not_shipped(path: Path) -> Path:
     if os.environ.get(WRITE_SHIPPED_ENV) != "1" and (
         resolved == SHIPPED_DIR or SHIPPED_DIR in resolved.parents
     ):
-        raise PermissionError(
+        raise NotWritableError(
             f"refusing to write {path}: it is inside rrm-plugin's shipped files ({SHIPPED_DIR}), "
             "which no command changes; write to another folder (--out)")
     return Path(path)
@@ -49,8 +47,8 @@ def not_writable(path: Path, err: OSError) -> OSError:
     temporary sibling the write went to); other OS errors are returned unchanged."""
     if err.errno not in _NOT_WRITABLE:
         return err
-    return PermissionError(f"cannot write {path}: its folder {Path(path).parent} is not writable "
-                           f"({err.strerror})")
+    return NotWritableError(f"cannot write {path}: its folder {Path(path).parent} is not writable "
+                            f"({err.strerror})")
 
 
 def _atomic(path: Path, write: Callable[[Path], None]) -> Path:
@@ -81,7 +79,7 @@ def write_json(path: Path, data: Any) -> Path:
 def read_json(path: Path) -> Any:
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"missing file {path}")
+        raise MissingFileError(f"missing file {path}")
     try:
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -116,7 +114,7 @@ def read_tensors(
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"missing {what} {path}")
+        raise MissingFileError(f"missing {what} {path}")
     try:
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as err:
@@ -190,5 +188,5 @@ def swap_into_place(tmp: Path, target: Path) -> None:
 def _swap_error(target: Path, err: OSError) -> OSError:
     if err.errno not in _NOT_WRITABLE:
         return err
-    return PermissionError(f"cannot replace {target}: {target} or its folder "
-                           f"{target.resolve().parent} is not writable ({err.strerror})")
+    return NotWritableError(f"cannot replace {target}: {target} or its folder "
+                            f"{target.resolve().parent} is not writable ({err.strerror})")

@@ -15,13 +15,14 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from rrm_plugin.errors import RRMUserError
 from rrm_plugin.io import CorruptFileError, read_json, write_json
 
 PROVENANCE_FILENAME = "provenance.json"
 FINGERPRINT_ATTR = "rrm_weights_fingerprint"  # set on models loaded from files, before any cast
 
 
-class ProvenanceError(ValueError):
+class ProvenanceError(RRMUserError):
     """Artifacts built on different weights than the ones they are used with."""
 
 

@@ -11,12 +11,14 @@ from contextlib import contextmanager
 
 import torch
 
+from rrm_plugin.errors import RRMUserError
+
 
 @contextmanager
 def torch_threads(n: int) -> Iterator[None]:
     """Run the block with `torch.set_num_threads(n)`; the previous count is restored on exit."""
     if n < 1:
-        raise ValueError(f"thread count must be >= 1, got {n}")
+        raise RRMUserError(f"thread count must be >= 1, got {n}")
     previous = torch.get_num_threads()
     torch.set_num_threads(n)
     try:

@@ -8,7 +8,8 @@ block needs:
 - `hub`: the Hugging Face cache of `tests/hubcache.py` (a random full-size ViT-B/16 and the
   paper-size SAEs), as a reader's cache after the first download;
 - `slow`: the block takes over a minute on 2 busy cores (marked `slow`, like `hub`);
-- `no-test`: the block is not run (listed by `test_snippets_not_run_are_few`).
+- `no-test`: the block is not run (listed by `test_snippets_not_run_are_few`); the README's real-ViT
+  quick start is one: `tests/workflows/test_quickstart.py` runs its lines verbatim.
 """
 
 from __future__ import annotations

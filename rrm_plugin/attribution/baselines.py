@@ -20,6 +20,7 @@ from jaxtyping import Float
 from sae_lens import SAE
 from torch import Tensor, nn
 
+from rrm_plugin.errors import RRMUserError, UnknownNameError
 from rrm_plugin.io import CorruptFileError, read_tensors, write_tensors
 from rrm_plugin.provenance import ProvenanceError, model_fingerprint, sae_fingerprint
 from rrm_plugin.replacement.splice import splice_saes
@@ -68,16 +69,16 @@ class Baselines:
                     f"model given has weights {have}; recompute them with `rrm baselines`")
         missing = [h for h in saes if h not in self.features]
         if missing:
-            raise KeyError(f"baselines have no entry for SAE hook(s) {missing}; "
-                           f"they cover {self.hook_names}")
+            raise UnknownNameError(f"baselines have no entry for SAE hook(s) {missing}; "
+                                   f"they cover {self.hook_names}")
         for hook, sae in saes.items():
             shape = tuple(self.features[hook].shape)
             if shape[1] != sae.cfg.d_sae:
-                raise ValueError(f"baselines for {hook!r} have d_sae={shape[1]}, SAE has "
-                                 f"{sae.cfg.d_sae}; recompute them with `rrm baselines`")
+                raise RRMUserError(f"baselines for {hook!r} have d_sae={shape[1]}, SAE has "
+                                   f"{sae.cfg.d_sae}; recompute them with `rrm baselines`")
             if n_tokens is not None and shape[0] != n_tokens:
-                raise ValueError(f"baselines for {hook!r} have {shape[0]} token positions, the "
-                                 f"images give {n_tokens}")
+                raise RRMUserError(f"baselines for {hook!r} have {shape[0]} token positions, the "
+                                   f"images give {n_tokens}")
             stored = self.fingerprints.get(hook)
             if stored is not None and stored != sae_fingerprint(sae):
                 raise ProvenanceError(
@@ -150,7 +151,7 @@ def _reduce(stacked: Tensor, statistic: str) -> Tensor:
         return stacked.median(dim=0).values
     if statistic == "mean":
         return stacked.mean(dim=0)
-    raise ValueError(f"unknown baseline statistic {statistic!r}; expected 'median' or 'mean'")
+    raise RRMUserError(f"unknown baseline statistic {statistic!r}; expected 'median' or 'mean'")
 
 
 @torch.no_grad()
@@ -165,9 +166,9 @@ def compute_baselines(
 ) -> Baselines:
     """Median or mean over `images` of latents, errors and residual, per token position."""
     if statistic not in ("median", "mean"):
-        raise ValueError(f"unknown baseline statistic {statistic!r}; expected 'median' or 'mean'")
+        raise RRMUserError(f"unknown baseline statistic {statistic!r}; expected 'median' or 'mean'")
     if len(images) == 0:
-        raise ValueError("need at least one reference image to compute baselines")
+        raise RRMUserError("need at least one reference image to compute baselines")
     names = {f"{h}.{suffix}": (kind, h) for h in saes for kind, suffix in
              zip(_KINDS, ("hook_sae_acts_post", "hook_sae_error", "hook_sae_input"), strict=True)}
 

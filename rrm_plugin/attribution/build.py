@@ -24,6 +24,7 @@ from rrm_plugin.attribution.forward import AttributionForward, attribution_forwa
 from rrm_plugin.attribution.graph import Granularity, Graph, GraphLayer
 from rrm_plugin.attribution.linearise import FULL, NONE
 from rrm_plugin.attribution.token_engine import token_edges_batch
+from rrm_plugin.errors import RRMUserError
 from rrm_plugin.hosts.prisma import input_check_for
 
 
@@ -54,7 +55,7 @@ def graphs_from_forward(
 ) -> list[Graph]:
     """Assemble one `Graph` per image from a traced batch (edges via the fast engine)."""
     if granularity not in ("feature", "token"):
-        raise ValueError(f"unknown granularity {granularity!r}; expected 'feature' or 'token'")
+        raise RRMUserError(f"unknown granularity {granularity!r}; expected 'feature' or 'token'")
     layers = forward.layers
     weights = {k: block_weights(model, layers[k + 1].block) for k in range(len(layers) - 1)} \
         if edges else {}
@@ -150,13 +151,13 @@ def attribute(
     """
     require_baselines(baselines, caller="attribute")
     if edges and not linearise:
-        raise ValueError("edges are defined for the linearised model; pass edges=False to get "
-                         "node scores without the linearisation")
+        raise RRMUserError("edges are defined for the linearised model; pass edges=False to get "
+                           "node scores without the linearisation")
     check_input = input_check_for(model)
     if check_input is not None:
         check_input(images)
     if metadata is not None and len(metadata) != len(images):
-        raise ValueError(f"got {len(metadata)} metadata dicts for {len(images)} images")
+        raise RRMUserError(f"got {len(metadata)} metadata dicts for {len(images)} images")
     forward = attribution_forward(
         model, saes, images, baselines=baselines, classes=classes, metric=metric,
         linearisation=FULL if linearise else NONE, capture_blocks=edges,

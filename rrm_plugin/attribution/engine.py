@@ -36,6 +36,7 @@ from sae_lens import SAE
 from torch import Tensor, nn
 
 from rrm_plugin.attribution.forward import BlockConstants, LayerTrace
+from rrm_plugin.errors import RRMUserError
 
 
 @dataclass(frozen=True)
@@ -67,11 +68,11 @@ class EngineConfig:
 
     def __post_init__(self) -> None:
         if self.images_per_step < 1:
-            raise ValueError(f"images_per_step must be >= 1, got {self.images_per_step}")
+            raise RRMUserError(f"images_per_step must be >= 1, got {self.images_per_step}")
         if self.token_top_k is not None and self.token_top_k < 1:
-            raise ValueError(f"token_top_k must be None or >= 1, got {self.token_top_k}")
+            raise RRMUserError(f"token_top_k must be None or >= 1, got {self.token_top_k}")
         if self.chunk_elements < 1:
-            raise ValueError(f"chunk_elements must be >= 1, got {self.chunk_elements}")
+            raise RRMUserError(f"chunk_elements must be >= 1, got {self.chunk_elements}")
 
 
 DEFAULT_ENGINE = EngineConfig()
@@ -96,13 +97,14 @@ def block_weights(model: nn.Module, block: int) -> BlockWeights:
     cfg = model.cfg
     unsupported = [f for f in ("use_bert_block", "parallel_attn_mlp") if getattr(cfg, f, False)]
     if unsupported:
-        raise ValueError(f"the edge engine models pre-LayerNorm blocks; config sets {unsupported}")
+        raise RRMUserError(
+            f"the edge engine models pre-LayerNorm blocks; config sets {unsupported}")
     if getattr(cfg, "n_key_value_heads", None) not in (None, cfg.n_heads):
-        raise ValueError("the edge engine does not support grouped-query attention")
+        raise RRMUserError("the edge engine does not support grouped-query attention")
     mod = model.blocks[block]
     norm = getattr(cfg, "normalization_type", "LN")
     if norm not in ("LN", "LNPre", None):
-        raise ValueError(f"the edge engine supports LN, LNPre or no normalisation, not {norm!r}")
+        raise RRMUserError(f"the edge engine supports LN, LNPre or no normalisation, not {norm!r}")
 
     def ln(module_name: str) -> tuple[Tensor | None, bool]:
         module = getattr(mod, module_name, None)

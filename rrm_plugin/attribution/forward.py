@@ -30,6 +30,7 @@ from rrm_plugin.attribution.linearise import (
     sae_input_stats,
 )
 from rrm_plugin.attribution.targets import check_metric, metric_values, resolve_classes
+from rrm_plugin.errors import RRMUserError
 from rrm_plugin.replacement.splice import splice_saes
 
 _RESID_POST = re.compile(r"^blocks\.(\d+)\.hook_resid_post$")
@@ -91,13 +92,13 @@ def sae_layers(saes: Mapping[str, SAE]) -> list[tuple[int, str]]:
     for hook_name in saes:
         match = _RESID_POST.match(hook_name)
         if match is None:
-            raise ValueError(
+            raise RRMUserError(
                 f"attribution needs residual-stream SAEs at blocks.<l>.hook_resid_post; "
                 f"got one at {hook_name!r}"
             )
         layers.append((int(match.group(1)), hook_name))
     if not layers:
-        raise ValueError("need at least one SAE to attribute through")
+        raise RRMUserError("need at least one SAE to attribute through")
     return sorted(layers)
 
 
@@ -105,7 +106,7 @@ def check_consecutive(layers: Sequence[tuple[int, str]]) -> None:
     blocks = [b for b, _ in layers]
     gaps = [(a, b) for a, b in zip(blocks, blocks[1:], strict=False) if b != a + 1]
     if gaps:
-        raise ValueError(
+        raise RRMUserError(
             f"edges join adjacent SAE layers through one block; SAE layers {blocks} skip "
             f"between {gaps}"
         )

@@ -23,6 +23,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from rrm_plugin.attribution.targets import METRICS, metric_values
+from rrm_plugin.errors import RRMUserError
 from rrm_plugin.io import CorruptFileError, read_json, read_tensors, write_json, write_tensors
 
 Granularity = Literal["feature", "token"]
@@ -122,7 +123,7 @@ class Graph:
     def require_dense_edges(self, what: str) -> None:
         """Refuse sparse (top-k) edge matrices in code that needs every edge as a dense matrix."""
         if self.sparse_edges:
-            raise ValueError(
+            raise RRMUserError(
                 f"{what} needs dense edge matrices; this token graph keeps only each node's "
                 "strongest in-edges (EngineConfig(token_top_k=...)). Prune it with "
                 "prune_by_influence, or attribute without token_top_k if it fits in memory")
@@ -313,8 +314,8 @@ def edge_entries(
     if mask is not None:
         mask = mask.coalesce()
         if not torch.equal(mask.indices(), edge.indices()):
-            raise ValueError("a sparse edge matrix takes a sparse mask over its stored entries "
-                             "(as prune_by_influence returns); got other indices")
+            raise RRMUserError("a sparse edge matrix takes a sparse mask over its stored entries "
+                               "(as prune_by_influence returns); got other indices")
         keep &= mask.values()
     rows, cols = edge.indices()
     return rows[keep], cols[keep], edge.values()[keep]

@@ -29,6 +29,7 @@ import torch
 from sae_lens import SAE
 from torch import Tensor, nn
 
+from rrm_plugin.errors import RRMUserError
 from rrm_plugin.saes.normalisation import SAE_LN_EPS
 from rrm_plugin.saes.normalisation import input_stats as sae_input_stats
 
@@ -61,7 +62,7 @@ def activation_name(model: nn.Module) -> str:
     cfg = model.cfg
     name = getattr(cfg, "activation_name", None) or getattr(cfg, "act_fn", None)
     if name is None:
-        raise ValueError("model config names no MLP activation (activation_name / act_fn)")
+        raise RRMUserError("model config names no MLP activation (activation_name / act_fn)")
     return name
 
 
@@ -78,7 +79,7 @@ def activation_gate(name: str) -> Callable[[Tensor], Tensor]:
         return lambda x: (x > 0).to(x.dtype)
     if name == "silu":
         return torch.sigmoid
-    raise ValueError(
+    raise RRMUserError(
         f"cannot linearise MLP activation {name!r}; "
         "supported: gelu, gelu_new, gelu_fast, quick_gelu, relu, silu"
     )
@@ -124,7 +125,7 @@ def linearisation_hooks(model: nn.Module, config: Linearisation) -> list[tuple[s
 def check_sae_normalisation(sae: SAE) -> None:
     mode = sae.cfg.normalize_activations
     if mode not in ("layer_norm", "none"):
-        raise ValueError(
+        raise RRMUserError(
             f"SAE at {sae.cfg.metadata.hook_name!r} uses normalize_activations={mode!r}; "
             "attribution supports 'layer_norm' (the RRM SAEs) and 'none'"
         )

@@ -10,13 +10,15 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from rrm_plugin.errors import RRMUserError
+
 Metric = Literal["logit", "adjusted_logit"]
 METRICS: tuple[str, ...] = ("logit", "adjusted_logit")
 
 
 def check_metric(metric: str) -> None:
     if metric not in METRICS:
-        raise ValueError(f"unknown target metric {metric!r}; expected one of {list(METRICS)}")
+        raise RRMUserError(f"unknown target metric {metric!r}; expected one of {list(METRICS)}")
 
 
 def integer_tensor(values, *, what: str) -> Int[Tensor, "..."]:
@@ -47,10 +49,10 @@ def resolve_classes(
     if resolved.numel() == 1:
         resolved = resolved.expand(n_images)
     if resolved.numel() != n_images:
-        raise ValueError(f"got {resolved.numel()} target classes for {n_images} images")
+        raise RRMUserError(f"got {resolved.numel()} target classes for {n_images} images")
     bad = resolved[(resolved < 0) | (resolved >= n_classes)]
     if bad.numel():
-        raise ValueError(
+        raise RRMUserError(
             f"unknown target class {bad[0].item()}; the model has classes 0..{n_classes - 1}"
         )
     return resolved.clone()

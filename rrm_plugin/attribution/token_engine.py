@@ -22,6 +22,7 @@ from rrm_plugin.attribution.engine import (
     _Targets,
 )
 from rrm_plugin.attribution.forward import BlockConstants
+from rrm_plugin.errors import RRMUserError
 
 
 def token_edges(
@@ -45,13 +46,13 @@ def _check_token_edges(n_src: int, n_tgt: int, config: EngineConfig) -> None:
     if config.token_top_k is not None:
         stored = (min(config.token_top_k, n_src) + 1) * n_tgt
         if stored > config.max_token_edges:
-            raise ValueError(
+            raise RRMUserError(
                 f"token-level top-{config.token_top_k} edges would store {stored:,} entries "
                 f"(limit max_token_edges={config.max_token_edges:,}); lower token_top_k or "
                 "raise max_token_edges")
         return
     if (n_src + 1) * n_tgt > config.max_token_edges:
-        raise ValueError(
+        raise RRMUserError(
             f"token-level edge matrix would have {(n_src + 1) * n_tgt:,} entries (limit "
             f"max_token_edges={config.max_token_edges:,}); use feature granularity, keep each "
             "target's strongest edges (EngineConfig(token_top_k=...)) or raise max_token_edges"

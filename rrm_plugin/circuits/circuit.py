@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from rrm_plugin.attribution.baselines import Baselines, require_baselines
 from rrm_plugin.attribution.graph import Graph, edge_entries, error_id, node_id
+from rrm_plugin.errors import RRMUserError, UnknownNameError
 from rrm_plugin.replacement.splice import splice_saes
 
 Mode = Literal["insertion", "deletion"]
@@ -43,8 +44,8 @@ class Circuit:
 
     def __post_init__(self) -> None:
         if len(self.latents) != len(self.hook_names) or len(self.errors) != len(self.hook_names):
-            raise ValueError(f"circuit has {len(self.hook_names)} layers but {len(self.latents)} "
-                             f"latent masks and {len(self.errors)} error flags")
+            raise RRMUserError(f"circuit has {len(self.hook_names)} layers but {len(self.latents)} "
+                               f"latent masks and {len(self.errors)} error flags")
 
     @property
     def node_count(self) -> int:
@@ -70,12 +71,12 @@ class Circuit:
         ViT-B graph's kept edges can run to millions of Python tuples.
         """
         if len(node_masks) != len(graph.layers):
-            raise ValueError(f"got {len(node_masks)} node masks for {len(graph.layers)} layers")
+            raise RRMUserError(f"got {len(node_masks)} node masks for {len(graph.layers)} layers")
         latents, errors = [], []
         for layer, mask in zip(graph.layers, node_masks, strict=True):
             if len(mask) != len(layer) + 1:
-                raise ValueError(f"node mask for {layer.hook_name} has {len(mask)} entries, "
-                                 f"expected {len(layer) + 1} (nodes + error)")
+                raise RRMUserError(f"node mask for {layer.hook_name} has {len(mask)} entries, "
+                                   f"expected {len(layer) + 1} (nodes + error)")
             chosen = mask[:-1]
             if layer.tokens is None:
                 dense = torch.zeros(layer.d_sae, dtype=torch.bool)
@@ -159,7 +160,7 @@ def intervention_hooks(
 ) -> list[tuple[str, Callable]]:
     """Host hooks that keep (insertion) or ablate (deletion) the masked nodes."""
     if mode not in ("insertion", "deletion"):
-        raise ValueError(f"unknown mode {mode!r}; expected 'insertion' or 'deletion'")
+        raise RRMUserError(f"unknown mode {mode!r}; expected 'insertion' or 'deletion'")
     hooks = []
     for k, h in enumerate(hook_names):
         keep = latent_masks[k] if mode == "insertion" else ~latent_masks[k]
@@ -197,20 +198,21 @@ def run_circuits(
     if isinstance(circuits, Circuit):
         circuits = [circuits] * len(images)
     if len(circuits) != len(images):
-        raise ValueError(f"got {len(circuits)} circuits for {len(images)} images")
+        raise RRMUserError(f"got {len(circuits)} circuits for {len(images)} images")
     hook_names = circuits[0].hook_names
     missing = [h for h in hook_names if h not in saes]
     if missing:
-        raise KeyError(f"circuit uses hook(s) {missing} that have no SAE; SAEs: {list(saes)}")
+        raise UnknownNameError(
+            f"circuit uses hook(s) {missing} that have no SAE; SAEs: {list(saes)}")
     used = {h: saes[h] for h in hook_names}
     require_baselines(baselines, caller="run_circuits")
     baselines.check(used)
     for circuit in circuits:
         for hook, mask in zip(circuit.hook_names, circuit.latents, strict=True):
             if hook not in saes or mask.shape[-1] != saes[hook].cfg.d_sae:
-                raise ValueError(f"circuit layer {hook!r} has {mask.shape[-1]} latents, the SAE "
-                                 f"there has {saes[hook].cfg.d_sae if hook in saes else 'none'}; "
-                                 "the circuit was built for other SAEs")
+                raise RRMUserError(f"circuit layer {hook!r} has {mask.shape[-1]} latents, the SAE "
+                                   f"there has {saes[hook].cfg.d_sae if hook in saes else 'none'}; "
+                                   "the circuit was built for other SAEs")
     if errors is None:
         errors = clean_errors(model, used, images)
     n_tokens = next(iter(errors.values())).shape[1]

@@ -31,6 +31,7 @@ import torch
 
 from rrm_plugin.attribution.graph import Graph, edge_entries
 from rrm_plugin.circuits.influence import prune_by_influence
+from rrm_plugin.errors import RRMUserError
 from rrm_plugin.io import read_json, write_json
 
 FEATURE_TYPE = "cross layer transcoder"  # the frontend draws these as feature nodes
@@ -44,7 +45,7 @@ def _cantor(x: int, y: int) -> int:
 def prompt_tokens(n_tokens: int, n_prefix: int = 1) -> list[str]:
     """`CLS`, `reg0..`, then `p(row,col)` over the square patch grid (`p(i)` if not square)."""
     if not 0 <= n_prefix <= n_tokens:
-        raise ValueError(f"n_prefix must be in [0, n_tokens={n_tokens}], got {n_prefix}")
+        raise RRMUserError(f"n_prefix must be in [0, n_tokens={n_tokens}], got {n_prefix}")
     prefix = (["CLS"] + [f"reg{i}" for i in range(n_prefix - 1)])[:n_prefix]
     n_patches = n_tokens - n_prefix
     side = math.isqrt(n_patches)
@@ -67,8 +68,8 @@ def circuit_tracer_dict(
 ) -> dict[str, Any]:
     """The graph file as a dict (see the module docstring for the mapping)."""
     if graph.granularity != "token":
-        raise ValueError("circuit-tracer places every node on a token; trace the graph with "
-                         "granularity='token' (got a 'feature'-granularity graph)")
+        raise RRMUserError("circuit-tracer places every node on a token; trace the graph with "
+                           "granularity='token' (got a 'feature'-granularity graph)")
     tokens = prompt_tokens(graph.n_tokens, n_prefix)
     pruned = prune_by_influence(graph, node_threshold=node_threshold,
                                 edge_threshold=edge_threshold)

@@ -30,6 +30,7 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 
 from rrm_plugin.attribution.graph import Graph, dense_scores
+from rrm_plugin.errors import RRMUserError
 
 Normalisation = Literal["clamp", "abs"]
 Ties = Literal["raw", "index", "random"]
@@ -50,7 +51,7 @@ def _positive(scores: Tensor, mode: str) -> Tensor:
         return scores.clamp(min=0)
     if mode == "abs":
         return scores.abs()
-    raise ValueError(f"unknown normalisation {mode!r}; expected 'clamp' or 'abs'")
+    raise RRMUserError(f"unknown normalisation {mode!r}; expected 'clamp' or 'abs'")
 
 
 def normalise(scores: Float[Tensor, "... n"], mode: Normalisation = "clamp") -> Tensor:
@@ -69,7 +70,7 @@ def _tie_order(scores: Tensor, ties: str, generator: torch.Generator | None) -> 
     if ties == "random":
         noise = torch.rand(scores.shape, generator=generator, dtype=torch.float64)
         return torch.argsort(noise, dim=-1).to(scores.device)
-    raise ValueError(f"unknown ties {ties!r}; expected one of {list(TIES)}")
+    raise RRMUserError(f"unknown ties {ties!r}; expected one of {list(TIES)}")
 
 
 def _ranks(scores: Tensor, mode: str, ties: str = "raw",
@@ -84,7 +85,7 @@ def _ranks(scores: Tensor, mode: str, ties: str = "raw",
 
 def check_fraction(name: str, value: float) -> None:
     if not 0.0 <= value <= 1.0:
-        raise ValueError(f"{name} must be in [0, 1], got {value}")
+        raise RRMUserError(f"{name} must be in [0, 1], got {value}")
 
 
 def node_rule(
@@ -161,15 +162,15 @@ def select(
         return topk_rule(scores, k=value, mode=mode, ties=ties, generator=generator)
     if criterion == "threshold":
         return threshold_rule(scores, tau=value, mode=mode, ties=ties, generator=generator)
-    raise ValueError(f"unknown criterion {criterion!r}; expected one of {list(CRITERIA)}")
+    raise RRMUserError(f"unknown criterion {criterion!r}; expected one of {list(CRITERIA)}")
 
 
 def _select(values: Tensor, *, p: float | None, tau: float | None, k: float | None, n_max: int,
             mode: str, ties: str, generator: torch.Generator | None) -> Tensor:
     given = [(c, v) for c, v in (("topn", p), ("threshold", tau), ("topk", k)) if v is not None]
     if len(given) != 1:
-        raise ValueError("give exactly one of p= (node count rule), k= (fraction of each layer) "
-                         "or tau= (threshold rule)")
+        raise RRMUserError("give exactly one of p= (node count rule), k= (fraction of each layer) "
+                           "or tau= (threshold rule)")
     (criterion, value), = given
     return select([values], criterion=criterion, value=value, n_max=n_max, mode=mode, ties=ties,
                   generator=generator)[0]

@@ -8,6 +8,7 @@ from pathlib import Path
 from rrm_plugin.cli import checks
 from rrm_plugin.cli.common import add_images_arg, add_model_args
 from rrm_plugin.cli.dataset import add_run_args
+from rrm_plugin.errors import RRMUserError
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
@@ -41,7 +42,7 @@ def check_args(args: argparse.Namespace) -> list[Path]:
     --out; the default path in the cache is known only once the release is loaded)."""
     checks.model_args(args)
     if args.release is None or args.release.lower() == "none":
-        raise ValueError("--release none: baselines need an SAE release")
+        raise RRMUserError("--release none: baselines need an SAE release")
     checks.image_paths("--images", args.images)
     checks.at_least("--n-images", args.n_images)
     checks.at_least("--batch-size", args.batch_size)
@@ -54,22 +55,14 @@ def check_args(args: argparse.Namespace) -> list[Path]:
 
 def run(args: argparse.Namespace) -> int:
     from rrm_plugin.attribution.baselines import compute_baselines
-    from rrm_plugin.cli.common import load_image_args, load_workspace
+    from rrm_plugin.cli.common import workspace_of
     from rrm_plugin.cli.dataset import chunk_report, dataset_run, start_processes
-    from rrm_plugin.zoo.datasets import training_sampler
-    from rrm_plugin.zoo.models import MODELS
+    from rrm_plugin.workflows.inputs import reference_renders
 
     ctx = start_processes(args)
-    ws = load_workspace(args)
-    if args.images:
-        images = load_image_args(args.images, ws).images
-        what = f"{len(images)} images"
-    elif ws.model_name in MODELS:
-        images = training_sampler(ws.model_name, seed=args.seed)(args.n_images).images
-        images, what = images.to(ws.device), f"{args.n_images} renders"
-    else:
-        raise ValueError(f"model {ws.model_name!r} has no embedded data: give --images "
-                         "(the paper uses the ImageNet-1k training set)")
+    ws = workspace_of(args)
+    images, what = reference_renders(args.images, ws.model, n_images=args.n_images,
+                                     seed=args.seed)
     out = args.out or default_output(ws.release)
     from rrm_plugin.io import check_not_shipped
 

@@ -14,6 +14,14 @@ import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from rrm_plugin.errors import (
+    MissingFileError,
+    NotAFileError,
+    NotAFolderError,
+    NotWritableError,
+    RRMUserError,
+)
+
 # torch.device strings rrm can use: the CPU, a CUDA GPU (optionally by index) or Apple's MPS.
 DEVICE_PATTERN = re.compile(r"cpu|cuda(:\d+)?|mps")
 
@@ -27,14 +35,14 @@ def out_path(value: str) -> Path:
 
 def check_device(value: str) -> None:
     if not DEVICE_PATTERN.fullmatch(value):
-        raise ValueError(f"--device {value!r}: expected cpu, cuda, cuda:N (a GPU index) or mps")
+        raise RRMUserError(f"--device {value!r}: expected cpu, cuda, cuda:N (a GPU index) or mps")
 
 
 def at_least(option: str, value, minimum: int | float = 1) -> None:
     """`value` (None: not given) must be >= `minimum`; for lists, every element."""
     for v in value if isinstance(value, list | tuple) else [value]:
         if v is not None and v < minimum:
-            raise ValueError(f"{option} must be at least {minimum}, got {v}")
+            raise RRMUserError(f"{option} must be at least {minimum}, got {v}")
 
 
 def in_range(option: str, value: float, *, low: float, high: float,
@@ -43,7 +51,7 @@ def in_range(option: str, value: float, *, low: float, high: float,
     ok = (low < value if low_open else low <= value) and value <= high
     if not ok:
         interval = f"{'(' if low_open else '['}{low:g}, {high:g}]"
-        raise ValueError(f"{option} must be in {interval}, got {value}")
+        raise RRMUserError(f"{option} must be in {interval}, got {value}")
 
 
 def existing_file(option: str, path: Path | str | None, *, what: str) -> None:
@@ -51,9 +59,9 @@ def existing_file(option: str, path: Path | str | None, *, what: str) -> None:
         return
     path, named = Path(path), f"{option} {path}".strip()
     if path.is_dir():
-        raise IsADirectoryError(f"{named} is a folder; expected a {what}")
+        raise NotAFileError(f"{named} is a folder; expected a {what}")
     if not path.is_file():
-        raise FileNotFoundError(f"{named}: no such {what}")
+        raise MissingFileError(f"{named}: no such {what}")
 
 
 def existing_folder(option: str, path: Path | str | None, *, what: str) -> None:
@@ -61,9 +69,9 @@ def existing_folder(option: str, path: Path | str | None, *, what: str) -> None:
         return
     path, named = Path(path), f"{option} {path}".strip()
     if path.is_file():
-        raise NotADirectoryError(f"{named} is a file; expected a {what}")
+        raise NotAFolderError(f"{named} is a file; expected a {what}")
     if not path.is_dir():
-        raise FileNotFoundError(f"{named}: no such {what}")
+        raise MissingFileError(f"{named}: no such {what}")
 
 
 def image_paths(option: str | None, paths: Sequence[str] | None) -> None:
@@ -71,7 +79,7 @@ def image_paths(option: str | None, paths: Sequence[str] | None) -> None:
     for path in paths or ():
         if not Path(path).exists():
             where = f"{option}: " if option else ""
-            raise FileNotFoundError(f"{where}no image file or folder {path}")
+            raise MissingFileError(f"{where}no image file or folder {path}")
 
 
 def _path_like(value: str) -> bool:
@@ -85,8 +93,8 @@ def model_arg(option: str, value: str | None) -> None:
     existing_folder(option, value, what="model folder (config.json + model.safetensors) or "
                                         "model name")
     if not (Path(value) / "config.json").is_file():
-        raise FileNotFoundError(f"{option} {value} has no config.json; expected a folder written "
-                                "by `rrm train-model` or save_model")
+        raise MissingFileError(f"{option} {value} has no config.json; expected a folder written "
+                               "by `rrm train-model` or save_model")
 
 
 def release_arg(value: str | None) -> None:
@@ -102,42 +110,25 @@ def model_args(args: argparse.Namespace) -> None:
     release = getattr(args, "release", None)
     release_arg(release)
     if args.model is None and release is not None and Path(release).is_dir():
-        raise ValueError(f"--release {release} is a folder of your own SAEs: give --model too")
+        raise RRMUserError(f"--release {release} is a folder of your own SAEs: give --model too")
     check_device(args.device)
-
-
-def check_out_location(out: Path, *, inputs: Iterable[Path | str | None] = ()) -> None:
-    """`--out` is neither the current folder nor one above it, and holds none of the inputs:
-    rrm replaces an output as a whole, which would remove them."""
-    resolved = Path(out).resolve()
-    cwd = Path.cwd().resolve()
-    if resolved == cwd or resolved in cwd.parents:
-        what = "the current folder" if resolved == cwd else "a folder above the current one"
-        raise ValueError(f"--out {out} is {what}, which rrm would replace as a whole; give a new "
-                         "folder (e.g. --out ./results)")
-    for path in inputs:
-        if path is None:
-            continue
-        inside = Path(path).resolve()
-        if inside == resolved or resolved in inside.parents:
-            raise ValueError(f"--out {out} holds the input {path}, which replacing --out would "
-                             "remove; give another --out")
 
 
 def check_out_file(out: Path, *, inputs: Iterable[Path | str | None] = ()) -> None:
     """An output file (`eval-saes`, `baselines`): not a folder, folder writable, not shipped."""
     from rrm_plugin.io import check_not_shipped
+    from rrm_plugin.runs.output import check_out_location
 
     check_out_location(out, inputs=inputs)
     check_not_shipped(out)
     if Path(out).is_dir():
-        raise IsADirectoryError(f"--out {out} is a folder; expected a file path")
+        raise NotAFileError(f"--out {out} is a folder; expected a file path")
     parent = Path(out).resolve().parent
     existing = next(p for p in (parent, *parent.parents) if p.exists())
     if not existing.is_dir():
-        raise NotADirectoryError(f"--out {out}: {existing} is a file, not a folder")
+        raise NotAFolderError(f"--out {out}: {existing} is a file, not a folder")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise PermissionError(f"--out {out}: cannot create files in {existing} (not writable)")
+        raise NotWritableError(f"--out {out}: cannot create files in {existing} (not writable)")
 
 
 def chunks_arg(args: argparse.Namespace, out: Path | None) -> None:
@@ -146,12 +137,12 @@ def chunks_arg(args: argparse.Namespace, out: Path | None) -> None:
     if chunks is None:
         return
     if chunks.exists() and not chunks.is_dir():
-        raise NotADirectoryError(f"--chunks {chunks} is a file; expected a folder")
+        raise NotAFolderError(f"--chunks {chunks} is a file; expected a folder")
     if out is not None:
         resolved, inside = Path(out).resolve(), chunks.resolve()
         if inside == resolved or resolved in inside.parents:
-            raise ValueError(f"--chunks {chunks} is inside --out {out}, which is replaced as a "
-                             "whole; give a chunk folder elsewhere")
+            raise RRMUserError(f"--chunks {chunks} is inside --out {out}, which is replaced as a "
+                               "whole; give a chunk folder elsewhere")
 
 
 def inputs_of(args: argparse.Namespace, *names: str) -> list[str]:

@@ -13,6 +13,7 @@ from pathlib import Path
 from rrm_plugin.cli import checks
 from rrm_plugin.cli.common import add_baselines_arg, add_model_args
 from rrm_plugin.cli.output import add_overwrite_arg
+from rrm_plugin.errors import RRMUserError
 
 SPLITS = ("select", "validation", "test")
 FIELDS = ("images", "labels", "spurious")
@@ -76,7 +77,7 @@ def _load_data(path: Path):
     wanted = [f"{s}_{f}" for s in SPLITS for f in FIELDS]
     missing = [k for k in wanted if k not in tensors]
     if missing:
-        raise ValueError(f"--data {path}: missing tensors {missing}; expected {wanted}")
+        raise RRMUserError(f"--data {path}: missing tensors {missing}; expected {wanted}")
     return [SpuriousSplit(*(tensors[f"{s}_{f}"] for f in FIELDS)) for s in SPLITS]
 
 
@@ -94,16 +95,18 @@ def _embedded_data(pool: int, seed: int):
 
 
 def run(args: argparse.Namespace) -> int:
-    from rrm_plugin.cli.common import load_workspace, resolve_baselines
+    from rrm_plugin.cli.common import workspace_of
     from rrm_plugin.cli.output import output_directory
     from rrm_plugin.debias.experiment import DebiasConfig, run_debias
     from rrm_plugin.debias.plot import plot_debias
     from rrm_plugin.io import write_json, write_text
+    from rrm_plugin.workflows.baselines import resolve_baselines
+    from rrm_plugin.workflows.workspace import load_workspace
 
     config = DebiasConfig(**({"counts": tuple(args.counts)} if args.counts else {}),
                           random_draws=args.random_draws, n_bootstrap=args.bootstrap,
                           seed=args.seed, batch_size=args.batch_size)
-    ws = load_workspace(args)
+    ws = workspace_of(args)
     if args.data is not None:
         selection, validation, test = _load_data(args.data)
         reference_name = args.reference_model
@@ -112,12 +115,12 @@ def run(args: argparse.Namespace) -> int:
         reference_name = args.reference_model or "digits-vit-balanced"
     selection, validation, test = (
         s._replace(images=s.images.to(args.device)) for s in (selection, validation, test))
-    baselines, how = resolve_baselines(args.baselines, ws, selection.images)
+    baselines, how = resolve_baselines(ws.model, ws.saes, images=selection.images,
+                                       path=args.baselines)
     reference = None
     if reference_name is not None and reference_name.lower() != "none":
-        reference = load_workspace(argparse.Namespace(
-            model=reference_name, release=None, device=args.device, dtype=args.dtype),
-            with_saes=False).model
+        reference = load_workspace(model=reference_name, release=None, device=args.device,
+                                   dtype=args.dtype, with_saes=False).model
     result = run_debias(ws.model, ws.saes, selection=selection, validation=validation,
                         test=test, baselines=baselines, config=config, reference_model=reference,
                         progress=True)

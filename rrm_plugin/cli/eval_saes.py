@@ -33,14 +33,15 @@ def check_args(args: argparse.Namespace) -> list[Path]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rrm_plugin.cli.common import load_image_args, load_workspace
+    from rrm_plugin.cli.common import workspace_of
     from rrm_plugin.cli.dataset import chunk_report, dataset_run, start_processes
     from rrm_plugin.io import write_json
     from rrm_plugin.metrics.sae_evaluation import evaluate_saes, format_table
+    from rrm_plugin.workflows.inputs import dataset_images
 
     ctx = start_processes(args)
-    ws = load_workspace(args)
-    loaded = load_image_args(args.images, ws)
+    ws = workspace_of(args)
+    loaded = dataset_images(args.images, ws.model)
     with dataset_run(args, ws, ctx, command="eval-saes", out=args.out,
                      images=loaded.images, labels=loaded.labels) as run:
         results = evaluate_saes(ws.model, ws.saes, loaded.images, loaded.labels,

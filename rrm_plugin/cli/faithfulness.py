@@ -9,6 +9,7 @@ from rrm_plugin.cli import checks
 from rrm_plugin.cli.common import add_baselines_arg, add_images_arg, add_model_args
 from rrm_plugin.cli.dataset import add_run_args
 from rrm_plugin.cli.output import add_overwrite_arg
+from rrm_plugin.errors import RRMUserError
 
 # metrics.faithfulness.METHODS, circuits.pruning.CRITERIA / TIES, spelled out so that the options
 # are checked without importing torch (tests/cli/test_cli_option_checks.py keeps them equal).
@@ -64,12 +65,12 @@ def check_args(args: argparse.Namespace) -> list[Path]:
     checks.existing_file("--baselines", args.baselines, what="baselines file")
     unknown = [m for m in args.methods or () if m not in METHODS]
     if unknown:
-        raise ValueError(f"--methods: unknown {unknown}; expected some of {list(METHODS)}")
+        raise RRMUserError(f"--methods: unknown {unknown}; expected some of {list(METHODS)}")
     if args.criterion not in CRITERIA:
-        raise ValueError(f"--criterion: unknown {args.criterion!r}; expected one of "
-                         f"{list(CRITERIA)}")
+        raise RRMUserError(f"--criterion: unknown {args.criterion!r}; expected one of "
+                           f"{list(CRITERIA)}")
     if args.ties not in TIES:
-        raise ValueError(f"--ties: unknown {args.ties!r}; expected one of {list(TIES)}")
+        raise RRMUserError(f"--ties: unknown {args.ties!r}; expected one of {list(TIES)}")
     checks.at_least("--n-images", args.n_images)
     checks.at_least("--skip-early-layers", args.skip_early_layers, 0)
     checks.at_least("--batch-size", args.batch_size)
@@ -81,12 +82,7 @@ def check_args(args: argparse.Namespace) -> list[Path]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rrm_plugin.cli.common import (
-        load_image_args,
-        load_workspace,
-        predicted_labels,
-        resolve_baselines,
-    )
+    from rrm_plugin.cli.common import workspace_of
     from rrm_plugin.cli.dataset import (
         baseline_tensors,
         chunk_report,
@@ -95,21 +91,24 @@ def run(args: argparse.Namespace) -> int:
     )
     from rrm_plugin.cli.output import output_directory
     from rrm_plugin.metrics.faithfulness import FaithfulnessConfig, evaluate_faithfulness
+    from rrm_plugin.workflows.baselines import resolve_baselines
+    from rrm_plugin.workflows.inputs import dataset_images, predicted_labels
 
     methods = list(METHODS) if args.methods is None else args.methods
     ctx = start_processes(args)
-    ws = load_workspace(args)
-    loaded = load_image_args(args.images, ws)
+    ws = workspace_of(args)
+    loaded = dataset_images(args.images, ws.model)
     if args.skip_early_layers >= len(ws.saes):
-        raise ValueError(f"--skip-early-layers {args.skip_early_layers} leaves no SAE layer to "
-                         f"mask ({len(ws.saes)} in {ws.release})")
+        raise RRMUserError(f"--skip-early-layers {args.skip_early_layers} leaves no SAE layer to "
+                           f"mask ({len(ws.saes)} in {ws.release})")
     with dataset_run(args, ws, ctx, command="faithfulness", out=args.out,
                      images=loaded.images, labels=loaded.labels) as run:
         labels = loaded.labels
         if labels is None:
             # Unlabelled images: explain the predicted class (every image counts as "correct").
             labels = predicted_labels(ws.model, loaded.images, batch_size=args.batch_size)
-        baselines, how = resolve_baselines(args.baselines, ws, loaded.images)
+        baselines, how = resolve_baselines(ws.model, ws.saes, images=loaded.images,
+                                           path=args.baselines)
         run.extend_key(baseline_tensors(baselines))
         config = FaithfulnessConfig(n_images=args.n_images, seed=args.seed, metric=args.metric,
                                     methods=tuple(methods), normalisation=args.normalisation,

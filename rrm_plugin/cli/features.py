@@ -10,6 +10,7 @@ from rrm_plugin.cli import checks
 from rrm_plugin.cli.common import add_baselines_arg, add_images_arg, add_model_args
 from rrm_plugin.cli.dataset import add_run_args
 from rrm_plugin.cli.output import add_overwrite_arg
+from rrm_plugin.errors import RRMUserError
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
@@ -42,7 +43,7 @@ def check_args(args: argparse.Namespace) -> list[Path]:
 
     checks.model_args(args)
     if args.release is None or args.release.lower() == "none":
-        raise ValueError("rrm features needs an SAE release: give --release NAME or FOLDER")
+        raise RRMUserError("rrm features needs an SAE release: give --release NAME or FOLDER")
     checks.image_paths("--images", args.images)
     checks.existing_file("--baselines", args.baselines, what="baselines file")
     checks.at_least("--k", args.k)
@@ -62,24 +63,17 @@ def _select_layers(saes: dict, layers: list[int] | None) -> dict:
         return saes
     bad = [k for k in layers if not 0 <= k < len(hooks)]
     if bad:
-        raise ValueError(f"--layers {bad} out of range: the release has layers 0..{len(hooks) - 1}"
-                         f" ({', '.join(hooks)})")
+        raise RRMUserError(
+            f"--layers {bad} out of range: the release has layers 0..{len(hooks) - 1}"
+            f" ({', '.join(hooks)})")
     chosen = sorted(set(layers))
     if chosen != list(range(chosen[0], chosen[-1] + 1)):
-        raise ValueError(f"--layers {chosen} must be consecutive (circuits join adjacent layers)")
+        raise RRMUserError(f"--layers {chosen} must be consecutive (circuits join adjacent layers)")
     return {hooks[k]: saes[hooks[k]] for k in chosen}
 
 
-def _class_names(ws) -> list[str] | None:
-    from rrm_plugin.zoo.hub_models import HUB_MODELS
-
-    if ws.model_name in HUB_MODELS:
-        return HUB_MODELS[ws.model_name].class_names()
-    return None
-
-
 def run(args: argparse.Namespace) -> int:
-    from rrm_plugin.cli.common import load_image_args, load_workspace, resolve_baselines
+    from rrm_plugin.cli.common import workspace_of
     from rrm_plugin.cli.dataset import (
         baseline_tensors,
         chunk_report,
@@ -88,25 +82,28 @@ def run(args: argparse.Namespace) -> int:
     )
     from rrm_plugin.cli.output import output_directory
     from rrm_plugin.features.dashboard import build_dashboards
+    from rrm_plugin.workflows.baselines import resolve_baselines
+    from rrm_plugin.workflows.inputs import dataset_images
+    from rrm_plugin.zoo.inputs import class_names_of
 
     start = time.time()
     ctx = start_processes(args)
-    ws = load_workspace(args)
+    ws = workspace_of(args)
     if not ws.saes:
-        raise ValueError("rrm features needs an SAE release: give --release NAME or FOLDER")
+        raise RRMUserError("rrm features needs an SAE release: give --release NAME or FOLDER")
     saes = _select_layers(ws.saes, args.layers)
-    loaded = load_image_args(args.images, ws)
+    loaded = dataset_images(args.images, ws.model)
     progress = not args.no_progress and ctx.is_main
     with dataset_run(args, ws, ctx, command="features", out=args.out, images=loaded.images,
                      progress=progress) as run:
         baselines = what = None
         if args.n_circuit_images != 0:
-            baselines, what = resolve_baselines(args.baselines, ws._replace(saes=saes),
-                                                loaded.images)
+            baselines, what = resolve_baselines(ws.model, saes, images=loaded.images,
+                                                path=args.baselines, release=ws.release)
             run.extend_key(baseline_tensors(baselines))
         dash = build_dashboards(
             ws.model, saes, loaded.images, model_name=ws.model_name, release=str(ws.release),
-            class_names=_class_names(ws), baselines=baselines,
+            class_names=class_names_of(ws.model), baselines=baselines,
             n_circuit_images=args.n_circuit_images or None, k=args.k,
             batch_size=args.batch_size, files=[str(f) for f in loaded.files] or None,
             progress=progress, layer_ids=[list(ws.saes).index(h) for h in saes],

@@ -10,6 +10,7 @@ from rrm_plugin.cli import checks
 from rrm_plugin.cli.common import add_images_arg, add_model_args
 from rrm_plugin.cli.dataset import add_run_args
 from rrm_plugin.cli.output import add_overwrite_arg
+from rrm_plugin.errors import RRMUserError
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
@@ -70,14 +71,14 @@ def _lens_inputs(args: argparse.Namespace, ws):
     """Images, labels and object masks (embedded held-out set only), and the probe set."""
 
     import rrm_plugin
-    from rrm_plugin.cli.common import load_image_args, predicted_labels
+    from rrm_plugin.workflows.inputs import dataset_images, predicted_labels
     from rrm_plugin.zoo.datasets import training_sampler
     from rrm_plugin.zoo.models import MODELS
 
     dtype = next(ws.model.parameters()).dtype
     mask = None
     if args.images:
-        loaded = load_image_args(args.images, ws)
+        loaded = dataset_images(args.images, ws.model)
         images, labels = loaded.images, loaded.labels
         if labels is None:
             labels = predicted_labels(ws.model, images, batch_size=args.batch_size)
@@ -87,18 +88,18 @@ def _lens_inputs(args: argparse.Namespace, ws):
         images, labels, mask = test.images, test.labels, test.object_mask
         images, labels = images.to(ws.device, dtype), labels.to(ws.device)
     else:
-        raise ValueError(f"model {ws.model_name!r} has no embedded images: give --images")
+        raise RRMUserError(f"model {ws.model_name!r} has no embedded images: give --images")
     n = len(labels) if args.n_images is None else args.n_images
     if not 1 <= n <= len(labels):
-        raise ValueError(f"--n-images must be in [1, {len(labels)}], got {n}")
+        raise RRMUserError(f"--n-images must be in [1, {len(labels)}], got {n}")
     images, labels = images[:n], labels[:n]
     mask = None if mask is None else mask[:n].to(ws.device)
     probe_images = probe_labels = None
     if args.probe_images:
-        probes = load_image_args(args.probe_images, ws)
+        probes = dataset_images(args.probe_images, ws.model)
         if probes.labels is None:
-            raise ValueError("--probe-images need labels: give an ImageFolder tree "
-                             "(one folder per class)")
+            raise RRMUserError("--probe-images need labels: give an ImageFolder tree "
+                               "(one folder per class)")
         probe_images, probe_labels = probes.images, probes.labels
     elif ws.model_name in MODELS and args.n_probe_images > 0:
         # Probes train on fresh renders of the training digits, never on the held-out images.
@@ -111,7 +112,7 @@ def _lens_inputs(args: argparse.Namespace, ws):
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from rrm_plugin.cli.common import load_workspace
+    from rrm_plugin.cli.common import workspace_of
     from rrm_plugin.cli.dataset import chunk_report, dataset_run, start_processes
     from rrm_plugin.cli.output import output_directory
     from rrm_plugin.hosts.prisma import build_hooked_vit
@@ -121,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
     start = time.time()
     no_saes = args.release is not None and args.release.lower() == "none"
     ctx = start_processes(args)
-    ws = load_workspace(args, with_saes=not no_saes)
+    ws = workspace_of(args, with_saes=not no_saes)
     images, labels, mask, probe_images, probe_labels = _lens_inputs(args, ws)
     control = build_hooked_vit(ws.model.cfg, seed=args.seed).to(
         device=ws.device, dtype=next(ws.model.parameters()).dtype).eval()

@@ -4,9 +4,11 @@ The parser is built without importing torch, SAELens or ViT-Prisma (`rrm --help`
 command modules import their heavy dependencies inside `run`. Before `run`, the module's
 `check_args(args)` checks every option and path with the standard library alone and returns the
 outputs the run writes; each is locked (`runs.lock`) so a second run on the same output is
-refused. Errors a user can fix (bad file, unknown name, bad option value) print one line,
-`rrm <command>: error: <message>`, and exit 2; other exceptions are internal errors and keep
-their traceback. `--debug` shows every traceback.
+refused. Errors a user can fix (bad file, unknown name, bad option value) are the
+`rrm_plugin.errors.RRMUserError` family (and argparse's own): they print one line,
+`rrm <command>: error: <message>`, and exit 2. Any other exception, a `ValueError` from deep in
+a library included, is an internal error: its traceback and exit status 1. `--debug` shows every
+traceback.
 `--threads N` sets torch's CPU thread count for the run; this process is the command's own, so
 `main` sets it, and no library function ever does (default: torch's own choice).
 """
@@ -20,6 +22,8 @@ import sys
 import traceback
 from contextlib import ExitStack
 from pathlib import Path
+
+from rrm_plugin.errors import RRMUserError
 
 # Explicit registry: sub-command name -> module under rrm_plugin.cli.
 COMMANDS: dict[str, str] = {
@@ -38,16 +42,6 @@ COMMANDS: dict[str, str] = {
 }
 
 USER_ERROR_EXIT = 2
-
-
-class UserError(Exception):
-    """A mistake in what the user asked for; printed as one line, exit status 2."""
-
-
-def user_error_types() -> tuple[type[BaseException], ...]:
-    """Exceptions that report bad input (our checks raise these with a full message)."""
-    return (UserError, ValueError, KeyError, IndexError, FileNotFoundError,
-            FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError)
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -97,10 +91,8 @@ def apply_threads(threads: int | None) -> None:
 
 
 def _message(err: BaseException) -> str:
-    # KeyError's str() quotes its message; the first argument is our sentence.
-    text = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
-    # Upstream libraries' messages may span lines; the contract is one line.
-    return " ".join(str(text).split()) or type(err).__name__
+    # Messages may span lines (an upstream library's, quoted); the contract is one line.
+    return " ".join(str(err).split()) or type(err).__name__
 
 
 def _check_and_run(args: argparse.Namespace) -> int:
@@ -136,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
-    except user_error_types() as err:
+    except RRMUserError as err:
         if args.debug:
             raise
         print(f"{prog}: error: {_message(err)}", file=sys.stderr)

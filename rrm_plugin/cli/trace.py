@@ -8,6 +8,7 @@ from pathlib import Path
 from rrm_plugin.cli import checks
 from rrm_plugin.cli.common import add_baselines_arg, add_model_args
 from rrm_plugin.cli.output import add_overwrite_arg
+from rrm_plugin.errors import RRMUserError
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
@@ -63,78 +64,30 @@ def check_args(args: argparse.Namespace) -> list[Path]:
                         low_open=True)
     checks.at_least("--token-top-k", args.token_top_k)
     if args.token_top_k is not None and (args.granularity != "token" or not args.no_viewer):
-        raise ValueError("--token-top-k needs --granularity token and --no-viewer (the viewer "
-                         "needs dense edge matrices)")
+        raise RRMUserError("--token-top-k needs --granularity token and --no-viewer (the viewer "
+                           "needs dense edge matrices)")
     if args.no_viewer and args.feature_cards:
-        raise ValueError("--feature-cards is for the viewer; drop it or --no-viewer")
+        raise RRMUserError("--feature-cards is for the viewer; drop it or --no-viewer")
     check_output_directory(args.out, command="trace", overwrite=args.overwrite,
                            inputs=checks.inputs_of(args, "image", "baselines", "reference_images",
                                                    "feature_cards", "model", "release"))
     return [args.out]
 
 
-def resolve_image(spec: str, ws):
-    """`(image [c, h, w], metadata)` for a held-out index or an image file path."""
-    import rrm_plugin
-    from rrm_plugin.cli.common import load_image_args
-    from rrm_plugin.zoo.models import MODELS
-
-    if spec.lstrip("-").isdigit():
-        if ws.model_name not in MODELS:
-            raise ValueError(f"an image index needs an embedded model; {ws.model_name!r} has no "
-                             "held-out set: give an image file")
-        test = rrm_plugin.load_test_set(ws.model_name)
-        index, n = int(spec), len(test.labels)
-        if not 0 <= index < n:
-            raise IndexError(f"image index {index} out of range: the held-out set of "
-                             f"{ws.model_name} has {n} images (0..{n - 1})")
-        image = test.images[index].to(ws.device, next(ws.model.parameters()).dtype)
-        return image, {"test_index": index, "label": int(test.labels[index])}
-    loaded = load_image_args([spec], ws)
-    if len(loaded.images) != 1:
-        raise ValueError(f"{spec} names {len(loaded.images)} images; trace takes one image file")
-    return loaded.images[0], {"file": str(spec)}
-
-
 def run(args: argparse.Namespace) -> int:
-    import rrm_plugin
-    from rrm_plugin.cli.common import (
-        load_image_args,
-        load_workspace,
-        model_preprocessing,
-        resolve_baselines,
-    )
-    from rrm_plugin.cli.output import output_directory
-    from rrm_plugin.workflows.trace import TraceConfig, trace_image
-    from rrm_plugin.zoo.models import MODELS
+    from rrm_plugin.workflows.trace import TraceConfig
+    from rrm_plugin.workflows.trace_folder import trace_to_folder
 
-    ws = load_workspace(args)
-    image, meta = resolve_image(args.image, ws)
-    baselines, how = resolve_baselines(args.baselines, ws, image[None])
-    if args.reference_images:
-        reference = load_image_args(args.reference_images, ws).images
-    elif ws.model_name in MODELS:
-        reference = rrm_plugin.load_test_set(ws.model_name).images.to(image)
-    else:
-        reference = image[None]
-    from rrm_plugin.viewer.cards import read_cards
-    from rrm_plugin.zoo.hub_models import HUB_MODELS
-
-    cards = read_cards(args.feature_cards) if args.feature_cards else None
-    names = HUB_MODELS[ws.model_name].class_names() if ws.model_name in HUB_MODELS else None
     config = TraceConfig(target_class=args.target, metric=args.metric,
                          granularity=args.granularity, node_threshold=args.node_threshold,
                          edge_threshold=args.edge_threshold, viewer=not args.no_viewer,
                          token_top_k=args.token_top_k)
-    with output_directory(args.out, command="trace", overwrite=args.overwrite) as tmp:
-        summary = trace_image(
-            ws.model, ws.saes, image, baselines=baselines, out_dir=tmp,
-            reference_images=reference, config=config,
-            metadata={"model": ws.model_name, "release": args.release, "baselines": how, **meta},
-            display=model_preprocessing(ws.model_name, ws.model).to_display,
-            class_names=names, cards=cards,
-        )
-    print(f"baselines: {how}")
+    result, files = trace_to_folder(
+        args.image, args.out, model=args.model, release=args.release, device=args.device,
+        dtype=args.dtype, baselines=args.baselines, reference_images=args.reference_images,
+        feature_cards=args.feature_cards, config=config, overwrite=args.overwrite)
+    summary = result.summary()
+    print(f"baselines: {result.baselines}")
     print(f"class {summary['target_class']} ({summary['metric']} {summary['value']:.3f}); "
           f"circuit: {summary['circuit_nodes']} nodes, {summary['circuit_edges']} edges of a "
           f"{summary['graph_nodes']}-node graph")
@@ -145,5 +98,5 @@ def run(args: argparse.Namespace) -> int:
     print(f"  circuit-tracer's replacement score "
           f"{summary['circuit_tracer_replacement_score']:.3f}, completeness score "
           f"{summary['circuit_tracer_completeness_score']:.3f} (not the RRM paper's Table 1)")
-    print(f"files in {args.out}: {', '.join(summary['files'])}")
+    print(f"files in {args.out}: {', '.join(files)}")
     return 0

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from rrm_plugin.cli import checks
 from rrm_plugin.cli.output import add_overwrite_arg
+from rrm_plugin.errors import RRMUserError
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
@@ -82,21 +83,21 @@ def check_args(args: argparse.Namespace) -> list[Path]:
     for name in ("--steps", "--d-sae", "--k", "--n-baseline-images"):
         checks.at_least(name, getattr(args, name[2:].replace("-", "_")))
     if args.lr is not None and not args.lr > 0:
-        raise ValueError(f"--lr must be positive, got {args.lr}")
+        raise RRMUserError(f"--lr must be positive, got {args.lr}")
     if args.d_sae is not None and args.k is not None and args.k > args.d_sae:
-        raise ValueError(f"--k {args.k} is more than --d-sae {args.d_sae}: a TopK SAE keeps k of "
-                         "its d_sae latents per token")
+        raise RRMUserError(f"--k {args.k} is more than --d-sae {args.d_sae}: a TopK SAE keeps k of "
+                           "its d_sae latents per token")
     checks.check_device(args.device)
     checks.model_arg("--model", args.model)
     checks.existing_folder("--model-dir", args.model_dir, what="model folder")
     checks.model_arg("--model-dir", None if args.model_dir is None else str(args.model_dir))
     if not _recipe(args):
         if (args.model is None) == (args.model_dir is None):
-            raise ValueError("give exactly one of --model NAME or --model-dir DIR")
+            raise RRMUserError("give exactly one of --model NAME or --model-dir DIR")
         if not args.images:
-            raise ValueError(f"give --images to train SAEs for {args.model or args.model_dir}")
+            raise RRMUserError(f"give --images to train SAEs for {args.model or args.model_dir}")
         if args.d_sae is None or args.k is None:
-            raise ValueError("to train own SAEs, give --d-sae and --k")
+            raise RRMUserError("to train own SAEs, give --d-sae and --k")
     if args.images and len(args.images) == 1 and args.images[0].endswith(".safetensors"):
         checks.existing_file("--images", args.images[0], what="images file (safetensors)")
     else:
@@ -168,8 +169,8 @@ def _recipe_configs(args: argparse.Namespace) -> dict:
         d_sae, k = overrides.get("d_sae", cfg.d_sae), overrides.get("k", cfg.k)
         if k > d_sae:
             given = "--k" if "k" in overrides else "the recipe's k"
-            raise ValueError(f"{given} {k} is more than the d_sae {d_sae} of {hook} (the "
-                             "recipe's unless --d-sae is given): give --k <= --d-sae")
+            raise RRMUserError(f"{given} {k} is more than the d_sae {d_sae} of {hook} (the "
+                               "recipe's unless --d-sae is given): give --k <= --d-sae")
     return {h: replace(c, **overrides) for h, c in DIGITS_SAE_CONFIGS.items()}
 
 
@@ -186,10 +187,10 @@ def _train_saes_into(args: argparse.Namespace, out: Path, configs: dict | None) 
 
 
 def _own_model_and_images(args: argparse.Namespace):
-    from rrm_plugin.cli.common import check_device_available, model_preprocessing
-    from rrm_plugin.data.images import load_images
     from rrm_plugin.hosts.prisma import check_images
     from rrm_plugin.io import read_tensors
+    from rrm_plugin.workflows.workspace import check_device_available
+    from rrm_plugin.zoo.inputs import load_images, model_preprocessing
     from rrm_plugin.zoo.models import load_model, load_model_from_directory
 
     check_device_available(args.device)
@@ -201,10 +202,11 @@ def _own_model_and_images(args: argparse.Namespace):
     if len(args.images) == 1 and args.images[0].endswith(".safetensors"):
         tensors = read_tensors(Path(args.images[0]), what="images file")
         if "images" not in tensors:
-            raise SystemExit(f"{args.images[0]} has no 'images' tensor (found {sorted(tensors)})")
+            raise RRMUserError(f"{args.images[0]} has no 'images' tensor (found {sorted(tensors)})")
         images = tensors["images"]
     else:
-        images = load_images(args.images, model_preprocessing(model_name, model)).images
+        images = load_images(args.images, model=model,
+                             preprocessing=model_preprocessing(model, name=model_name)).images
     return model, model_name, check_images(model, images.to(args.device))
 
 

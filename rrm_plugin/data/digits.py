@@ -17,6 +17,8 @@ from jaxtyping import Bool, Float, Int
 from matplotlib.colors import hsv_to_rgb
 from torch import Tensor
 
+from rrm_plugin.errors import RRMUserError
+
 
 @dataclass(frozen=True)
 class DigitsCanvasConfig:
@@ -40,11 +42,11 @@ class DigitsCanvasConfig:
 
     def __post_init__(self) -> None:
         if self.canvas_size % self.patch_size:
-            raise ValueError(
+            raise RRMUserError(
                 f"canvas_size {self.canvas_size} must be a multiple of patch_size {self.patch_size}"
             )
         if 8 * self.scale > self.canvas_size:
-            raise ValueError(
+            raise RRMUserError(
                 f"digit of {8 * self.scale}px does not fit canvas {self.canvas_size}px"
             )
 

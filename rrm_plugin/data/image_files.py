@@ -27,6 +27,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from rrm_plugin.errors import MissingFileError, RRMUserError
+
 logger = logging.getLogger(__name__)
 
 MAX_IMAGE_PIXELS = 8192 * 8192
@@ -41,7 +43,7 @@ _DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, TypeError, IndexEr
                   struct.error, zlib.error)
 
 
-class ImageFileError(ValueError):
+class ImageFileError(RRMUserError):
     """An image path that is missing, unreadable or not an image."""
 
 
@@ -60,9 +62,9 @@ def read_image(path: str | Path, *, background: tuple[float, float, float] = WHI
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no image file {path}")
+        raise MissingFileError(f"no image file {path}")
     if len(background) != 3 or not all(0.0 <= float(c) <= 1.0 for c in background):
-        raise ValueError(f"background must be three numbers in [0, 1] (RGB), got {background!r}")
+        raise RRMUserError(f"background must be three numbers in [0, 1] (RGB), got {background!r}")
     with warnings.catch_warnings():
         # PIL warns on headers above its limit: our own check below refuses those in one line
         # (and PIL's error beyond twice its limit becomes the same kind of line).

@@ -21,6 +21,7 @@ from torch import Tensor
 
 from rrm_plugin.data.image_files import BLACK, MAX_IMAGE_PIXELS, ImageFileError, read_image
 from rrm_plugin.data.preprocessing import Preprocessing
+from rrm_plugin.errors import MissingFileError
 
 __all__ = ["BLACK", "MAX_IMAGE_PIXELS", "IMAGE_SUFFIXES", "ImageFileError", "ImageSet",
            "collect_image_files", "identity_preprocessing", "load_images", "preprocess",
@@ -131,7 +132,7 @@ def collect_image_files(paths: Sequence[str | Path]) -> tuple[list[Path], list[i
                 files += _images_in(path)
                 labels = None
         else:
-            raise FileNotFoundError(f"no image file or folder {path}")
+            raise MissingFileError(f"no image file or folder {path}")
     if not files:
         suffixes = ", ".join(IMAGE_SUFFIXES)
         raise ImageFileError(f"no image files ({suffixes}) in {list(map(str, paths))}")

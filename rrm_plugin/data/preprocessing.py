@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from rrm_plugin.errors import RRMUserError
+
 
 @dataclass(frozen=True)
 class Preprocessing:
@@ -39,7 +41,7 @@ class Preprocessing:
 
     def __post_init__(self) -> None:
         if self.crop_rounding not in ("floor", "round"):
-            raise ValueError(
+            raise RRMUserError(
                 f"crop_rounding must be 'floor' or 'round', got {self.crop_rounding!r}")
         if len(self.background) != 3 or not all(0 <= c <= 1 for c in self.background):
             raise ValueError(f"background must be RGB in [0, 1], got {self.background!r}")

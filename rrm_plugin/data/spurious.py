@@ -23,6 +23,7 @@ from matplotlib.colors import hsv_to_rgb
 from torch import Tensor
 
 from rrm_plugin.data.digits import DigitsCanvasConfig, load_source_digits, render, split_indices
+from rrm_plugin.errors import RRMUserError
 
 N_CLASSES = 10
 
@@ -54,13 +55,13 @@ class SpuriousConfig:
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.agreement <= 1.0:
-            raise ValueError(f"agreement must be in [0, 1], got {self.agreement}")
+            raise RRMUserError(f"agreement must be in [0, 1], got {self.agreement}")
         if not 1 <= self.marker_size <= self.canvas.canvas_size:
-            raise ValueError(f"marker_size must be in [1, {self.canvas.canvas_size}], got "
-                             f"{self.marker_size}")
+            raise RRMUserError(f"marker_size must be in [1, {self.canvas.canvas_size}], got "
+                               f"{self.marker_size}")
         if not 0.0 < self.validation_fraction < 1.0:
-            raise ValueError(f"validation_fraction must be in (0, 1), got "
-                             f"{self.validation_fraction}")
+            raise RRMUserError(f"validation_fraction must be in (0, 1), got "
+                               f"{self.validation_fraction}")
 
 
 class SpuriousBatch(NamedTuple):

@@ -14,6 +14,7 @@ from sae_lens import SAE
 from torch import Tensor, nn
 
 from rrm_plugin.attribution.baselines import Baselines
+from rrm_plugin.errors import OutOfRangeError, RRMUserError, UnknownNameError
 from rrm_plugin.replacement.splice import splice_saes
 
 UnitKind = Literal["feature", "neuron"]
@@ -34,7 +35,7 @@ class Ablation:
 
     def __post_init__(self) -> None:
         if self.kind not in ("feature", "neuron"):
-            raise ValueError(f"unknown unit kind {self.kind!r}; expected 'feature' or 'neuron'")
+            raise RRMUserError(f"unknown unit kind {self.kind!r}; expected 'feature' or 'neuron'")
 
     @property
     def size(self) -> int:
@@ -56,8 +57,9 @@ def ablation_hooks(ablation: Ablation, baselines: Baselines) -> list[tuple[str, 
             name, base = hook_name, baselines.resid[hook_name]
         width = base.shape[-1]
         if int(index.min()) < 0 or int(index.max()) >= width:
-            raise IndexError(f"{ablation.kind} indices at {hook_name} must be in [0, {width}), "
-                             f"got {index.tolist()}")
+            raise OutOfRangeError(
+                f"{ablation.kind} indices at {hook_name} must be in [0, {width}), "
+                f"got {index.tolist()}")
 
         def hook(x: Tensor, hook, index=index, base=base) -> Tensor:
             x = x.clone()
@@ -86,7 +88,8 @@ def predict(
     if ablation is not None and ablation.kind == "feature":
         missing = [h for h in ablation.units if saes is None or h not in saes]
         if missing:
-            raise KeyError(f"feature ablation at {missing} needs the SAEs of those hooks in saes=")
+            raise UnknownNameError(
+                f"feature ablation at {missing} needs the SAEs of those hooks in saes=")
         spliced = {h: saes[h] for h, u in ablation.units.items() if len(u)}
     out = []
     with splice_saes(model, spliced, keep_error=True) if spliced else nullcontext():

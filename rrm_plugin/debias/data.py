@@ -9,6 +9,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from rrm_plugin.data.spurious import group_index
+from rrm_plugin.errors import RRMUserError
 
 
 class SpuriousSplit(NamedTuple):
@@ -39,23 +40,23 @@ class SpuriousSplit(NamedTuple):
         """Raise a ValueError naming the split unless shapes, ranges and values are sound."""
         n = len(self.images)
         if self.images.ndim != 4:
-            raise ValueError(f"{name} images must be [n, channels, height, width], got shape "
-                             f"{tuple(self.images.shape)}")
+            raise RRMUserError(f"{name} images must be [n, channels, height, width], got shape "
+                               f"{tuple(self.images.shape)}")
         for field in ("labels", "spurious"):
             values = getattr(self, field)
             if values.shape != (n,):
-                raise ValueError(f"{name} {field} must have shape ({n},) like its images, got "
-                                 f"{tuple(values.shape)}")
+                raise RRMUserError(f"{name} {field} must have shape ({n},) like its images, got "
+                                   f"{tuple(values.shape)}")
             if values.is_floating_point() or values.dtype == torch.bool:
-                raise ValueError(f"{name} {field} must be integer class indices, got "
-                                 f"{values.dtype}")
+                raise RRMUserError(f"{name} {field} must be integer class indices, got "
+                                   f"{values.dtype}")
             if n_classes is not None and n and (values.min() < 0 or values.max() >= n_classes):
-                raise ValueError(f"{name} {field} must be classes in [0, {n_classes}), got "
-                                 f"values in [{int(values.min())}, {int(values.max())}]")
+                raise RRMUserError(f"{name} {field} must be classes in [0, {n_classes}), got "
+                                   f"values in [{int(values.min())}, {int(values.max())}]")
         if not torch.isfinite(self.images).all():
-            raise ValueError(f"{name} images contain NaN or inf")
+            raise RRMUserError(f"{name} images contain NaN or inf")
         if n == 0:
-            raise ValueError(f"{name} split is empty")
+            raise RRMUserError(f"{name} split is empty")
         return self
 
 

@@ -9,6 +9,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from rrm_plugin.errors import RRMUserError, UnknownNameError
+
 
 class GroupAccuracy(NamedTuple):
     average: float
@@ -23,8 +25,8 @@ class GroupAccuracy(NamedTuple):
 def group_accuracy(correct: Float[Tensor, " n"], groups: Int[Tensor, " n"]) -> GroupAccuracy:
     """`correct` is 1/0 per image (or the expected correctness, e.g. over random draws)."""
     if correct.shape != groups.shape or correct.ndim != 1:
-        raise ValueError(f"correct {tuple(correct.shape)} and groups {tuple(groups.shape)} must "
-                         "be vectors of one length")
+        raise RRMUserError(f"correct {tuple(correct.shape)} and groups {tuple(groups.shape)} must "
+                           "be vectors of one length")
     ids, inverse, sizes = torch.unique(groups, return_inverse=True, return_counts=True)
     sums = torch.zeros(len(ids), dtype=torch.float64).index_add_(0, inverse, correct.double())
     per_group = sums / sizes
@@ -60,9 +62,9 @@ def bootstrap_accuracy(
     """Percentile intervals from resampling images within each group (group sizes fixed), with
     the same resamples for every method so that differences are paired."""
     if reference not in correct:
-        raise KeyError(f"reference method {reference!r} is not among {list(correct)}")
+        raise UnknownNameError(f"reference method {reference!r} is not among {list(correct)}")
     if n_bootstrap < 1:
-        raise ValueError(f"n_bootstrap must be at least 1, got {n_bootstrap}")
+        raise RRMUserError(f"n_bootstrap must be at least 1, got {n_bootstrap}")
     names = list(correct)
     table = torch.stack([correct[m].double().cpu() for m in names])  # [methods, n]
     generator = torch.Generator().manual_seed(seed)

@@ -26,6 +26,7 @@ from rrm_plugin.debias.scoring import (
     neuron_attribution_scores,
 )
 from rrm_plugin.debias.selection import Selection, choose_count, random_ablation, rank_units
+from rrm_plugin.errors import RRMUserError
 
 RRM = "rrm_circuit"
 METHOD_LABELS = {
@@ -63,13 +64,13 @@ class DebiasConfig:
     def __post_init__(self) -> None:
         if not self.counts or any(isinstance(n, bool) or int(n) != n or n < 1
                                   for n in self.counts):
-            raise ValueError(f"counts must be positive integers, got {self.counts}")
+            raise RRMUserError(f"counts must be positive integers, got {self.counts}")
         for name in ("random_draws", "n_bootstrap", "batch_size"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+                raise RRMUserError(f"{name} must be at least 1, got {getattr(self, name)}")
         for name in ("node_threshold", "edge_threshold"):
             if not 0 < getattr(self, name) <= 1:
-                raise ValueError(f"{name} must be in (0, 1], got {getattr(self, name)}")
+                raise RRMUserError(f"{name} must be in (0, 1], got {getattr(self, name)}")
 
 
 def select_ablations(
@@ -86,7 +87,7 @@ def select_ablations(
     on the validation split."""
     conflicting = selection.subset(torch.nonzero(selection.conflicting)[:, 0])
     if len(conflicting.images) == 0:
-        raise ValueError("the selection split has no bias-conflicting images (spurious != label)")
+        raise RRMUserError("the selection split has no bias-conflicting images (spurious != label)")
     hooks = list(saes)
     scores = {
         RRM: ("feature", circuit_feature_scores(

@@ -21,6 +21,7 @@ from rrm_plugin.attribution.baselines import Baselines
 from rrm_plugin.attribution.build import attribute
 from rrm_plugin.circuits.influence import prune_by_influence
 from rrm_plugin.debias.data import SpuriousSplit
+from rrm_plugin.errors import RRMUserError
 from rrm_plugin.metrics.faithfulness_methods import neuron_scores
 from rrm_plugin.replacement.splice import splice_saes
 
@@ -30,7 +31,7 @@ UnitScores = dict[str, Float[Tensor, " units"]]
 
 def _batches(n: int, batch_size: int) -> range:
     if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        raise RRMUserError(f"batch_size must be at least 1, got {batch_size}")
     return range(0, n, batch_size)
 
 
@@ -122,8 +123,8 @@ def activation_difference_scores(
     values = split.spurious.cpu()
     present = [v for v in values.unique().tolist() if 0 < int((values == v).sum()) < len(values)]
     if not present:
-        raise ValueError("activation-difference scores need images with at least two different "
-                         "cue values")
+        raise RRMUserError("activation-difference scores need images with at least two different "
+                           "cue values")
     scores = {}
     for h, a in acts.items():
         diffs = torch.stack([a[values == v].mean(0) - a[values != v].mean(0) for v in present])

@@ -14,6 +14,7 @@ from rrm_plugin.attribution.baselines import Baselines
 from rrm_plugin.debias.ablation import Ablation, UnitKind, predict
 from rrm_plugin.debias.data import SpuriousSplit
 from rrm_plugin.debias.evaluation import group_accuracy
+from rrm_plugin.errors import RRMUserError
 
 
 class Ranking(NamedTuple):
@@ -42,7 +43,7 @@ def rank_units(scores: Mapping[str, Float[Tensor, " units"]]) -> Ranking:
     index = torch.cat([torch.arange(len(s)) for s in scores.values()])
     score = torch.cat([s.detach().float().cpu() for s in scores.values()])
     if not torch.isfinite(score).all():
-        raise ValueError("unit scores contain NaN or inf")
+        raise RRMUserError("unit scores contain NaN or inf")
     order = torch.sort(score, descending=True, stable=True).indices
     order = order[score[order] > 0]
     return Ranking(names, hook[order], index[order], score[order])
@@ -59,7 +60,7 @@ def random_ablation(widths: Mapping[str, int], n: int, *, kind: UnitKind,
     """`n` units drawn uniformly without replacement from every unit of every hook."""
     total = sum(widths.values())
     if not 0 <= n <= total:
-        raise ValueError(f"cannot draw {n} of {total} units")
+        raise RRMUserError(f"cannot draw {n} of {total} units")
     flat = torch.randperm(total, generator=generator)[:n]
     units, offset = {}, 0
     for h, width in widths.items():

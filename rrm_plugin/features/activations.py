@@ -18,6 +18,7 @@ from jaxtyping import Float, Int
 from sae_lens import SAE
 from torch import Tensor
 
+from rrm_plugin.errors import RRMUserError
 from rrm_plugin.runs.sharded import map_batches
 
 # Histogram of nonzero token activations: log10 bins from 1e-3 to 1e3 (below/above clamp).
@@ -128,18 +129,18 @@ def batch_summary(
 
 def _check_inputs(model, saes: Mapping[str, SAE], images: Tensor, k: int) -> None:
     if not saes:
-        raise ValueError("no SAEs given: expected {hook_name: SAE} with at least one entry")
+        raise RRMUserError("no SAEs given: expected {hook_name: SAE} with at least one entry")
     for hook in saes:
         if hook not in model.hook_dict:
-            raise ValueError(f"SAE hook {hook!r} is not a hook point of the model "
-                             "(expected e.g. 'blocks.0.hook_resid_post')")
+            raise RRMUserError(f"SAE hook {hook!r} is not a hook point of the model "
+                               "(expected e.g. 'blocks.0.hook_resid_post')")
     if not isinstance(images, Tensor) or images.ndim != 4:
         shape = list(images.shape) if isinstance(images, Tensor) else type(images).__name__
-        raise ValueError(f"images must be a [batch, channels, height, width] tensor, got {shape}")
+        raise RRMUserError(f"images must be a [batch, channels, height, width] tensor, got {shape}")
     if len(images) == 0:
-        raise ValueError("images is empty: expected at least one image")
+        raise RRMUserError("images is empty: expected at least one image")
     if not isinstance(k, int) or k < 1:
-        raise ValueError(f"k must be a positive integer, got {k!r}")
+        raise RRMUserError(f"k must be a positive integer, got {k!r}")
 
 
 @torch.no_grad()

@@ -18,6 +18,7 @@ from torch import Tensor
 
 from rrm_plugin.attribution.graph import Graph
 from rrm_plugin.circuits.influence import prune_by_influence
+from rrm_plugin.errors import RRMUserError
 
 
 @dataclass
@@ -80,7 +81,7 @@ def circuit_participation(
         edge_threshold: circuit-tracer's edge influence threshold.
     """
     if not graphs:
-        raise ValueError("no graphs given: expected at least one attribution graph")
+        raise RRMUserError("no graphs given: expected at least one attribution graph")
     sums = participation_sums(graphs, node_threshold=node_threshold,
                               edge_threshold=edge_threshold)
     return participation_from_sums([sums], hook_names=[layer.hook_name
@@ -104,11 +105,11 @@ def participation_sums(
     logit = torch.zeros(sizes[-1], dtype=torch.float64)
     for graph in graphs:
         if graph.granularity != "feature":
-            raise ValueError("circuit participation needs feature-granularity graphs, got "
-                             f"granularity={graph.granularity!r}")
+            raise RRMUserError("circuit participation needs feature-granularity graphs, got "
+                               f"granularity={graph.granularity!r}")
         if [layer.hook_name for layer in graph.layers] != hooks:
-            raise ValueError("graphs come from different SAE layers: expected hooks "
-                             f"{hooks}, got {[layer.hook_name for layer in graph.layers]}")
+            raise RRMUserError("graphs come from different SAE layers: expected hooks "
+                               f"{hooks}, got {[layer.hook_name for layer in graph.layers]}")
         graph.require_dense_edges("feature circuit statistics")
         pruned = prune_by_influence(graph, node_threshold=node_threshold,
                                     edge_threshold=edge_threshold)

@@ -28,6 +28,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from rrm_plugin.attribution.build import attribute
+from rrm_plugin.errors import RRMUserError
 from rrm_plugin.features.activations import TopActivations, collect_top_activations
 from rrm_plugin.features.circuits import (
     CircuitParticipation,
@@ -130,9 +131,9 @@ def build_dashboards(
     n_classes = model.cfg.n_classes
     names = [str(c) for c in range(n_classes)] if class_names is None else list(class_names)
     if len(names) != n_classes:
-        raise ValueError(f"got {len(names)} class names for a model with {n_classes} classes")
+        raise RRMUserError(f"got {len(names)} class names for a model with {n_classes} classes")
     if files is not None and len(files) != len(images):
-        raise ValueError(f"got {len(files)} file names for {len(images)} images")
+        raise RRMUserError(f"got {len(files)} file names for {len(images)} images")
     top = collect_top_activations(model, saes, images, k=k, batch_size=batch_size,
                                   progress=progress)
     lens = {h: s.cpu() for h, s in feature_class_scores(model, saes).items()}
@@ -140,7 +141,7 @@ def build_dashboards(
     if baselines is not None:
         n = len(images) if n_circuit_images is None else n_circuit_images
         if not 1 <= n <= len(images):
-            raise ValueError(f"n_circuit_images must be in [1, {len(images)}], got {n}")
+            raise RRMUserError(f"n_circuit_images must be in [1, {len(images)}], got {n}")
         device = next(model.parameters()).device
 
         def batch(sl: slice) -> dict[str, Tensor]:

@@ -25,6 +25,7 @@ from matplotlib.colors import hsv_to_rgb
 from torch import Tensor
 
 from rrm_plugin.data.digits import DigitsCanvasConfig, load_source_digits, split_indices
+from rrm_plugin.errors import RRMUserError
 
 HUES = np.arange(12) / 12
 VALUES = np.linspace(0.3, 1.0, 6)
@@ -135,7 +136,7 @@ def probe_families(
 ) -> dict[str, ProbeFamily]:
     """All probe families (`repeats` images per level; the curve family per curvature x bow)."""
     if repeats < 2:
-        raise ValueError(f"repeats must be >= 2 (variance within levels), got {repeats}")
+        raise RRMUserError(f"repeats must be >= 2 (variance within levels), got {repeats}")
     rng = np.random.default_rng(seed)
     digits, labels = load_source_digits()
     _, test_idx = split_indices(cfg, len(digits))

@@ -19,6 +19,7 @@ from matplotlib import colormaps
 from PIL import Image, ImageDraw
 from torch import Tensor
 
+from rrm_plugin.errors import RRMUserError
 from rrm_plugin.io import _atomic
 
 DIM = 0.3  # brightness of patches where the feature does not fire
@@ -37,8 +38,9 @@ def patch_grid(maps: Float[Tensor, "... tokens"], *, n_prefix: int) -> Tensor:
     patches = maps[..., n_prefix:]
     g = math.isqrt(patches.shape[-1])
     if g * g != patches.shape[-1]:
-        raise ValueError(f"{patches.shape[-1]} patch tokens after {n_prefix} prefix tokens do not "
-                         "form a square grid")
+        raise RRMUserError(
+            f"{patches.shape[-1]} patch tokens after {n_prefix} prefix tokens do not "
+            "form a square grid")
     return patches.reshape(*patches.shape[:-1], g, g)
 
 

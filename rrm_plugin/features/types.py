@@ -27,6 +27,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from rrm_plugin.data.digits import DIGITS_DATA, DigitsCanvasConfig
+from rrm_plugin.errors import RRMUserError
 from rrm_plugin.features.probes import probe_families
 from rrm_plugin.features.types_null import random_latent_activations, read_latents
 from rrm_plugin.features.types_rule import (
@@ -152,7 +153,7 @@ def _stream(model, hooks: list[str], images: Tensor, *, batch_size: int) -> dict
 def _check_canvas(model, canvas: DigitsCanvasConfig) -> None:
     cfg = model.cfg
     if cfg.image_size != canvas.canvas_size or cfg.patch_size != canvas.patch_size:
-        raise ValueError(
+        raise RRMUserError(
             f"probe stimuli are drawn on a {canvas.canvas_size}px canvas with "
             f"{canvas.patch_size}px patches, the model expects {cfg.image_size}px images with "
             f"{cfg.patch_size}px patches: feature types need a digits-canvas model")
@@ -187,9 +188,9 @@ def feature_types(
     canvas = DIGITS_DATA if canvas is None else canvas
     _check_canvas(model, canvas)
     if n_permutations < 1:
-        raise ValueError(f"n_permutations must be >= 1, got {n_permutations}")
+        raise RRMUserError(f"n_permutations must be >= 1, got {n_permutations}")
     if n_random < 2:
-        raise ValueError(f"n_random must be >= 2, got {n_random}")
+        raise RRMUserError(f"n_random must be >= 2, got {n_random}")
     families = probe_families(canvas, repeats=repeats, seed=seed)
     generator = torch.Generator().manual_seed(seed)
     n_prefix = n_prefix_tokens(model)

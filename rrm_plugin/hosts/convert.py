@@ -18,10 +18,11 @@ from vit_prisma.prisma_tools.loading_from_pretrained import (
     convert_timm_weights,
 )
 
+from rrm_plugin.errors import RRMUserError
 from rrm_plugin.hosts.vit import ExtendedViT, ExtendedViTConfig
 
 
-class UnsupportedArchitectureError(ValueError):
+class UnsupportedArchitectureError(RRMUserError):
     """An upstream model with a feature the converter cannot represent exactly."""
 
 
@@ -129,8 +130,8 @@ def convert_hf_clip(
     class_embeddings = torch.as_tensor(class_embeddings, dtype=torch.float32)
     d_proj = clip.visual_projection.out_features
     if class_embeddings.ndim != 2 or class_embeddings.shape[1] != d_proj:
-        raise ValueError(f"class_embeddings must be [n_classes, {d_proj}], "
-                         f"got {list(class_embeddings.shape)}")
+        raise RRMUserError(f"class_embeddings must be [n_classes, {d_proj}], "
+                           f"got {list(class_embeddings.shape)}")
     cfg = clip_vision_config(clip, model_name=model_name, n_classes=len(class_embeddings))
     state = convert_clip_weights(clip.vision_model.state_dict(),
                                  clip.visual_projection.state_dict(), cfg)
@@ -180,7 +181,8 @@ def convert_hf_dinov2(
         head, head_bias = head.weight, head.bias
     d = backbone.config.hidden_size
     if head.ndim != 2 or head.shape[1] != 2 * d:
-        raise ValueError(f"DINOv2 linear head must be [n_classes, {2 * d}], got {list(head.shape)}")
+        raise RRMUserError(
+            f"DINOv2 linear head must be [n_classes, {2 * d}], got {list(head.shape)}")
     cfg = dinov2_config(backbone, model_name=model_name, image_size=image_size,
                         n_classes=head.shape[0])
     sd = {k: v.detach() for k, v in backbone.state_dict().items()}
@@ -334,8 +336,8 @@ def convert_open_clip(
     class_embeddings = torch.as_tensor(class_embeddings, dtype=torch.float32)
     d_proj = visual.proj.shape[1] if visual.proj is not None else None
     if class_embeddings.ndim != 2 or class_embeddings.shape[1] != d_proj:
-        raise ValueError(f"class_embeddings must be [n_classes, {d_proj}], "
-                         f"got {list(class_embeddings.shape)}")
+        raise RRMUserError(f"class_embeddings must be [n_classes, {d_proj}], "
+                           f"got {list(class_embeddings.shape)}")
     cfg = open_clip_vision_config(visual, model_name=model_name, n_classes=len(class_embeddings))
     state = convert_clip_weights(*open_clip_to_hf_names(visual), cfg)
     return _build(cfg, _zero_shot_head(state, class_embeddings, logit_scale))

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from vit_prisma.configs.HookedViTConfig import HookedViTConfig
 from vit_prisma.models.base_vit import HookedViT
 
+from rrm_plugin.errors import RRMUserError
 from rrm_plugin.hosts.vit import ExtendedViT, ExtendedViTConfig
 
 
@@ -71,14 +72,14 @@ def check_images(
             f"images must be a floating-point tensor (values in [0, 1]), got dtype {images.dtype}"
         )
     if images.ndim != 4:
-        raise ValueError(f"images must have shape {expected}, got {list(images.shape)}")
+        raise RRMUserError(f"images must have shape {expected}, got {list(images.shape)}")
     if images.shape[1] != cfg.n_channels:
-        raise ValueError(
+        raise RRMUserError(
             f"images have {images.shape[1]} channels, model expects {cfg.n_channels} "
             f"(shape {expected}, channels first)"
         )
     if tuple(images.shape[2:]) != (cfg.image_size, cfg.image_size):
-        raise ValueError(
+        raise RRMUserError(
             f"images are {images.shape[2]}x{images.shape[3]} pixels, model expects "
             f"{cfg.image_size}x{cfg.image_size} (shape {expected})"
         )
@@ -88,10 +89,10 @@ def check_images(
                         f"convert them with images.to({weights_dtype})")
     if not torch.isfinite(images).all():
         n_bad = int((~torch.isfinite(images)).sum())
-        raise ValueError(f"images contain {n_bad} NaN/inf values; expected finite pixels")
+        raise RRMUserError(f"images contain {n_bad} NaN/inf values; expected finite pixels")
     largest = float(images.detach().abs().max()) if images.numel() else 0.0
     if largest > MAX_ABS_PIXEL:
-        raise ValueError(
+        raise RRMUserError(
             f"images have values up to {largest:.4g}: expected pixels in [0, 1] (or normalised "
             "as the model's preprocessing does, within a few units); divide 0..255 images by 255")
     return images
@@ -107,14 +108,14 @@ def with_image_size(model: HookedViT, image_size: int) -> HookedViT:
 
     cfg = model.cfg
     if image_size < cfg.patch_size or image_size % cfg.patch_size:
-        raise ValueError(f"image_size must be a positive multiple of the patch size "
-                         f"{cfg.patch_size}, got {image_size}")
+        raise RRMUserError(f"image_size must be a positive multiple of the patch size "
+                           f"{cfg.patch_size}, got {image_size}")
     prefix = int(getattr(cfg, "classification_type", "cls") == "cls")
     old_grid, new_grid = cfg.image_size // cfg.patch_size, image_size // cfg.patch_size
     W_pos = model.pos_embed.W_pos.detach()
     if W_pos.shape[0] != prefix + old_grid**2:
-        raise ValueError(f"position embedding has {W_pos.shape[0]} rows, expected "
-                         f"{prefix} + {old_grid}x{old_grid} for {cfg.image_size} px")
+        raise RRMUserError(f"position embedding has {W_pos.shape[0]} rows, expected "
+                           f"{prefix} + {old_grid}x{old_grid} for {cfg.image_size} px")
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     state["pos_embed.W_pos"] = resample_abs_pos_embed(
         W_pos[None], [new_grid, new_grid], [old_grid, old_grid], num_prefix_tokens=prefix)[0]

@@ -27,6 +27,8 @@ from torch import Tensor, nn
 from vit_prisma.configs.HookedViTConfig import HookedViTConfig
 from vit_prisma.models.base_vit import HookedViT
 
+from rrm_plugin.errors import RRMUserError
+
 HeadType = Literal["linear", "cls_mean_patch", "normalized_projection"]
 HEAD_TYPES: tuple[str, ...] = ("linear", "cls_mean_patch", "normalized_projection")
 
@@ -58,14 +60,14 @@ class ExtendedViTConfig(HookedViTConfig):
 
     def __post_init__(self) -> None:
         if self.head_type not in HEAD_TYPES:
-            raise ValueError(f"head_type must be one of {HEAD_TYPES}, got {self.head_type!r}")
+            raise RRMUserError(f"head_type must be one of {HEAD_TYPES}, got {self.head_type!r}")
         if self.head_type == "normalized_projection" and not self.projection_dim:
-            raise ValueError("head_type 'normalized_projection' needs projection_dim")
+            raise RRMUserError("head_type 'normalized_projection' needs projection_dim")
         if self.head_type != "linear" and self.classification_type != "cls":
-            raise ValueError(f"head_type {self.head_type!r} reads the CLS token: "
-                             "classification_type must be 'cls'")
+            raise RRMUserError(f"head_type {self.head_type!r} reads the CLS token: "
+                               "classification_type must be 'cls'")
         if self.n_registers < 0:
-            raise ValueError(f"n_registers must be >= 0, got {self.n_registers}")
+            raise RRMUserError(f"n_registers must be >= 0, got {self.n_registers}")
 
 
 class ClsMeanPatchHead(nn.Module):

@@ -18,6 +18,7 @@ from sae_lens import SAE
 from torch import Tensor
 from vit_prisma.models.base_vit import HookedViT
 
+from rrm_plugin.errors import RRMUserError
 from rrm_plugin.lens.projection import check_class_head
 
 
@@ -33,13 +34,13 @@ def _check_sae(model: HookedViT, hook_name: str, sae: SAE) -> Tensor:
     if not isinstance(w_dec, Tensor) or w_dec.ndim != 2:
         raise TypeError(f"SAE at {hook_name!r} has no 2-D W_dec [d_sae, d_model]")
     if w_dec.shape[1] != model.cfg.d_model:
-        raise ValueError(
+        raise RRMUserError(
             f"SAE at {hook_name!r} has W_dec of shape {list(w_dec.shape)}, expected "
             f"[d_sae, d_model={model.cfg.d_model}]"
         )
     if hook_name not in model.hook_dict:
-        raise ValueError(f"SAE hook {hook_name!r} is not a hook point of the model "
-                         "(expected e.g. 'blocks.0.hook_resid_post')")
+        raise RRMUserError(f"SAE hook {hook_name!r} is not a hook point of the model "
+                           "(expected e.g. 'blocks.0.hook_resid_post')")
     return w_dec
 
 
@@ -67,7 +68,7 @@ def feature_lens(
     """Top classes of every feature of every SAE."""
     n_classes = model.cfg.n_classes
     if not 1 <= top_k <= n_classes:
-        raise ValueError(f"top_k must be in [1, {n_classes}], got {top_k}")
+        raise RRMUserError(f"top_k must be in [1, {n_classes}], got {top_k}")
     result = {}
     for hook_name, scores in feature_class_scores(model, saes, fold_ln=fold_ln).items():
         top = scores.topk(top_k, dim=-1)

@@ -24,6 +24,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from vit_prisma.models.base_vit import HookedViT
 
+from rrm_plugin.errors import RRMUserError
 from rrm_plugin.hosts.prisma import check_images
 from rrm_plugin.lens.projection import (
     check_class_head,
@@ -70,8 +71,8 @@ def importance_by_block(
     """Each block's term `-sum_heads dL_b / dA_b[head, CLS, k]` of the importance."""
     check_class_head(model)
     if model.cfg.classification_type != "cls":
-        raise ValueError("attention-gradient importance needs a CLS token "
-                         "(classification_type='cls'); this model pools all tokens")
+        raise RRMUserError("attention-gradient importance needs a CLS token "
+                           "(classification_type='cls'); this model pools all tokens")
     n_prefix = n_prefix_tokens(model)  # CLS, then any register tokens
     check_images(model, images)
     labels = check_labels(labels, n_classes=model.cfg.n_classes, n_images=len(images))
@@ -124,8 +125,8 @@ def chefer_rollout_importance(
     """
     check_class_head(model)
     if model.cfg.classification_type != "cls":
-        raise ValueError("the attention rollout is read at the CLS token "
-                         "(classification_type='cls'); this model pools all tokens")
+        raise RRMUserError("the attention rollout is read at the CLS token "
+                           "(classification_type='cls'); this model pools all tokens")
     n_prefix = n_prefix_tokens(model)
     check_images(model, images)
     labels = check_labels(labels, n_classes=model.cfg.n_classes, n_images=len(images))
@@ -187,10 +188,10 @@ def least_important_object_share(
     ones of the order, removed first by negative perturbation), pooled over images."""
     n = order.shape[1]
     if not 0 < fraction <= 1:
-        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+        raise RRMUserError(f"fraction must be in (0, 1], got {fraction}")
     if tuple(object_mask.shape) != tuple(order.shape):
-        raise ValueError(f"object_mask has shape {list(object_mask.shape)}, expected "
-                         f"{list(order.shape)} like the order")
+        raise RRMUserError(f"object_mask has shape {list(object_mask.shape)}, expected "
+                           f"{list(order.shape)} like the order")
     n_last = max(1, round(fraction * n))
     last = order[:, n - n_last :]
     return float(object_mask.gather(1, last.to(object_mask.device)).float().mean())
@@ -198,10 +199,11 @@ def least_important_object_share(
 
 def check_order(order: Tensor, *, n_images: int, n_patches: int) -> Tensor:
     if tuple(order.shape) != (n_images, n_patches):
-        raise ValueError(f"order has shape {list(order.shape)}, expected [{n_images}, {n_patches}]"
-                         " (a permutation of the patch indices per image)")
+        raise RRMUserError(
+            f"order has shape {list(order.shape)}, expected [{n_images}, {n_patches}]"
+            " (a permutation of the patch indices per image)")
     if not torch.equal(order.sort(-1).values, torch.arange(n_patches).expand(n_images, -1)):
-        raise ValueError(f"every row of order must be a permutation of 0..{n_patches - 1}")
+        raise RRMUserError(f"every row of order must be a permutation of 0..{n_patches - 1}")
     return order
 
 
@@ -225,7 +227,7 @@ def kept_patches(
         return order[:, : n - n_removed]
     if mode == "positive":
         return order[:, n_removed:]
-    raise ValueError(f"mode must be 'negative' or 'positive', got {mode!r}")
+    raise RRMUserError(f"mode must be 'negative' or 'positive', got {mode!r}")
 
 
 @torch.no_grad()
@@ -274,14 +276,14 @@ def perturbation_auc(
     "inclusive": `sum_{k>=0} acc_k / (N * max_{k>=0} acc_k)`, unperturbed point included.
     """
     if curve.ndim != 1 or len(curve) < 2:
-        raise ValueError("curve must be a 1-D tensor with at least 2 points, got shape "
-                         f"{list(curve.shape)}")
+        raise RRMUserError("curve must be a 1-D tensor with at least 2 points, got shape "
+                           f"{list(curve.shape)}")
     if normalisation == "authors":
         points = curve[1:]
     elif normalisation == "inclusive":
         points = curve
     else:
-        raise ValueError(f"normalisation must be 'authors' or 'inclusive', got {normalisation!r}")
+        raise RRMUserError(f"normalisation must be 'authors' or 'inclusive', got {normalisation!r}")
     top = float(points.max())
     if top <= 0:
         return float("nan")

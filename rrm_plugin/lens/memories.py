@@ -16,6 +16,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from vit_prisma.models.base_vit import HookedViT
 
+from rrm_plugin.errors import RRMUserError
 from rrm_plugin.hosts.prisma import check_images
 from rrm_plugin.lens.projection import check_class_head, check_labels, project, sublayer_norm
 from rrm_plugin.runs.sharded import map_batches
@@ -31,7 +32,7 @@ def value_vectors(model: HookedViT, *, layer: int, kind: Sublayer) -> Float[Tens
         return block.mlp.W_out
     if kind == "attn":
         return rearrange(block.attn.W_O, "head d_head d_model -> (head d_head) d_model")
-    raise ValueError(f"kind must be 'attn' or 'mlp', got {kind!r}")
+    raise RRMUserError(f"kind must be 'attn' or 'mlp', got {kind!r}")
 
 
 def value_class_projection(
@@ -66,7 +67,7 @@ def class_value_agreement(
     check_class_head(model)
     check_class_head(control)
     if (model.cfg.n_layers, model.cfg.n_classes) != (control.cfg.n_layers, control.cfg.n_classes):
-        raise ValueError("control model must have the same number of layers and classes as model")
+        raise RRMUserError("control model must have the same number of layers and classes as model")
     layers = range(model.cfg.n_layers)
     best = torch.stack([
         value_class_projection(model, layer=b, kind=kind, normalize=True).amax(-1) for b in layers
@@ -144,7 +145,7 @@ def memory_agreement(
     labels = check_labels(labels, n_classes=n_classes, n_images=len(images))
     n_values = value_vectors(model, layer=0, kind=kind).shape[0]
     if not 1 <= k <= n_values:
-        raise ValueError(f"k must be in [1, {n_values}] (number of {kind} values), got {k}")
+        raise RRMUserError(f"k must be in [1, {n_values}] (number of {kind} values), got {k}")
     raw = torch.stack([value_class_projection(model, layer=b, kind=kind, normalize=False)
                        for b in range(n_layers)])  # [layer, class, value]
     class_top_values = raw.topk(k, dim=-1).indices  # [layer, class, k]

@@ -14,6 +14,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from rrm_plugin.errors import RRMUserError
 from rrm_plugin.lens.projection import ClassProjection
 
 
@@ -178,14 +179,14 @@ def permutation_test(
     """
     values, in_group = values.flatten().double(), in_group.flatten().bool()
     if values.shape != in_group.shape:
-        raise ValueError(f"values ({values.numel()}) and in_group ({in_group.numel()}) "
-                         "must have the same number of elements")
+        raise RRMUserError(f"values ({values.numel()}) and in_group ({in_group.numel()}) "
+                           "must have the same number of elements")
     n_in = int(in_group.sum())
     n_out = values.numel() - n_in
     if n_in == 0 or n_out == 0:
-        raise ValueError(f"both groups need members, got {n_in} in and {n_out} out of the group")
+        raise RRMUserError(f"both groups need members, got {n_in} in and {n_out} out of the group")
     if n_permutations < 1:
-        raise ValueError(f"n_permutations must be >= 1, got {n_permutations}")
+        raise RRMUserError(f"n_permutations must be >= 1, got {n_permutations}")
     x = values[in_group].cpu().numpy()
     y = values[~in_group].cpu().numpy()
 
@@ -212,7 +213,7 @@ def check_object_mask(mask: Tensor, *, n_images: int, n_patches: int) -> Bool[Te
         raise TypeError(f"object_mask must be a bool tensor [{n_images}, {n_patches}], "
                         f"got {type(mask).__name__}")
     if tuple(mask.shape) != (n_images, n_patches):
-        raise ValueError(
+        raise RRMUserError(
             f"object_mask has shape {list(mask.shape)}, expected [{n_images}, {n_patches}] "
             "(one row per image, one column per patch in row-major order, CLS excluded)"
         )

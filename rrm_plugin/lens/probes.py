@@ -16,6 +16,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from vit_prisma.models.base_vit import HookedViT
 
+from rrm_plugin.errors import RRMUserError
 from rrm_plugin.hosts.prisma import check_images
 from rrm_plugin.lens.metrics import class_rank
 from rrm_plugin.lens.projection import check_class_head, check_labels, project, sublayer_norm
@@ -79,7 +80,7 @@ def fit_ridge_probes(
 ) -> RidgeProbes:
     """Fit one ridge probe per leading index (same labels for all)."""
     if features.ndim != 3 or features.shape[1] != len(labels):
-        raise ValueError(
+        raise RRMUserError(
             f"features must be [probe, n={len(labels)}, d], got {list(features.shape)}"
         )
     labels = check_labels(labels, n_classes=n_classes, n_images=len(labels))

@@ -18,6 +18,7 @@ from jaxtyping import Float
 from torch import Tensor
 from vit_prisma.models.base_vit import HookedViT
 
+from rrm_plugin.errors import RRMUserError
 from rrm_plugin.hosts.prisma import check_images
 from rrm_plugin.hosts.vit import n_prefix_tokens as prefix
 from rrm_plugin.runs.sharded import concat, map_batches
@@ -47,24 +48,24 @@ def check_class_head(model: HookedViT) -> None:
         raise TypeError(f"model must be a vit_prisma HookedViT, got {type(model).__name__}")
     cfg = model.cfg
     if cfg.return_type != "class_logits":
-        raise ValueError(
+        raise RRMUserError(
             f"model has return_type={cfg.return_type!r}; the class-embedding lens needs a class "
             "head (return_type='class_logits', head.W_H [d_model, n_classes])"
         )
     w_h = model.head.W_H
     if tuple(w_h.shape) != (cfg.d_model, cfg.n_classes) or cfg.n_classes < 2:
-        raise ValueError(
+        raise RRMUserError(
             f"class head W_H has shape {list(w_h.shape)}, expected [d_model={cfg.d_model}, "
             f"n_classes={cfg.n_classes}] with at least 2 classes"
         )
     if cfg.classification_type not in ("cls", "gaap"):
-        raise ValueError(
+        raise RRMUserError(
             f"classification_type {cfg.classification_type!r} is not supported; "
             "expected 'cls' (CLS token) or 'gaap' (mean-pooled tokens)"
         )
     if cfg.attn_only or cfg.use_bert_block:
-        raise ValueError("the lens needs pre-LN blocks with attention and MLP (got attn_only or "
-                         "use_bert_block=True)")
+        raise RRMUserError("the lens needs pre-LN blocks with attention and MLP (got attn_only or "
+                           "use_bert_block=True)")
 
 
 def n_prefix_tokens(model: HookedViT) -> int:
@@ -83,11 +84,11 @@ def check_labels(labels: Tensor, *, n_classes: int, n_images: int) -> Tensor:
         kind = labels.dtype if isinstance(labels, Tensor) else type(labels).__name__
         raise TypeError(f"labels must be an integer tensor of shape [{n_images}], got {kind}")
     if tuple(labels.shape) != (n_images,):
-        raise ValueError(f"labels have shape {list(labels.shape)}, expected [{n_images}] "
-                         "(one label per image)")
+        raise RRMUserError(f"labels have shape {list(labels.shape)}, expected [{n_images}] "
+                           "(one label per image)")
     bad = (labels < 0) | (labels >= n_classes)
     if bad.any():
-        raise ValueError(
+        raise RRMUserError(
             f"label {int(labels[bad][0])} out of range: the model has {n_classes} classes "
             f"(labels must be in [0, {n_classes - 1}])"
         )
@@ -111,7 +112,7 @@ def sublayer_norm(
     `blocks[layer].ln2` (the authors' extractor, for their GAP ViT); otherwise unchanged.
     """
     if kind not in ("resid", "attn", "mlp"):
-        raise ValueError(f"kind must be 'resid', 'attn' or 'mlp', got {kind!r}")
+        raise RRMUserError(f"kind must be 'resid', 'attn' or 'mlp', got {kind!r}")
     if model.cfg.classification_type != "gaap" or kind == "resid":
         return hidden
     block = model.blocks[layer]

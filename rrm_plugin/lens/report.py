@@ -14,6 +14,7 @@ from sae_lens import SAE
 from torch import Tensor
 from vit_prisma.models.base_vit import HookedViT
 
+from rrm_plugin.errors import RRMUserError
 from rrm_plugin.hosts.prisma import check_images
 from rrm_plugin.lens import importance as imp
 from rrm_plugin.lens.features import feature_lens
@@ -281,7 +282,7 @@ def run_lens(
     if object_mask is not None:
         check_object_mask(object_mask, n_images=len(images), n_patches=n_total)
     if (probe_images is None) != (probe_labels is None):
-        raise ValueError("give both probe_images and probe_labels, or neither")
+        raise RRMUserError("give both probe_images and probe_labels, or neither")
     bs, progress = config.batch_size, config.progress
 
     summary: dict[str, Any] = {

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from torch import Tensor
 
+from rrm_plugin.errors import RRMUserError
 from rrm_plugin.io import write_json, write_tensors
 from rrm_plugin.lens.plots import (
     plot_identifiability,
@@ -35,7 +36,7 @@ def write_lens_report(
     blocks = list(config.map_blocks) if config.map_blocks is not None else list(range(n_layers))
     bad = [b for b in blocks if not 0 <= b < n_layers]
     if bad:
-        raise ValueError(f"map_blocks {bad} out of range: the model has blocks 0..{n_layers - 1}")
+        raise RRMUserError(f"map_blocks {bad} out of range: the model has blocks 0..{n_layers - 1}")
     n_show = min(config.n_example_images, len(images))
     written = [
         write_json(out_dir / "lens.json", summary),

@@ -59,6 +59,7 @@ from rrm_plugin.circuits.pruning import (
     edge_rule,
     select,
 )
+from rrm_plugin.errors import RRMUserError
 from rrm_plugin.metrics.faithfulness_methods import (
     _dense_rrm_scores,
     _neuron_hooks,
@@ -117,21 +118,22 @@ class FaithfulnessConfig:
     def __post_init__(self) -> None:
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown:
-            raise ValueError(f"unknown faithfulness method(s) {unknown}; expected {list(METHODS)}")
+            raise RRMUserError(
+                f"unknown faithfulness method(s) {unknown}; expected {list(METHODS)}")
         if self.criterion not in CRITERIA:
-            raise ValueError(f"unknown criterion {self.criterion!r}; expected one of "
-                             f"{list(CRITERIA)}")
+            raise RRMUserError(f"unknown criterion {self.criterion!r}; expected one of "
+                               f"{list(CRITERIA)}")
         if self.ties not in TIES:
-            raise ValueError(f"unknown ties {self.ties!r}; expected one of {list(TIES)}")
+            raise RRMUserError(f"unknown ties {self.ties!r}; expected one of {list(TIES)}")
         if self.skip_early_layers < 0:
-            raise ValueError(f"skip_early_layers must be >= 0, got {self.skip_early_layers}")
+            raise RRMUserError(f"skip_early_layers must be >= 0, got {self.skip_early_layers}")
         if self.sweep is None:
             default = THRESHOLD_SWEEP if self.criterion == "threshold" else PAPER_SWEEP
             object.__setattr__(self, "sweep", default)
         if not self.sweep or any(not 0 <= p <= 1 for p in self.sweep):
-            raise ValueError(f"sweep values must be in [0, 1], got {self.sweep}")
+            raise RRMUserError(f"sweep values must be in [0, 1], got {self.sweep}")
         if list(self.sweep) != sorted(self.sweep):
-            raise ValueError(f"sweep values must be increasing, got {self.sweep}")
+            raise RRMUserError(f"sweep values must be increasing, got {self.sweep}")
 
 
 # ---- the run --------------------------------------------------------------------------------
@@ -153,11 +155,11 @@ def select_images(correct: Tensor, n_images: int | None, seed: int) -> Tensor:
     """All correctly classified images, or a seeded random subset of `n_images` of them."""
     if n_images is None or n_images >= len(correct):
         if n_images is not None and n_images > len(correct):
-            raise ValueError(f"asked for {n_images} images but only {len(correct)} held-out "
-                             "images are classified correctly")
+            raise RRMUserError(f"asked for {n_images} images but only {len(correct)} held-out "
+                               "images are classified correctly")
         return correct
     if n_images < 1:
-        raise ValueError(f"n_images must be at least 1, got {n_images}")
+        raise RRMUserError(f"n_images must be at least 1, got {n_images}")
     generator = torch.Generator().manual_seed(seed)
     return correct[torch.randperm(len(correct), generator=generator)[:n_images]].sort().values
 
@@ -182,8 +184,8 @@ class Layout(NamedTuple):
 def sae_layout(saes: Mapping[str, SAE], *, skip_early_layers: int = 0) -> Layout:
     hook_names = sorted(saes, key=hook_sort_key)
     if skip_early_layers >= len(hook_names):
-        raise ValueError(f"skip_early_layers={skip_early_layers} leaves no SAE layer to mask "
-                         f"(there are {len(hook_names)})")
+        raise RRMUserError(f"skip_early_layers={skip_early_layers} leaves no SAE layer to mask "
+                           f"(there are {len(hook_names)})")
     return Layout(hook_names, [saes[h].cfg.d_sae + 1 for h in hook_names],
                   saes[hook_names[0]].cfg.d_in, skip_early_layers, saes[hook_names[0]].W_dec.device)
 
@@ -202,7 +204,7 @@ def evaluate_faithfulness(
     layout = sae_layout(saes, skip_early_layers=config.skip_early_layers)
     correct = correct_indices(model, images, labels)
     if len(correct) == 0:
-        raise ValueError("no image is classified correctly; faithfulness needs correct images")
+        raise RRMUserError("no image is classified correctly; faithfulness needs correct images")
     chosen = select_images(correct, config.n_images, config.seed)
 
     def batch(sl: slice) -> dict[str, Tensor]:

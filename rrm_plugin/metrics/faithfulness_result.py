@@ -11,6 +11,8 @@ import numpy as np
 import scipy.integrate
 from jaxtyping import Float
 
+from rrm_plugin.errors import RRMUserError
+
 if TYPE_CHECKING:  # the result only stores the run's settings
     from rrm_plugin.metrics.faithfulness import FaithfulnessConfig
 
@@ -57,7 +59,7 @@ def image_aucs(
     """`auc` of every row of `curves` over the shared axis `x`."""
     y, x = np.asarray(curves, dtype=np.float64), np.asarray(x, dtype=np.float64)
     if y.shape[-1] != len(x):
-        raise ValueError(f"curves have {y.shape[-1]} points but the axis has {len(x)}")
+        raise RRMUserError(f"curves have {y.shape[-1]} points but the axis has {len(x)}")
     if len(x) == 0:
         return np.full(len(y), np.nan)
     span = x[-1] - x[0]
@@ -78,7 +80,7 @@ def axis_positions(
     if axis == "nodes":
         # Shared by all images, so the mean of per-image AUCs is the AUC of the mean curve.
         return np.asarray(node_counts, dtype=np.float64).mean(0) / node_total
-    raise ValueError(f"unknown AUC axis {axis!r}; expected one of {list(AXES)}")
+    raise RRMUserError(f"unknown AUC axis {axis!r}; expected one of {list(AXES)}")
 
 
 def mean_se(values: Float[np.ndarray, " n"]) -> Estimate:

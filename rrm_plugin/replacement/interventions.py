@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from rrm_plugin.errors import OutOfRangeError, RRMUserError, UnknownNameError
+
 
 @dataclass(frozen=True)
 class FeatureIntervention:
@@ -33,7 +35,7 @@ class FeatureIntervention:
 
     def __post_init__(self) -> None:
         if (self.value is None) == (self.scale is None):
-            raise ValueError("give exactly one of value= or scale=")
+            raise RRMUserError("give exactly one of value= or scale=")
         for name in ("value", "scale"):
             number = getattr(self, name)
             if number is None:
@@ -41,7 +43,7 @@ class FeatureIntervention:
             if isinstance(number, bool) or not isinstance(number, (int, float)):
                 raise TypeError(f"FeatureIntervention {name}= must be a number, got {number!r}")
             if not math.isfinite(number):
-                raise ValueError(f"FeatureIntervention {name}= must be finite, got {number}")
+                raise RRMUserError(f"FeatureIntervention {name}= must be finite, got {number}")
         for name in ("features", "tokens"):
             indices = getattr(self, name)
             if indices is None:
@@ -55,11 +57,13 @@ class FeatureIntervention:
         d_sae = acts.shape[-1]
         feats = torch.as_tensor(list(self.features), dtype=torch.long, device=acts.device)
         if len(feats) and (feats.min() < 0 or feats.max() >= d_sae):
-            raise IndexError(f"feature indices {list(self.features)} out of range [0, {d_sae})")
+            raise OutOfRangeError(
+                f"feature indices {list(self.features)} out of range [0, {d_sae})")
         n_pos = acts.shape[-2]
         tokens = torch.arange(n_pos) if self.tokens is None else torch.as_tensor(list(self.tokens))
         if len(tokens) and (tokens.min() < -n_pos or tokens.max() >= n_pos):
-            raise IndexError(f"token positions {tokens.tolist()} out of range for {n_pos} tokens")
+            raise OutOfRangeError(
+                f"token positions {tokens.tolist()} out of range for {n_pos} tokens")
         mask = torch.zeros(n_pos, d_sae, dtype=torch.bool, device=acts.device)
         mask[tokens.to(acts.device)[:, None], feats[None, :]] = True
         changed = torch.full_like(acts, self.value) if self.value is not None else acts * self.scale
@@ -78,8 +82,9 @@ def intervention_hooks(
         missing = [iv.hook_name for iv, n in zip(interventions, names, strict=True)
                    if n not in model.hook_dict]
         if missing:
-            raise KeyError(f"no SAE is spliced at {missing}: run the interventions inside "
-                           "`with rrm_plugin.splice_saes(model, saes):` with SAEs at those hooks")
+            raise UnknownNameError(
+                f"no SAE is spliced at {missing}: run the interventions inside "
+                "`with rrm_plugin.splice_saes(model, saes):` with SAEs at those hooks")
 
     def make(intervention: FeatureIntervention) -> Callable:
         def hook(acts: Tensor, hook) -> Tensor:

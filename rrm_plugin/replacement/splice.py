@@ -25,6 +25,7 @@ import torch
 from sae_lens import SAE
 from torch import Tensor, nn
 
+from rrm_plugin.errors import RRMUserError, UnknownNameError
 from rrm_plugin.hosts.prisma import input_check_for
 from rrm_plugin.saes.positions import covers_every_position, sae_positions
 
@@ -83,7 +84,7 @@ class _Splice:
 
     def __call__(self, module: nn.Module, args: tuple, x: Tensor) -> Tensor:
         if x.shape[-1] != self.sae.cfg.d_in:
-            raise ValueError(
+            raise RRMUserError(
                 f"activation at {module.name or 'hook'} has width {x.shape[-1]}, but the SAE "
                 f"spliced there has d_in={self.sae.cfg.d_in}"
             )
@@ -113,15 +114,16 @@ def check_sae_for_hook(model: nn.Module, hook_name: str, sae: SAE) -> None:
     hook_dict = model.hook_dict
     if hook_name not in hook_dict:
         resid = [n for n in hook_dict if "resid" in n]
-        raise KeyError(
+        raise UnknownNameError(
             f"model has no hook point {hook_name!r}; residual hook points are {resid}"
         )
     meta_hook = getattr(sae.cfg.metadata, "hook_name", None)
     if meta_hook is not None and meta_hook != hook_name:
-        raise ValueError(f"SAE was trained at {meta_hook!r} but is being spliced at {hook_name!r}")
+        raise RRMUserError(
+            f"SAE was trained at {meta_hook!r} but is being spliced at {hook_name!r}")
     d_model = getattr(model.cfg, "d_model", None)
     if "resid" in hook_name and d_model is not None and sae.cfg.d_in != d_model:
-        raise ValueError(
+        raise RRMUserError(
             f"SAE for {hook_name!r} has d_in={sae.cfg.d_in}, but the residual stream there has "
             f"width d_model={d_model}"
         )
@@ -179,7 +181,8 @@ def splice_saes(
     chosen = list(saes) if hook_names is None else list(hook_names)
     missing = [h for h in chosen if h not in saes]
     if missing:
-        raise KeyError(f"no SAE given for hook(s) {missing}; SAEs are available for {list(saes)}")
+        raise UnknownNameError(
+            f"no SAE given for hook(s) {missing}; SAEs are available for {list(saes)}")
     for hook_name in chosen:
         check_sae_for_hook(model, hook_name, saes[hook_name])
     with ExitStack() as stack:

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from rrm_plugin.errors import NotAFolderError
 from rrm_plugin.io import CorruptFileError, read_tensors, write_tensors
 
 logger = logging.getLogger(__name__)
@@ -54,7 +55,7 @@ class ChunkStore:
     def __init__(self, folder: Path) -> None:
         self.folder = Path(folder)
         if self.folder.exists() and not self.folder.is_dir():
-            raise NotADirectoryError(f"--chunks {self.folder} is a file; expected a folder")
+            raise NotAFolderError(f"--chunks {self.folder} is a file; expected a folder")
 
     def path(self, *, key: str, phase: str, start: int, stop: int) -> Path:
         return self.folder / f"{_safe(phase)}.{key}.{start:08d}-{stop:08d}{SUFFIX}"

@@ -16,10 +16,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
+from rrm_plugin.errors import NotWritableError, OutputExistsError
+
 LOCK_SUFFIX = ".rrm-lock"
 
 
-class OutputInUseError(FileExistsError):
+class OutputInUseError(OutputExistsError):
     """Another run holds the lock of the same output."""
 
 
@@ -45,8 +47,8 @@ def _acquire(path: Path, *, out: Path, command: str) -> int:
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as err:
-            raise PermissionError(f"--out {out}: cannot create its lock file {path} "
-                                  f"({err.strerror})") from err
+            raise NotWritableError(f"--out {out}: cannot create its lock file {path} "
+                                   f"({err.strerror})") from err
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -91,8 +93,8 @@ def output_lock(out: Path, *, command: str) -> Iterator[Path]:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise PermissionError(f"--out {out}: cannot create its folder {path.parent} "
-                              f"({err.strerror})") from err
+        raise NotWritableError(f"--out {out}: cannot create its folder {path.parent} "
+                               f"({err.strerror})") from err
     try:
         fd = _acquire(path, out=Path(out), command=command)
     except BaseException:

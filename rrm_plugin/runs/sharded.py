@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from rrm_plugin.errors import RRMUserError
 from rrm_plugin.runs.chunks import ChunkStore, extend_key
 from rrm_plugin.runs.distributed import Distributed, all_gather_objects
 
@@ -108,7 +109,7 @@ def map_batches(fn: Callable[[slice], BatchResult], *, n: int, batch_size: int, 
                 progress: bool = True) -> list[BatchResult]:
     """`[fn(slice(s, s + batch_size)) for s in range(0, n, batch_size)]`, sharded in a run."""
     if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        raise RRMUserError(f"batch_size must be at least 1, got {batch_size}")
     run = _ACTIVE.get()
     if run is not None:
         return run.map(fn, n=n, batch_size=batch_size, name=name, progress=progress)

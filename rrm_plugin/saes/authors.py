@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from rrm_plugin.errors import RRMUserError
 from rrm_plugin.io import CorruptFileError
 from rrm_plugin.saes.hub import (
     CheckpointNotFoundError,
@@ -52,7 +53,8 @@ def authors_folder(*, k: int, expansion: float, layer: int) -> str:
 def parse_authors_folder(folder: str) -> tuple[int, float, int]:
     match = _FOLDER.match(folder)
     if match is None:
-        raise ValueError(f"{folder!r} is not an RRM authors' SAE folder (K{{k}}_R{{r}}/L{{layer}})")
+        raise RRMUserError(
+            f"{folder!r} is not an RRM authors' SAE folder (K{{k}}_R{{r}}/L{{layer}})")
     return int(match[1]), float(match[2]), int(match[3])
 
 

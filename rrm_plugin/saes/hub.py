@@ -15,10 +15,11 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from rrm_plugin.errors import MissingFileError
 from rrm_plugin.io import CorruptFileError
 
 
-class CheckpointNotFoundError(FileNotFoundError):
+class CheckpointNotFoundError(MissingFileError):
     """A checkpoint that is neither cached nor downloadable (e.g. offline)."""
 
 

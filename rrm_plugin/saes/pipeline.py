@@ -11,6 +11,7 @@ from sae_lens import SAE
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from rrm_plugin.errors import UnknownNameError
 from rrm_plugin.io import replace_directory, write_json
 from rrm_plugin.provenance import write_release_provenance
 from rrm_plugin.saes.training import TopKTrainingConfig, train_topk_sae
@@ -65,7 +66,7 @@ def train_sae_release(
     hook_names = list(configs)
     unknown = [h for h in hook_names if h not in model.hook_dict]
     if unknown:
-        raise KeyError(f"model has no hook point(s) {unknown}")
+        raise UnknownNameError(f"model has no hook point(s) {unknown}")
     acts = collect_activations(model, images, hook_names, progress=progress)
     saes, logs = {}, {}
     for hook_name in tqdm(hook_names, desc="train SAEs", disable=not progress):

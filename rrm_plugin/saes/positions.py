@@ -12,6 +12,8 @@ from jaxtyping import Bool
 from sae_lens import SAE
 from torch import Tensor
 
+from rrm_plugin.errors import RRMUserError
+
 
 def sae_positions(sae: SAE) -> slice:
     """The token slice an SAE covers (`slice(None)`: all tokens)."""
@@ -20,11 +22,11 @@ def sae_positions(sae: SAE) -> slice:
         return slice(None)
     if (not isinstance(seqpos, (tuple, list)) or not 1 <= len(seqpos) <= 3
             or not all(v is None or isinstance(v, int) for v in seqpos)):
-        raise ValueError(f"SAE at {sae.cfg.metadata.hook_name!r} has seqpos_slice={seqpos!r}; "
-                         "expected a tuple of 1 to 3 ints or None, e.g. (0, 1)")
+        raise RRMUserError(f"SAE at {sae.cfg.metadata.hook_name!r} has seqpos_slice={seqpos!r}; "
+                           "expected a tuple of 1 to 3 ints or None, e.g. (0, 1)")
     positions = slice(*seqpos)
     if positions.step is not None and positions.step <= 0:
-        raise ValueError(f"SAE at {sae.cfg.metadata.hook_name!r}: seqpos_slice step must be > 0")
+        raise RRMUserError(f"SAE at {sae.cfg.metadata.hook_name!r}: seqpos_slice step must be > 0")
     return positions
 
 

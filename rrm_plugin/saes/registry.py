@@ -28,6 +28,7 @@ from sae_lens.loading.pretrained_saes_directory import (
     get_pretrained_saes_directory,
 )
 
+from rrm_plugin.errors import MissingFileError, UnknownNameError
 from rrm_plugin.io import CorruptFileError, read_json, read_tensors
 from rrm_plugin.provenance import check_release_provenance
 
@@ -98,10 +99,10 @@ def register_sae_release(release: str, directory: Path, *, model_name: str) -> l
     """Make `SAE.from_pretrained(release, sae_id)` read the SAEs saved under `directory`."""
     directory = Path(directory).resolve()
     if not directory.is_dir():
-        raise FileNotFoundError(f"SAE release folder {directory} does not exist")
+        raise MissingFileError(f"SAE release folder {directory} does not exist")
     sae_ids = list_sae_ids(directory)
     if not sae_ids:
-        raise FileNotFoundError(f"no SAEs (sub-folders with {SAE_CFG_FILENAME}) in {directory}")
+        raise MissingFileError(f"no SAEs (sub-folders with {SAE_CFG_FILENAME}) in {directory}")
     register_loader(LOCAL_LOADER_NAME, loader=load_local_sae_components,
                     config_getter=read_local_sae_config)
     get_pretrained_saes_directory()[release] = PretrainedSAELookup(
@@ -156,7 +157,7 @@ def load_saes(
     """
     directory = get_pretrained_saes_directory()
     if release not in directory:
-        raise KeyError(
+        raise UnknownNameError(
             f"unknown SAE release {release!r}; releases registered by rrm_plugin: "
             f"{sorted(_LOCAL_RELEASES)}"
         )
@@ -164,7 +165,7 @@ def load_saes(
     wanted = available if sae_ids is None else list(sae_ids)
     unknown = [s for s in wanted if s not in available]
     if unknown:
-        raise KeyError(
+        raise UnknownNameError(
             f"unknown sae_id(s) {unknown} in release {release!r}; available: {available}"
         )
     converter = _converter(release, dict(cfg_overrides)) if cfg_overrides else None

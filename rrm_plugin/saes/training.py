@@ -18,6 +18,7 @@ from sae_lens.saes.sae import SAEMetadata
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from rrm_plugin.errors import RRMUserError
 from rrm_plugin.saes.normalisation import standardise
 
 
@@ -50,9 +51,9 @@ class TopKTrainingConfig:
     def __post_init__(self) -> None:
         for name in ("d_sae", "k", "n_steps", "batch_size"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+                raise RRMUserError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.k > self.d_sae:  # TopK cannot keep more latents than there are
-            raise ValueError(f"k ({self.k}) must be at most d_sae ({self.d_sae})")
+            raise RRMUserError(f"k ({self.k}) must be at most d_sae ({self.d_sae})")
 
 
 class TrainingLog(NamedTuple):
@@ -115,9 +116,9 @@ def train_topk_sae(
 ) -> tuple[TopKSAE, TrainingLog]:
     """Train one TopK SAE on a buffer of activations (all tokens, shuffled each epoch)."""
     if activations.ndim != 2:
-        raise ValueError(f"activations must be [n_tokens, d_in], got {list(activations.shape)}")
+        raise RRMUserError(f"activations must be [n_tokens, d_in], got {list(activations.shape)}")
     if not torch.isfinite(activations).all():
-        raise ValueError("activations contain NaN/inf; expected finite values")
+        raise RRMUserError("activations contain NaN/inf; expected finite values")
     d_in = activations.shape[1]
     torch.manual_seed(cfg.seed)
     sae = new_topk_sae(

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from rrm_plugin.attribution.baselines import Baselines
 from rrm_plugin.attribution.graph import Graph
+from rrm_plugin.errors import MissingFileError, RRMUserError
 from rrm_plugin.io import read_json, write_json
 from rrm_plugin.viewer.cards import read_cards
 from rrm_plugin.viewer.check import check_payload
@@ -65,7 +66,7 @@ def build_viewer(
     context = None
     if model is not None:
         if saes is None or image is None or baselines is None:
-            raise ValueError("build_viewer with a model needs saes=, image= and baselines= too")
+            raise RRMUserError("build_viewer with a model needs saes=, image= and baselines= too")
 
         context = image_context(model, saes, image, graph, steps, baselines=baselines,
                                 display=display, class_names=class_names,
@@ -122,12 +123,12 @@ def view_directory(
     """
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"no folder {root}; expected an `rrm trace --out` folder")
+        raise MissingFileError(f"no folder {root}; expected an `rrm trace --out` folder")
     folders = _trace_dirs(root)
     if not folders:
-        raise FileNotFoundError(f"{root} has no {GRAPH_STEM}.json, nor do its subfolders; "
-                                "expected the --out folder of `rrm trace` (or `rrm demo`'s "
-                                "circuits/ folder)")
+        raise MissingFileError(f"{root} has no {GRAPH_STEM}.json, nor do its subfolders; "
+                               "expected the --out folder of `rrm trace` (or `rrm demo`'s "
+                               "circuits/ folder)")
     cards = read_cards(cards_path) if cards_path is not None else None
     pages, entries = [], []
     for folder in folders:

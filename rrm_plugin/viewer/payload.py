@@ -20,6 +20,7 @@ from torch import Tensor
 from rrm_plugin.attribution.graph import Graph
 from rrm_plugin.circuits.edge_readers import layered_adjacency, layered_influence
 from rrm_plugin.circuits.influence import graph_scores
+from rrm_plugin.errors import RRMUserError
 from rrm_plugin.viewer.cards import check_cards
 from rrm_plugin.viewer.steps import CircuitStep, pack_bits
 
@@ -170,7 +171,8 @@ def viewer_payload(
         max_cards: Latent nodes with a feature card, by influence (the rest show their numbers).
     """
     if not steps:
-        raise ValueError("the viewer needs at least one circuit step (see rrm_plugin.viewer.steps)")
+        raise RRMUserError(
+            "the viewer needs at least one circuit step (see rrm_plugin.viewer.steps)")
     if cards is not None:
         check_cards(cards, "feature cards")
     context = context or ImageContext()
@@ -184,8 +186,8 @@ def viewer_payload(
     step_rows = []
     for i, step in enumerate(steps):
         if len(step.nodes) != len(nodes["kind"]) - 1:
-            raise ValueError(f"step {i} masks {len(step.nodes)} nodes, the graph has "
-                             f"{len(nodes['kind']) - 1} (latents + errors)")
+            raise RRMUserError(f"step {i} masks {len(step.nodes)} nodes, the graph has "
+                               f"{len(nodes['kind']) - 1} (latents + errors)")
         row = {"mode": step.mode, "params": step.params, "node_count": step.node_count,
                "edge_count": step.edge_count(graph), "nodes": _b64(pack_bits(step.nodes)),
                "edges": _b64(pack_bits(_step_edge_flat(step)[keep]))}
@@ -202,8 +204,8 @@ def viewer_payload(
     if context.patch_activations is not None:
         acts = context.patch_activations.detach().cpu().float().clamp(min=0)
         if acts.shape[0] != n_latent:
-            raise ValueError(f"patch activations cover {acts.shape[0]} nodes, the graph has "
-                             f"{n_latent} latent nodes")
+            raise RRMUserError(f"patch activations cover {acts.shape[0]} nodes, the graph has "
+                               f"{n_latent} latent nodes")
         scale = acts.amax(-1)
         quantised = (acts / scale.clamp(min=1e-12)[:, None] * 255).round().to(torch.uint8)
         heat = {"scale": _round(scale, 4), "values": _b64(quantised.numpy().tobytes()),

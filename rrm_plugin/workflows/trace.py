@@ -1,11 +1,17 @@
-"""Trace one image end to end: graph, pruned circuit, its faithfulness, figure and JSON files."""
+"""Trace one image end to end: graph, pruned circuit, its faithfulness, figure and files.
+
+`trace(model, saes, image)` returns a `TraceResult` held in memory (graph, circuit, readouts,
+scores, the viewer page); `TraceResult.save(folder)` writes what `rrm trace --out` writes, as a
+unit. `trace_image` is the same run written straight into a folder (the demo's).
+"""
 
 from __future__ import annotations
 
+import html
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from jaxtyping import Float
@@ -20,11 +26,22 @@ from rrm_plugin.attribution.graph_views import graph_json
 from rrm_plugin.attribution.targets import image_readout
 from rrm_plugin.circuits.circuit import Circuit, run_circuits
 from rrm_plugin.circuits.figure import plot_circuit, top_patches
-from rrm_plugin.circuits.influence import graph_scores, prune_by_influence
+from rrm_plugin.circuits.influence import GraphScores, graph_scores, prune_by_influence
+from rrm_plugin.errors import RRMUserError
 from rrm_plugin.hosts.vit import n_prefix_tokens
 from rrm_plugin.io import write_json
 from rrm_plugin.lens.features import feature_lens
+from rrm_plugin.runs.output import output_directory
 from rrm_plugin.viewer.build import build_viewer, write_viewer
+from rrm_plugin.viewer.cards import read_cards
+from rrm_plugin.viewer.render import render_html
+from rrm_plugin.workflows.baselines import ResolvedBaselines, resolve_baselines
+from rrm_plugin.zoo.inputs import class_names_of, display_of, held_out_images
+from rrm_plugin.zoo.models import model_name_of
+from rrm_plugin.zoo.releases import release_of
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 @dataclass(frozen=True)
@@ -58,10 +75,245 @@ class TraceConfig:
 
     def __post_init__(self) -> None:
         if self.token_top_k is not None and self.granularity != "token":
-            raise ValueError("token_top_k applies to token graphs: set granularity='token'")
+            raise RRMUserError("token_top_k applies to token graphs: set granularity='token'")
         if self.token_top_k is not None and self.viewer:
-            raise ValueError("the viewer needs dense edges; a token_top_k graph is traced "
-                             "without it (viewer=False, --no-viewer)")
+            raise RRMUserError("the viewer needs dense edges; a token_top_k graph is traced "
+                               "without it (viewer=False, --no-viewer)")
+
+
+@dataclass
+class TraceResult:
+    """One traced image: what `trace` computed, in memory; `save` writes it as `rrm trace` does.
+
+    Attributes:
+        graph: The attribution graph (`Graph`).
+        circuit: The circuit kept by circuit-tracer's influence pruning (`Circuit`).
+        scores: circuit-tracer's replacement and completeness scores of the graph.
+        readouts: `{"clean", "insertion", "deletion", "all_at_baseline"}` -> the target class's
+            logit, adjusted logit, probability and the predicted class of that run.
+        config: The settings (`TraceConfig`).
+        baselines: Where the baselines came from (`ResolvedBaselines.description`).
+        metadata: What the files record (model, release, baselines, the image's source).
+        viewer: The viewer payload (None when traced with `viewer=False`).
+    """
+
+    graph: Graph
+    circuit: Circuit
+    scores: GraphScores
+    readouts: dict[str, dict[str, Any]]
+    config: TraceConfig
+    baselines: str
+    metadata: dict[str, Any]
+    viewer: dict[str, Any] | None
+    image: Tensor  # shown in the figure ([0, 1] RGB, on the CPU)
+    reference_images: Tensor  # shown as the latents' top patches (as `image`)
+    examples: dict  # (hook, latent) -> its top reference patches
+    feature_classes: dict[str, Tensor]  # hook -> each latent's top class (feature lens)
+    patch_size: int
+    n_prefix: int
+
+    @property
+    def target_class(self) -> int:
+        return self.graph.target_class
+
+    def summary(self) -> dict[str, Any]:
+        """What `summary.json` holds (the CLI prints it)."""
+        graph, circuit = self.graph, self.circuit
+        runs = {k: self.readouts[k] for k in ("insertion", "deletion", "all_at_baseline")}
+        return {
+            "target_class": graph.target_class, "metric": graph.metric, "value": graph.value,
+            "clean": self.readouts["clean"], **runs,
+            "circuit_nodes": circuit.node_count, "circuit_edges": len(circuit.edges),
+            "graph_nodes": sum(len(layer) for layer in graph.layers) + len(graph.layers) + 1,
+            "circuit_tracer_replacement_score": self.scores.replacement,
+            "circuit_tracer_completeness_score": self.scores.completeness,
+            "error_scores": graph.error_scores.tolist(),
+            "feature_score_sum": [float(layer.scores.sum()) for layer in graph.layers],
+            "metadata": self.metadata,
+        }
+
+    def _figure(self, path: Path | None) -> Figure:
+        cls, runs = self.graph.target_class, self.readouts
+        return plot_circuit(
+            self.graph, self.circuit, self.image, path=path, examples=self.examples,
+            reference_images=self.reference_images, patch_size=self.patch_size,
+            n_prefix=self.n_prefix, max_nodes_per_layer=self.config.max_nodes_per_layer,
+            feature_classes=self.feature_classes,
+            title=(f"class {cls}: {self.circuit.node_count} nodes keep "
+                   f"{runs['insertion']['adjusted_logit']:.2f} of {self.graph.value:.2f} "
+                   "adjusted logit"),
+        )
+
+    def figure(self) -> Figure:
+        """The circuit figure (`circuit.png`) as a matplotlib `Figure`."""
+        return self._figure(None)
+
+    def html(self) -> str:
+        """The self-contained viewer page: the same text `circuit.html` holds."""
+        if self.viewer is None:
+            raise RRMUserError("this image was traced with viewer=False: trace it again with "
+                               "viewer=True for the viewer page")
+        return render_html(self.viewer)
+
+    def _repr_html_(self) -> str | None:
+        # The page has its own scripts and styles: an iframe keeps them apart from the notebook.
+        if self.viewer is None:
+            return None
+        return (f'<iframe srcdoc="{html.escape(self.html(), quote=True)}" '
+                'style="width:100%;height:760px;border:0" sandbox="allow-scripts"></iframe>')
+
+    def __repr__(self) -> str:
+        s = self.summary()
+        return (f"TraceResult(class {s['target_class']}, {s['metric']} {s['value']:.3f}; circuit "
+                f"of {s['circuit_nodes']} nodes and {s['circuit_edges']} edges in a "
+                f"{s['graph_nodes']}-node graph; baselines: {self.baselines})")
+
+    def write(self, out_dir: str | Path) -> list[str]:
+        """Write the files into `out_dir` (created; files replaced one by one); their names."""
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        self._figure(out_dir / "circuit.png")
+        write_json(out_dir / "graph.json", graph_json(self.graph,
+                                                      max_edges=self.config.max_json_edges))
+        self.graph.save(out_dir / "graph.lossless")
+        write_json(out_dir / "circuit.json", {
+            **self.circuit.to_json_dict(),
+            "thumbnails": {f"{h}/F{f}": [e._asdict() for e in ex]
+                           for (h, f), ex in self.examples.items()},
+        })
+        write_json(out_dir / "summary.json", self.summary())
+        if self.config.viewer:
+            write_viewer(out_dir, self.viewer)
+        return sorted(p.name for p in out_dir.iterdir() if p.is_file())
+
+    def save(self, out_dir: str | Path, *, overwrite: bool = False) -> Path:
+        """Write `graph.json`, `graph.lossless.{json,safetensors}` (`Graph.load`), `circuit.json`,
+        `circuit.png`, `summary.json` and (traced with the viewer) `circuit.html` +
+        `viewer.json` into `out_dir`, as a unit: built in a temporary sibling and renamed into
+        place, as `rrm trace --out` does. An existing non-empty `out_dir` is replaced only if it
+        is an earlier trace output, or with `overwrite=True`. Returns `out_dir`."""
+        with output_directory(out_dir, command="trace", overwrite=overwrite,
+                              option="out_dir") as tmp:
+            self.write(tmp)
+        return Path(out_dir)
+
+
+def _trace(
+    model: nn.Module,
+    saes: Mapping[str, SAE],
+    image: Float[Tensor, "c h w"],
+    *,
+    baselines: Baselines,
+    baselines_description: str,
+    reference_images: Tensor,
+    config: TraceConfig,
+    metadata: dict[str, Any],
+    display: Callable[[Tensor], Tensor] | None,
+    class_names: Sequence[str] | None,
+    cards: Mapping[str, Any] | None,
+) -> TraceResult:
+    """Graph -> circuit-tracer pruning -> insertion / deletion of the circuit -> figure inputs
+    and viewer payload, with every default already resolved."""
+    batch = image[None]
+    graph: Graph = attribute(
+        model, saes, batch, baselines=baselines, classes=config.target_class,
+        metric=config.metric, granularity=config.granularity, metadata=[metadata],
+        engine=EngineConfig(token_top_k=config.token_top_k),
+    )[0]
+    pruned = prune_by_influence(graph, node_threshold=config.node_threshold,
+                                edge_threshold=config.edge_threshold)
+    circuit = Circuit.from_graph(graph, pruned.node_masks, edge_masks=pruned.edge_masks,
+                                 logit_edge_mask=pruned.logit_edge_mask)
+    cls = graph.target_class
+    runs = {mode: image_readout(run_circuits(model, saes, batch, circuit, baselines=baselines,
+                                        mode=mode)[0], cls)
+            for mode in ("insertion", "deletion")}
+    empty = Circuit(circuit.hook_names, [torch.zeros_like(m) for m in circuit.latents],
+                    torch.zeros_like(circuit.errors))
+    runs["all_at_baseline"] = image_readout(
+        run_circuits(model, saes, batch, empty, baselines=baselines)[0], cls)
+    scores = graph_scores(graph)
+    features = {h: circuit.layer_features(k) for k, h in enumerate(circuit.hook_names)}
+    examples = top_patches(model, saes, reference_images, features)
+    classes = {h: fc.top_classes[:, 0] for h, fc in feature_lens(model, saes, top_k=1).items()}
+    show = display or (lambda x: x)
+    viewer = None
+    if config.viewer:
+        viewer = build_viewer(
+            graph, model=model, saes=saes, image=image, baselines=baselines, display=display,
+            class_names=class_names, cards=cards, all_at_baseline=runs["all_at_baseline"],
+            title=f"{metadata.get('model', 'model')}: class {cls}",
+            default_params={"node_threshold": config.node_threshold,
+                            "edge_threshold": config.edge_threshold})
+    return TraceResult(
+        graph=graph, circuit=circuit, scores=scores,
+        readouts={"clean": image_readout(graph.logits, cls), **runs}, config=config,
+        baselines=baselines_description, metadata=metadata, viewer=viewer,
+        image=show(image).cpu(), reference_images=show(reference_images).cpu(),
+        examples=examples, feature_classes=classes, patch_size=model.cfg.patch_size,
+        n_prefix=n_prefix_tokens(model))
+
+
+def trace(
+    model: nn.Module,
+    saes: Mapping[str, SAE],
+    image: Float[Tensor, "c h w"],
+    *,
+    baselines: Baselines | str | Path | None = None,
+    config: TraceConfig | None = None,
+    reference_images: Tensor | None = None,
+    display: Callable[[Tensor], Tensor] | None = None,
+    class_names: Sequence[str] | None = None,
+    cards: Mapping[str, Any] | str | Path | None = None,
+    metadata: Mapping[str, Any] | None = None,
+    **settings: Any,
+) -> TraceResult:
+    """Trace one image: its attribution graph, pruned circuit, the circuit's insertion /
+    deletion readouts and circuit-tracer's scores, and the viewer page (`TraceResult`).
+
+    Args:
+        model: A HookedViT; loaded by `rrm_plugin.load_model`, its name gives the defaults below.
+        saes: `{hook_name: SAE}` (`rrm_plugin.load_saes`, which records the release).
+        image: One preprocessed image [c, h, w] (`load_images(...).images[0]`).
+        baselines: A `Baselines`, a baselines file, or None: `resolve_baselines`'s documented
+            order (the release's cached or shipped file, else zero for one image).
+        config: `TraceConfig`; `**settings` override its fields (e.g. `target_class=3`).
+        reference_images: Images whose top-activating patches illustrate the latents (default:
+            the embedded model's held-out set, else the traced image).
+        display: Model inputs -> [0, 1] RGB for the figure (default: the named model's own).
+        class_names: For the viewer (default: the named hub model's).
+        cards: Feature cards (a `cards.json` of `rrm features`, or its dict) for the viewer.
+        metadata: Recorded in the files, after the model, release and baselines.
+    """
+    unknown = sorted(set(settings) - {f.name for f in fields(TraceConfig)})
+    if unknown:
+        raise TypeError(f"trace() got unknown settings {unknown}; TraceConfig has "
+                        f"{[f.name for f in fields(TraceConfig)]}")
+    config = replace(config or TraceConfig(), **settings)
+    if image.ndim != 3:
+        raise RRMUserError(f"trace takes one image [channels, height, width], got shape "
+                           f"{list(image.shape)}")
+    weight = next(model.parameters())
+    image = image.to(weight.device, weight.dtype)
+    if isinstance(baselines, Baselines):
+        baselines.check(saes, model=model)
+        resolved = ResolvedBaselines(baselines.to(weight.device), "given")
+    else:
+        resolved = resolve_baselines(model, saes, images=image[None], path=baselines)
+    if reference_images is None:
+        reference_images = held_out_images(model)
+    if reference_images is None:
+        reference_images = image[None]
+    known = {"model": model_name_of(model), "release": release_of(saes),
+             "baselines": resolved.description}
+    return _trace(
+        model, saes, image, baselines=resolved.baselines,
+        baselines_description=resolved.description, reference_images=reference_images,
+        config=config,
+        metadata={**{k: v for k, v in known.items() if v is not None}, **(metadata or {})},
+        display=display or display_of(model),
+        class_names=class_names if class_names is not None else class_names_of(model),
+        cards=read_cards(cards) if isinstance(cards, str | Path) else cards)
 
 
 def trace_image(
@@ -78,72 +330,15 @@ def trace_image(
     class_names: Sequence[str] | None = None,
     cards: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Graph -> circuit-tracer pruning -> insertion / deletion of the circuit -> files.
+    """`trace` with every input given, written straight into `out_dir` (`TraceResult.write`);
+    returns the summary with the names of the files written.
 
     `display` maps model inputs to [0, 1] RGB for the figure (e.g. undoing the normalisation).
-    Writes `graph.json` (readable), `graph.lossless.{json,safetensors}` (`Graph.load`),
-    `circuit.json`, `circuit.png`, `summary.json` and the viewer `circuit.html` (with
-    `class_names` and the feature `cards` of `rrm_plugin.viewer`) under `out_dir`; returns the
-    summary.
     """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    batch = image[None]
-    graph: Graph = attribute(
-        model, saes, batch, baselines=baselines, classes=config.target_class,
-        metric=config.metric, granularity=config.granularity, metadata=[metadata or {}],
-        engine=EngineConfig(token_top_k=config.token_top_k),
-    )[0]
-    pruned = prune_by_influence(graph, node_threshold=config.node_threshold,
-                                edge_threshold=config.edge_threshold)
-    circuit = Circuit.from_graph(graph, pruned.node_masks, edge_masks=pruned.edge_masks,
-                                 logit_edge_mask=pruned.logit_edge_mask)
-    cls = graph.target_class
-    runs = {mode: image_readout(run_circuits(model, saes, batch, circuit, baselines=baselines,
-                                        mode=mode)[0], cls)
-            for mode in ("insertion", "deletion")}
-    empty = Circuit(circuit.hook_names, [torch.zeros_like(m) for m in circuit.latents],
-                    torch.zeros_like(circuit.errors))
-    runs["all_at_baseline"] = image_readout(
-        run_circuits(model, saes, batch, empty, baselines=baselines)[0], cls)
-    scores = graph_scores(graph)
-    summary = {
-        "target_class": cls, "metric": graph.metric, "value": graph.value,
-        "clean": image_readout(graph.logits, cls), **runs,
-        "circuit_nodes": circuit.node_count, "circuit_edges": len(circuit.edges),
-        "graph_nodes": sum(len(layer) for layer in graph.layers) + len(graph.layers) + 1,
-        "circuit_tracer_replacement_score": scores.replacement,
-        "circuit_tracer_completeness_score": scores.completeness,
-        "error_scores": graph.error_scores.tolist(),
-        "feature_score_sum": [float(layer.scores.sum()) for layer in graph.layers],
-        "metadata": metadata or {},
-    }
-    features = {h: circuit.layer_features(k) for k, h in enumerate(circuit.hook_names)}
-    examples = top_patches(model, saes, reference_images, features)
-    classes = {h: fc.top_classes[:, 0] for h, fc in feature_lens(model, saes, top_k=1).items()}
-    show = display or (lambda x: x)
-    plot_circuit(
-        graph, circuit, show(image).cpu(), path=out_dir / "circuit.png", examples=examples,
-        reference_images=show(reference_images).cpu(), patch_size=model.cfg.patch_size,
-        n_prefix=n_prefix_tokens(model),
-        max_nodes_per_layer=config.max_nodes_per_layer, feature_classes=classes,
-        title=(f"class {cls}: {circuit.node_count} nodes keep "
-               f"{runs['insertion']['adjusted_logit']:.2f} of {graph.value:.2f} adjusted logit"),
-    )
-    write_json(out_dir / "graph.json", graph_json(graph, max_edges=config.max_json_edges))
-    graph.save(out_dir / "graph.lossless")
-    write_json(out_dir / "circuit.json", {
-        **circuit.to_json_dict(),
-        "thumbnails": {f"{h}/F{f}": [e._asdict() for e in ex] for (h, f), ex in examples.items()},
-    })
-    write_json(out_dir / "summary.json", summary)
-    if config.viewer:
-        write_viewer(out_dir, build_viewer(
-            graph, model=model, saes=saes, image=image, baselines=baselines, display=display,
-            class_names=class_names, cards=cards, all_at_baseline=runs["all_at_baseline"],
-            title=f"{(metadata or {}).get('model', 'model')}: class {cls}",
-            default_params={"node_threshold": config.node_threshold,
-                            "edge_threshold": config.edge_threshold}))
+    result = _trace(model, saes, image, baselines=baselines,
+                    baselines_description=(metadata or {}).get("baselines", "given"),
+                    reference_images=reference_images, config=config, metadata=metadata or {},
+                    display=display, class_names=class_names, cards=cards)
+    files = result.write(out_dir)
     # Names, not paths: the CLI writes into a temporary folder that is renamed when done.
-    summary["files"] = sorted(p.name for p in out_dir.iterdir() if p.is_file())
-    return summary
+    return {**result.summary(), "files": files}

@@ -9,6 +9,7 @@ from sae_lens import SAE
 from torch import nn
 
 from rrm_plugin.attribution.baselines import BASELINES_FILENAME, Baselines
+from rrm_plugin.errors import MissingFileError, UnknownNameError
 from rrm_plugin.zoo.hub_models import cache_dir
 from rrm_plugin.zoo.releases import SAE_RELEASES
 
@@ -23,7 +24,8 @@ def cached_baselines_path(release: str) -> Path:
 
 def release_baselines_path(release: str) -> Path:
     if release not in SAE_RELEASES:
-        raise KeyError(f"unknown SAE release {release!r}; shipped releases: {sorted(SAE_RELEASES)}")
+        raise UnknownNameError(
+            f"unknown SAE release {release!r}; shipped releases: {sorted(SAE_RELEASES)}")
     return SAE_RELEASES[release].directory / BASELINES_FILENAME
 
 
@@ -32,7 +34,7 @@ def load_release_baselines(release: str, saes: Mapping[str, SAE] | None = None, 
     """The baselines shipped with an SAE release (checked against `saes` and `model` if given)."""
     path = release_baselines_path(release)
     if not path.is_file():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"no baselines for release {release!r} at {path}; create them with "
             f"`rrm baselines --release {release}`"
         )

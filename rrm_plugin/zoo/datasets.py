@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from rrm_plugin.data.digits import DigitsBatch, held_out_set, train_sampler
 from rrm_plugin.data.spurious import spurious_test_set, spurious_train_sampler
+from rrm_plugin.errors import UnknownNameError
 from rrm_plugin.zoo.models import MODELS, ModelSpec
 
 
 def _spec(model_name: str) -> ModelSpec:
     if model_name not in MODELS:
-        raise KeyError(f"unknown model {model_name!r}; available models: {sorted(MODELS)}")
+        raise UnknownNameError(f"unknown model {model_name!r}; available models: {sorted(MODELS)}")
     return MODELS[model_name]
 
 

@@ -7,16 +7,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 from vit_prisma.configs.HookedViTConfig import HookedViTConfig
 from vit_prisma.models.base_vit import HookedViT
 
 from rrm_plugin.data.digits import DIGITS_DATA, DigitsCanvasConfig
+from rrm_plugin.errors import MissingFileError, RRMUserError, UnknownNameError
 from rrm_plugin.hosts.vit import ExtendedViT, ExtendedViTConfig
 from rrm_plugin.io import CorruptFileError, read_json, read_tensors, write_json, write_tensors
 from rrm_plugin.provenance import FINGERPRINT_ATTR, remember_fingerprint
 from rrm_plugin.zoo.hub_models import HUB_MODELS
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
+MODEL_NAME_ATTR = "rrm_model_name"  # the name (or folder) a model was loaded by
 CONFIG_FILENAME = "config.json"
 WEIGHTS_FILENAME = "model.safetensors"
 
@@ -130,7 +133,20 @@ def load_model_from_directory(directory: Path, *, device: str = "cpu") -> Hooked
     model = ExtendedViT(cfg)
     model.load_state_dict(state)
     remember_fingerprint(model, state)  # what SAEs and baselines record (docs/method.md 1)
+    remember_model_name(model, str(directory))
     return model.to(device).eval()
+
+
+def remember_model_name(model: nn.Module, name: str) -> nn.Module:
+    """Record the name (or folder) `model` was loaded by: its preprocessing, held-out images,
+    class names and SAE releases are looked up by it (`rrm_plugin.load_images`, `trace`)."""
+    setattr(model, MODEL_NAME_ATTR, name)
+    return model
+
+
+def model_name_of(model: nn.Module) -> str | None:
+    """The name `load_model` (or the folder `load_model_from_directory`) recorded, else None."""
+    return getattr(model, MODEL_NAME_ATTR, None)
 
 
 def model_names() -> list[str]:
@@ -171,10 +187,12 @@ def load_model(
     """A model by name (a ViT-Prisma `HookedViT` in eval mode); see `list_models()`.
 
     Embedded models load from the package; the others through their upstream loaders (timm,
-    transformers, torch hub), which honour `HF_HUB_OFFLINE` and the local caches.
+    transformers, torch hub), which honour `HF_HUB_OFFLINE` and the local caches. The name is
+    recorded on the model (`model_name_of`), so `load_images(..., model=model)` and `trace` find
+    its preprocessing, held-out images and class names.
     """
     if dtype is not None and dtype not in DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; expected one of {sorted(DTYPES)}")
+        raise RRMUserError(f"unknown dtype {dtype!r}; expected one of {sorted(DTYPES)}")
     if name in HUB_MODELS:
         from rrm_plugin.zoo.hub_cache import check_offline_cache
 
@@ -183,13 +201,14 @@ def load_model(
     elif name in MODELS:
         spec = MODELS[name]
         if not (spec.directory / WEIGHTS_FILENAME).is_file():
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"weights of {name!r} are missing at {spec.directory}; regenerate them with "
                 f"`rrm train-model --out DIR` and load it with `--model DIR`"
             )
         model = load_model_from_directory(spec.directory)
     else:
-        raise KeyError(f"unknown model {name!r}; available models: {model_names()}")
+        raise UnknownNameError(f"unknown model {name!r}; available models: {model_names()}")
+    remember_model_name(model, name)
     return to_device(model, device=device, dtype=dtype)
 
 

@@ -8,7 +8,7 @@ changes nothing in SAELens; only that call does.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,8 +18,10 @@ from sae_lens.loading.pretrained_saes_directory import (
     get_pretrained_saes_directory,
 )
 
+from rrm_plugin.errors import RRMUserError, UnknownNameError
 from rrm_plugin.io import SHIPPED_DIR as WEIGHTS_DIR
 from rrm_plugin.metrics.sae_sanity import check_explained_variance
+from rrm_plugin.replacement.splice import check_sae_for_hook
 from rrm_plugin.saes.authors import (
     AUTHORS_LOADER_NAME,
     authors_folder,
@@ -34,6 +36,7 @@ from rrm_plugin.saes.prisma import (
 )
 from rrm_plugin.saes.registry import load_saes as load_registered_saes
 from rrm_plugin.saes.registry import register_loader, register_sae_release
+from rrm_plugin.zoo.models import model_name_of
 
 
 @dataclass(frozen=True)
@@ -235,31 +238,62 @@ def register_releases() -> list[str]:
     return list(_REGISTERED)
 
 
+RELEASE_ATTR = "rrm_release"  # set on each SAE `load_saes` returns: the release it came from
+
+
 def load_saes(
     release: str,
     *,
     sae_ids: list[str] | None = None,
-    device: str = "cpu",
+    device: str | None = None,
     model=None,
     cfg_overrides: dict | None = None,
     images=None,
 ) -> dict:
     """All SAEs of a release as `{hook_name: SAE}`: a named one (shipped or on the hub, registered
-    here first) or one registered from a folder (`register_sae_release`). With `model`, a local
-    release's recorded provenance is checked (`ProvenanceError` on other model weights);
-    `cfg_overrides` as in `rrm_plugin.saes.registry.load_saes`. With `images` (preprocessed model
-    inputs; needs `model`), a cheap check runs a few of them through the model and warns
+    here first) or one registered from a folder (`register_sae_release`).
+
+    With `model`: a local release's recorded provenance is checked (`ProvenanceError` on other
+    model weights), every SAE must fit its hook point of the model, and `device` defaults to the
+    model's (else the CPU). Each SAE records the release (`release_of`), which `trace` and
+    `resolve_baselines` use to find the release's baselines. `cfg_overrides` as in
+    `rrm_plugin.saes.registry.load_saes`. With `images` (preprocessed model inputs; needs
+    `model`), a cheap check runs a few of them through the model and warns
     (`ExplainedVarianceWarning`) about SAEs that explain far less variance than their release
-    documents, which points at a wrong input normalisation."""
+    documents, which points at a wrong input normalisation.
+    """
     if images is not None and model is None:
-        raise ValueError("load_saes(images=...) checks the SAEs on the model's activations: "
-                         "pass model= too")
+        raise RRMUserError("load_saes(images=...) checks the SAEs on the model's activations: "
+                           "pass model= too")
     register_releases()
+    if device is None:
+        device = "cpu" if model is None else str(next(model.parameters()).device)
     saes = load_registered_saes(release, sae_ids=sae_ids, device=device, model=model,
                                 cfg_overrides=cfg_overrides)
+    if model is not None:
+        check_saes_fit(model, saes, release=release,
+                       model_name=model_name_of(model) or model.cfg.model_name)
+    for sae in saes.values():
+        setattr(sae, RELEASE_ATTR, release)
     if images is not None:
         check_explained_variance(model, saes, images, release=release)
     return saes
+
+
+def release_of(saes: Mapping) -> str | None:
+    """The release every SAE of `saes` was loaded from by `load_saes`, else None."""
+    found = {getattr(sae, RELEASE_ATTR, None) for sae in saes.values()}
+    return found.pop() if len(found) == 1 else None
+
+
+def check_saes_fit(model, saes: Mapping, *, release: str, model_name: str) -> None:
+    """Every SAE must fit its hook point (the replacement model's check), named for the user."""
+    for hook, sae in saes.items():
+        try:
+            check_sae_for_hook(model, hook, sae)
+        except (KeyError, ValueError) as err:
+            raise RRMUserError(f"SAE release {release!r} does not fit model {model_name!r}: "
+                               f"{err.args[0]}") from err
 
 
 def register_embedded_releases() -> list[str]:
@@ -281,7 +315,7 @@ def release_model_name(release: str) -> str:
         return SAE_RELEASES[release].model_name
     if release in HUB_SAE_RELEASES:
         return HUB_SAE_RELEASES[release].model_name
-    raise KeyError(f"unknown SAE release {release!r}; known releases: {release_names()}")
+    raise UnknownNameError(f"unknown SAE release {release!r}; known releases: {release_names()}")
 
 
 def release_names() -> list[str]:

@@ -80,3 +80,33 @@ def test_internal_errors_keep_their_traceback(monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "Traceback" in err and "RuntimeError: a bug" in err
     assert "rrm list: internal error" in err
+
+
+def _plant(monkeypatch, error: BaseException) -> None:
+    """`error` raised deep in the library: where an embedded model's weights are read."""
+    import rrm_plugin.zoo.models as models
+
+    def broken(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(models, "load_model_from_directory", broken)
+
+
+@pytest.mark.parametrize("error", [ValueError("x"), KeyError("k"), IndexError("i"),
+                                   FileNotFoundError("f")])
+def test_a_builtin_error_deep_in_the_library_is_an_internal_error(monkeypatch, capsys, tmp_path,
+                                                                 error):
+    _plant(monkeypatch, error)
+    assert main(["trace", "0", "--out", str(tmp_path / "t")]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" in err and f"{type(error).__name__}: " in err
+    assert "rrm trace: internal error" in err
+    assert not (tmp_path / "t").exists()
+
+
+def test_a_user_error_deep_in_the_library_is_one_line_exit_2(monkeypatch, capsys, tmp_path):
+    from rrm_plugin.errors import MissingFileError
+
+    _plant(monkeypatch, MissingFileError("weights of 'digits-vit' are missing\nat X"))
+    expect_user_error(capsys, ["trace", "0", "--out", str(tmp_path / "t")],
+                      r"^rrm trace: error: weights of 'digits-vit' are missing at X$")

@@ -280,10 +280,11 @@ def test_devices_the_machine_lacks_are_one_line(tmp_path, capsys):
 
 def test_multi_line_messages_become_one_line(monkeypatch, capsys):
     import rrm_plugin.cli.listing as listing
+    from rrm_plugin.errors import MissingFileError
 
-    def upstream_style(args):
-        raise FileNotFoundError("We couldn't connect to 'https://huggingface.co'.\n"
-                                "Check your connection.")
+    def upstream_style(args):  # a user error quoting an upstream library's multi-line message
+        raise MissingFileError("We couldn't connect to 'https://huggingface.co'.\n"
+                               "Check your connection.")
 
     monkeypatch.setattr(listing, "run", upstream_style)
     expect_user_error(capsys, ["list"], r"^rrm list: error: We couldn't connect to "

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from rrm_plugin.cli.output import MANIFEST, check_output_directory, output_directory
+from rrm_plugin.runs.output import MANIFEST, check_output_directory, output_directory
 
 
 def test_output_appears_only_when_complete(tmp_path):
@@ -49,17 +49,17 @@ def test_foreign_folders_are_refused_unless_overwrite(tmp_path):
 
 
 def test_unwritable_parent_is_refused_before_the_work(tmp_path, monkeypatch, capsys):
-    import rrm_plugin.cli.output as output
+    import rrm_plugin.runs.output as output
 
     # This machine runs tests as root, which can write anywhere: the permission answer is faked.
     monkeypatch.setattr(output.os, "access", lambda path, mode: False)
     with pytest.raises(PermissionError, match="not writable"):
         check_output_directory(tmp_path / "out", command="trace")
-    import rrm_plugin.cli.common as common
+    import rrm_plugin.workflows.trace_folder as trace_folder
     from tests.cli.conftest import expect_user_error
 
     def no_work(*args, **kwargs):
         raise AssertionError("the work started before --out was checked")
 
-    monkeypatch.setattr(common, "load_workspace", no_work)
+    monkeypatch.setattr(trace_folder, "load_workspace", no_work)
     expect_user_error(capsys, ["trace", "0", "--out", str(tmp_path / "t")], "not writable")

@@ -106,8 +106,10 @@ def test_the_lock_is_released_after_an_error_or_ctrl_c(tmp_path, monkeypatch, ca
     assert main(["trace", "0", "--out", str(out)]) == 130
     assert list(tmp_path.iterdir()) == []  # the lock file and its new folders are gone
 
+    from rrm_plugin.errors import RRMUserError
+
     def failing(args):
-        raise ValueError("bad image")
+        raise RRMUserError("bad image")
 
     monkeypatch.setattr(trace, "run", failing)
     expect_user_error(capsys, ["trace", "0", "--out", str(out)], "^rrm trace: error: bad image$")

@@ -245,13 +245,13 @@ def result_json(tmp_path, out):
 @pytest.mark.slow  # end to end: several `rrm faithfulness` runs
 def test_faithfulness_resumed_with_other_baselines_in_the_same_file(tmp_path, capsys):
     from rrm_plugin.attribution.baselines import compute_baselines
-    from rrm_plugin.cli.common import load_image_args, load_workspace
+    from rrm_plugin.workflows.inputs import dataset_images
+    from rrm_plugin.workflows.workspace import load_workspace
     from tests.runs.driver import write_images
 
     images = write_images(tmp_path / "images", n=2)
-    args = argparse.Namespace(model=None, release="rrm-digits-vit", device="cpu", dtype=None)
-    ws = load_workspace(args)
-    pixels = load_image_args([str(images)], ws).images
+    ws = load_workspace(model=None, release="rrm-digits-vit", device="cpu")
+    pixels = dataset_images([str(images)], ws.model).images
     file = tmp_path / "baselines.safetensors"
     by = {s: compute_baselines(ws.model, ws.saes, pixels, statistic=s, progress=False)
           for s in ("median", "mean")}

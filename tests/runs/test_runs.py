@@ -105,8 +105,9 @@ def test_ctrl_c_leaves_complete_chunks_and_the_rerun_gives_the_exact_median(
     import signal
 
     from rrm_plugin.attribution.baselines import compute_baselines
-    from rrm_plugin.cli.common import load_image_args, load_workspace
     from rrm_plugin.runs.chunks import ChunkStore
+    from rrm_plugin.workflows.inputs import dataset_images
+    from rrm_plugin.workflows.workspace import load_workspace
 
     save = ChunkStore.save
 
@@ -130,10 +131,8 @@ def test_ctrl_c_leaves_complete_chunks_and_the_rerun_gives_the_exact_median(
     assert main(baselines_argv(tmp_path, images)) == 0
     assert f"{N_IMAGES // BATCH - 1} chunks computed, 1 read back" in capsys.readouterr().out
     # The gathered median equals the median over all images in one batch (no median of medians).
-    args = type("Args", (), {"model": None, "release": "rrm-digits-vit", "device": "cpu",
-                             "dtype": None})()
-    ws = load_workspace(args)
-    whole = compute_baselines(ws.model, ws.saes, load_image_args([str(images)], ws).images,
+    ws = load_workspace(model=None, release="rrm-digits-vit")
+    whole = compute_baselines(ws.model, ws.saes, dataset_images([str(images)], ws.model).images,
                               batch_size=N_IMAGES, progress=False)
     whole.save(tmp_path / "whole.safetensors")
     same_tensors(tmp_path / "b.safetensors", tmp_path / "whole.safetensors")

@@ -5,8 +5,8 @@ import os
 
 import pytest
 
-import rrm_plugin.cli.output as output
-from rrm_plugin.cli.output import check_output_directory, output_directory
+import rrm_plugin.runs.output as output
+from rrm_plugin.runs.output import check_output_directory, output_directory
 
 
 def test_failed_temporary_folder_names_the_users_folder(tmp_path, monkeypatch):

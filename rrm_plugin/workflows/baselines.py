@@ -1,0 +1,64 @@
+"""Which baselines a run uses, in the documented order (docs/method.md; `rrm trace --help`).
+
+1. a baselines file given explicitly (`path=`, `--baselines`);
+2. the user cache of the SAEs' release (what `rrm baselines` wrote last; a folder release: the
+   file inside it);
+3. the file shipped with a named release;
+4. the per-position median over the input images (two or more);
+5. zero (a single input image).
+
+The release is the one `load_saes` recorded on the SAEs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import NamedTuple
+
+from sae_lens import SAE
+from torch import Tensor, nn
+
+from rrm_plugin.attribution.baselines import Baselines, compute_baselines
+from rrm_plugin.errors import RRMUserError
+from rrm_plugin.zoo.baselines import cached_baselines_path, load_release_baselines
+from rrm_plugin.zoo.releases import SAE_RELEASES, release_of
+
+
+class ResolvedBaselines(NamedTuple):
+    """Baselines and one line on where they came from (printed by the CLI, kept in metadata)."""
+
+    baselines: Baselines
+    description: str
+
+
+def resolve_baselines(model: nn.Module, saes: Mapping[str, SAE], *,
+                      images: Tensor | None = None, path: str | Path | None = None,
+                      release: str | None = None) -> ResolvedBaselines:
+    """The baselines of `saes` in the documented order (module doc), checked against the SAEs
+    and the model and moved to the model's device.
+
+    `images` [n, c, h, w]: the run's inputs, for steps 4 and 5. `release` overrides the release
+    recorded on the SAEs.
+    """
+    release = release or release_of(saes)
+    device = next(model.parameters()).device
+    if path is not None:
+        found, what = Baselines.load(Path(path)), f"file {path}"
+    elif release is not None and cached_baselines_path(release).is_file():
+        cached = cached_baselines_path(release)
+        found, what = Baselines.load(cached), f"cached {cached}"
+    elif release in SAE_RELEASES:
+        found, what = load_release_baselines(release), f"shipped with {release}"
+    elif images is None:
+        raise RRMUserError(
+            f"no baselines file for release {release!r} (none shipped or cached): give "
+            "baselines= (a file from `rrm baselines`) or the images to take the median over")
+    elif len(images) >= 2:
+        found = compute_baselines(model, saes, images, progress=False)
+        what = f"median over the {len(images)} input images"
+    else:
+        n_tokens = model(images[:1], stop_at_layer=0).shape[1]
+        found, what = Baselines.zeros(saes, n_tokens=n_tokens), "zero (one input image)"
+    found.check(saes, model=model)
+    return ResolvedBaselines(found.to(device), what)
