@@ -46,6 +46,7 @@ _LAZY = {
     "TraceConfig": "rrm_plugin.workflows.trace",
     "TraceResult": "rrm_plugin.workflows.trace",
     "RRMUserError": "rrm_plugin.errors",
+    "show": "rrm_plugin.viewer.notebook",
 }
 
 
@@ -99,6 +100,7 @@ __all__ = [
     "register_sae_release",
     "resolve_baselines",
     "run_lens",
+    "show",
     "splice_saes",
     "trace",
 ]
