@@ -13,6 +13,10 @@ must not do. The package's own loaders (`load_saes`, every `rrm` command) call i
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rrm_plugin.tables import Table
 
 __version__ = "0.1.0"
 
@@ -42,6 +46,7 @@ _LAZY = {
     "TraceConfig": "rrm_plugin.workflows.trace",
     "TraceResult": "rrm_plugin.workflows.trace",
     "RRMUserError": "rrm_plugin.errors",
+    "show": "rrm_plugin.viewer.notebook",
 }
 
 
@@ -53,26 +58,21 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'rrm_plugin' has no attribute {name!r}")
 
 
-def list_models(*, show: bool = True) -> list[dict[str, str]]:
-    """Every model `load_model` knows (name, source, preprocessing); prints a table."""
-    from rrm_plugin.zoo.models import format_model_table
+def list_models() -> Table:
+    """Every model `load_model` knows: a list of rows (model, source, preprocessing,
+    description) that shows itself as a table (markdown `repr`, HTML in a notebook)."""
     from rrm_plugin.zoo.models import list_models as rows_of_models
+    from rrm_plugin.zoo.models import model_table
 
-    rows = rows_of_models()
-    if show:
-        print(format_model_table(rows))
-    return rows
+    return model_table(rows_of_models())
 
 
-def list_releases(*, show: bool = True) -> list[dict]:
-    """Every SAE release (release, model, hooks, d_sae, k, source); prints a table."""
-    from rrm_plugin.zoo.releases import format_release_table
+def list_releases() -> Table:
+    """Every SAE release: rows (release, model, hooks, d_sae, k, source) shown as a table."""
     from rrm_plugin.zoo.releases import list_releases as rows_of_releases
+    from rrm_plugin.zoo.releases import release_table
 
-    rows = rows_of_releases()
-    if show:
-        print(format_release_table(rows))
-    return rows
+    return release_table(rows_of_releases())
 
 
 __all__ = [
@@ -100,6 +100,7 @@ __all__ = [
     "register_sae_release",
     "resolve_baselines",
     "run_lens",
+    "show",
     "splice_saes",
     "trace",
 ]

@@ -11,12 +11,12 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rrm_plugin.zoo.models import format_model_table, list_models
-    from rrm_plugin.zoo.releases import format_release_table, list_releases
+    from rrm_plugin.zoo.models import list_models, model_table
+    from rrm_plugin.zoo.releases import list_releases, release_table
 
     print("Models (rrm_plugin.load_model(name), --model):")
-    print(format_model_table(list_models()))
+    print(model_table(list_models()))
     print("\nSAE releases (rrm_plugin.load_saes(release), --release; SAE.from_pretrained(release, "
           "sae_id) after rrm_plugin.register_releases()):")
-    print(format_release_table(list_releases()))
+    print(release_table(list_releases()))
     return 0

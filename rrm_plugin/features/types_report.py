@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -13,6 +13,9 @@ from rrm_plugin.features.types_rule import FACTORS, GROUPS, TYPES
 from rrm_plugin.features.types_sensitivity import write_sensitivity
 from rrm_plugin.io import _atomic, write_json
 from rrm_plugin.plotting import new_figure, save_figure
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 def _round(t: Tensor) -> list:
@@ -52,11 +55,18 @@ def shares_table(result: FeatureTypes) -> str:
 def write_types(result: FeatureTypes, out_dir: Path) -> list[Path]:
     """types.json, types_table.md, type_shares.png, tuning_examples.png and the threshold
     sensitivity (types_sensitivity.json/.md/.png)."""
-
     out = Path(out_dir)
     written = [write_json(out / "types.json", types_records(result))]
     table = shares_table(result)
     written.append(_atomic(out / "types_table.md", lambda tmp: tmp.write_text(table + "\n")))
+    plot_type_shares(result, out / "type_shares.png")
+    plot_tuning_examples(result, out / "tuning_examples.png")
+    return [*written, out / "type_shares.png", out / "tuning_examples.png",
+            *write_sensitivity(result, out)]
+
+
+def plot_type_shares(result: FeatureTypes, path: Path | None = None) -> Figure:
+    """Stacked bars: each type's share of the features, per layer (saved only with `path`)."""
     hooks = list(result.layers)
     fig = new_figure(figsize=(6, 3.5))
     ax = fig.subplots()
@@ -69,9 +79,12 @@ def write_types(result: FeatureTypes, out_dir: Path) -> list[Path]:
     ax.set_ylabel("share of features")
     ax.legend(fontsize=7, bbox_to_anchor=(1.02, 1), loc="upper left")
     fig.tight_layout()
-    save_figure(fig, out / "type_shares.png", dpi=110)
-    written.append(out / "type_shares.png")
-    # Tuning curves of the best orientation and curve features of every layer.
+    return save_figure(fig, path, dpi=110)
+
+
+def plot_tuning_examples(result: FeatureTypes, path: Path | None = None) -> Figure:
+    """Tuning curves of the best orientation and curve features of every layer."""
+    hooks = list(result.layers)
     index = {f: i for i, f in enumerate(FACTORS)}
     fig = new_figure(figsize=(3.2 * len(hooks), 5.5))
     axes = fig.subplots(2, len(hooks), squeeze=False)
@@ -95,6 +108,4 @@ def write_types(result: FeatureTypes, out_dir: Path) -> list[Path]:
     axes[0, 0].set_ylabel("mean max activation")
     axes[1, 0].set_ylabel("mean max activation")
     fig.tight_layout()
-    save_figure(fig, out / "tuning_examples.png", dpi=110)
-    written.append(out / "tuning_examples.png")
-    return written + write_sensitivity(result, out)
+    return save_figure(fig, path, dpi=110)

@@ -7,7 +7,6 @@ unit. `trace_image` is the same run written straight into a folder (the demo's).
 
 from __future__ import annotations
 
-import html
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -34,6 +33,7 @@ from rrm_plugin.lens.features import feature_lens
 from rrm_plugin.runs.output import output_directory
 from rrm_plugin.viewer.build import build_viewer, write_viewer
 from rrm_plugin.viewer.cards import read_cards
+from rrm_plugin.viewer.notebook import frame_html
 from rrm_plugin.viewer.render import render_html
 from rrm_plugin.workflows.baselines import ResolvedBaselines, resolve_baselines
 from rrm_plugin.zoo.inputs import class_names_of, display_of, held_out_images
@@ -156,11 +156,11 @@ class TraceResult:
         return render_html(self.viewer)
 
     def _repr_html_(self) -> str | None:
-        # The page has its own scripts and styles: an iframe keeps them apart from the notebook.
+        # The page has its own scripts, styles and ids: an isolated frame keeps them apart from
+        # the notebook and from other viewers on the same page.
         if self.viewer is None:
             return None
-        return (f'<iframe srcdoc="{html.escape(self.html(), quote=True)}" '
-                'style="width:100%;height:760px;border:0" sandbox="allow-scripts"></iframe>')
+        return frame_html(self.html())
 
     def __repr__(self) -> str:
         s = self.summary()

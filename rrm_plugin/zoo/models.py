@@ -16,6 +16,7 @@ from rrm_plugin.errors import MissingFileError, RRMUserError, UnknownNameError
 from rrm_plugin.hosts.vit import ExtendedViT, ExtendedViTConfig
 from rrm_plugin.io import CorruptFileError, read_json, read_tensors, write_json, write_tensors
 from rrm_plugin.provenance import FINGERPRINT_ATTR, remember_fingerprint
+from rrm_plugin.tables import Table
 from rrm_plugin.zoo.hub_models import HUB_MODELS
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
@@ -170,11 +171,10 @@ def list_models() -> list[dict[str, str]]:
     return rows
 
 
-def format_model_table(rows: list[dict[str, str]]) -> str:
-    lines = ["| model | source | preprocessing | description |", "|---|---|---|---|"]
-    lines += [f"| {r['model']} | {r['source']} | {r['preprocessing']} | {r['description']} |"
-              for r in rows]
-    return "\n".join(lines)
+def model_table(rows: list[dict[str, str]]) -> Table:
+    """The rows as a `Table` (markdown `repr`, HTML in a notebook)."""
+    columns = ["model", "source", "preprocessing", "description"]
+    return Table(rows, columns=columns, cells=[[r[c] for c in columns] for r in rows])
 
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16,

@@ -36,6 +36,7 @@ from rrm_plugin.saes.prisma import (
 )
 from rrm_plugin.saes.registry import load_saes as load_registered_saes
 from rrm_plugin.saes.registry import register_loader, register_sae_release
+from rrm_plugin.tables import Table
 from rrm_plugin.zoo.models import model_name_of
 
 
@@ -346,15 +347,17 @@ def list_releases() -> list[dict]:
     return rows
 
 
-def format_release_table(rows: list[dict]) -> str:
+def release_table(rows: list[dict]) -> Table:
+    """The rows as a `Table`; a column whose layers agree shows one value."""
     def compact(values: list) -> str:
         return str(values[0]) if len(set(map(str, values))) == 1 else ",".join(map(str, values))
 
-    lines = ["| release | model | hooks | d_sae | k | source |", "|---|---|---|---|---|---|"]
+    cells = []
     for r in rows:
         hooks = r["hooks"]
         span = f"{hooks[0]} .. {hooks[-1]} ({len(hooks)})" if len(hooks) > 1 else hooks[0]
-        lines.append(f"| {r['release']} | {r['model']} | {span} | {compact(r['d_sae'])} | "
-                     f"{compact(r['k'])} | {r['source']} |")
-    return "\n".join(lines)
+        cells.append([r["release"], r["model"], span, compact(r["d_sae"]), compact(r["k"]),
+                      r["source"]])
+    return Table(rows, columns=["release", "model", "hooks", "d_sae", "k", "source"],
+                 cells=cells)
 

@@ -151,7 +151,7 @@ def test_folder_names_round_trip():
 
 
 def test_release_table_lists_every_release():
-    rows = rrm_plugin.list_releases(show=False)
+    rows = rrm_plugin.list_releases()
     by_name = {r["release"]: r for r in rows}
     assert {"rrm-digits-vit", *HUB_SAE_RELEASES} <= set(by_name)
     vit = by_name["rrm-vit-b16-imagenet"]
