@@ -9,6 +9,8 @@ import html
 from collections.abc import Sequence
 from typing import Any
 
+from rrm_plugin.errors import RRMUserError
+
 
 class Table(list):
     """A list of row dicts whose `repr` is a markdown table and whose `_repr_html_` is HTML.
@@ -22,7 +24,7 @@ class Table(list):
     def __init__(self, rows: Sequence[dict[str, Any]], *, columns: Sequence[str],
                  cells: Sequence[Sequence[str]]) -> None:
         if len(cells) != len(rows) or any(len(c) != len(columns) for c in cells):
-            raise ValueError(f"a table of {len(rows)} rows and {len(columns)} columns needs as "
+            raise RRMUserError(f"a table of {len(rows)} rows and {len(columns)} columns needs as "
                              f"many cell rows of as many cells; got {[len(c) for c in cells]}")
         super().__init__(rows)
         self.columns = list(columns)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from rrm_plugin.errors import MissingFileError
+
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     p = sub.add_parser(name, help="write the self-contained HTML circuit viewer of a trace folder "
@@ -23,7 +25,7 @@ def check_args(args: argparse.Namespace) -> list[Path]:
 
     if not args.graph_dir.is_dir():  # worded as the viewer's own check
         what = "is a file" if args.graph_dir.exists() else "does not exist"
-        raise FileNotFoundError(f"no folder {args.graph_dir} ({what}); expected an `rrm trace "
+        raise MissingFileError(f"no folder {args.graph_dir} ({what}); expected an `rrm trace "
                                 "--out` folder")
     checks.existing_file("--feature-cards", args.feature_cards, what="feature cards file")
     return []

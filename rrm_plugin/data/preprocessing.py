@@ -44,7 +44,7 @@ class Preprocessing:
             raise RRMUserError(
                 f"crop_rounding must be 'floor' or 'round', got {self.crop_rounding!r}")
         if len(self.background) != 3 or not all(0 <= c <= 1 for c in self.background):
-            raise ValueError(f"background must be RGB in [0, 1], got {self.background!r}")
+            raise RRMUserError(f"background must be RGB in [0, 1], got {self.background!r}")
 
     def to_json_dict(self) -> dict:
         return {"size": self.size, "crop": self.crop, "mean": list(self.mean),

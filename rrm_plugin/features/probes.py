@@ -114,7 +114,7 @@ def arc_alpha(
     is the limit of vanishing curvature: the straight bar along the chord, at `bow_deg + 90`.
     """
     if (curvature < 0).any():
-        raise ValueError(f"curvatures must be >= 0 (the bow direction gives the side), got "
+        raise RRMUserError(f"curvatures must be >= 0 (the bow direction gives the side), got "
                          f"{curvature[curvature < 0][:3].tolist()}")
     yy, xx = np.meshgrid(np.arange(size) + 0.5, np.arange(size) + 0.5, indexing="ij")
     theta = np.deg2rad(bow_deg)[:, None, None]

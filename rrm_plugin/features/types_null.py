@@ -27,6 +27,8 @@ from jaxtyping import Float, Int
 from sae_lens import SAE
 from torch import Tensor
 
+from rrm_plugin.errors import RRMUserError
+
 
 @torch.no_grad()
 def sae_with_random_latents(
@@ -40,11 +42,11 @@ def sae_with_random_latents(
         slots: Distinct latent indices the directions replace.
     """
     if directions.ndim != 2 or directions.shape[0] != sae.cfg.d_in:
-        raise ValueError(f"directions must be [d_in={sae.cfg.d_in}, m], got "
+        raise RRMUserError(f"directions must be [d_in={sae.cfg.d_in}, m], got "
                          f"{tuple(directions.shape)}")
     if slots.shape != (directions.shape[1],) or len(set(slots.tolist())) != len(slots) or (
             slots.numel() and not 0 <= int(slots.min()) <= int(slots.max()) < sae.cfg.d_sae):
-        raise ValueError(f"slots must be {directions.shape[1]} distinct latent indices in "
+        raise RRMUserError(f"slots must be {directions.shape[1]} distinct latent indices in "
                          f"[0, {sae.cfg.d_sae}), got {slots.tolist()}")
     work = copy.deepcopy(sae)
     d = directions.to(work.W_enc.device, work.W_enc.dtype)

@@ -20,6 +20,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from rrm_plugin.errors import RRMUserError
+
 FACTORS = ("position", "hue", "tint", "brightness", "digit", "orientation", "curve",
            "position_token")
 GROUPS: dict[str, tuple[str, ...]] = {
@@ -56,7 +58,7 @@ def random_floor(
     threshold alone).
     """
     if not 0 < quantile < 1:
-        raise ValueError(f"quantile must be in (0, 1), got {quantile}")
+        raise RRMUserError(f"quantile must be in (0, 1), got {quantile}")
     live = fire_fraction >= dead_fraction
     if not live.any():
         return torch.zeros(scores.shape[1])

@@ -15,6 +15,7 @@ from typing import Any
 
 from torch import Tensor
 
+from rrm_plugin.errors import RRMUserError
 from rrm_plugin.features.types import FeatureTypes
 from rrm_plugin.features.types_rule import (
     DEAD_FRACTION,
@@ -51,7 +52,7 @@ def layer_sensitivity(
     typed (the rule's false-positive rate), the other thresholds at `DEFAULTS`."""
     unknown = set(grid) - set(DEFAULTS)
     if unknown:
-        raise ValueError(f"unknown thresholds {sorted(unknown)}; expected some of "
+        raise RRMUserError(f"unknown thresholds {sorted(unknown)}; expected some of "
                          f"{sorted(DEFAULTS)}")
     rows = []
     for name, values in grid.items():

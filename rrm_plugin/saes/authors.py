@@ -68,7 +68,7 @@ def pop_epoch(overrides: dict[str, Any]) -> int:
     """The epoch asked for in `overrides` (removed from them), else the authors' epoch 50."""
     epoch = overrides.pop("epoch", AUTHORS_EPOCH)
     if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
-        raise ValueError(f"epoch must be a non-negative integer, got {epoch!r}")
+        raise RRMUserError(f"epoch must be a non-negative integer, got {epoch!r}")
     return epoch
 
 

@@ -61,7 +61,8 @@ def test_value_and_scale_message(kwargs):
 
 def test_unspliced_hook_message_in_full(tiny_vit):
     edit = FeatureIntervention(HOOK, features=[1], scale=0.0)
-    message = (r"^\"no SAE is spliced at \['blocks.0.hook_resid_post'\]: run the interventions "
-               r"inside `with rrm_plugin.splice_saes\(model, saes\):` with SAEs at those hooks\"$")
+    # UnknownNameError (a KeyError) prints its sentence without KeyError's quotes.
+    message = (r"^no SAE is spliced at \['blocks.0.hook_resid_post'\]: run the interventions "
+               r"inside `with rrm_plugin.splice_saes\(model, saes\):` with SAEs at those hooks$")
     with pytest.raises(KeyError, match=message):
         intervention_hooks([edit], model=tiny_vit)

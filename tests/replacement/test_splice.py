@@ -220,8 +220,9 @@ def test_width_mismatch_at_a_non_residual_hook_is_named(tiny_vit, tiny_images):
 
 def test_unknown_hook_message_lists_the_residual_hook_points(tiny_vit, tiny_saes):
     resid = [f"blocks.{b}.hook_resid_{s}" for b in range(3) for s in ("pre", "mid", "post")]
-    message = (r"^\"model has no hook point 'blocks.9.hook_resid_post'; residual hook points are "
-               + str(resid).replace("[", r"\[").replace("]", r"\]") + '\"$')
+    # UnknownNameError (a KeyError) prints its sentence without KeyError's quotes.
+    message = (r"^model has no hook point 'blocks.9.hook_resid_post'; residual hook points are "
+               + str(resid).replace("[", r"\[").replace("]", r"\]") + "$")
     with pytest.raises(KeyError, match=message):
         with rrm_plugin.splice_saes(tiny_vit, {"blocks.9.hook_resid_post": tiny_saes[
                 "blocks.0.hook_resid_post"]}):
