@@ -11,14 +11,12 @@ from __future__ import annotations
 import argparse
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from rrm_plugin.errors import (
     MissingFileError,
-    NotAFileError,
     NotAFolderError,
-    NotWritableError,
     RRMUserError,
 )
 
@@ -114,35 +112,11 @@ def model_args(args: argparse.Namespace) -> None:
     check_device(args.device)
 
 
-def check_out_file(out: Path, *, inputs: Iterable[Path | str | None] = ()) -> None:
-    """An output file (`eval-saes`, `baselines`): not a folder, folder writable, not shipped."""
-    from rrm_plugin.io import check_not_shipped
-    from rrm_plugin.runs.output import check_out_location
-
-    check_out_location(out, inputs=inputs)
-    check_not_shipped(out)
-    if Path(out).is_dir():
-        raise NotAFileError(f"--out {out} is a folder; expected a file path")
-    parent = Path(out).resolve().parent
-    existing = next(p for p in (parent, *parent.parents) if p.exists())
-    if not existing.is_dir():
-        raise NotAFolderError(f"--out {out}: {existing} is a file, not a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise NotWritableError(f"--out {out}: cannot create files in {existing} (not writable)")
-
-
 def chunks_arg(args: argparse.Namespace, out: Path | None) -> None:
     """`--chunks` (dataset commands): a folder or new, and not inside `--out` (replaced)."""
-    chunks = getattr(args, "chunks", None)
-    if chunks is None:
-        return
-    if chunks.exists() and not chunks.is_dir():
-        raise NotAFolderError(f"--chunks {chunks} is a file; expected a folder")
-    if out is not None:
-        resolved, inside = Path(out).resolve(), chunks.resolve()
-        if inside == resolved or resolved in inside.parents:
-            raise RRMUserError(f"--chunks {chunks} is inside --out {out}, which is replaced as a "
-                               "whole; give a chunk folder elsewhere")
+    from rrm_plugin.runs.output import check_chunk_folder  # no torch: the checks stay fast
+
+    check_chunk_folder(getattr(args, "chunks", None), out)
 
 
 def inputs_of(args: argparse.Namespace, *names: str) -> list[str]:

@@ -19,7 +19,13 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from rrm_plugin.errors import NotAFolderError, NotWritableError, OutputExistsError, RRMUserError
+from rrm_plugin.errors import (
+    NotAFileError,
+    NotAFolderError,
+    NotWritableError,
+    OutputExistsError,
+    RRMUserError,
+)
 from rrm_plugin.io import check_not_shipped, swap_into_place, write_json
 
 MANIFEST = "rrm-output.json"
@@ -80,6 +86,40 @@ def check_output_directory(out: Path, *, command: str, overwrite: bool = False,
     if out.is_dir() and not os.access(out, os.W_OK | os.X_OK):  # moving a folder needs both
         raise NotWritableError(f"{option} {out} is not writable, so it cannot be replaced")
     return out
+
+
+def check_out_file(out: Path, *, inputs: Iterable[Path | str | None] = (),
+                   option: str = "--out") -> Path:
+    """An output file (`eval-saes`, `baselines`): not a folder, its folder writable, not a
+    shipped file, and holding none of the `inputs`."""
+    out = Path(out)
+    check_out_location(out, inputs=inputs, option=option)
+    check_not_shipped(out)
+    if out.is_dir():
+        raise NotAFileError(f"{option} {out} is a folder; expected a file path")
+    parent = out.resolve().parent
+    existing = next(p for p in (parent, *parent.parents) if p.exists())
+    if not existing.is_dir():
+        raise NotAFolderError(f"{option} {out}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise NotWritableError(f"{option} {out}: cannot create files in {existing} "
+                               "(not writable)")
+    return out
+
+
+def check_chunk_folder(chunks: Path | str | None, out: Path | str | None) -> None:
+    """A chunk folder (`--chunks`) is a folder or new, and not inside `out` (which is replaced
+    as a whole, chunks included)."""
+    if chunks is None:
+        return
+    chunks = Path(chunks)
+    if chunks.exists() and not chunks.is_dir():
+        raise NotAFolderError(f"--chunks {chunks} is a file; expected a folder")
+    if out is not None:
+        resolved, inside = Path(out).resolve(), chunks.resolve()
+        if inside == resolved or resolved in inside.parents:
+            raise RRMUserError(f"--chunks {chunks} is inside --out {out}, which is replaced as a "
+                               "whole; give a chunk folder elsewhere")
 
 
 @contextmanager
