@@ -57,8 +57,7 @@ class BaselinesRun(NamedTuple):
 
 def baselines_to_file(out: str | Path | None = None, *,
                       options: BaselinesOptions | None = None, device: str = "cpu",
-                      chunks: Path | None = None,
-    keep_chunks: bool = False,
+                      chunks: Path | None = None, keep_chunks: bool = False,
                       progress: bool = True) -> BaselinesRun:
     """Load the workspace and the images, compute the baselines sharded over `torchrun`'s
     processes (resumable from `chunks`), and save them to `out` (None: the release's user

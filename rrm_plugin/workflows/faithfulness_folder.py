@@ -85,7 +85,8 @@ def faithfulness_table(result: FaithfulnessResult) -> str:
 def faithfulness_to_folder(out: str | Path, *,
                            options: FaithfulnessOptions | None = None,
                            device: str = "cpu", chunks: Path | None = None,
-                           keep_chunks: bool = False,                            overwrite: bool = False, progress: bool = True) -> FaithfulnessRun:
+                           keep_chunks: bool = False, overwrite: bool = False,
+                           progress: bool = True) -> FaithfulnessRun:
     """Load the workspace, the images (default: the embedded model's held-out set) and the
     baselines, run `evaluate_faithfulness` sharded over `torchrun`'s processes (resumable from
     `chunks`), and write `out` (checked before any work) on the main process."""

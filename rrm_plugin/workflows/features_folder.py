@@ -82,7 +82,8 @@ def select_layers(saes: Mapping[str, SAE], layers: list[int] | None) -> dict[str
 
 def features_to_folder(out: str | Path, *, options: FeaturesOptions | None = None,
                        device: str = "cpu", chunks: Path | None = None,
-                       keep_chunks: bool = False,                        overwrite: bool = False, progress: bool = True) -> FeaturesRun:
+                       keep_chunks: bool = False, overwrite: bool = False,
+                       progress: bool = True) -> FeaturesRun:
     """Load the workspace and the images (default: the embedded model's held-out set), build
     the dashboards sharded over `torchrun`'s processes (resumable from `chunks`), measure the
     feature types (main process), and write `out` (checked before any work) there."""

@@ -113,7 +113,8 @@ def lens_inputs(options: LensOptions, ws: Workspace) -> LensInputs:
 
 def lens_to_folder(out: str | Path, *, options: LensOptions | None = None,
                    device: str = "cpu", chunks: Path | None = None,
-                   keep_chunks: bool = False,                    overwrite: bool = False, progress: bool = True) -> LensRun:
+                   keep_chunks: bool = False, overwrite: bool = False,
+                   progress: bool = True) -> LensRun:
     """Load the workspace and the images, run `run_lens` (with a control model of the same
     architecture, seeded by `options.seed`) sharded over `torchrun`'s processes (resumable from
     `chunks`), and write `out` (checked before any work) on the main process."""

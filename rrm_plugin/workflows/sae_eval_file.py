@@ -55,8 +55,7 @@ def normalisation_warnings(ws: Workspace, results: Mapping[str, Mapping[str, flo
 
 def evaluate_saes_to_file(out: str | Path = "sae_eval.json", *,
                           options: SAEEvalOptions | None = None, device: str = "cpu",
-                          chunks: Path | None = None,
-    keep_chunks: bool = False,
+                          chunks: Path | None = None, keep_chunks: bool = False,
                           progress: bool = True) -> SAEEvalRun:
     """Load the workspace and the images, run `evaluate_saes` sharded over `torchrun`'s
     processes (resumable from `chunks`), and write `out` (checked before any work) on the main
