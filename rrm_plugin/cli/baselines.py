@@ -31,15 +31,11 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     p.set_defaults(run=run)
 
 
-def default_output(release: str) -> Path:
-    from rrm_plugin.zoo.baselines import cached_baselines_path
-
-    return cached_baselines_path(release)
-
-
 def check_args(args: argparse.Namespace) -> list[Path]:
     """Every option and path, before any heavy import; returns the output to lock (an explicit
     --out; the default path in the cache is known only once the release is loaded)."""
+    from rrm_plugin.runs.output import check_out_file
+
     checks.model_args(args)
     if args.release is None or args.release.lower() == "none":
         raise RRMUserError("--release none: baselines need an SAE release")
@@ -49,32 +45,17 @@ def check_args(args: argparse.Namespace) -> list[Path]:
     checks.chunks_arg(args, None)
     if args.out is None:
         return []
-    checks.check_out_file(args.out, inputs=checks.inputs_of(args, "images", "model", "release"))
+    check_out_file(args.out, inputs=checks.inputs_of(args, "images", "model", "release"))
     return [args.out]
 
 
 def run(args: argparse.Namespace) -> int:
-    from rrm_plugin.attribution.baselines import compute_baselines
-    from rrm_plugin.cli.common import workspace_of
-    from rrm_plugin.cli.dataset import chunk_report, dataset_run, start_processes
-    from rrm_plugin.workflows.inputs import reference_renders
+    from rrm_plugin.cli.dataset import options_of, run_kwargs
+    from rrm_plugin.workflows.baselines_file import BaselinesOptions, baselines_to_file
 
-    ctx = start_processes(args)
-    ws = workspace_of(args)
-    images, what = reference_renders(args.images, ws.model, n_images=args.n_images,
-                                     seed=args.seed)
-    out = args.out or default_output(ws.release)
-    from rrm_plugin.io import check_not_shipped
-
-    check_not_shipped(out)  # before the work, not after
-    with dataset_run(args, ws, ctx, command="baselines", out=out, images=images) as run:
-        # Gathered per image from every process, then one median: exactly one process's result.
-        baselines = compute_baselines(ws.model, ws.saes, images, statistic=args.statistic,
-                                      batch_size=args.batch_size,
-                                      progress=ctx.is_main and not args.no_progress)
-        report = chunk_report(run)
-        if ctx.is_main:
-            baselines.save(out)
-            print(f"{args.statistic} baselines of {ws.release} over {what} -> {out}")
-            print(report)
+    done = baselines_to_file(args.out, options=options_of(args, BaselinesOptions),
+                             progress=not args.no_progress, **run_kwargs(args))
+    if done.is_main:
+        print(f"{args.statistic} baselines of {done.release} over {done.over} -> {done.path}")
+        print(done.counts)
     return 0

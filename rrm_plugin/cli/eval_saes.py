@@ -24,46 +24,30 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
 
 def check_args(args: argparse.Namespace) -> list[Path]:
     """Every option and path, before any heavy import; returns the output to lock."""
+    from rrm_plugin.runs.output import check_out_file
+
     checks.model_args(args)
     checks.image_paths("--images", args.images)
     checks.at_least("--batch-size", args.batch_size)
     checks.chunks_arg(args, None)
-    checks.check_out_file(args.out, inputs=checks.inputs_of(args, "images", "model", "release"))
+    check_out_file(args.out, inputs=checks.inputs_of(args, "images", "model", "release"))
     return [args.out]
 
 
 def run(args: argparse.Namespace) -> int:
-    from rrm_plugin.cli.common import workspace_of
-    from rrm_plugin.cli.dataset import chunk_report, dataset_run, start_processes
-    from rrm_plugin.io import write_json
-    from rrm_plugin.metrics.sae_evaluation import evaluate_saes, format_table
-    from rrm_plugin.workflows.inputs import dataset_images
+    from rrm_plugin.cli.dataset import options_of, run_kwargs
+    from rrm_plugin.metrics.sae_evaluation import format_table
+    from rrm_plugin.workflows.sae_eval_file import SAEEvalOptions, evaluate_saes_to_file
 
-    ctx = start_processes(args)
-    ws = workspace_of(args)
-    loaded = dataset_images(args.images, ws.model)
-    with dataset_run(args, ws, ctx, command="eval-saes", out=args.out,
-                     images=loaded.images, labels=loaded.labels) as run:
-        results = evaluate_saes(ws.model, ws.saes, loaded.images, loaded.labels,
-                                batch_size=args.batch_size, progress=ctx.is_main)
-        report = chunk_report(run)
-        if ctx.is_main:
-            if loaded.labels is None:
-                print("unlabelled images: the model's predictions stand in for labels")
-            print(format_table(results))
-            for line in normalisation_warnings(ws, results):
-                print(f"warning: {line}", file=sys.stderr)
-            write_json(args.out, {"model": ws.model_name, "release": ws.release,
-                                  "n_images": len(loaded.images), "metrics": results})
-            print(f"wrote {args.out}")
-            print(report)
+    done = evaluate_saes_to_file(args.out, options=options_of(args, SAEEvalOptions),
+                                 **run_kwargs(args))
+    if not done.is_main:
+        return 0
+    if done.predicted_labels:
+        print("unlabelled images: the model's predictions stand in for labels")
+    print(format_table(done.metrics))
+    for line in done.warnings:
+        print(f"warning: {line}", file=sys.stderr)
+    print(f"wrote {args.out}")
+    print(done.counts)
     return 0
-
-
-def normalisation_warnings(ws, results: dict) -> list[str]:
-    """SAEs explaining far less variance than their release documents (a wrong normalisation)."""
-    from rrm_plugin.metrics.sae_sanity import release_warnings
-
-    measured = {hook: row["explained_variance"] for hook, row in results.items()
-                if hook in ws.saes and "explained_variance" in row}
-    return release_warnings(ws.release, ws.saes, measured)

@@ -82,76 +82,28 @@ def check_args(args: argparse.Namespace) -> list[Path]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rrm_plugin.cli.common import workspace_of
-    from rrm_plugin.cli.dataset import (
-        baseline_tensors,
-        chunk_report,
-        dataset_run,
-        start_processes,
-    )
-    from rrm_plugin.cli.output import output_directory
-    from rrm_plugin.metrics.faithfulness import FaithfulnessConfig, evaluate_faithfulness
-    from rrm_plugin.workflows.baselines import resolve_baselines
-    from rrm_plugin.workflows.inputs import dataset_images, predicted_labels
-
-    methods = list(METHODS) if args.methods is None else args.methods
-    ctx = start_processes(args)
-    ws = workspace_of(args)
-    loaded = dataset_images(args.images, ws.model)
-    if args.skip_early_layers >= len(ws.saes):
-        raise RRMUserError(f"--skip-early-layers {args.skip_early_layers} leaves no SAE layer to "
-                           f"mask ({len(ws.saes)} in {ws.release})")
-    with dataset_run(args, ws, ctx, command="faithfulness", out=args.out,
-                     images=loaded.images, labels=loaded.labels) as run:
-        labels = loaded.labels
-        if labels is None:
-            # Unlabelled images: explain the predicted class (every image counts as "correct").
-            labels = predicted_labels(ws.model, loaded.images, batch_size=args.batch_size)
-        baselines, how = resolve_baselines(ws.model, ws.saes, images=loaded.images,
-                                           path=args.baselines)
-        run.extend_key(baseline_tensors(baselines))
-        config = FaithfulnessConfig(n_images=args.n_images, seed=args.seed, metric=args.metric,
-                                    methods=tuple(methods), normalisation=args.normalisation,
-                                    batch_size=args.batch_size, criterion=args.criterion,
-                                    ties=args.ties, skip_early_layers=args.skip_early_layers)
-        result = evaluate_faithfulness(ws.model, ws.saes, loaded.images, labels,
-                                       baselines=baselines, config=config,
-                                       progress=ctx.is_main)
-        report = chunk_report(run)
-        if ctx.is_main:
-            _write(args, ws, loaded, result, how, output_directory)
-            if loaded.labels is None:
-                print(f"{len(labels)} unlabelled images: explaining each image's predicted class")
-            print(report)
-    return 0
-
-
-def _write(args, ws, loaded, result, how, output_directory) -> None:
-    from rrm_plugin.io import write_json, write_text
-    from rrm_plugin.metrics.faithfulness_plot import plot_faithfulness
+    from rrm_plugin.cli.dataset import options_of, run_kwargs
     from rrm_plugin.metrics.faithfulness_result import HEADLINE_AXIS
+    from rrm_plugin.workflows.faithfulness_folder import (
+        FaithfulnessOptions,
+        faithfulness_to_folder,
+    )
 
-    summary = result.to_json_dict()
-    summary["metadata"] = {"model": ws.model_name, "release": ws.release, "baselines": how,
-                           "files": [loaded.files[i] for i in result.image_indices]
-                           if loaded.files else None}
-    table = result.table()
-    if result.influence_circuit:  # circuit-tracer influence pruning: printed, not only in JSON
-        table += ("\n\ncircuit-tracer influence pruning (0.8 / 0.98) of the RRM graphs; its "
-                  "completeness score is circuit-tracer's, not the RRM paper's Table 1 column."
-                  "\n\n| influence-pruned circuits (mean over images) | value |\n|---|---|\n")
-        table += "\n".join(f"| {name} | {value:.3f} |"
-                           for name, value in sorted(result.influence_circuit.items()))
-    with output_directory(args.out, command="faithfulness", overwrite=args.overwrite) as tmp:
-        write_json(tmp / "faithfulness.json", summary)
-        plot_faithfulness(result, tmp / "faithfulness.png")
-        write_text(tmp / "faithfulness.md", table + "\n")
-    print(f"baselines: {how}")
-    print(f"{len(result.image_indices)} correctly classified images of {ws.model_name}")
-    print(table)
+    done = faithfulness_to_folder(args.out, options=options_of(args, FaithfulnessOptions),
+                                  overwrite=args.overwrite, **run_kwargs(args))
+    if not done.is_main:
+        return 0
+    result = done.result
+    print(f"baselines: {done.baselines}")
+    print(f"{len(result.image_indices)} correctly classified images of {done.model_name}")
+    print(done.table)
     for other in result.margins():
         margin = result.margin("rrm", other)
         print(f"rrm vs {other}: insertion AUC (adjusted logit, {HEADLINE_AXIS} axis) difference "
               f"{margin.difference.mean:+.3f} +- {margin.difference.se:.3f}, ratio "
               f"{margin.ratio.mean:.2f} +- {margin.ratio.se:.2f} (s.e.)")
     print(f"results: {args.out / 'faithfulness.json'}, {args.out / 'faithfulness.png'}")
+    if done.predicted_labels:
+        print(f"{done.n_labels} unlabelled images: explaining each image's predicted class")
+    print(done.counts)
+    return 0

@@ -57,85 +57,25 @@ def check_args(args: argparse.Namespace) -> list[Path]:
     return [args.out]
 
 
-def _select_layers(saes: dict, layers: list[int] | None) -> dict:
-    hooks = list(saes)
-    if layers is None:
-        return saes
-    bad = [k for k in layers if not 0 <= k < len(hooks)]
-    if bad:
-        raise RRMUserError(
-            f"--layers {bad} out of range: the release has layers 0..{len(hooks) - 1}"
-            f" ({', '.join(hooks)})")
-    chosen = sorted(set(layers))
-    if chosen != list(range(chosen[0], chosen[-1] + 1)):
-        raise RRMUserError(f"--layers {chosen} must be consecutive (circuits join adjacent layers)")
-    return {hooks[k]: saes[hooks[k]] for k in chosen}
-
-
 def run(args: argparse.Namespace) -> int:
-    from rrm_plugin.cli.common import workspace_of
-    from rrm_plugin.cli.dataset import (
-        baseline_tensors,
-        chunk_report,
-        dataset_run,
-        start_processes,
-    )
-    from rrm_plugin.cli.output import output_directory
-    from rrm_plugin.features.dashboard import build_dashboards
-    from rrm_plugin.workflows.baselines import resolve_baselines
-    from rrm_plugin.workflows.inputs import dataset_images
-    from rrm_plugin.zoo.inputs import class_names_of
+    from rrm_plugin.cli.dataset import options_of, run_kwargs
+    from rrm_plugin.workflows.features_folder import FeaturesOptions, features_to_folder
 
     start = time.time()
-    ctx = start_processes(args)
-    ws = workspace_of(args)
-    if not ws.saes:
-        raise RRMUserError("rrm features needs an SAE release: give --release NAME or FOLDER")
-    saes = _select_layers(ws.saes, args.layers)
-    loaded = dataset_images(args.images, ws.model)
-    progress = not args.no_progress and ctx.is_main
-    with dataset_run(args, ws, ctx, command="features", out=args.out, images=loaded.images,
-                     progress=progress) as run:
-        baselines = what = None
-        if args.n_circuit_images != 0:
-            baselines, what = resolve_baselines(ws.model, saes, images=loaded.images,
-                                                path=args.baselines, release=ws.release)
-            run.extend_key(baseline_tensors(baselines))
-        dash = build_dashboards(
-            ws.model, saes, loaded.images, model_name=ws.model_name, release=str(ws.release),
-            class_names=class_names_of(ws.model), baselines=baselines,
-            n_circuit_images=args.n_circuit_images or None, k=args.k,
-            batch_size=args.batch_size, files=[str(f) for f in loaded.files] or None,
-            progress=progress, layer_ids=[list(ws.saes).index(h) for h in saes],
-        )
-        report = chunk_report(run)
-        if ctx.is_main:
-            if what is not None:
-                print(f"baselines: {what}")
-            _write(args, ws.model, dash, saes, output_directory, progress=progress)
-            print(report)
-            print(f"done in {time.time() - start:.0f} s")
-    return 0
-
-
-def _write(args, model, dash, saes, output_directory, *, progress: bool) -> None:
-    from rrm_plugin.features.dashboard import write_dashboards
-
-    if args.types:  # generated stimuli, not the image set: rank 0 alone
-        from rrm_plugin.features.types import feature_types
-
-        result = feature_types(model, saes, progress=progress)
-        dash.types = {h: r.types for h, r in result.layers.items()}
-    with output_directory(args.out, command="features", overwrite=args.overwrite) as tmp:
-        written = write_dashboards(dash, tmp, progress=progress)
-        if args.types:
-            from rrm_plugin.features.types_report import write_types
-
-            written += write_types(result, tmp)
-    written = [args.out / p.relative_to(tmp) for p in map(Path, written)]
+    done = features_to_folder(args.out, options=options_of(args, FeaturesOptions),
+                              overwrite=args.overwrite, progress=not args.no_progress,
+                              **run_kwargs(args))
+    if not done.is_main:
+        return 0
+    if done.baselines is not None:
+        print(f"baselines: {done.baselines}")
+    dash = done.dashboards
     for k, hook in enumerate(dash.hook_names):
         t = dash.top[hook]
         print(f"layer {k} ({hook}): {t.d_sae} features, {int((t.image_density == 0).sum())} "
               f"never fire; median image density {float(t.image_density.median()):.3f}")
-    for path in written:
+    for path in done.files:
         print(f"wrote {path}")
+    print(done.counts)
+    print(f"done in {time.time() - start:.0f} s")
+    return 0

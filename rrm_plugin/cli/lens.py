@@ -10,7 +10,6 @@ from rrm_plugin.cli import checks
 from rrm_plugin.cli.common import add_images_arg, add_model_args
 from rrm_plugin.cli.dataset import add_run_args
 from rrm_plugin.cli.output import add_overwrite_arg
-from rrm_plugin.errors import RRMUserError
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
@@ -67,87 +66,22 @@ def check_args(args: argparse.Namespace) -> list[Path]:
     return [args.out]
 
 
-def _lens_inputs(args: argparse.Namespace, ws):
-    """Images, labels and object masks (embedded held-out set only), and the probe set."""
-
-    import rrm_plugin
-    from rrm_plugin.workflows.inputs import dataset_images, predicted_labels
-    from rrm_plugin.zoo.datasets import training_sampler
-    from rrm_plugin.zoo.models import MODELS
-
-    dtype = next(ws.model.parameters()).dtype
-    mask = None
-    if args.images:
-        loaded = dataset_images(args.images, ws.model)
-        images, labels = loaded.images, loaded.labels
-        if labels is None:
-            labels = predicted_labels(ws.model, images, batch_size=args.batch_size)
-            print("unlabelled images: the model's predicted classes stand in for labels")
-    elif ws.model_name in MODELS:
-        test = rrm_plugin.load_test_set(ws.model_name)
-        images, labels, mask = test.images, test.labels, test.object_mask
-        images, labels = images.to(ws.device, dtype), labels.to(ws.device)
-    else:
-        raise RRMUserError(f"model {ws.model_name!r} has no embedded images: give --images")
-    n = len(labels) if args.n_images is None else args.n_images
-    if not 1 <= n <= len(labels):
-        raise RRMUserError(f"--n-images must be in [1, {len(labels)}], got {n}")
-    images, labels = images[:n], labels[:n]
-    mask = None if mask is None else mask[:n].to(ws.device)
-    probe_images = probe_labels = None
-    if args.probe_images:
-        probes = dataset_images(args.probe_images, ws.model)
-        if probes.labels is None:
-            raise RRMUserError("--probe-images need labels: give an ImageFolder tree "
-                               "(one folder per class)")
-        probe_images, probe_labels = probes.images, probes.labels
-    elif ws.model_name in MODELS and args.n_probe_images > 0:
-        # Probes train on fresh renders of the training digits, never on the held-out images.
-        train = training_sampler(ws.model_name, seed=args.seed + 1)(args.n_probe_images)
-        probe_images = train.images.to(ws.device, dtype)
-        probe_labels = train.labels.to(ws.device)
-    return images, labels, mask, probe_images, probe_labels
-
-
 def run(args: argparse.Namespace) -> int:
-    import torch
-
-    from rrm_plugin.cli.common import workspace_of
-    from rrm_plugin.cli.dataset import chunk_report, dataset_run, start_processes
-    from rrm_plugin.cli.output import output_directory
-    from rrm_plugin.hosts.prisma import build_hooked_vit
-    from rrm_plugin.lens.report import LensConfig, run_lens
-    from rrm_plugin.lens.report_output import format_summary, write_lens_report
+    from rrm_plugin.cli.dataset import options_of, run_kwargs
+    from rrm_plugin.lens.report_output import format_summary
+    from rrm_plugin.workflows.lens_folder import LensOptions, lens_to_folder
 
     start = time.time()
-    no_saes = args.release is not None and args.release.lower() == "none"
-    ctx = start_processes(args)
-    ws = workspace_of(args, with_saes=not no_saes)
-    images, labels, mask, probe_images, probe_labels = _lens_inputs(args, ws)
-    control = build_hooked_vit(ws.model.cfg, seed=args.seed).to(
-        device=ws.device, dtype=next(ws.model.parameters()).dtype).eval()
-    config = LensConfig(
-        batch_size=args.batch_size, n_permutations=args.permutations,
-        random_repeats=args.random_repeats, random_shared_seeds=args.random_shared_seeds,
-        seed=args.seed, progress=not args.no_progress and ctx.is_main,
-        map_blocks=None if args.blocks is None else tuple(args.blocks),
-    )
-    with dataset_run(args, ws, ctx, command="lens", out=args.out, images=images,
-                     progress=config.progress) as run:
-        run.extend_key([t for t in (labels, mask, probe_images, probe_labels) if t is not None])
-        torch.manual_seed(args.seed)
-        results = run_lens(
-            ws.model, images=images, labels=labels, object_mask=mask, probe_images=probe_images,
-            probe_labels=probe_labels, control=control, saes=ws.saes or None, config=config,
-        )
-        report = chunk_report(run)
-        if ctx.is_main:
-            with output_directory(args.out, command="lens", overwrite=args.overwrite) as tmp:
-                written = write_lens_report(results, tmp, images=images, labels=labels,
-                                            object_mask=mask, config=config)
-            print(format_summary(results.summary))
-            for path in written:
-                print(f"wrote {args.out / Path(path).relative_to(tmp)}")
-            print(report)
-            print(f"done in {time.time() - start:.0f} s")
+    done = lens_to_folder(args.out, options=options_of(args, LensOptions),
+                          overwrite=args.overwrite, progress=not args.no_progress,
+                          **run_kwargs(args))
+    if not done.is_main:
+        return 0
+    if done.predicted_labels:
+        print("unlabelled images: the model's predicted classes stand in for labels")
+    print(format_summary(done.results.summary))
+    for path in done.files:
+        print(f"wrote {path}")
+    print(done.counts)
+    print(f"done in {time.time() - start:.0f} s")
     return 0
