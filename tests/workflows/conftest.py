@@ -1,3 +1,8 @@
+import json
+from pathlib import Path
+
+import pytest
+
 from tests.attribution.conftest import (  # noqa: F401  (fixtures shared with attribution tests)
     baselines,
     images,
@@ -6,12 +11,6 @@ from tests.attribution.conftest import (  # noqa: F401  (fixtures shared with at
     saes,
     vit,
 )
-
-
-import json  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import pytest  # noqa: E402
 
 
 @pytest.fixture(scope="session")

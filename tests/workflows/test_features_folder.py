@@ -11,6 +11,7 @@ from rrm_plugin.workflows.features_folder import select_layers
 from tests.workflows.conftest import assert_same_outputs
 
 
+@pytest.mark.slow  # end to end twice (library and command), tens of seconds
 def test_library_call_writes_exactly_what_the_command_writes(image_folder, tmp_path, capsys):
     options = rrm_plugin.FeaturesOptions(images=[str(image_folder)], k=3, n_circuit_images=2,
                                          layers=[1, 2], batch_size=4)

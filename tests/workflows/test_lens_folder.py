@@ -9,10 +9,11 @@ from rrm_plugin.cli.main import main
 from rrm_plugin.errors import RRMUserError
 from tests.workflows.conftest import assert_same_outputs
 
-SMALL = {"n_images": 4, "release": "none", "permutations": 5, "random_repeats": 1, "random_shared_seeds": 2, "n_probe_images": 8,
-         "batch_size": 4}
+SMALL = {"n_images": 4, "release": "none", "permutations": 5, "random_repeats": 1,
+         "random_shared_seeds": 2, "n_probe_images": 8, "batch_size": 4}
 
 
+@pytest.mark.slow  # end to end twice (library and command), tens of seconds
 def test_library_call_writes_exactly_what_the_command_writes(image_folder, tmp_path, capsys):
     options = rrm_plugin.LensOptions(images=[str(image_folder)], **SMALL)
     done = rrm_plugin.lens_to_folder(tmp_path / "lib", options=options, progress=False)
