@@ -37,6 +37,7 @@ class BaselinesOptions(DatasetInputs):
     batch_size: int = 256
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.release is None or self.release.lower() == "none":
             raise RRMUserError("--release none: baselines need an SAE release")
         if self.statistic not in ("median", "mean"):  # as compute_baselines, before loading

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from rrm_plugin.attribution.baselines import Baselines
+from rrm_plugin.errors import RRMUserError
 from rrm_plugin.provenance import model_fingerprint, sae_fingerprint
 from rrm_plugin.runs.chunks import ChunkStore, run_key
 from rrm_plugin.runs.distributed import (
@@ -51,6 +52,11 @@ class DatasetInputs:
     dtype: str | None = None
     images: list[str] | None = None
     threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.images, str | Path):  # one path would be read letter by letter
+            raise RRMUserError(f"images={self.images!r}: give a list of files or folders, "
+                               f"e.g. images=[{str(self.images)!r}]")
 
 
 def settings_of(options: Any) -> dict[str, Any]:

@@ -47,6 +47,7 @@ class FeaturesOptions(DatasetInputs):
     batch_size: int = 64
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.release is None or self.release.lower() == "none":
             raise RRMUserError("rrm features needs an SAE release: give --release NAME or FOLDER")
 

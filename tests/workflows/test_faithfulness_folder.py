@@ -61,6 +61,7 @@ def test_resumed_run_equals_the_fresh_run(image_folder, tmp_path):
     ({"methods": ["rrm", "bogus"]}, "bogus"),
     ({"criterion": "largest"}, "largest"),
     ({"skip_early_layers": -1}, "skip_early_layers"),
+    ({"images": "photo.png"}, "a list of files"),
 ])
 def test_bad_options_are_refused_before_the_model_loads(bad, error, tmp_path, monkeypatch):
     def no_loading(**_):
@@ -69,6 +70,9 @@ def test_bad_options_are_refused_before_the_model_loads(bad, error, tmp_path, mo
     monkeypatch.setattr(faithfulness_folder, "load_workspace", no_loading)
     with pytest.raises(RRMUserError, match=error):
         faithfulness_to_folder(tmp_path / "out", options=FaithfulnessOptions(**bad))
+    if "images" in bad:  # every workflow's options alike (`DatasetInputs`)
+        with pytest.raises(RRMUserError, match=error):
+            rrm_plugin.FeaturesOptions(**bad)
     assert not (tmp_path / "out").exists()
 
 
