@@ -16,6 +16,7 @@ from pathlib import Path
 
 from rrm_plugin.errors import (
     MissingFileError,
+    NotAFileError,
     NotAFolderError,
     RRMUserError,
 )
