@@ -29,8 +29,9 @@ CASES = {
     "rrm trace (argparse error)": "import sys; sys.argv = ['rrm', 'trace']\n"
                                   "from rrm_plugin.cli.main import main\ntry:\n    main()\n"
                                   "except SystemExit:\n    pass",
+    # Registration is explicit (docs/architecture.md): no import-time hook on SAELens.
     "import rrm_plugin + SAE.from_pretrained": (
-        "import rrm_plugin\nfrom sae_lens import SAE\n"
+        "import rrm_plugin\nrrm_plugin.register_releases()\nfrom sae_lens import SAE\n"
         "SAE.from_pretrained('rrm-digits-vit', 'blocks.0.hook_resid_post')"),
 }
 
