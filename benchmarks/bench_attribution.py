@@ -53,9 +53,18 @@ CPU = DeviceSettings("cpu", "float32", False)
 
 PAPER_SAES = [(4, 0.25), (32, 0.5), (64, 1), (96, 2), (96, 2), (128, 2), (128, 4), (160, 4),
               (160, 4), (160, 4), (128, 2)]  # (k, expansion) for block outputs 0..10
+# `--shape tiny`: the same pipeline on a 4-block, d_model 64 model (the CPU quick mode of
+# gpu_check.py, which only has to show that every step runs and compares).
+SHAPES = {
+    "vit-b16": dict(n_layers=12, d_model=768, d_head=64, n_heads=12, d_mlp=3072, n_classes=1000,
+                    saes=PAPER_SAES),
+    "tiny": dict(n_layers=4, d_model=64, d_head=16, n_heads=4, d_mlp=128, n_classes=10,
+                 saes=[(4, 1), (8, 1), (8, 2)]),
+}
 
 
-def setup(threads: int, image_size: int = 224, settings: DeviceSettings = CPU):
+def setup(threads: int, image_size: int = 224, settings: DeviceSettings = CPU,
+          shape: str = "vit-b16"):
     from vit_prisma.configs.HookedViTConfig import HookedViTConfig
 
     from rrm_plugin.attribution.baselines import compute_baselines
@@ -64,11 +73,11 @@ def setup(threads: int, image_size: int = 224, settings: DeviceSettings = CPU):
     from rrm_plugin.zoo.models import to_device
 
     torch.set_num_threads(threads)
+    dims = {k: v for k, v in SHAPES[shape].items() if k != "saes"}
     cfg = HookedViTConfig(
-        model_name="vit-b16-random", n_layers=12, d_model=768, d_head=64, n_heads=12,
-        d_mlp=3072, activation_name="gelu", eps=1e-6, patch_size=16, image_size=image_size,
-        n_channels=3, n_classes=1000, classification_type="cls", return_type="class_logits",
-        normalization_type="LN", use_wandb=False,
+        model_name=f"{shape}-random", **dims, activation_name="gelu", eps=1e-6, patch_size=16,
+        image_size=image_size, n_channels=3, classification_type="cls",
+        return_type="class_logits", normalization_type="LN", use_wandb=False,
     )
     # Built on the CPU from the seeds, then moved: the same weights on every device.
     model = to_device(build_hooked_vit(cfg, seed=0), device=settings.device,
@@ -76,9 +85,10 @@ def setup(threads: int, image_size: int = 224, settings: DeviceSettings = CPU):
     for p in model.parameters():
         p.requires_grad_(False)
     saes = {}
-    for layer, (k, expansion) in enumerate(PAPER_SAES):
+    d = cfg.d_model
+    for layer, (k, expansion) in enumerate(SHAPES[shape]["saes"]):
         hook = f"blocks.{layer}.hook_resid_post"
-        saes[hook] = new_topk_sae(d_in=768, d_sae=int(expansion * 768), k=k, hook_name=hook,
+        saes[hook] = new_topk_sae(d_in=d, d_sae=int(expansion * d), k=k, hook_name=hook,
                                   model_name=cfg.model_name, seed=layer).eval()
         saes[hook] = saes[hook].to(settings.device).to(settings.torch_dtype)
         for p in saes[hook].parameters():
@@ -91,13 +101,13 @@ def setup(threads: int, image_size: int = 224, settings: DeviceSettings = CPU):
     return model, saes, baselines, image
 
 
-def task_ours(threads: int, image_size: int, pairs: list[int] | None, settings: DeviceSettings,
-              graph_out: str | None, out_path: str) -> None:
+def task_ours(threads: int, image_size: int, shape: str, pairs: list[int] | None,
+              settings: DeviceSettings, graph_out: str | None, out_path: str) -> None:
     from rrm_plugin.attribution.build import graphs_from_forward
     from rrm_plugin.attribution.engine import block_weights, feature_edges, pair_inputs
     from rrm_plugin.attribution.forward import attribution_forward
 
-    model, saes, baselines, image = setup(threads, image_size, settings)
+    model, saes, baselines, image = setup(threads, image_size, settings, shape)
     hooks = list(saes)
     dev = settings.device
     with PeakMemory(dev) as mem, Timer(dev) as total:
@@ -143,15 +153,15 @@ def task_ours(threads: int, image_size: int, pairs: list[int] | None, settings: 
     torch.save({"result": result, "tensors": tensors}, out_path)
 
 
-def task_reference(threads: int, image_size: int, pairs: list[int], settings: DeviceSettings,
-                   out_path: str) -> None:
+def task_reference(threads: int, image_size: int, shape: str, pairs: list[int],
+                   settings: DeviceSettings, out_path: str) -> None:
     import sys
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the reference is a test oracle
     from rrm_plugin.attribution.forward import attribution_forward
     from tests.attribution.reference import reference_graph
 
-    model, saes, baselines, image = setup(threads, image_size, settings)
+    model, saes, baselines, image = setup(threads, image_size, settings, shape)
     baselines = baselines.to(settings.device)
     top_pair = max(pairs)
     forward = attribution_forward(model, saes, image, baselines=baselines)
@@ -172,11 +182,11 @@ def task_reference(threads: int, image_size: int, pairs: list[int], settings: De
                 "tensors": tensors}, out_path)
 
 
-def task_forward(threads: int, image_size: int, settings: DeviceSettings, out_path: str,
+def task_forward(threads: int, image_size: int, shape: str, settings: DeviceSettings, out_path: str,
                  repeats: int = 5) -> None:
     from rrm_plugin.replacement.splice import splice_saes
 
-    model, saes, _, image = setup(threads, image_size, settings)
+    model, saes, _, image = setup(threads, image_size, settings, shape)
     batch = image.expand(8, -1, -1, -1).contiguous()
 
     def timed(fn):
@@ -264,11 +274,11 @@ def circuit_tracer_edges(model, saes, image, *, baselines, upper_grads: dict, pa
     return out
 
 
-def task_circuit_tracer(threads: int, image_size: int, pairs: list[int], rows: int,
+def task_circuit_tracer(threads: int, image_size: int, shape: str, pairs: list[int], rows: int,
                         settings: DeviceSettings, out_path: str) -> None:
     from rrm_plugin.attribution.forward import attribution_forward
 
-    model, saes, baselines, image = setup(threads, image_size, settings)
+    model, saes, baselines, image = setup(threads, image_size, settings, shape)
     forward = attribution_forward(model, saes, image, baselines=baselines)
     upper = {k + 1: forward.layers[k + 1].grad_acts[0] for k in pairs}
     del forward
@@ -317,34 +327,39 @@ def main() -> None:
                         help="skip the plain vs replacement forward-pass timing")
     parser.add_argument("--graph-out", type=Path, default=None,
                         help="save the full graph here (Graph.save: .json + .safetensors)")
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="vit-b16",
+                        help="vit-b16 (the measured setting) or tiny (a smoke run)")
     add_device_arguments(parser)
     parser.add_argument("--out", type=Path, default=None, help="write the numbers as JSON")
     args = parser.parse_args()
     settings = configure(args)
     gib = 2 ** 30
     size = args.image_size
-    print(f"ViT-B/16-shaped random HookedViT ({size} px, {(size // 16) ** 2 + 1} tokens), random "
-          f"TopK SAEs {PAPER_SAES}, 1 image, {args.threads} threads, torch {torch.__version__}, "
+    print(f"{args.shape}-shaped random HookedViT ({size} px, {(size // 16) ** 2 + 1} tokens), "
+          f"random TopK SAEs {SHAPES[args.shape]['saes']}, 1 image, {args.threads} threads, "
+          f"torch {torch.__version__}, "
           f"{settings.device} {settings.dtype}{' TF32' if settings.tf32 else ''}")
     report: dict = {"threads": args.threads, "pairs": args.pairs, "image_size": size,
+                    "shape": args.shape,
                     **device_fields(settings)}
     graph_out = str(args.graph_out) if args.graph_out else None
 
-    full = run_task("ours", args.threads, size, None, settings, graph_out)["result"]
+    full = run_task("ours", args.threads, size, args.shape, None, settings, graph_out)["result"]
     report["ours_full"] = full
-    print(f"ours, full graph ({len(PAPER_SAES) - 1} layer pairs): {full['seconds']:.1f} s "
+    n_pairs = len(SHAPES[args.shape]["saes"]) - 1
+    print(f"ours, full graph ({n_pairs} layer pairs): {full['seconds']:.1f} s "
           f"(forward+backward {full['forward_backward_seconds']:.1f} s, edges "
           f"{full['edges_seconds']:.1f} s), peak {full['peak_bytes'] / gib:.2f} GiB; "
           f"{full['nodes']} nodes, {full['edges']} non-zero edges; active latents per layer "
           f"{full['active_targets']}")
 
-    subset = run_task("ours", args.threads, size, args.pairs, settings, None)
+    subset = run_task("ours", args.threads, size, args.shape, args.pairs, settings, None)
     report["ours_subset"] = subset["result"]
     pairs = ", ".join(f"{k}->{k + 1}" for k in args.pairs)
     print(f"ours, pairs {pairs}: {subset['result']['seconds']:.2f} s, peak "
           f"{subset['result']['peak_bytes'] / gib:.2f} GiB")
     if not args.skip_reference:
-        ref = run_task("reference", args.threads, size, args.pairs, settings)
+        ref = run_task("reference", args.threads, size, args.shape, args.pairs, settings)
         report["reference_subset"] = ref["result"]
         diffs = max_rel_diff(subset["tensors"], ref["tensors"])
         report["max_rel_diff"] = diffs
@@ -357,7 +372,8 @@ def main() -> None:
               f"(1/{1 / memory:.1f}); max relative difference {max(diffs.values()):.2e} "
               f"({', '.join(f'{k} {v:.1e}' for k, v in diffs.items())})")
     if not args.skip_circuit_tracer:
-        ct = run_task("circuit_tracer", args.threads, size, args.pairs, args.ct_rows, settings)
+        ct = run_task("circuit_tracer", args.threads, size, args.shape, args.pairs, args.ct_rows,
+                      settings)
         report["circuit_tracer_subset"] = ct["result"]
         diffs = max_rel_diff(subset["tensors"], ct["tensors"])
         report["circuit_tracer_max_rel_diff"] = diffs
@@ -376,7 +392,7 @@ def main() -> None:
         if args.out:
             args.out.write_text(json.dumps(report, indent=2) + "\n")
         return
-    fwd = run_task("forward", args.threads, size, settings)["result"]
+    fwd = run_task("forward", args.threads, size, args.shape, settings)["result"]
     report["forward"] = fwd
     print(f"forward pass, batch {fwd['batch']}: plain {fwd['plain'] * 1e3:.0f} ms, replacement "
           f"model {fwd['replacement'] * 1e3:.0f} ms ({fwd['replacement'] / fwd['plain']:.2f}x), "
