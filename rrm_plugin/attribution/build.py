@@ -20,7 +20,11 @@ from rrm_plugin.attribution.engine import (
     feature_edges_batch,
     pair_inputs,
 )
-from rrm_plugin.attribution.forward import AttributionForward, attribution_forward
+from rrm_plugin.attribution.forward import (
+    AttributionForward,
+    attribution_forward,
+    check_precision,
+)
 from rrm_plugin.attribution.graph import Granularity, Graph, GraphLayer
 from rrm_plugin.attribution.linearise import FULL, NONE
 from rrm_plugin.attribution.token_engine import token_edges_batch
@@ -157,6 +161,7 @@ def attribute(
         metadata: Per-image dicts stored in each graph.
     """
     require_baselines(baselines, caller="attribute")
+    check_precision(model, saes)  # before the input check, whose dtype message would mislead
     if edges and not linearise:
         raise RRMUserError("edges are defined for the linearised model; pass edges=False to get "
                            "node scores without the linearisation")
