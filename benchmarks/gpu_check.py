@@ -118,15 +118,22 @@ def attribution(run: Runner, args) -> dict:
     size = ["--shape", "tiny", "--image-size", "32"] if args.quick else ["--image-size", "224"]
     common = ["benchmarks/bench_attribution.py", *size, "--skip-reference",
               "--threads", str(args.threads)]
-    dev = run(python(*common, "--device", args.device, "--graph-out", str(out / "device" / "graph"),
+    quick = ["--skip-forward"] if args.quick else []
+    dev = run(python(*common, *quick, "--device", args.device,
+                     "--graph-out", str(out / "device" / "graph"),
                      "--out", str(out / "device.json")))
-    cpu = run(python(*common, "--device", "cpu", "--skip-circuit-tracer", "--skip-forward",
-                     "--graph-out", str(out / "cpu" / "graph"), "--out", str(out / "cpu.json")))
-    result = {"runs": [dev, cpu], "error": step_failed(dev, cpu)}
+    runs = [dev]
+    cpu_dir = out / "device"  # with --device cpu the device run is the CPU run
+    if args.device != "cpu":
+        cpu_dir = out / "cpu"
+        runs.append(run(python(*common, "--device", "cpu", "--skip-circuit-tracer",
+                               "--skip-forward", "--graph-out", str(cpu_dir / "graph"),
+                               "--out", str(cpu_dir.with_suffix(".json")))))
+    result = {"runs": runs, "error": step_failed(*runs)}
     if result["error"]:
         return {**result, "ok": False}
     report = json.loads((out / "device.json").read_text())
-    graphs = compare_graph_files(out / "cpu" / "graph", out / "device" / "graph")
+    graphs = compare_graph_files(cpu_dir / "graph", out / "device" / "graph")
     ct = max(report["circuit_tracer_max_rel_diff"].values())
     problems = list(graphs.problems)
     if not ct <= GRAPH_RTOL:
@@ -136,7 +143,7 @@ def attribution(run: Runner, args) -> dict:
             "graph_vs_cpu": graphs.as_dict(), "circuit_tracer_max_rel_diff": ct,
             "full_graph_seconds": report["ours_full"]["seconds"],
             "full_graph_peak_bytes": report["ours_full"]["peak_bytes"],
-            "cpu_full_graph_seconds": json.loads((out / "cpu.json").read_text())[
+            "cpu_full_graph_seconds": json.loads(cpu_dir.with_suffix(".json").read_text())[
                 "ours_full"]["seconds"],
             "circuit_tracer_speedup": report.get("circuit_tracer_speedup"),
             "forward": report.get("forward"), "report": report}
@@ -281,13 +288,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--steps", nargs="+", choices=list(STEPS), default=list(STEPS))
     parser.add_argument("--n-images", type=int, default=None,
-                        help="faithfulness images (default 8 photos; quick: 4 digits)")
-    parser.add_argument("--batch-size", type=int, default=4)
+                        help="faithfulness images (default 8 photos; quick: 2 digits)")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="faithfulness batch (default 4; quick: 2)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--step-timeout", type=float, default=480.0,
                         help="seconds allowed to each command")
     args = parser.parse_args(argv)
-    args.n_images = args.n_images or (4 if args.quick else 8)
+    args.n_images = args.n_images or (2 if args.quick else 8)
+    args.batch_size = args.batch_size or (2 if args.quick else 4)
 
     import torch
 
