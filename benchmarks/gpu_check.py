@@ -13,7 +13,8 @@ Steps (each a subprocess; its command, exit status, seconds and output tail go i
 3. `trace`: `rrm trace` on `--device` and on the CPU, graphs compared. Full mode: the
    ViT-B/16 offline fixture of the tests (`tests/hubcache.py`: a random timm ViT-B/16 and
    paper-size authors' SAEs in a hub cache under OUT, `HF_HUB_OFFLINE=1`). Quick: `digits-vit`.
-4. `faithfulness`: `rrm faithfulness` (methods rrm, random) on `--device` and the CPU, images/s
+4. `faithfulness`: `rrm faithfulness` (methods rrm, random) over 8 photo crops (quick: 2 random
+   digit-sized images) on `--device` and the CPU, images/s
    of each (wall time of the command, start-up and model loading included), per-image curves
    compared (`compare_curve_files`).
 5. `torchrun`: `torchrun --nproc-per-node 2` of the same faithfulness run, compared with the
@@ -86,6 +87,18 @@ def write_photos(folder: Path, n: int) -> Path:
         array = photos[i % 2]
         top, left = 20 * (i // 2), 30 * (i // 2)
         Image.fromarray(array[top:top + 380, left:left + 380]).save(folder / f"photo_{i:02d}.jpg")
+    return folder
+
+
+def write_digit_sized_images(folder: Path, n: int, size: int = 24) -> Path:
+    """`n` seeded random RGB images of `digits-vit`'s size (quick mode: no held-out set scan)."""
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    pixels = np.random.default_rng(0).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+    for i, image in enumerate(pixels):
+        Image.fromarray(image).save(folder / f"{i:03d}.png")
     return folder
 
 
@@ -176,9 +189,9 @@ def trace(run: Runner, args) -> dict:
 
 
 def faithfulness_argv(args, device: str, out: Path) -> list[str]:
-    images = ["--n-images", str(args.n_images)] if args.quick else [
-        "--images", str(args.photos)]
-    return ["faithfulness", *model_args(args), *images, "--methods", "rrm", "random",
+    # Unlabelled images: predicted classes stand in for labels, so every image is used.
+    return ["faithfulness", *model_args(args), "--images", str(args.photos), "--methods",
+            "rrm", "random",
             "--batch-size", str(args.batch_size), "--device", device, "--out", str(out),
             "--chunks", str(out.parent / f"chunks_{out.name}")]
 
@@ -288,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--steps", nargs="+", choices=list(STEPS), default=list(STEPS))
     parser.add_argument("--n-images", type=int, default=None,
-                        help="faithfulness images (default 8 photos; quick: 2 digits)")
+                        help="faithfulness images (default 8 photo crops; quick: 2 random 24 px)")
     parser.add_argument("--batch-size", type=int, default=None,
                         help="faithfulness batch (default 4; quick: 2)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
@@ -316,6 +329,8 @@ def main(argv: list[str] | None = None) -> int:
         build_vit_b16_hub(hub)
         env["HF_HUB_CACHE"] = str(hub)
         args.photos = write_photos(args.out / "photos", args.n_images)
+    else:
+        args.photos = write_digit_sized_images(args.out / "images", args.n_images)
     run = Runner(args.out, env, args.step_timeout)
     report: dict = {"quick": args.quick, "environment": environment(args.device), "steps": {},
                     "tolerances": {"graph_rtol": GRAPH_RTOL, "curve_atol": CURVE_ATOL}}
