@@ -207,6 +207,7 @@ def evaluate_faithfulness(
     check_precision(model, saes)
     layout = sae_layout(saes, skip_early_layers=config.skip_early_layers)
     weight = next(model.parameters())
+    baselines = baselines.to(weight.device)  # the neuron method's hooks read them on the device
     correct = correct_indices(model, images, labels)
     if len(correct) == 0:
         raise RRMUserError("no image is classified correctly; faithfulness needs correct images")
