@@ -18,6 +18,9 @@ Each batched graph is compared with the one-at-a-time graph of the same image: m
 graph tensor of max |batched - single| / max |single|.
 
     python benchmarks/bench_batched_attribution.py [--batches 1 4 16] [--threads 2]
+        [--device cuda] [--dtype float32] [--tf32]
+
+On CUDA each attribution is timed with CUDA events after a synchronisation (`device.py`).
 """
 
 from __future__ import annotations
@@ -25,13 +28,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_attribution import PAPER_SAES, setup  # noqa: E402
+from device import Timer, add_device_arguments, configure, device_fields  # noqa: E402
 
 
 def max_rel_diff(graphs, singles) -> float:
@@ -55,24 +58,27 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--image-size", type=int, default=112)
+    add_device_arguments(parser)
     parser.add_argument("--out", type=Path, default=None, help="write the numbers as JSON")
     args = parser.parse_args()
+    settings = configure(args)
 
     from rrm_plugin.attribution.build import attribute
     from rrm_plugin.attribution.engine import EngineConfig
 
-    model, saes, baselines, _ = setup(args.threads, args.image_size)
+    model, saes, baselines, _ = setup(args.threads, args.image_size, settings)
     n = max(args.batches)
     size = args.image_size
-    images = torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(1))
+    images = torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(1)).to(
+        settings.device, settings.torch_dtype)
     print(f"ViT-B/16-shaped random HookedViT ({size} px, {(size // 16) ** 2 + 1} tokens), random "
           f"TopK SAEs {PAPER_SAES}, feature graphs of all 10 pairs, {args.threads} threads, "
-          f"torch {torch.__version__}")
+          f"torch {torch.__version__}, {settings.device} {settings.dtype}")
 
     def timed(fn):
-        t = time.perf_counter()
-        out = fn()
-        return out, time.perf_counter() - t
+        with Timer(settings.device) as timer:
+            out = fn()
+        return out, timer.seconds
 
     attribute(model, saes, images[:1], baselines=baselines)  # warm-up
     singles, single_times = [], []
@@ -82,7 +88,7 @@ def main() -> None:
         singles.append(graph)
         single_times.append(seconds)
     report: dict = {"image_size": size, "threads": args.threads, "single_seconds": single_times,
-                    "batches": {}}
+                    **device_fields(settings), "batches": {}}
     for batch in args.batches:
         one = sum(single_times[:batch])
         row = {"one_at_a_time_images_per_s": batch / one}

@@ -11,7 +11,10 @@ on `blocks.1.hook_resid_post` and the images by M fresh training renders: the sc
 per-feature loop matters (ViT-B releases have 3,072-49,152 features per layer).
 
     python benchmarks/bench_features.py [--k 8] [--threads 1] [--repeats 3] [--d-sae N]
-        [--n-images M] [--out FILE]
+        [--n-images M] [--device cuda] [--dtype float32] [--out FILE]
+
+On CUDA both are timed with CUDA events after a synchronisation (`device.py`); the images stay
+on the CPU and each batch moves, as `rrm features` does.
 """
 
 from __future__ import annotations
@@ -19,17 +22,20 @@ from __future__ import annotations
 import argparse
 import heapq
 import json
-import time
+import sys
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from device import Timer, add_device_arguments, configure, device_fields  # noqa: E402
 
 
 def reference_topk(model, saes, images, *, k: int, batch_size: int = 64):
     heaps = {h: [[] for _ in range(s.cfg.d_sae)] for h, s in saes.items()}
     with torch.no_grad():
         for start in range(0, len(images), batch_size):
-            batch = images[start : start + batch_size]
+            batch = images[start : start + batch_size].to(next(model.parameters()).device)
             _, cache = model.run_with_cache(batch, names_filter=list(saes))
             for hook, sae in saes.items():
                 scores = sae.encode(cache[hook]).amax(1).tolist()  # [batch][d_sae]
@@ -57,10 +63,13 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--d-sae", type=int, default=None)
     p.add_argument("--n-images", type=int, default=None)
+    add_device_arguments(p)
     args = p.parse_args()
+    settings = configure(args)
     torch.set_num_threads(args.threads)
-    model = rrm_plugin.load_model("digits-vit")
-    saes = rrm_plugin.load_saes("rrm-digits-vit")
+    model = rrm_plugin.load_model("digits-vit", device=settings.device, dtype=settings.dtype)
+    saes = {h: s.to(settings.torch_dtype)
+            for h, s in rrm_plugin.load_saes("rrm-digits-vit", device=settings.device).items()}
     images = rrm_plugin.load_test_set("digits-vit").images
     if args.d_sae is not None:
         from rrm_plugin.data import train_sampler
@@ -69,17 +78,18 @@ def main() -> None:
 
         hook = "blocks.1.hook_resid_post"
         saes = {hook: new_topk_sae(d_in=64, d_sae=args.d_sae, k=64, hook_name=hook,
-                                   model_name="digits-vit", seed=0)}
+                                   model_name="digits-vit", seed=0)
+                .to(settings.device).to(settings.torch_dtype)}
     if args.n_images is not None:
         images = train_sampler(DIGITS_DATA, seed=5)(args.n_images).images
     times = {"ours": [], "reference": []}
     for _ in range(args.repeats):
-        t = time.perf_counter()
-        ours = collect_top_activations(model, saes, images, k=args.k, progress=False)
-        times["ours"].append(time.perf_counter() - t)
-        t = time.perf_counter()
-        ref = reference_topk(model, saes, images, k=args.k)
-        times["reference"].append(time.perf_counter() - t)
+        with Timer(settings.device) as timer:
+            ours = collect_top_activations(model, saes, images, k=args.k, progress=False)
+        times["ours"].append(timer.seconds)
+        with Timer(settings.device) as timer:
+            ref = reference_topk(model, saes, images, k=args.k)
+        times["reference"].append(timer.seconds)
     same = all(ours[h].indices.tolist() == ref[h] for h in saes)
     result = {
         "setting": f"digits-vit, rrm-digits-vit ({sum(s.cfg.d_sae for s in saes.values())} "
@@ -87,7 +97,7 @@ def main() -> None:
                    f"torch {torch.__version__}",
         "seconds": times, "median_ours": sorted(times["ours"])[len(times["ours"]) // 2],
         "median_reference": sorted(times["reference"])[len(times["reference"]) // 2],
-        "same_top_k": same,
+        "same_top_k": same, **device_fields(settings),
     }
     result["speedup"] = result["median_reference"] / result["median_ours"]
     print(json.dumps(result, indent=2))

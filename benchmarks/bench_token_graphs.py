@@ -15,7 +15,11 @@ sizes for comparison (only where they fit in memory: the dense matrices of a ViT
 take `sum_k (n_src_k + 1) n_tgt_k` floats, which the script reports for every size).
 
     python benchmarks/bench_token_graphs.py [--sizes 112 224] [--dense-sizes 112] [--top-k 64]
-        [--pair-sizes 448 --pairs 0 1 2 3]
+        [--pair-sizes 448 --pairs 0 1 2 3] [--device cuda] [--dtype float32] [--tf32]
+
+On `--device cuda` the times are CUDA-event times after a synchronisation and the peaks are
+`torch.cuda.max_memory_allocated` above the start (`device.py`); the graphs are returned on the
+CPU, so pruning (`prune_by_influence`) runs on the CPU on every device.
 
 `--pair-sizes` measures the nodes of the whole graph and the edges of `--pairs` only: at 448 px
 every target's exact row of in-edges spans ~10^5 sources, and the ten pairs take hours on a
@@ -30,19 +34,26 @@ import multiprocessing as mp
 import resource
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_attribution import PAPER_SAES, PeakMemory, setup  # noqa: E402
+from bench_attribution import CPU, PAPER_SAES, setup  # noqa: E402
+from device import (  # noqa: E402
+    DeviceSettings,
+    PeakMemory,
+    Timer,
+    add_device_arguments,
+    configure,
+    device_fields,
+)
 
 GiB = 2**30
 
 
 def task_pairs(threads: int, image_size: int, top_k: int, chunk_elements: int,
-               pairs: list[int], out_path: str) -> None:
+               pairs: list[int], settings: DeviceSettings, out_path: str) -> None:
     """Nodes of the whole token graph (one forward + backward) and the top-k token edges of the
     given layer pairs only, each pair timed (for sizes whose full graph takes hours on a CPU)."""
     from rrm_plugin.attribution.build import _layer_nodes
@@ -50,15 +61,15 @@ def task_pairs(threads: int, image_size: int, top_k: int, chunk_elements: int,
     from rrm_plugin.attribution.forward import attribution_forward
     from rrm_plugin.attribution.token_engine import token_edges
 
-    model, saes, baselines, image = _setup(threads, image_size)
+    model, saes, baselines, image = _setup(threads, image_size, settings)
     engine = EngineConfig(token_top_k=top_k, chunk_elements=chunk_elements,
                           max_token_edges=2**62)
     hooks = list(saes)
-    with PeakMemory() as mem:
-        t0 = time.perf_counter()
-        forward = attribution_forward(model, saes, image, baselines=baselines,
-                                      capture_blocks=True)
-        t1 = time.perf_counter()
+    dev = settings.device
+    with PeakMemory(dev) as mem, Timer(dev) as total:
+        with Timer(dev) as forward_time:
+            forward = attribution_forward(model, saes, image, baselines=baselines,
+                                          capture_blocks=True)
         layers = forward.layers
         nodes = []
         for trace in layers:  # the graph's nodes, picked as `attribute` picks them
@@ -67,60 +78,59 @@ def task_pairs(threads: int, image_size: int, top_k: int, chunk_elements: int,
             nodes.append(torch.stack([tokens, features], 1))
         per_pair = {}
         for k in pairs:
-            start = time.perf_counter()
-            x = pair_inputs(layers[k], layers[k + 1], forward.blocks[layers[k + 1].block],
-                            saes[hooks[k]], saes[hooks[k + 1]], 0)
-            edges = token_edges(block_weights(model, layers[k + 1].block), x,
-                                sources=nodes[k], targets=nodes[k + 1], config=engine)
-            per_pair[k] = {"seconds": time.perf_counter() - start, "stored_edges": edges._nnz(),
+            with Timer(dev) as pair_time:
+                x = pair_inputs(layers[k], layers[k + 1], forward.blocks[layers[k + 1].block],
+                                saes[hooks[k]], saes[hooks[k + 1]], 0)
+                edges = token_edges(block_weights(model, layers[k + 1].block), x,
+                                    sources=nodes[k], targets=nodes[k + 1], config=engine)
+            per_pair[k] = {"seconds": pair_time.seconds, "stored_edges": edges._nnz(),
                            "dense_edge_entries": (len(nodes[k]) + 1) * len(nodes[k + 1])}
             print(f"  pair {k}->{k + 1}: {per_pair[k]['seconds']:.1f} s, "
                   f"{len(nodes[k]):,} -> {len(nodes[k + 1]):,} nodes", flush=True)
-        t2 = time.perf_counter()
     torch.save({
         "image_size": image_size, "tokens": layers[0].acts.shape[1], "top_k": top_k,
         "pairs": pairs, "nodes": sum(len(n) for n in nodes),
         "nodes_per_layer": [len(n) for n in nodes],
-        "forward_backward_seconds": t1 - t0, "edges_seconds": t2 - t1, "per_pair": per_pair,
+        "forward_backward_seconds": forward_time.seconds,
+        "edges_seconds": total.seconds - forward_time.seconds, "per_pair": per_pair,
         "peak_gib": mem.bytes / GiB,
         "process_max_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GiB,
     }, out_path)
 
 
-def _setup(threads: int, image_size: int):
+def _setup(threads: int, image_size: int, settings: DeviceSettings = CPU):
     from rrm_plugin.attribution.baselines import compute_baselines
     from rrm_plugin.hosts.prisma import with_image_size
+    from rrm_plugin.zoo.models import to_device
 
-    model, saes, baselines, image = setup(threads, 224)
-    if image_size != 224:
-        model = with_image_size(model, image_size)
+    model, saes, baselines, image = setup(threads, 224, settings)
+    if image_size != 224:  # resized on the CPU (the same weights on every device), then moved
+        model = with_image_size(model.cpu(), image_size)
+        model = to_device(model, device=settings.device, dtype=settings.dtype)
         for p in model.parameters():
             p.requires_grad_(False)
         generator = torch.Generator().manual_seed(0)
-        reference = torch.rand(4, 3, image_size, image_size, generator=generator)
+        move = dict(device=settings.device, dtype=settings.torch_dtype)
+        reference = torch.rand(4, 3, image_size, image_size, generator=generator).to(**move)
         baselines = compute_baselines(model, saes, reference, batch_size=2, progress=False)
-        image = torch.rand(1, 3, image_size, image_size, generator=generator)
+        image = torch.rand(1, 3, image_size, image_size, generator=generator).to(**move)
     return model, saes, baselines, image
 
 
 def task(threads: int, image_size: int, top_k: int | None, chunk_elements: int,
-         out_path: str) -> None:
+         settings: DeviceSettings, out_path: str) -> None:
     from rrm_plugin.attribution.build import attribute
     from rrm_plugin.attribution.engine import EngineConfig
     from rrm_plugin.circuits.influence import graph_scores, prune_by_influence
 
-    model, saes, baselines, image = _setup(threads, image_size)
+    model, saes, baselines, image = _setup(threads, image_size, settings)
     engine = EngineConfig(token_top_k=top_k, chunk_elements=chunk_elements,
                           max_token_edges=2**62)
-    with PeakMemory() as mem:
-        t0 = time.perf_counter()
+    with PeakMemory(settings.device) as mem, Timer(settings.device) as attribute_time:
         graph = attribute(model, saes, image, baselines=baselines, granularity="token",
                           engine=engine, progress=True)[0]
-        t1 = time.perf_counter()
-    with PeakMemory() as prune_mem:
-        t2 = time.perf_counter()
+    with PeakMemory() as prune_mem, Timer("cpu") as prune_time:  # graphs are on the CPU
         pruned = prune_by_influence(graph)
-        t3 = time.perf_counter()
     scores = graph_scores(graph)
     stored = sum(e._nnz() if e.is_sparse else int((e != 0).sum()) for e in graph.edges)
     dense_entries = sum(e.shape[0] * e.shape[1] for e in graph.edges)
@@ -130,8 +140,8 @@ def task(threads: int, image_size: int, top_k: int | None, chunk_elements: int,
         "nodes_per_layer": [len(layer) for layer in graph.layers],
         "stored_edges": stored, "dense_edge_entries": dense_entries,
         "dense_edge_gib": dense_entries * 4 / GiB,
-        "attribute_seconds": t1 - t0, "attribute_peak_gib": mem.bytes / GiB,
-        "prune_seconds": t3 - t2, "prune_peak_gib": prune_mem.bytes / GiB,
+        "attribute_seconds": attribute_time.seconds, "attribute_peak_gib": mem.bytes / GiB,
+        "prune_seconds": prune_time.seconds, "prune_peak_gib": prune_mem.bytes / GiB,
         # The process's own high-water mark (model, SAEs and all), since memory freed earlier
         # (baselines) is reused without raising the resident set above its start.
         "process_max_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GiB,
@@ -164,16 +174,18 @@ def main() -> None:
                         help="sizes measured on --pairs only (nodes of the whole graph, top-k "
                              "edges of those layer pairs), e.g. 448")
     parser.add_argument("--pairs", type=int, nargs="+", default=[0, 1, 2, 3])
+    add_device_arguments(parser)
     parser.add_argument("--out", type=Path, default=None, help="write the numbers as JSON")
     args = parser.parse_args()
+    settings = configure(args)
     print(f"ViT-B/16-shaped random HookedViT, random TopK SAEs {PAPER_SAES}, token graphs of "
           f"all 10 pairs, {args.threads} threads, chunk_elements {args.chunk_elements}, "
-          f"torch {torch.__version__}", flush=True)
+          f"torch {torch.__version__}, {settings.device} {settings.dtype}", flush=True)
     runs = [(size, None) for size in args.dense_sizes] + [(size, args.top_k)
                                                          for size in args.sizes]
     results = []
     for size, top_k in runs:
-        r = run(args.threads, size, top_k, args.chunk_elements)
+        r = run(args.threads, size, top_k, args.chunk_elements, settings)
         results.append(r)
         kind = "dense" if top_k is None else f"top-{top_k}"
         print(f"{size} px ({r['tokens']} tokens), {kind}: {r['nodes']:,} nodes "
@@ -186,7 +198,7 @@ def main() -> None:
               f"replacement {r['replacement_score']:.3f}, completeness "
               f"{r['completeness_score']:.3f}", flush=True)
     for size in args.pair_sizes:
-        r = run(args.threads, size, args.top_k, args.chunk_elements, args.pairs,
+        r = run(args.threads, size, args.top_k, args.chunk_elements, args.pairs, settings,
                 target=task_pairs)
         r["kind"] = "pairs"
         results.append(r)
@@ -199,7 +211,7 @@ def main() -> None:
               f"{r['process_max_rss_gib']:.2f} GiB", flush=True)
     if args.out is not None:
         args.out.write_text(json.dumps({"settings": vars(args) | {"out": str(args.out)},
-                                        "runs": results}, indent=2))
+                                        **device_fields(settings), "runs": results}, indent=2))
 
 
 if __name__ == "__main__":

@@ -20,7 +20,11 @@ from rrm_plugin.attribution.engine import (
     feature_edges_batch,
     pair_inputs,
 )
-from rrm_plugin.attribution.forward import AttributionForward, attribution_forward
+from rrm_plugin.attribution.forward import (
+    AttributionForward,
+    attribution_forward,
+    check_precision,
+)
 from rrm_plugin.attribution.graph import Granularity, Graph, GraphLayer
 from rrm_plugin.attribution.linearise import FULL, NONE
 from rrm_plugin.attribution.token_engine import token_edges_batch
@@ -62,16 +66,22 @@ def graphs_from_forward(
     n_images = len(forward.values)
     graph_layers: list[list[GraphLayer]] = [[] for _ in range(n_images)]
     node_index: list[list[Tensor]] = [[] for _ in range(n_images)]  # [image][layer]
+    # One device-to-host copy of every error score (not one sync per layer and image).
+    error_scores = torch.stack([trace.error_scores for trace in layers], 1).tolist()
     for b in range(n_images):
-        for trace in layers:
+        for k, trace in enumerate(layers):
             feats, toks, act, dlt, sc = _layer_nodes(
                 trace.acts[b], trace.delta[b], trace.node_scores[b], granularity)
+            node_index[b].append(feats if toks is None else torch.stack([toks, feats], dim=1))
+            # Graphs live on the CPU whatever the model's device: they are small next to the
+            # model, they are saved, pruned and drawn by CPU code, and one copy here keeps
+            # device tensors from meeting the CPU tensors of those analyses.
             graph_layers[b].append(GraphLayer(
                 hook_name=trace.hook_name, block=trace.block, d_sae=trace.acts.shape[-1],
-                features=feats, tokens=toks, activations=act, deltas=dlt, scores=sc,
-                error_score=float(trace.error_scores[b]),
+                features=feats.cpu(), tokens=None if toks is None else toks.cpu(),
+                activations=act.cpu(), deltas=dlt.cpu(), scores=sc.cpu(),
+                error_score=error_scores[b][k],
             ))
-            node_index[b].append(feats if toks is None else torch.stack([toks, feats], dim=1))
     graph_edges: list[list[Tensor]] = [[] for _ in range(n_images)]
     steps = [(k, group) for k in range(len(layers) - 1) for group in
              _image_groups(node_index, k, granularity, engine)] if edges else []
@@ -83,16 +93,17 @@ def graphs_from_forward(
         found = compute(weights[k], xs, sources=[node_index[b][k] for b in group],
                         targets=[node_index[b][k + 1] for b in group], config=engine)
         for b, e in zip(group, found, strict=True):
-            graph_edges[b].append(e)
+            graph_edges[b].append(e.cpu())
     graphs = []
+    values, classes = forward.values.tolist(), forward.classes.tolist()
     for b in range(n_images):
         if not edges:
             graph_edges[b] = [torch.zeros(len(graph_layers[b][k]) + 1,
                                           len(graph_layers[b][k + 1]))
                               for k in range(len(layers) - 1)]
         graphs.append(Graph(
-            layers=graph_layers[b], edges=graph_edges[b], target_class=int(forward.classes[b]),
-            metric=forward.metric, value=float(forward.values[b]), logits=forward.logits[b],
+            layers=graph_layers[b], edges=graph_edges[b], target_class=int(classes[b]),
+            metric=forward.metric, value=values[b], logits=forward.logits[b].cpu(),
             granularity=granularity, n_tokens=layers[0].acts.shape[1],
             linearised=forward.linearisation == FULL,
             metadata={**(metadata[b] if metadata is not None else {}), "edges": edges},
@@ -150,6 +161,7 @@ def attribute(
         metadata: Per-image dicts stored in each graph.
     """
     require_baselines(baselines, caller="attribute")
+    check_precision(model, saes)  # before the input check, whose dtype message would mislead
     if edges and not linearise:
         raise RRMUserError("edges are defined for the linearised model; pass edges=False to get "
                            "node scores without the linearisation")

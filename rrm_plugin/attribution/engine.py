@@ -111,7 +111,11 @@ def block_weights(model: nn.Module, block: int) -> BlockWeights:
         if norm is None or module is None:
             return None, False
         w = getattr(module, "w", None)
-        return (w.detach() if w is not None else torch.ones(cfg.d_model)), True
+        if w is not None:
+            return w.detach(), True
+        # No gain (LNPre): ones on the block's own device and dtype, not the CPU default.
+        ref = mod.attn.W_V
+        return torch.ones(cfg.d_model, device=ref.device, dtype=ref.dtype), True
 
     ln1_w, ln1_c = ln("ln1")
     has_mlp = hasattr(mod, "mlp")

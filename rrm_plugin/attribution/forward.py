@@ -112,6 +112,24 @@ def check_consecutive(layers: Sequence[tuple[int, str]]) -> None:
         )
 
 
+ATTRIBUTION_DTYPES = (torch.float32, torch.float64)
+
+
+def check_precision(model: nn.Module, saes: Mapping[str, SAE]) -> None:
+    """Refuse half-precision weights: node scores and edges are products and sums of many
+    small gradient terms, and bfloat16 / float16 (8 / 11 significant bits, relative steps of
+    ~4e-3 / ~5e-4) would change which latents the TopK keeps and give graphs that match the
+    float32 model's only to a few percent, silently."""
+    found = {f"model ({p.dtype})" for p in model.parameters() if p.dtype not in ATTRIBUTION_DTYPES}
+    found |= {f"SAE {h} ({s.W_dec.dtype})" for h, s in saes.items()
+              if s.W_dec.dtype not in ATTRIBUTION_DTYPES}
+    if found:
+        raise RRMUserError(
+            f"attribution needs float32 or float64 weights; got {', '.join(sorted(found))}. "
+            "Half precision changes the TopK selections and the summed edge terms; load the "
+            "model and SAEs with dtype float32 (the default) or float64")
+
+
 def attribution_forward(
     model: nn.Module,
     saes: Mapping[str, SAE],
@@ -136,6 +154,7 @@ def attribution_forward(
         capture_blocks: Also keep the constants of the blocks between SAE layers (for edges).
     """
     check_metric(metric)
+    check_precision(model, saes)
     layers = sae_layers(saes)
     if capture_blocks:
         check_consecutive(layers)

@@ -3,6 +3,7 @@ latent), dense or as each target's strongest in-edges (`EngineConfig.token_top_k
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import torch
@@ -141,9 +142,11 @@ def _token_edges(
     dirs = _directions(w, x, latents)
     # The residual path joins a target pair only to the sources of its own token; a chunk holds
     # the pairs of one token, so it meets those sources (`by_token[starts[t]:][:counts[t]]`) only.
+    # Host-side copies, read once: indexing with device scalars inside the loop would sync the
+    # device with the host at every chunk.
     by_token = torch.argsort(ts, stable=True)
-    counts = torch.bincount(ts, minlength=n_pos)
-    starts = counts.cumsum(0) - counts
+    counts = torch.bincount(ts, minlength=n_pos).tolist()
+    starts = [0, *itertools.accumulate(counts)][:-1]
 
     d_model = x.W_dec.shape[1]
     d_mlp = w.W_in.shape[1] if w.W_in is not None else 0
@@ -155,22 +158,24 @@ def _token_edges(
     per_pair = n_src + 1 + d_mlp + 4 * d_model + d_q
     pair_step = max(1, config.chunk_elements // per_pair)
     src_step = max(1, config.chunk_elements // (2 * d_q))
-    token_ends = torch.unique_consecutive(pairs.token, return_counts=True)[1].cumsum(0).tolist()
-    chunks = [(a, min(a + pair_step, end))
-              for begin, end in zip([0, *token_ends[:-1]], token_ends, strict=True)
+    token_ids, token_counts = torch.unique_consecutive(pairs.token, return_counts=True)
+    token_ends = token_counts.cumsum(0).tolist()
+    chunks = [(a, min(a + pair_step, end), tok)
+              for begin, end, tok in zip([0, *token_ends[:-1]], token_ends, token_ids.tolist(),
+                                         strict=True)
               for a in range(begin, end, pair_step)]
-    for start, stop in chunks:
-        t = pairs.token[start:stop]  # one token
+    for start, stop, tok in chunks:
+        t = pairs.token[start:stop]  # one token: `tok`
         o = pairs.latent[start:stop]
         v, q = _pair_vectors(w, x, t, o, dirs, latent_idx[start:stop])
         q_flat = q.flatten(1)
         rows = torch.empty(len(t), n_src, device=device, dtype=q_flat.dtype)
         for s0 in range(0, n_src, src_step):
             block = slice(s0, s0 + src_step)
-            weight = (x.block.pattern[:, t[0], ts[block]] * coeff[block]).T  # [s, head]
+            weight = (x.block.pattern[:, tok, ts[block]] * coeff[block]).T  # [s, head]
             torch.mm(q_flat, (U_heads[block] * weight[:, :, None]).flatten(1).T,
                      out=rows[:, block])
-        own = by_token[starts[t[0]] : starts[t[0]] + counts[t[0]]]  # distinct source indices
+        own = by_token[starts[tok] : starts[tok] + counts[tok]]  # distinct source indices
         rows[:, own] += (v @ W_src[own].T) * c_src[own]
         err = (v * x.src_error_delta[t]).sum(-1) + (q * err_attn[:, t].transpose(0, 1)).sum((1, 2))
         store.add(pairs.column[start:stop], rows, err)

@@ -47,7 +47,7 @@ from torch import Tensor, nn
 
 from rrm_plugin.attribution.baselines import Baselines
 from rrm_plugin.attribution.build import graphs_from_forward
-from rrm_plugin.attribution.forward import attribution_forward
+from rrm_plugin.attribution.forward import attribution_forward, check_precision
 from rrm_plugin.attribution.linearise import FULL, Linearisation
 from rrm_plugin.circuits.circuit import Circuit, clean_errors, intervention_hooks, stack_masks
 from rrm_plugin.circuits.influence import graph_scores, prune_by_influence
@@ -142,9 +142,12 @@ class FaithfulnessConfig:
 def correct_indices(
     model: nn.Module, images: Tensor, labels: Tensor, *, batch_size: int = 256
 ) -> Int[Tensor, " n"]:
+    weight = next(model.parameters())
+
     @torch.no_grad()
     def batch(sl: slice) -> dict[str, Tensor]:
-        return {"correct": model(images[sl]).argmax(-1) == labels[sl]}
+        x = images[sl].to(weight.device, weight.dtype)  # a batch at a time onto the model's device
+        return {"correct": model(x).argmax(-1) == labels[sl].to(weight.device)}
 
     parts = map_batches(batch, n=len(images), batch_size=batch_size, name="correct",
                         progress=False)
@@ -201,7 +204,10 @@ def evaluate_faithfulness(
     progress: bool = True,
 ) -> FaithfulnessResult:
     """Insertion / deletion curves of every method over the correctly classified `images`."""
+    check_precision(model, saes)
     layout = sae_layout(saes, skip_early_layers=config.skip_early_layers)
+    weight = next(model.parameters())
+    baselines = baselines.to(weight.device)  # the neuron method's hooks read them on the device
     correct = correct_indices(model, images, labels)
     if len(correct) == 0:
         raise RRMUserError("no image is classified correctly; faithfulness needs correct images")
@@ -209,7 +215,9 @@ def evaluate_faithfulness(
 
     def batch(sl: slice) -> dict[str, Tensor]:
         idx = chosen[sl]
-        return faithfulness_batch(model, saes, images[idx], labels[idx], baselines=baselines,
+        # The image set may stay on the CPU (paper scale: 1,500 images); each batch moves.
+        x, y = images[idx].to(weight.device, weight.dtype), labels[idx].to(weight.device)
+        return faithfulness_batch(model, saes, x, y, baselines=baselines,
                                   config=config, layout=layout,
                                   batch_index=sl.start // config.batch_size)
 

@@ -25,8 +25,10 @@ def random_masks(
     """Per layer and image, `counts[l][i]` slots of `sizes[l]` drawn without replacement."""
     masks = []
     for count, size in zip(counts, sizes, strict=True):
-        ranks = torch.argsort(torch.rand(len(count), size, generator=generator), dim=-1)
-        masks.append(ranks < count[:, None])
+        # Drawn on the CPU from the CPU generator (the same circuits on every device), then
+        # compared on the counts' device.
+        noise = torch.rand(len(count), size, generator=generator).to(count.device)
+        masks.append(torch.argsort(noise, dim=-1) < count[:, None])
     return masks
 
 
