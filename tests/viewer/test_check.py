@@ -87,7 +87,7 @@ CASES = [
      "edges in increasing order without repeats"),
     (_set(["edges", "total"], 8), "edges.total", "8", f"7 (the non-zero edges {OF})"),
     (_set(["steps", 0, "mode"], "<script>"), "steps[0].mode", "'<script>'",
-     "one of ['edge_rule', 'influence', 'node_rule', 'threshold_rule']"),
+     "one of ['budget', 'edge_rule', 'influence', 'node_rule', 'threshold_rule']"),
     (_set(["steps", 0, "params", "node_threshold"], 2.0), "steps[0].params.node_threshold",
      "2.0", "a finite number in [0.0, 1.0]"),
     (_set(["steps", 0, "nodes"], "!!"), "steps[0].nodes", "'!!'", "base64 text of 1 bytes"),

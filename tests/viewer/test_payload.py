@@ -42,7 +42,7 @@ def test_hand_graph_nodes_and_edges():
 
 def test_hand_graph_keeps_the_strongest_edges_by_magnitude():
     graph = hand_graph()
-    edges = viewer_payload(graph, paper_steps(graph), max_edges=3)["edges"]
+    edges = viewer_payload(graph, paper_steps(graph), max_edges=3, edges_per_node=0)["edges"]
     got = set(zip(edges["source"], edges["target"], edges["weight"], strict=True))
     assert got == {(1, 4, 3.0), (3, 7, 2.5), (0, 5, -2.0)}
     assert edges["total"] == 7
