@@ -44,7 +44,9 @@ import pickle, sys
 from rrm_plugin.attribution.graph import Graph
 from rrm_plugin.viewer.build import build_viewer, write_viewer
 from rrm_plugin.viewer.payload import viewer_payload
-graph_stem, steps_path, out, title = sys.argv[1:5]
+graph_stem, steps_path, out, title, tree = sys.argv[1:6]
+import rrm_plugin
+assert rrm_plugin.__file__.startswith(tree), rrm_plugin.__file__  # the reference code
 graph = Graph.load(graph_stem)
 with open(steps_path, "rb") as f:
     steps = pickle.load(f)
@@ -69,8 +71,10 @@ def old_page(tree: Path, graph_stem: Path, steps, out: Path, title: str) -> Path
     out.mkdir(parents=True, exist_ok=True)
     with open(steps_path, "wb") as f:
         pickle.dump(steps, f)
+    # cwd: `python -c` puts the working directory first on sys.path.
     done = subprocess.run([sys.executable, "-c", OLD_PAGE, str(graph_stem), str(steps_path),
-                           str(out), title], env={**os.environ, "PYTHONPATH": str(tree)},
+                           str(out), title, str(tree.resolve())],
+                          env={**os.environ, "PYTHONPATH": str(tree)}, cwd=tree,
                           capture_output=True, text=True, check=False)
     if done.returncode != 0:
         sys.exit(f"reference page failed:\n{done.stderr[-3000:]}")
@@ -177,7 +181,15 @@ def main() -> None:
     if args.graph is None:
         graph.save(stem)
     t0 = time.perf_counter()
-    steps = influence_steps(graph) + paper_steps(graph)
+    cached = Path(f"{stem}.steps.pkl")
+    if args.graph is not None and cached.is_file():  # the slider circuits of that graph
+        with open(cached, "rb") as f:
+            steps = pickle.load(f)
+    else:
+        steps = influence_steps(graph) + paper_steps(graph)
+        if args.graph is not None:  # for reruns: the pruning is the slow part on a CPU
+            with open(cached, "wb") as f:
+                pickle.dump(steps, f)
     t1 = time.perf_counter()
     extra = budget_steps(graph)
     title = "ViT-B/16-shaped random model, random paper-size SAEs (graph only)"
