@@ -21,6 +21,7 @@ from rrm_plugin.viewer.render import write_html, write_index
 from rrm_plugin.viewer.steps import (
     EDGE_THRESHOLDS,
     NODE_THRESHOLDS,
+    budget_steps,
     influence_steps,
     paper_steps,
 )
@@ -62,7 +63,7 @@ def build_viewer(
         graph,
         node_thresholds=sorted({*NODE_THRESHOLDS, float(default["node_threshold"])}),
         edge_thresholds=sorted({*EDGE_THRESHOLDS, float(default["edge_threshold"])}),
-    ) + paper_steps(graph)
+    ) + paper_steps(graph) + budget_steps(graph)  # the budget curve's circuits
     context = None
     if model is not None:
         if saes is None or image is None or baselines is None:

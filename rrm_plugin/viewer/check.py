@@ -30,7 +30,7 @@ TOP_KEYS = {"schema", "title", "target", "granularity", "n_tokens", "n_prefix", 
             "nodes", "edges", "steps", "default_step", "scores", "reference", "image", "heat",
             "cards", "metadata"}
 STEP_PARAMS = {"influence": {"node_threshold", "edge_threshold"}, "node_rule": {"p"},
-               "edge_rule": {"p"}, "threshold_rule": {"tau"}}
+               "edge_rule": {"p"}, "threshold_rule": {"tau"}, "budget": {"node_budget"}}
 READOUT = {"logit", "adjusted_logit", "probability", "predicted_class"}
 # Influence is recomputed here with float32 products whose summation order may differ from the
 # machine that traced (threads, device) on top of the 6-significant-digit rounding of the file.
@@ -160,7 +160,10 @@ def _check_steps(f: Fields, payload: dict, *, n_nodes: int, n_edges: int, graph:
             raise f.fail(f"{at}.mode", step["mode"], f"one of {sorted(STEP_PARAMS)}")
         params = f.obj(step["params"], f"{at}.params", required=STEP_PARAMS[step["mode"]])
         for key, value in params.items():
-            f.number(value, f"{at}.params.{key}", low=0.0, high=1.0)
+            if key == "node_budget":
+                f.integer(value, f"{at}.params.{key}", low=1, high=n_nodes - 1)
+            else:
+                f.number(value, f"{at}.params.{key}", low=0.0, high=1.0)
         bits = _mask(f, step["nodes"], f"{at}.nodes", n_nodes - 1)
         f.equal(step["node_count"], f"{at}.node_count", bits, "the nodes its mask keeps")
         _mask(f, step["edges"], f"{at}.edges", n_edges)

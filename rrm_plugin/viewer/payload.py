@@ -18,11 +18,11 @@ from jaxtyping import Float
 from torch import Tensor
 
 from rrm_plugin.attribution.graph import Graph
-from rrm_plugin.circuits.edge_readers import layered_adjacency, layered_influence
 from rrm_plugin.circuits.influence import graph_scores
 from rrm_plugin.errors import RRMUserError
 from rrm_plugin.viewer.cards import check_cards
-from rrm_plugin.viewer.steps import CircuitStep, pack_bits
+from rrm_plugin.viewer.steps import CircuitStep, node_influence, pack_bits
+from rrm_plugin.viewer.steps import rounded as _round
 
 PAYLOAD_SCHEMA = "rrm-circuit-viewer/1"
 NODE_FEATURE, NODE_ERROR, NODE_LOGIT = 0, 1, 2
@@ -53,13 +53,6 @@ class ImageContext:
     reference: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
-def _round(values: Tensor | Sequence[float], digits: int = 6) -> list[float]:
-    array = np.asarray(values.detach().cpu().float() if isinstance(values, Tensor) else values,
-                       dtype=np.float64)
-    out = [float(f"{v:.{digits}g}") for v in array.tolist()]
-    return out
-
-
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
@@ -80,7 +73,7 @@ def _nodes(graph: Graph) -> dict[str, list]:
         kind += [NODE_FEATURE] * n + [NODE_ERROR]
         score += _round(lay.scores) + _round([lay.error_score])
         activation += _round(lay.activations) + [0.0]
-    influence = _round(torch.cat(layered_influence(layered_adjacency(graph))))
+    influence = node_influence(graph)
     top = len(graph.layers)
     return {"layer": layer + [top], "feature": feature + [-1], "token": token + [-1],
             "kind": kind + [NODE_LOGIT], "score": score + _round([graph.value]),
@@ -109,13 +102,30 @@ def _step_edge_flat(step: CircuitStep) -> Tensor:
     return torch.cat([m.flatten() for m in step.edge_masks] + [step.logit_edges])
 
 
-def embedded_edges(graph: Graph, max_edges: int) -> Tensor:
-    """Flat indices of the non-zero edges the page carries: the `max_edges` strongest."""
-    _, _, weights = _flat_edges(graph)
+def embedded_edges(graph: Graph, max_edges: int, per_node: int = 0) -> Tensor:
+    """Flat indices of the non-zero edges the page carries: the `max_edges` strongest, and
+    every node's `per_node` strongest incoming and outgoing edges (the page's edge budget)."""
+    sources, targets, weights = _flat_edges(graph)
     nonzero = torch.nonzero(weights != 0)[:, 0]
+    keep = torch.zeros(len(weights), dtype=torch.bool)
     if len(nonzero) > max_edges:
-        nonzero = nonzero[weights[nonzero].abs().topk(max_edges).indices]
-    return nonzero.sort().values
+        keep[nonzero[weights[nonzero].abs().topk(max_edges).indices]] = True
+    else:
+        keep[nonzero] = True
+    if per_node > 0 and len(nonzero) > max_edges:
+        strength = weights[nonzero].abs()
+        for ends in (sources[nonzero], targets[nonzero]):
+            # Rank within each node: sort by strength, then stably by node, and keep the first
+            # `per_node` of every run of equal node ids.
+            by_strength = strength.argsort(descending=True, stable=True)
+            by_node = ends[by_strength].argsort(stable=True)
+            ordered = by_strength[by_node]
+            node = ends[ordered]
+            first = torch.ones_like(node, dtype=torch.bool)
+            first[1:] = node[1:] != node[:-1]
+            start = torch.cummax(torch.where(first, torch.arange(len(node)), 0), 0).values
+            keep[nonzero[ordered[torch.arange(len(node)) - start < per_node]]] = True
+    return torch.nonzero(keep)[:, 0]
 
 
 def _cards(
@@ -156,6 +166,7 @@ def viewer_payload(
     title: str = "",
     default_params: Mapping[str, float] | None = None,
     max_edges: int = 20_000,
+    edges_per_node: int = 10,
     max_cards: int = 2_000,
 ) -> dict[str, Any]:
     """The JSON object the page reads (`rrm-circuit-viewer/1`).
@@ -168,6 +179,8 @@ def viewer_payload(
         title: Page title.
         default_params: The influence step shown first (default: node 0.8, edge 0.98).
         max_edges: Strongest edges embedded (all of them decide the circuits).
+        edges_per_node: Also embedded: each node's strongest incoming and outgoing edges (the
+            most the page's per-node edge budget shows).
         max_cards: Latent nodes with a feature card, by influence (the rest show their numbers).
     """
     if not steps:
@@ -179,7 +192,7 @@ def viewer_payload(
     n_latent = sum(len(layer) for layer in graph.layers)
     nodes = _nodes(graph)
     sources, targets, weights = _flat_edges(graph)
-    keep = embedded_edges(graph, max_edges)
+    keep = embedded_edges(graph, max_edges, edges_per_node)
     default = dict(default_params or {"node_threshold": 0.8, "edge_threshold": 0.98})
     default_index = next((i for i, s in enumerate(steps) if s.params == default), 0)
 

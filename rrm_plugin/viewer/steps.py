@@ -17,6 +17,7 @@ from jaxtyping import Bool
 from torch import Tensor
 
 from rrm_plugin.attribution.graph import Graph
+from rrm_plugin.circuits.edge_readers import layered_adjacency, layered_influence
 from rrm_plugin.circuits.influence import prune_by_influence_grid
 from rrm_plugin.circuits.pruning import PAPER_SWEEP, edge_rule, node_rule_on_graph
 
@@ -24,6 +25,10 @@ from rrm_plugin.circuits.pruning import PAPER_SWEEP, edge_rule, node_rule_on_gra
 NODE_THRESHOLDS: tuple[float, ...] = tuple(round(0.05 * i, 2) for i in range(1, 21))
 EDGE_THRESHOLDS: tuple[float, ...] = (0.8, 0.9, 0.95, 0.98, 0.99, 1.0)
 TAU_STEPS: tuple[float, ...] = tuple(round(0.1 * i, 1) for i in range(1, 11))
+# Node budgets of the budget curve (the whole graph is added as its last point); the page's
+# default budget is one of them, so its readouts are measured, not interpolated.
+NODE_BUDGETS: tuple[int, ...] = (10, 20, 40, 80, 160, 320, 640)
+DEFAULT_BUDGET = 40
 
 
 @dataclass(frozen=True)
@@ -58,6 +63,23 @@ class CircuitStep:
     def layer_masks(self, graph: Graph) -> list[Bool[Tensor, " n_plus_error"]]:
         """The node mask split per layer, as the pruning functions return it."""
         return list(torch.split(self.nodes, [len(layer) + 1 for layer in graph.layers]))
+
+
+def rounded(values: Tensor | Sequence[float], digits: int = 6) -> list[float]:
+    """Floats to `digits` significant digits: the numbers the page's JSON carries."""
+    array = np.asarray(values.detach().cpu().float() if isinstance(values, Tensor) else values,
+                       dtype=np.float64)
+    return [float(f"{v:.{digits}g}") for v in array.tolist()]
+
+
+def node_influence(graph: Graph) -> list[float]:
+    """Influence on the logit of every node in viewer order (latents + errors), as embedded."""
+    return rounded(torch.cat(layered_influence(layered_adjacency(graph))))
+
+
+def influence_ranking(influence: Sequence[float]) -> list[int]:
+    """Nodes by influence, largest first, ties by node index (the page sorts the same way)."""
+    return sorted(range(len(influence)), key=lambda i: (-influence[i], i))
 
 
 def _between(graph: Graph, masks: Sequence[Tensor]) -> tuple[list[Tensor], Tensor]:
@@ -103,6 +125,24 @@ def paper_steps(
     for tau in taus:
         masks = node_rule_on_graph(graph, tau=tau)
         steps.append(_step("threshold_rule", {"tau": tau}, masks, *_between(graph, masks)))
+    return steps
+
+
+def budget_steps(
+    graph: Graph, *, budgets: Sequence[int] = NODE_BUDGETS
+) -> list[CircuitStep]:
+    """The `N` most influential nodes (latents and errors, ranked on the embedded influence) for
+    every budget below the graph's size and the whole graph; edges: those between kept nodes."""
+    influence = node_influence(graph)
+    n = len(influence)
+    order = torch.tensor(influence_ranking(influence), dtype=torch.long)
+    sizes = [len(layer) + 1 for layer in graph.layers]
+    steps = []
+    for budget in sorted({b for b in budgets if 0 < b < n} | {n}):
+        keep = torch.zeros(n, dtype=torch.bool)
+        keep[order[:budget]] = True
+        masks = list(torch.split(keep, sizes))
+        steps.append(_step("budget", {"node_budget": budget}, masks, *_between(graph, masks)))
     return steps
 
 

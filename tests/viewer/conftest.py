@@ -41,3 +41,22 @@ def token_graph(vit, saes, images, baselines):  # noqa: F811
     from rrm_plugin.attribution.build import attribute
 
     return attribute(vit, saes, images[:1], baselines=baselines, granularity="token")[0]
+
+
+@pytest.fixture(scope="session")
+def digits(tmp_path_factory):
+    """The viewer of a held-out digit (the embedded model), as `rrm trace` builds it."""
+    import rrm_plugin
+    from rrm_plugin.attribution import attribute
+    from rrm_plugin.viewer.build import build_viewer, write_viewer
+    from rrm_plugin.zoo.baselines import load_release_baselines
+
+    model = rrm_plugin.load_model("digits-vit")
+    release = rrm_plugin.load_saes("rrm-digits-vit")
+    medians = load_release_baselines("rrm-digits-vit", release)
+    image = rrm_plugin.load_test_set("digits-vit").images[5]
+    graph = attribute(model, release, image[None], baselines=medians)[0]
+    payload = build_viewer(graph, model=model, saes=release, image=image, baselines=medians,
+                           title="digits-vit: held-out image 5")
+    out = tmp_path_factory.mktemp("viewer")
+    return graph, payload, write_viewer(out, payload)

@@ -15,24 +15,6 @@ pytestmark = pytest.mark.skipif(REASON is not None, reason=f"no browser: {REASON
 
 
 @pytest.fixture(scope="module")
-def digits(tmp_path_factory):
-    """The viewer of a held-out digit (the embedded model), as `rrm trace` builds it."""
-    import rrm_plugin
-    from rrm_plugin.attribution import attribute
-    from rrm_plugin.zoo.baselines import load_release_baselines
-
-    model = rrm_plugin.load_model("digits-vit")
-    saes = rrm_plugin.load_saes("rrm-digits-vit")
-    baselines = load_release_baselines("rrm-digits-vit", saes)
-    image = rrm_plugin.load_test_set("digits-vit").images[5]
-    graph = attribute(model, saes, image[None], baselines=baselines)[0]
-    payload = build_viewer(graph, model=model, saes=saes, image=image, baselines=baselines,
-                           title="digits-vit: held-out image 5")
-    out = tmp_path_factory.mktemp("viewer")
-    return graph, payload, write_viewer(out, payload)
-
-
-@pytest.fixture(scope="module")
 def session(digits):
     _, _, page_path = digits
     with browser_page() as (page, events):
@@ -41,8 +23,17 @@ def session(digits):
 
 
 def python_drawn(masks) -> int:
-    """Nodes the page must draw: the kept latents and errors, plus the logit node."""
+    """Nodes the page must draw with no node budget: the kept latents and errors, plus the
+    logit node."""
     return int(sum(int(m.sum()) for m in masks)) + 1
+
+
+def reset(page, *, budget: int = 40, edges: int = 3) -> None:
+    """The default view again (the session's page is shared by the tests)."""
+    page.evaluate("rrmViewer.state.supers.length = 0; rrmViewer.state.subgraph = false;"
+                  "rrmViewer.resetZoom(); rrmViewer.pin(-1);"
+                  f"rrmViewer.setEdgeBudget({edges}); rrmViewer.setBudget({budget});"
+                  "rrmViewer.setStep(rrmViewer.data.default_step)")
 
 
 def test_loads_offline_without_errors(session, digits):
@@ -57,6 +48,7 @@ def test_loads_offline_without_errors(session, digits):
 def test_default_view_draws_the_python_circuit(session, digits):
     page, _ = session
     graph = digits[0]
+    reset(page, budget=10**9, edges=0)  # no node or edge budget: the whole circuit
     expected = prune_by_influence(graph, node_threshold=0.8, edge_threshold=0.98)
     assert page.evaluate("rrmViewer.drawnNodes") == python_drawn(expected.node_masks)
     assert page.inner_text("#stat-drawn-nodes") == str(python_drawn(expected.node_masks))
@@ -69,6 +61,7 @@ def test_default_view_draws_the_python_circuit(session, digits):
 def test_node_slider_redraws_as_python_prunes(session, digits):
     page, _ = session
     graph = digits[0]
+    reset(page, budget=10**9)
     slider = page.locator("#node-slider")
     seen = set()
     slider.focus()
@@ -90,6 +83,7 @@ def test_node_slider_redraws_as_python_prunes(session, digits):
 def test_paper_rule_toggle(session, digits):
     page, _ = session
     graph = digits[0]
+    reset(page, budget=10**9)
     page.select_option("#mode", "edge_rule")
     p = float(page.inner_text("#paper-value"))
     assert page.inner_text("#paper-name") == "p"
@@ -111,7 +105,7 @@ def _strongest_drawn_feature(page, payload):
 def test_hover_shows_the_card(session, digits):
     page, _ = session
     payload = digits[1]
-    page.select_option("#mode", "influence")
+    reset(page)
     node = _strongest_drawn_feature(page, payload)
     at = page.evaluate(f"rrmViewer.nodePosition({node})")
     page.mouse.move(at["x"], at["y"])
@@ -181,6 +175,7 @@ def test_token_granularity_page(tmp_path, session, vit, saes, images, baselines)
     path = write_viewer(tmp_path, payload)
     page, events = session  # one Playwright per module: the sync API cannot nest
     open_viewer(page, path)
+    reset(page, budget=10**9)
     expected = prune_by_influence(graph)
     assert page.evaluate("rrmViewer.drawnNodes") == python_drawn(expected.node_masks)
     node = next(n for n in page.evaluate("rrmViewer.drawnList()")

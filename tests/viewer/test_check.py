@@ -11,7 +11,7 @@ from rrm_plugin.io import CorruptFileError
 from rrm_plugin.viewer.build import build_viewer
 from rrm_plugin.viewer.check import check_payload
 from rrm_plugin.viewer.payload import ImageContext, viewer_payload
-from rrm_plugin.viewer.steps import influence_steps, paper_steps
+from rrm_plugin.viewer.steps import budget_steps, influence_steps, paper_steps
 from tests.viewer.conftest import hand_graph
 
 READOUT = {"logit": 2.0, "adjusted_logit": 1.5, "probability": 0.75, "predicted_class": 1}
@@ -23,7 +23,7 @@ def full_payload() -> dict:
     """The hand graph's payload with every optional part (image, heat, lens, runs)."""
     graph = hand_graph()
     steps = influence_steps(graph, node_thresholds=(0.5, 0.8), edge_thresholds=(0.98,)) + \
-        paper_steps(graph)
+        paper_steps(graph) + budget_steps(graph, budgets=(2,))
     context = ImageContext(
         image_png=b"\x89PNG", grid=(2, 2), n_prefix=1,
         patch_activations=torch.arange(20.0).reshape(5, 4),
@@ -87,7 +87,7 @@ CASES = [
      "edges in increasing order without repeats"),
     (_set(["edges", "total"], 8), "edges.total", "8", f"7 (the non-zero edges {OF})"),
     (_set(["steps", 0, "mode"], "<script>"), "steps[0].mode", "'<script>'",
-     "one of ['edge_rule', 'influence', 'node_rule', 'threshold_rule']"),
+     "one of ['budget', 'edge_rule', 'influence', 'node_rule', 'threshold_rule']"),
     (_set(["steps", 0, "params", "node_threshold"], 2.0), "steps[0].params.node_threshold",
      "2.0", "a finite number in [0.0, 1.0]"),
     (_set(["steps", 0, "nodes"], "!!"), "steps[0].nodes", "'!!'", "base64 text of 1 bytes"),
@@ -96,7 +96,11 @@ CASES = [
     (_set(["steps", 0, "edges"], "AAAA"), "steps[0].edges", "base64 of 3 bytes", "1 bytes"),
     (_set(["steps", 1, "runs", "deletion", "probability"], 2.0),
      "steps[1].runs.deletion.probability", "2.0", "a finite number in [0.0, 1.0]"),
-    (_set(["default_step"], 99), "default_step", "99", "an integer in [0, 33]"),
+    (_set(["default_step"], 99), "default_step", "99", "an integer in [0, 35]"),
+    (_set(["steps", 35, "params", "node_budget"], 8), "steps[35].params.node_budget", "8",
+     "an integer in [1, 7]"),
+    (_set(["steps", 34, "params", "node_budget"], 0.5), "steps[34].params.node_budget", "0.5",
+     "an integer in [1, 7]"),
     (_set(["scores", "replacement"], None), "scores.replacement", "None", "a finite number"),
     (_set(["reference", "clean", "predicted_class"], 3), "reference.clean.predicted_class", "3",
      "an integer in [0, 2]"),

@@ -4,6 +4,7 @@ import base64
 import json
 import re
 
+import numpy as np
 import pytest
 import torch
 
@@ -42,7 +43,7 @@ def test_hand_graph_nodes_and_edges():
 
 def test_hand_graph_keeps_the_strongest_edges_by_magnitude():
     graph = hand_graph()
-    edges = viewer_payload(graph, paper_steps(graph), max_edges=3)["edges"]
+    edges = viewer_payload(graph, paper_steps(graph), max_edges=3, edges_per_node=0)["edges"]
     got = set(zip(edges["source"], edges["target"], edges["weight"], strict=True))
     assert got == {(1, 4, 3.0), (3, 7, 2.5), (0, 5, -2.0)}
     assert edges["total"] == 7
@@ -205,3 +206,49 @@ def test_page_is_self_contained_and_escapes_the_payload():
     # Nothing is fetched: no URLs in attributes, and a CSP that forbids loading anything.
     assert not re.search(r"(src|href)\s*=\s*[\"']?(https?:)?//", page)
     assert "default-src 'none'" in page
+
+
+def test_budget_steps_keep_the_most_influential_nodes(graph):
+    from rrm_plugin.circuits.edge_readers import layered_adjacency, layered_influence
+    from rrm_plugin.viewer.steps import budget_steps
+
+    # Oracle: the influence recomputed here, rounded as the JSON carries it, ranked by numpy.
+    influence = torch.cat(layered_influence(layered_adjacency(graph))).double().numpy()
+    influence = np.array([float(f"{v:.6g}") for v in influence])
+    n = len(influence)
+    ranking = np.lexsort((np.arange(n), -influence))
+    steps = budget_steps(graph, budgets=(1, 5, 10, 10_000))
+    assert [s.params["node_budget"] for s in steps] == [1, 5, 10, n]
+    for step in steps:
+        b = step.params["node_budget"]
+        assert set(torch.nonzero(step.nodes)[:, 0].tolist()) == set(ranking[:b].tolist())
+        masks = step.layer_masks(graph)
+        for k, edges in enumerate(step.edge_masks):
+            assert torch.equal(edges, masks[k][:, None] & masks[k + 1][None, :-1])
+        assert torch.equal(step.logit_edges, masks[-1])
+    payload = viewer_payload(graph, paper_steps(graph) + steps)
+    rows = [r for r in payload["steps"] if r["mode"] == "budget"]
+    assert [r["node_count"] for r in rows] == [1, 5, 10, n]
+
+
+def test_each_node_carries_its_strongest_edges(graph):
+    from rrm_plugin.viewer.payload import _flat_edges
+
+    sources, targets, weights = (t.tolist() for t in _flat_edges(graph))
+    nonzero = [e for e in range(len(weights)) if weights[e] != 0]
+    assert len(nonzero) > 100
+    per_node, top = 2, 20
+    # Oracle with plain loops: the `top` strongest, and each node's 2 strongest in and out.
+    order = sorted(nonzero, key=lambda e: (-abs(weights[e]), e))
+    expected = set(order[:top])
+    for ends in (sources, targets):
+        seen: dict[int, int] = {}
+        for e in order:
+            if seen.get(ends[e], 0) < per_node:
+                expected.add(e)
+                seen[ends[e]] = seen.get(ends[e], 0) + 1
+    edges = viewer_payload(graph, paper_steps(graph), max_edges=top,
+                           edges_per_node=per_node)["edges"]
+    got = set(zip(edges["source"], edges["target"], strict=True))
+    assert got == {(sources[e], targets[e]) for e in expected}
+    assert top < len(got) < len(nonzero)
