@@ -107,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
         if labels is None:
             # Unlabelled images: explain the predicted class (every image counts as "correct").
             labels = predicted_labels(ws.model, loaded.images, batch_size=args.batch_size)
-        baselines, how = resolve_baselines(ws.model, ws.saes, images=loaded.images,
+        baselines, how, _ = resolve_baselines(ws.model, ws.saes, images=loaded.images,
                                            path=args.baselines)
         run.extend_key(baseline_tensors(baselines))
         config = FaithfulnessConfig(n_images=args.n_images, seed=args.seed, metric=args.metric,

@@ -98,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
                      progress=progress) as run:
         baselines = what = None
         if args.n_circuit_images != 0:
-            baselines, what = resolve_baselines(ws.model, saes, images=loaded.images,
+            baselines, what, _ = resolve_baselines(ws.model, saes, images=loaded.images,
                                                 path=args.baselines, release=ws.release)
             run.extend_key(baseline_tensors(baselines))
         dash = build_dashboards(

@@ -157,6 +157,7 @@ def viewer_payload(
     default_params: Mapping[str, float] | None = None,
     max_edges: int = 20_000,
     max_cards: int = 2_000,
+    warning: str | None = None,
 ) -> dict[str, Any]:
     """The JSON object the page reads (`rrm-circuit-viewer/1`).
 
@@ -169,12 +170,15 @@ def viewer_payload(
         default_params: The influence step shown first (default: node 0.8, edge 0.98).
         max_edges: Strongest edges embedded (all of them decide the circuits).
         max_cards: Latent nodes with a feature card, by influence (the rest show their numbers).
+        warning: Shown prominently by the page (`"warning"`: the text, or null).
     """
     if not steps:
         raise RRMUserError(
             "the viewer needs at least one circuit step (see rrm_plugin.viewer.steps)")
     if cards is not None:
         check_cards(cards, "feature cards")
+    if warning is not None and not isinstance(warning, str):
+        raise RRMUserError(f"warning must be a string or None, got {type(warning).__name__}")
     context = context or ImageContext()
     n_latent = sum(len(layer) for layer in graph.layers)
     nodes = _nodes(graph)
@@ -213,7 +217,7 @@ def viewer_payload(
 
     scores = graph_scores(graph)
     return {
-        "schema": PAYLOAD_SCHEMA, "title": title,
+        "schema": PAYLOAD_SCHEMA, "title": title, "warning": warning,
         "target": {"class": graph.target_class, "metric": graph.metric, "value": graph.value},
         "granularity": graph.granularity, "n_tokens": graph.n_tokens,
         "n_prefix": context.n_prefix, "grid": list(context.grid),
