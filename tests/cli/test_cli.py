@@ -103,8 +103,8 @@ def test_own_model_and_release_folders_work_in_every_command(tmp_path, capsys):
     printed = capsys.readouterr()
     assert "baselines: zero (one input image)" in printed.out and "warning" not in printed.out
     assert printed.err.count("warning: ") == 1
-    assert (f"warning: baselines are zero (one input image), not the paper's per-position "
-            f"medians over a dataset") in printed.err
+    assert ("warning: baselines are zero (one input image), not the paper's per-position "
+            "medians over a dataset") in printed.err
     assert f"`rrm baselines {' '.join(own)} --images IMAGES...`" in printed.err
     summary = json.loads((tmp_path / "t0" / "summary.json").read_text())
     assert printed.err.strip() == f"warning: {summary['warning']}"
