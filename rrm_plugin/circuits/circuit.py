@@ -178,6 +178,26 @@ def intervention_hooks(
     return hooks
 
 
+def check_circuits(saes: Mapping[str, SAE], circuits: Sequence[Circuit]) -> dict[str, SAE]:
+    """The SAEs of the circuits' layers (bottom to top), after checking that every circuit
+    fits them."""
+    hook_names = circuits[0].hook_names
+    missing = [h for h in hook_names if h not in saes]
+    if missing:
+        raise UnknownNameError(
+            f"circuit uses hook(s) {missing} that have no SAE; SAEs: {list(saes)}")
+    for circuit in circuits:
+        if circuit.hook_names != hook_names:
+            raise RRMUserError(f"circuits over different layers: {circuit.hook_names} and "
+                               f"{hook_names}")
+        for hook, mask in zip(circuit.hook_names, circuit.latents, strict=True):
+            if mask.shape[-1] != saes[hook].cfg.d_sae:
+                raise RRMUserError(f"circuit layer {hook!r} has {mask.shape[-1]} latents, the SAE "
+                                   f"there has {saes[hook].cfg.d_sae}; the circuit was built for "
+                                   "other SAEs")
+    return {h: saes[h] for h in hook_names}
+
+
 @torch.no_grad()
 def run_circuits(
     model: nn.Module,
@@ -199,25 +219,15 @@ def run_circuits(
         circuits = [circuits] * len(images)
     if len(circuits) != len(images):
         raise RRMUserError(f"got {len(circuits)} circuits for {len(images)} images")
-    hook_names = circuits[0].hook_names
-    missing = [h for h in hook_names if h not in saes]
-    if missing:
-        raise UnknownNameError(
-            f"circuit uses hook(s) {missing} that have no SAE; SAEs: {list(saes)}")
-    used = {h: saes[h] for h in hook_names}
+    used = check_circuits(saes, circuits)
     require_baselines(baselines, caller="run_circuits")
     baselines.check(used)
-    for circuit in circuits:
-        for hook, mask in zip(circuit.hook_names, circuit.latents, strict=True):
-            if hook not in saes or mask.shape[-1] != saes[hook].cfg.d_sae:
-                raise RRMUserError(f"circuit layer {hook!r} has {mask.shape[-1]} latents, the SAE "
-                                   f"there has {saes[hook].cfg.d_sae if hook in saes else 'none'}; "
-                                   "the circuit was built for other SAEs")
     if errors is None:
         errors = clean_errors(model, used, images)
     n_tokens = next(iter(errors.values())).shape[1]
     latent_masks, error_masks = stack_masks(circuits, n_tokens)
-    hooks = intervention_hooks(hook_names, latent_masks, error_masks, baselines=baselines,
+    hooks = intervention_hooks(list(used), latent_masks, error_masks, baselines=baselines,
                                errors=errors, mode=mode)
-    with splice_saes(model, used, keep_error=True):
+    # The error hooks replace every error, so the splice need not compute the clean one.
+    with splice_saes(model, used, keep_error=True, fixed_errors=errors):
         return model.run_with_hooks(images, fwd_hooks=hooks)

@@ -77,13 +77,13 @@ class DenseEdges:
         return [adjacency.blocks[k].T * influence[k + 1][None, :-1]
                 for k in range(len(adjacency.blocks))]
 
-    def sources_with(self, k: int, edge_mask: Tensor) -> Tensor:
-        """Nodes of layer k (error last) with a masked edge into layer k+1."""
-        return edge_mask.any(1)
+    def reached_targets(self, k: int, edge_mask: Tensor, sources: Tensor) -> Tensor:
+        """Latents of layer k+1 with a masked edge from one of `sources` (layer k)."""
+        return edge_mask[sources].any(0)
 
-    def targets_with(self, k: int, edge_mask: Tensor) -> Tensor:
-        """Latents of layer k+1 with a masked edge from layer k."""
-        return edge_mask.any(0)
+    def reaching_sources(self, k: int, edge_mask: Tensor, targets: Tensor) -> Tensor:
+        """Nodes of layer k with a masked edge into one of `targets` (latents of layer k+1)."""
+        return edge_mask[:, targets].any(1)
 
     def error_shares(self, adjacency: Adjacency) -> list[Tensor]:
         """Each latent's share of normalised incoming weight from its sources' error node."""
@@ -155,14 +155,22 @@ class SparseEdges:
         return [adjacency.blocks[k] * influence[k + 1][p.cols] for k, p in enumerate(self.pairs)]
 
     def sources_with(self, k: int, edge_mask: Tensor) -> Tensor:
+        """Nodes of layer k (error last) with a masked entry into layer k+1."""
         reached = torch.zeros(self.pairs[k].shape[0], dtype=torch.bool)
         reached[self.pairs[k].rows[edge_mask]] = True
         return reached
 
     def targets_with(self, k: int, edge_mask: Tensor) -> Tensor:
+        """Latents of layer k+1 with a masked entry from layer k."""
         reached = torch.zeros(self.pairs[k].shape[1], dtype=torch.bool)
         reached[self.pairs[k].cols[edge_mask]] = True
         return reached
+
+    def reached_targets(self, k: int, edge_mask: Tensor, sources: Tensor) -> Tensor:
+        return self.targets_with(k, edge_mask & sources[self.pairs[k].rows])
+
+    def reaching_sources(self, k: int, edge_mask: Tensor, targets: Tensor) -> Tensor:
+        return self.sources_with(k, edge_mask & targets[self.pairs[k].cols])
 
     def error_shares(self, adjacency: Adjacency) -> list[Tensor]:
         shares = []

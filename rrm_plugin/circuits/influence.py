@@ -106,19 +106,25 @@ def _drop_unconnected(
     logit_mask: Tensor,
 ) -> tuple[list[Tensor], list[Tensor], Tensor]:
     """Drop nodes without an outgoing kept edge (or an incoming one above the bottom layer) and
-    the edges they ended, until nothing changes."""
-    changed = True
-    while changed:
-        old = [n.clone() for n in nodes]
-        for k in range(len(nodes)):
-            outgoing = logit_mask if k == len(nodes) - 1 else edges.sources_with(k, edge_masks[k])
-            nodes[k] &= outgoing
-            if k > 0:
-                nodes[k][:-1] &= edges.targets_with(k - 1, edge_masks[k - 1])
-        edge_masks = [m & b for m, b in zip(edge_masks, edges.between(nodes), strict=True)]
-        logit_mask &= nodes[-1]
-        changed = any(not torch.equal(a, b) for a, b in zip(old, nodes, strict=True))
-    return nodes, edge_masks, logit_mask
+    the edges they ended, until nothing changes: circuit-tracer's repeated sweep.
+
+    Its fixed point is the set of nodes on a complete path (a source: bottom-layer latent or any
+    error node, up through kept nodes and edges, to a kept logit edge): every node of that set
+    has its path's neighbours in it, and a node left after the sweeps reaches a source by its
+    incoming edges and the logit by its outgoing ones. So it is computed in two passes, one up
+    and one down, instead of repeated sweeps over every edge matrix.
+    """
+    up = [nodes[0]]  # reached from a source
+    for k in range(len(nodes) - 1):
+        reached = nodes[k + 1].clone()
+        reached[:-1] &= edges.reached_targets(k, edge_masks[k], up[k])
+        up.append(reached)
+    down = [torch.zeros(0, dtype=torch.bool)] * len(nodes)  # reaching the logit
+    down[-1] = up[-1] & logit_mask
+    for k in range(len(nodes) - 2, -1, -1):
+        down[k] = up[k] & edges.reaching_sources(k, edge_masks[k], down[k + 1][:-1])
+    edge_masks = [m & b for m, b in zip(edge_masks, edges.between(down), strict=True)]
+    return down, edge_masks, logit_mask & down[-1]
 
 
 class GraphScores(NamedTuple):

@@ -115,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
         reference_name = args.reference_model or "digits-vit-balanced"
     selection, validation, test = (
         s._replace(images=s.images.to(args.device)) for s in (selection, validation, test))
-    baselines, how = resolve_baselines(ws.model, ws.saes, images=selection.images,
+    baselines, how, _ = resolve_baselines(ws.model, ws.saes, images=selection.images,
                                        path=args.baselines)
     reference = None
     if reference_name is not None and reference_name.lower() != "none":

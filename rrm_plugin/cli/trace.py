@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from rrm_plugin.cli import checks
@@ -88,6 +89,8 @@ def run(args: argparse.Namespace) -> int:
         feature_cards=args.feature_cards, config=config, overwrite=args.overwrite)
     summary = result.summary()
     print(f"baselines: {result.baselines}")
+    if result.warning:
+        print(f"warning: {result.warning}", file=sys.stderr)
     print(f"class {summary['target_class']} ({summary['metric']} {summary['value']:.3f}); "
           f"circuit: {summary['circuit_nodes']} nodes, {summary['circuit_edges']} edges of a "
           f"{summary['graph_nodes']}-node graph")

@@ -74,6 +74,8 @@ class _Splice:
     relays: list[_Relay]
     positions: slice | None = None
     """Covered token positions, None for all; elsewhere the error is kept even if dropped."""
+    fixed_error: Tensor | None = None
+    """The error term to use instead of x minus the clean reconstruction (`splice_saes`)."""
 
     def has_user_hooks(self) -> bool:
         return any(getattr(self.host_hooks[n], "fwd_hooks", None) for n in _RELAYED)
@@ -89,17 +91,28 @@ class _Splice:
                 f"spliced there has d_in={self.sae.cfg.d_in}"
             )
         sae = self.sae
-        if self.has_user_hooks():
+        if self.fixed_error is not None:
+            try:
+                raw_error = self.fixed_error.detach().expand_as(x)
+            except RuntimeError as e:
+                raise RRMUserError(
+                    f"fixed error at {module.name or 'hook'} has shape "
+                    f"{list(self.fixed_error.shape)}, the activation there {list(x.shape)}"
+                ) from e
+            # The clean reconstruction would only serve the error: one SAE pass, not two.
+            recon = sae.decode(sae.encode(x))
+        elif self.has_user_hooks():
             # Hooks may edit features: the error must still be that of the clean reconstruction.
             self.set_relay(False)
             with torch.no_grad():
                 clean_recon = sae.decode(sae.encode(x))
             self.set_relay(True)
             recon = sae.decode(sae.encode(x))
+            raw_error = (x - clean_recon).detach()
         else:
             recon = sae.decode(sae.encode(x))
-            clean_recon = recon
-        error = self.host_hooks["hook_sae_error"]((x - clean_recon).detach())
+            raw_error = (x - recon).detach()
+        error = self.host_hooks["hook_sae_error"](raw_error)
         if self.keep_error:
             out = recon + error
         elif self.positions is None:
@@ -130,7 +143,8 @@ def check_sae_for_hook(model: nn.Module, hook_name: str, sae: SAE) -> None:
 
 
 @contextmanager
-def _attach(model: nn.Module, hook_name: str, sae: SAE, keep_error: bool) -> Iterator[None]:
+def _attach(model: nn.Module, hook_name: str, sae: SAE, keep_error: bool,
+            fixed_error: Tensor | None = None) -> Iterator[None]:
     hook_point = model.hook_dict[hook_name]
     host_cls = type(hook_point)
     host_hooks = {name: host_cls() for name in SAE_HOOK_NAMES}
@@ -140,7 +154,7 @@ def _attach(model: nn.Module, hook_name: str, sae: SAE, keep_error: bool) -> Ite
     positions = None if covers_every_position(sae) else sae_positions(sae)
     relays = [_Relay(host_hooks[name], positions if name == "hook_sae_acts_post" else None)
               for name in _RELAYED]
-    splice = _Splice(sae, keep_error, host_hooks, relays, positions)
+    splice = _Splice(sae, keep_error, host_hooks, relays, positions, fixed_error)
     handles = []
     try:
         for name, module in host_hooks.items():
@@ -164,6 +178,7 @@ def splice_saes(
     *,
     keep_error: bool = False,
     hook_names: Sequence[str] | None = None,
+    fixed_errors: Mapping[str, Tensor] | None = None,
 ) -> Iterator[nn.Module]:
     """Splice SAEs into `model` for the duration of the block.
 
@@ -173,6 +188,10 @@ def splice_saes(
         keep_error: Add each SAE's error back (output equals the clean model), or drop it (the
             pure residual replacement model).
         hook_names: Splice only these hook points (default: all of `saes`).
+        fixed_errors: `{hook_name: [batch, pos, d_in]}` error terms used instead of the input
+            minus the clean reconstruction, which is then not computed: for runs that know the
+            error already (e.g. a hook on `hook_sae_error` replaces it), one SAE pass instead of
+            two when hooks edit the latents.
 
     For a host with an input check (a HookedViT: image size, channels, dtype, finite values), the
     check runs before every forward pass while spliced. Yields the model itself; use its
@@ -188,7 +207,8 @@ def splice_saes(
     with ExitStack() as stack:
         stack.callback(model.setup)  # runs last on exit: hook_dict without the SAE hook points
         for hook_name in chosen:
-            stack.enter_context(_attach(model, hook_name, saes[hook_name], keep_error))
+            stack.enter_context(_attach(model, hook_name, saes[hook_name], keep_error,
+                                        (fixed_errors or {}).get(hook_name)))
         check_input = input_check_for(model)
         if check_input is not None:
             handle = model.register_forward_pre_hook(lambda mod, args: check_input(args[0]))

@@ -42,6 +42,7 @@ def build_viewer(
     all_at_baseline: Mapping[str, float] | None = None,
     title: str = "",
     default_params: Mapping[str, float] | None = None,
+    warning: str | None = None,
 ) -> dict[str, Any]:
     """The viewer payload of a graph; with the model, SAEs, image and baselines also the image,
     heat maps, feature lens and every step's insertion / deletion readouts.
@@ -56,6 +57,8 @@ def build_viewer(
         all_at_baseline: Readout with every latent at baseline (shown as a reference).
         title: Page title.
         default_params: Influence thresholds shown first.
+        warning: A line the page shows prominently (e.g. that the baselines are not a
+            dataset's medians); the payload's `"warning"` (null when None).
     """
     default = dict(default_params or {"node_threshold": 0.8, "edge_threshold": 0.98})
     # The thresholds shown first are always slider positions.
@@ -73,7 +76,7 @@ def build_viewer(
                                 display=display, class_names=class_names,
                                 all_at_baseline=all_at_baseline)
     return viewer_payload(graph, steps, context=context, cards=cards, title=title,
-                          default_params=default)
+                          default_params=default, warning=warning)
 
 
 def merge_cards(payload: dict[str, Any], cards: Mapping[str, Any]) -> dict[str, Any]:
@@ -139,6 +142,7 @@ def view_directory(
             payload = read_json(folder / PAYLOAD)
             check_payload(payload, graph, where=str(folder / PAYLOAD),
                           graph_name=f"{GRAPH_STEM}.json")
+            payload.setdefault("warning", None)  # written before the field existed
         else:
             payload = build_viewer(graph, title=f"{folder.name}: class {graph.target_class}")
         if cards is not None:

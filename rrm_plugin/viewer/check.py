@@ -43,7 +43,9 @@ def check_payload(payload: Any, graph: Graph, *, where: str, graph_name: str = "
     if not isinstance(payload, dict) or payload.get("schema") != PAYLOAD_SCHEMA:
         found = payload.get("schema") if isinstance(payload, dict) else type(payload).__name__
         raise f.fail("schema", found, f"{PAYLOAD_SCHEMA!r} (a viewer payload)")
-    f.obj(payload, "", required=TOP_KEYS)
+    # "warning" is optional: pages written before it existed carry none.
+    f.obj(payload, "", required=TOP_KEYS, optional={"warning"})
+    f.text(payload.get("warning"), "warning", nullable=True)
     of = f"of {graph_name}"
     f.text(payload["title"], "title")
     target = f.obj(payload["target"], "target", required={"class", "metric", "value"})

@@ -14,7 +14,8 @@ from torch import Tensor, nn
 from rrm_plugin.attribution.baselines import Baselines
 from rrm_plugin.attribution.graph import Graph
 from rrm_plugin.attribution.targets import image_readout
-from rrm_plugin.circuits.circuit import Circuit, clean_errors, run_circuits
+from rrm_plugin.circuits.circuit import Circuit
+from rrm_plugin.circuits.image_runs import run_circuits_on_image
 from rrm_plugin.hosts.vit import n_prefix_tokens
 from rrm_plugin.lens.features import feature_lens
 from rrm_plugin.replacement.splice import splice_saes
@@ -90,7 +91,8 @@ def step_runs(
     model: nn.Module, saes: Mapping[str, SAE], image: Float[Tensor, "c h w"], graph: Graph,
     steps: Sequence[CircuitStep], *, baselines: Baselines, batch_size: int = 32,
 ) -> list[dict[str, dict[str, float]]]:
-    """Insertion and deletion readouts of every step's circuit (identical circuits run once)."""
+    """Insertion and deletion readouts of every step's circuit (identical circuits run once,
+    all as rows of batched forwards: `run_circuits_on_image`)."""
     unique: dict[bytes, int] = {}
     circuits: list[Circuit] = []
     which = []
@@ -101,17 +103,11 @@ def step_runs(
             circuits.append(Circuit.from_graph(graph, step.layer_masks(graph), list_edges=False))
         which.append(unique[key])
     used = {layer.hook_name: saes[layer.hook_name] for layer in graph.layers}
-    errors = clean_errors(model, used, image[None])
-    results: dict[str, list[dict[str, float]]] = {"insertion": [], "deletion": []}
+    runs = run_circuits_on_image(model, used, image, circuits, baselines=baselines,
+                                 batch_size=batch_size)
     cls = graph.target_class
-    for mode, out in results.items():
-        for start in range(0, len(circuits), batch_size):
-            chunk = circuits[start:start + batch_size]
-            batch = image[None].expand(len(chunk), *image.shape)
-            logits = run_circuits(model, used, batch, chunk, baselines=baselines, mode=mode,
-                                  errors={h: e.expand(len(chunk), *e.shape[1:])
-                                          for h, e in errors.items()})
-            out += [image_readout(row, cls) for row in logits]
+    results = {mode: [image_readout(row, cls) for row in getattr(runs, mode)]
+               for mode in ("insertion", "deletion")}
     return [{mode: results[mode][i] for mode in results} for i in which]
 
 

@@ -168,6 +168,7 @@ def viewer_payload(
     max_edges: int = 20_000,
     edges_per_node: int = 10,
     max_cards: int = 2_000,
+    warning: str | None = None,
 ) -> dict[str, Any]:
     """The JSON object the page reads (`rrm-circuit-viewer/1`).
 
@@ -182,12 +183,15 @@ def viewer_payload(
         edges_per_node: Also embedded: each node's strongest incoming and outgoing edges (the
             most the page's per-node edge budget shows).
         max_cards: Latent nodes with a feature card, by influence (the rest show their numbers).
+        warning: Shown prominently by the page (`"warning"`: the text, or null).
     """
     if not steps:
         raise RRMUserError(
             "the viewer needs at least one circuit step (see rrm_plugin.viewer.steps)")
     if cards is not None:
         check_cards(cards, "feature cards")
+    if warning is not None and not isinstance(warning, str):
+        raise RRMUserError(f"warning must be a string or None, got {type(warning).__name__}")
     context = context or ImageContext()
     n_latent = sum(len(layer) for layer in graph.layers)
     nodes = _nodes(graph)
@@ -226,7 +230,7 @@ def viewer_payload(
 
     scores = graph_scores(graph)
     return {
-        "schema": PAYLOAD_SCHEMA, "title": title,
+        "schema": PAYLOAD_SCHEMA, "title": title, "warning": warning,
         "target": {"class": graph.target_class, "metric": graph.metric, "value": graph.value},
         "granularity": graph.granularity, "n_tokens": graph.n_tokens,
         "n_prefix": context.n_prefix, "grid": list(context.grid),

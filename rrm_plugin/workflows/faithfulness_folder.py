@@ -111,7 +111,7 @@ def faithfulness_to_folder(out: str | Path, *,
         if labels is None:
             # Unlabelled images: explain the predicted class (every image counts as "correct").
             labels = predicted_labels(ws.model, loaded.images, batch_size=options.batch_size)
-        baselines, how = resolve_baselines(ws.model, ws.saes, images=loaded.images,
+        baselines, how, _ = resolve_baselines(ws.model, ws.saes, images=loaded.images,
                                            path=options.baselines)
         run.extend_key(baseline_tensors(baselines))
         result = evaluate_faithfulness(ws.model, ws.saes, loaded.images, labels,

@@ -107,7 +107,7 @@ def features_to_folder(out: str | Path, *, options: FeaturesOptions | None = Non
                      chunks=chunks, keep_chunks=keep_chunks, progress=progress) as run:
         baselines = what = None
         if options.n_circuit_images != 0:
-            baselines, what = resolve_baselines(ws.model, saes, images=loaded.images,
+            baselines, what, _ = resolve_baselines(ws.model, saes, images=loaded.images,
                                                 path=options.baselines, release=ws.release)
             run.extend_key(baseline_tensors(baselines))
         dash = build_dashboards(

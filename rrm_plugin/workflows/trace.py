@@ -95,6 +95,9 @@ class TraceResult:
         baselines: Where the baselines came from (`ResolvedBaselines.description`).
         metadata: What the files record (model, release, baselines, the image's source).
         viewer: The viewer payload (None when traced with `viewer=False`).
+        warning: Set when the baselines are not a dataset's medians (zero, or the median of
+            the run's own inputs), with the `rrm baselines` command that computes them; shown
+            by the CLI on stderr, in `summary.json` and on the viewer page.
     """
 
     graph: Graph
@@ -111,6 +114,7 @@ class TraceResult:
     feature_classes: dict[str, Tensor]  # hook -> each latent's top class (feature lens)
     patch_size: int
     n_prefix: int
+    warning: str | None = None
 
     @property
     def target_class(self) -> int:
@@ -129,7 +133,7 @@ class TraceResult:
             "circuit_tracer_completeness_score": self.scores.completeness,
             "error_scores": graph.error_scores.tolist(),
             "feature_score_sum": [float(layer.scores.sum()) for layer in graph.layers],
-            "metadata": self.metadata,
+            "warning": self.warning, "metadata": self.metadata,
         }
 
     def _figure(self, path: Path | None) -> Figure:
@@ -205,6 +209,7 @@ def _trace(
     *,
     baselines: Baselines,
     baselines_description: str,
+    baselines_warning: str | None,
     reference_images: Tensor,
     config: TraceConfig,
     metadata: dict[str, Any],
@@ -242,7 +247,7 @@ def _trace(
         viewer = build_viewer(
             graph, model=model, saes=saes, image=image, baselines=baselines, display=display,
             class_names=class_names, cards=cards, all_at_baseline=runs["all_at_baseline"],
-            title=f"{metadata.get('model', 'model')}: class {cls}",
+            title=f"{metadata.get('model', 'model')}: class {cls}", warning=baselines_warning,
             default_params={"node_threshold": config.node_threshold,
                             "edge_threshold": config.edge_threshold})
     return TraceResult(
@@ -251,7 +256,7 @@ def _trace(
         baselines=baselines_description, metadata=metadata, viewer=viewer,
         image=show(image).cpu(), reference_images=show(reference_images).cpu(),
         examples=examples, feature_classes=classes, patch_size=model.cfg.patch_size,
-        n_prefix=n_prefix_tokens(model))
+        n_prefix=n_prefix_tokens(model), warning=baselines_warning)
 
 
 def trace(
@@ -308,7 +313,8 @@ def trace(
              "baselines": resolved.description}
     return _trace(
         model, saes, image, baselines=resolved.baselines,
-        baselines_description=resolved.description, reference_images=reference_images,
+        baselines_description=resolved.description, baselines_warning=resolved.warning,
+        reference_images=reference_images,
         config=config,
         metadata={**{k: v for k, v in known.items() if v is not None}, **(metadata or {})},
         display=display or display_of(model),
@@ -337,6 +343,7 @@ def trace_image(
     """
     result = _trace(model, saes, image, baselines=baselines,
                     baselines_description=(metadata or {}).get("baselines", "given"),
+                    baselines_warning=None,
                     reference_images=reference_images, config=config, metadata=metadata or {},
                     display=display, class_names=class_names, cards=cards)
     files = result.write(out_dir)

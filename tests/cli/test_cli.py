@@ -96,6 +96,18 @@ def test_own_model_and_release_folders_work_in_every_command(tmp_path, capsys):
     own = ["--model", str(tmp_path / "model"), "--release", str(tmp_path / "rel")]
     assert main(["train-saes", "--model-dir", str(tmp_path / "model"), "--images", str(photos),
                  "--out", str(tmp_path / "rel"), "--d-sae", "24", "--k", "3", "--steps", "5"]) == 0
+    # Before `rrm baselines`: zero baselines, said on stderr with the command that fixes it.
+    capsys.readouterr()
+    assert main(["trace", str(photos / "3" / "0.png"), *own, "--out", str(tmp_path / "t0"),
+                 "--no-viewer"]) == 0
+    printed = capsys.readouterr()
+    assert "baselines: zero (one input image)" in printed.out and "warning" not in printed.out
+    assert printed.err.count("warning: ") == 1
+    assert ("warning: baselines are zero (one input image), not the paper's per-position "
+            "medians over a dataset") in printed.err
+    assert f"`rrm baselines {' '.join(own)} --images IMAGES...`" in printed.err
+    summary = json.loads((tmp_path / "t0" / "summary.json").read_text())
+    assert printed.err.strip() == f"warning: {summary['warning']}"
     assert main(["baselines", *own, "--images", str(photos)]) == 0
     assert (tmp_path / "rel" / "baselines.safetensors").is_file()
     assert main(["eval-saes", *own, "--images", str(photos), "--out",
@@ -103,8 +115,11 @@ def test_own_model_and_release_folders_work_in_every_command(tmp_path, capsys):
     written = json.loads((tmp_path / "e.json").read_text())
     assert written["n_images"] == 6 and "blocks.1.hook_resid_post" in written["metrics"]
     assert main(["trace", str(photos / "3" / "0.png"), *own, "--out", str(tmp_path / "t")]) == 0
-    assert "baselines: cached" in capsys.readouterr().out
+    printed = capsys.readouterr()
+    assert "baselines: cached" in printed.out and "warning: baselines" not in printed.err
     summary = json.loads((tmp_path / "t" / "summary.json").read_text())
+    assert summary["warning"] is None
+    assert json.loads((tmp_path / "t" / "viewer.json").read_text())["warning"] is None
     assert summary["circuit_nodes"] >= 0 and summary["metadata"]["file"].endswith("0.png")
     assert main(["lens", *own, "--images", str(photos), "--out", str(tmp_path / "lens"),
                  "--permutations", "5", "--random-repeats", "1", "--random-shared-seeds", "2",

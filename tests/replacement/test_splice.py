@@ -255,3 +255,35 @@ def test_position_mask_has_the_activations_dtype(dtype):
     mask = _mask_like(torch.ones(2, 4, 3, dtype=dtype), slice(1, 3))
     assert mask.dtype == dtype
     assert mask.tolist() == [0, 1, 1, 0]
+
+
+def test_fixed_errors_replace_the_error_and_skip_the_clean_reconstruction(
+        tiny_vit, tiny_saes, tiny_images, monkeypatch):
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad(), rrm_plugin.splice_saes(tiny_vit, tiny_saes, keep_error=True):
+        _, cache = tiny_vit.run_with_cache(tiny_images)
+    fixed = {h: torch.randn(cache[f"{h}.hook_sae_error"].shape, generator=g) for h in tiny_saes}
+    halve = [(f"{h}.hook_sae_acts_post", lambda z, hook: z * 0.5) for h in tiny_saes]
+    # Oracle: the ordinary splice, a host hook setting each error to the fixed one.
+    set_error = [(f"{h}.hook_sae_error", lambda e, hook, f=f: f) for h, f in fixed.items()]
+    encodes = {h: 0 for h in tiny_saes}
+    for h, sae in tiny_saes.items():
+        def counted(x, h=h, real=sae.encode):
+            encodes[h] += 1
+            return real(x)
+        monkeypatch.setattr(sae, "encode", counted)
+    with torch.no_grad():
+        with rrm_plugin.splice_saes(tiny_vit, tiny_saes, keep_error=True):
+            want = tiny_vit.run_with_hooks(tiny_images, fwd_hooks=halve + set_error)
+        assert set(encodes.values()) == {2}  # hooks on the latents: the clean pass too
+        with rrm_plugin.splice_saes(tiny_vit, tiny_saes, keep_error=True, fixed_errors=fixed):
+            got = tiny_vit.run_with_hooks(tiny_images, fwd_hooks=halve)
+            assert set(encodes.values()) == {3}  # one pass more each
+            _, got_cache = tiny_vit.run_with_cache(tiny_images)
+    torch.testing.assert_close(got, want, atol=0, rtol=0)
+    for h in tiny_saes:
+        assert torch.equal(got_cache[f"{h}.hook_sae_error"], fixed[h])
+    with pytest.raises(rrm_plugin.RRMUserError, match="fixed error at"):
+        with rrm_plugin.splice_saes(tiny_vit, tiny_saes, keep_error=True,
+                                    fixed_errors={h: f[:, :2] for h, f in fixed.items()}):
+            tiny_vit(tiny_images)

@@ -124,7 +124,7 @@ CASES = [
     (_set(["script"], "x"), "script", "an unknown key",
      "only the keys ['cards', 'default_step', 'edges', 'granularity', 'grid', 'heat', 'image', "
      "'layers', 'metadata', 'n_prefix', 'n_tokens', 'nodes', 'reference', 'schema', 'scores', "
-     "'steps', 'target', 'title']"),
+     "'steps', 'target', 'title', 'warning']"),
 ]
 
 

@@ -13,6 +13,7 @@ import torch
 import rrm_plugin
 from rrm_plugin.attribution.baselines import Baselines, compute_baselines
 from rrm_plugin.errors import OutputExistsError, RRMUserError
+from rrm_plugin.viewer.check import check_payload
 from rrm_plugin.workflows.baselines import resolve_baselines
 from rrm_plugin.workflows.trace import TraceConfig, trace, trace_image
 from rrm_plugin.zoo.releases import RELEASE_ATTR
@@ -100,8 +101,12 @@ def test_baselines_order(vit, saes, images, reference_images, tmp_path, monkeypa
     got = resolve_baselines(vit, saes, images=two)
     assert got.description == "median over the 2 input images"
     assert same_tensors(got.baselines, compute_baselines(vit, saes, two, progress=False))
+    # Stand-ins say so, naming the command (no release recorded: a placeholder for it).
+    assert got.warning.startswith("baselines are median over the 2 input images, not the")
+    assert "`rrm baselines --release RELEASE --images IMAGES...`" in got.warning
     got = resolve_baselines(vit, saes, images=two[:1])
     assert got.description == "zero (one input image)"
+    assert got.warning.startswith("baselines are zero (one input image), not the paper's")
     assert all(float(t.abs().sum()) == 0 for t in got.baselines.features.values())
     with pytest.raises(RRMUserError, match="give baselines="):
         resolve_baselines(vit, saes)
@@ -110,6 +115,7 @@ def test_baselines_order(vit, saes, images, reference_images, tmp_path, monkeypa
     reference.save(tmp_path / "given.safetensors")
     got = resolve_baselines(vit, saes, images=two, path=tmp_path / "given.safetensors")
     assert got.description == f"file {tmp_path / 'given.safetensors'}"
+    assert got.warning is None
     assert same_tensors(got.baselines, reference)
     for sae in saes.values():
         setattr(sae, RELEASE_ATTR, "my-release")
@@ -117,6 +123,7 @@ def test_baselines_order(vit, saes, images, reference_images, tmp_path, monkeypa
     compute_baselines(vit, saes, reference_images[:5], progress=False).save(cached)
     got = resolve_baselines(vit, saes, images=two)
     assert got.description == f"cached {cached}"
+    assert got.warning is None
     assert same_tensors(got.baselines, Baselines.load(cached))
     assert not same_tensors(got.baselines, reference)
     got = resolve_baselines(vit, saes, path=tmp_path / "given.safetensors")
@@ -131,9 +138,30 @@ def test_named_models_record_their_name_and_the_shipped_baselines(tmp_path, monk
     saes = rrm_plugin.load_saes("rrm-digits-vit", model=model)
     got = rrm_plugin.resolve_baselines(model, saes, images=torch.zeros(1, 3, 24, 24))
     assert got.description == "shipped with rrm-digits-vit"
+    assert got.warning is None
     assert same_tensors(got.baselines, load_release_baselines("rrm-digits-vit"))
     assert isinstance(got, rrm_plugin.ResolvedBaselines)
     wrong = rrm_plugin.load_model("digits-vit")
     wrong.cfg.d_model = 32  # the residual stream the SAEs (d_in 64) read is now narrower
     with pytest.raises(RRMUserError, match="does not fit model 'digits-vit'"):
         rrm_plugin.load_saes("rrm-digits-vit", model=wrong)
+
+
+def test_trace_with_stand_in_baselines_carries_the_warning_everywhere(
+        vit, saes, images, baselines, reference_images, tmp_path, monkeypatch):
+    monkeypatch.setenv("RRM_PLUGIN_CACHE", str(tmp_path / "cache"))
+    refs = reference_images[:4]
+    # No release on these SAEs and one image: zero baselines, the warning in result, summary
+    # and page; with `rrm baselines`' command naming the recorded release.
+    for sae in saes.values():
+        setattr(sae, RELEASE_ATTR, "my-release")
+    result = trace(vit, saes, images[0], reference_images=refs)
+    assert result.baselines == "zero (one input image)"
+    assert result.warning.startswith("baselines are zero (one input image), not the paper's")
+    assert "`rrm baselines --release my-release --images IMAGES...`" in result.warning
+    assert result.summary()["warning"] == result.warning
+    assert result.viewer["warning"] == result.warning
+    check_payload(result.viewer, result.graph, where="payload")
+    given = trace(vit, saes, images[0], baselines=baselines, reference_images=refs)
+    assert given.warning is None and given.summary()["warning"] is None
+    assert "warning" in given.viewer and given.viewer["warning"] is None

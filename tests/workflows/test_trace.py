@@ -238,7 +238,8 @@ def test_trace_passes_its_settings_to_the_figure_viewer_and_files(
     assert viewer.pop("display") is display
     assert viewer == {"class_names": list("abcdefghij"), "cards": {"c": 1},
                       "all_at_baseline": summary["all_at_baseline"], "title": "tiny-x: class 2",
-                      "default_params": {"node_threshold": 0.7, "edge_threshold": 0.95}}
+                      "default_params": {"node_threshold": 0.7, "edge_threshold": 0.95},
+                      "warning": None}  # trace_image takes its baselines as given
     data = json.loads((tmp_path / "graph.json").read_text())
     assert len(data["edges"]) == 5 < data["edges_total"]
     assert Graph.load(tmp_path / "graph.lossless").metadata == {"model": "tiny-x",
