@@ -73,7 +73,7 @@ def check_study(study: dict[str, Any], *, source: str = "study") -> dict[str, An
 
 def load_study(path: Path) -> dict[str, Any]:
     """Read a `debias.json` written by `rrm debias` (refuses other formats, clearly)."""
-    return check_study(read_json(Path(path), what="debias study"), source=str(path))
+    return check_study(read_json(Path(path)), source=str(path))
 
 
 def _cell(stat: dict[str, float], scale: float = 100, digits: int = 1) -> str:
