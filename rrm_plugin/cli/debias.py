@@ -40,7 +40,7 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
                         "seed; their bias-conflicting ones are scored (default 4000)")
     p.add_argument("--counts", type=int, nargs="+", default=None,
                    help="candidate numbers of units to ablate; the validation split picks one "
-                        "per method and seed (default 1 2 4 6 8 12 16 24 32 48)")
+                        "per method and seed (default 1 2 4 8 12 16 32)")
     p.add_argument("--random-draws", type=int, default=5,
                    help="random latent sets in the random baseline (default 5)")
     p.add_argument("--batch-size", type=int, default=64, help="images per forward pass")

@@ -76,7 +76,7 @@ class DebiasConfig:
         batch_size: Images per forward pass.
     """
 
-    counts: tuple[int, ...] = (1, 2, 4, 6, 8, 12, 16, 24, 32, 48)
+    counts: tuple[int, ...] = (1, 2, 4, 8, 12, 16, 32)
     node_threshold: float = 0.8
     edge_threshold: float = 0.98
     random_draws: int = 5

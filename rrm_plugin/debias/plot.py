@@ -37,7 +37,7 @@ def plot_debias(study: dict, path: Path | None = None) -> Figure:
                         label=f"{key.replace('_', '-')} (mean ± s.e.)")
         ax.grid(axis="x", alpha=0.3)
         ax.set_xlabel("test accuracy (%)")
-        ax.legend(fontsize=8, loc="lower left")
+        ax.legend(fontsize=8, loc="best")
     ax1.set_yticks(y, [summary[m]["label"] for m in names], fontsize=8)
     ax1.invert_yaxis()
     n = len(study["seeds"])
