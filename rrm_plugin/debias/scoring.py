@@ -151,7 +151,7 @@ def within_class_difference(
     """`activation_difference_scores` on given activations (module doc)."""
     pairs = []  # (cue value, members with it, same-class members without it)
     for y in labels.unique().tolist():
-        in_class = labels >= 0
+        in_class = labels == y
         for v in cues[in_class].unique().tolist():
             with_v, without_v = in_class & (cues == v), in_class & (cues != v)
             if with_v.any() and without_v.any():
