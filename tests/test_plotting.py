@@ -27,6 +27,7 @@ users = plt.figure()
 from rrm_plugin.circuits.figure import plot_circuit
 from rrm_plugin.cli.demo import plot_predictions
 from rrm_plugin.debias.plot import plot_debias
+from rrm_plugin.debias.study import summarise_seeds
 from rrm_plugin.features.dashboard import _density_figure
 from rrm_plugin.features.types import feature_types
 from rrm_plugin.features.types_report import write_types
@@ -34,6 +35,7 @@ from rrm_plugin.lens.report import LensConfig
 from rrm_plugin.lens.report_output import write_lens_report
 from rrm_plugin.metrics.faithfulness_plot import plot_faithfulness
 from tests.circuits.test_figure_drawing import hand_graph_and_circuit
+from tests.debias.test_study import seed_dict
 from tests.features.test_types import planted_model_and_sae
 from tests.lens.test_lens_plots import hand_summary
 from tests.lens.test_lens_report_output import hand_results, images_and_labels
@@ -49,10 +51,8 @@ graph, circuit = hand_graph_and_circuit()
 plot_circuit(graph, circuit, torch.rand(3, 8, 8), path=out / "circuit.png")
 plot_predictions(torch.rand(12, 3, 8, 8), torch.arange(12), torch.arange(12), torch.arange(12),
                  out / "predictions.png")
-ci = {"estimate": 0.5, "low": 0.4, "high": 0.6}
-group = {"per_group": {"a": 0.5, "b": 0.7}, "average": ci, "worst_group": ci}
-plot_debias({"methods": {"original": {**group, "label": "original"},
-                         "rrm": {**group, "label": "rrm"}}}, out / "debias.png")
+plot_debias(summarise_seeds([seed_dict(0, (0.2, 0.5)), seed_dict(1, (0.3, 0.4))], config={},
+                            metadata={}), out / "debias.png")
 density = torch.tensor([0.0, 0.01, 0.2])
 _density_figure(SimpleNamespace(top={"h": SimpleNamespace(token_density=density,
                                                           image_density=density)}),

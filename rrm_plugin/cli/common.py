@@ -39,14 +39,5 @@ def add_baselines_arg(p: argparse.ArgumentParser) -> None:
                         "for a single image)")
 
 
-def workspace_of(args: argparse.Namespace, *, with_saes: bool = True):
-    """The model and SAEs of `--model` / `--release` / `--device` / `--dtype`
-    (`rrm_plugin.workflows.workspace.load_workspace`)."""
-    from rrm_plugin.workflows.workspace import load_workspace
-
-    return load_workspace(model=args.model, release=getattr(args, "release", None),
-                          device=args.device, dtype=args.dtype, with_saes=with_saes)
-
-
 def add_common_io(p: argparse.ArgumentParser) -> None:
     p.add_argument("--debug", action="store_true", help="show Python tracebacks on errors")

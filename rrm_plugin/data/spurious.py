@@ -130,7 +130,7 @@ def _other_class(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return (labels + rng.integers(1, N_CLASSES, len(labels))) % N_CLASSES
 
 
-def _paired_set(cfg: SpuriousConfig, which: int, seed: int) -> SpuriousBatch:
+def _paired_set(cfg: SpuriousConfig, which: int, seed: int | tuple[int, int]) -> SpuriousBatch:
     digits, labels = load_source_digits()
     idx = split_source_digits(cfg, len(digits))[which]
     rng = np.random.default_rng(seed)
@@ -177,3 +177,28 @@ def spurious_train_sampler(cfg: SpuriousConfig = SpuriousConfig(), *, seed: int,
         return _draw(digits, labels, idx, markers, cfg, rng)
 
     return sample
+
+
+def study_render_seed(base: int, seed: int) -> int | tuple[int, int]:
+    """The render seed of study seed `seed`: `base` itself for seed 0 (the shipped splits), an
+    independent stream `(base, seed)` otherwise."""
+    if seed < 0:
+        raise RRMUserError(f"study seeds must be >= 0, got {seed}")
+    return base if seed == 0 else (base, seed)
+
+
+def spurious_seed_splits(seed: int, *, pool: int, cfg: SpuriousConfig = SpuriousConfig()
+                         ) -> tuple[SpuriousBatch, SpuriousBatch, SpuriousBatch]:
+    """(selection, validation, test) of one study seed: a fresh selection pool of `pool`
+    training-stream images, fresh renders of the validation digits and of the test digits.
+
+    Source digits stay split as the models were trained (fresh digits would need fresh models);
+    what varies is which training images are scored and how every split is rendered. The pool's
+    stream seed (10,000 + seed) is one that no training recipe uses.
+    """
+    if pool < 1:
+        raise RRMUserError(f"pool must be at least 1, got {pool}")
+    selection = spurious_train_sampler(cfg, seed=10_000 + seed)(pool)
+    validation = _paired_set(cfg, 1, study_render_seed(cfg.validation_render_seed, seed))
+    test = _paired_set(cfg, 2, study_render_seed(cfg.test_render_seed, seed))
+    return selection, validation, test

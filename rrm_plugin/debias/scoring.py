@@ -3,16 +3,18 @@
 On an image whose cue names class `s` while it shows class `y != s`, whatever pushes the model
 towards `s` is the cue (the evidence for `y` pushes the other way). The RRM score of a feature is
 its attribution to `s`'s adjusted logit inside the image's pruned circuit (zero when pruned away),
-averaged over images. The baselines score residual neurons by the same attribution, or features
-by how their activation differs with the cue, with no circuit.
+averaged over images. The baselines score the same features by the full graph's attribution (no
+pruning), residual neurons by the same attribution, or features by how their activation differs
+with the cue within a class, with no attribution.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import NamedTuple
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from sae_lens import SAE
 from torch import Tensor, nn
 from tqdm.auto import tqdm
@@ -35,7 +37,16 @@ def _batches(n: int, batch_size: int) -> range:
     return range(0, n, batch_size)
 
 
-def circuit_feature_scores(
+class AttributionScores(NamedTuple):
+    """Both scores from one set of attribution graphs."""
+
+    circuit: UnitScores
+    """Attribution inside each image's pruned circuit (zero when pruned away)."""
+    full: UnitScores
+    """Plain attribution of the full graph, no pruning."""
+
+
+def attribution_feature_scores(
     model: nn.Module,
     saes: Mapping[str, SAE],
     split: SpuriousSplit,
@@ -45,8 +56,9 @@ def circuit_feature_scores(
     edge_threshold: float = 0.98,
     batch_size: int = 32,
     progress: bool = False,
-) -> UnitScores:
-    """Mean attribution of each latent to the cue's class within each image's pruned circuit.
+) -> AttributionScores:
+    """Mean attribution of each latent to the cue's class: within each image's pruned circuit,
+    and in the full graph (the same graphs, so the two differ only by the pruning).
 
     Args:
         model: HookedViT.
@@ -57,7 +69,8 @@ def circuit_feature_scores(
         edge_threshold: circuit-tracer edge influence threshold of the pruning.
         batch_size: Images per attribution pass.
     """
-    totals = {h: torch.zeros(sae.cfg.d_sae) for h, sae in saes.items()}
+    circuit = {h: torch.zeros(sae.cfg.d_sae, dtype=torch.float64) for h, sae in saes.items()}
+    full = {h: torch.zeros(sae.cfg.d_sae, dtype=torch.float64) for h, sae in saes.items()}
     starts = _batches(len(split.images), batch_size)
     for start in tqdm(starts, desc="circuits", disable=not progress, leave=False):
         part = slice(start, start + batch_size)
@@ -68,9 +81,12 @@ def circuit_feature_scores(
                                         edge_threshold=edge_threshold)
             for layer, mask in zip(graph.layers, pruned.node_masks, strict=True):
                 kept = mask[:-1].cpu()  # the error node is last
-                totals[layer.hook_name].index_add_(0, layer.features.cpu()[kept],
-                                                   layer.scores.cpu()[kept].float())
-    return {h: total / len(split.images) for h, total in totals.items()}
+                features, scores = layer.features.cpu(), layer.scores.cpu().double()
+                circuit[layer.hook_name].index_add_(0, features[kept], scores[kept])
+                full[layer.hook_name].index_add_(0, features, scores)
+    n = len(split.images)
+    return AttributionScores({h: t / n for h, t in circuit.items()},
+                             {h: t / n for h, t in full.items()})
 
 
 def neuron_attribution_scores(
@@ -117,16 +133,39 @@ def activation_difference_scores(
     *,
     batch_size: int = 128,
 ) -> UnitScores:
-    """No circuit: for each cue value v, mean activation on images whose cue is v minus on the
-    others; a latent's score is its largest such difference over the values present."""
+    """No circuit, label confound removed: within each class y, the mean activation on images
+    whose cue is v minus on images of the same class whose cue is not v; averaged over the classes
+    where both exist; a latent's score is its largest such difference over cue values v.
+
+    Comparing within a class matters on bias-conflicting images: across classes the digit is
+    anti-correlated with the cue, so digit latents would score like cue latents.
+    """
     acts = feature_activations(model, saes, split.images, batch_size=batch_size)
-    values = split.spurious.cpu()
-    present = [v for v in values.unique().tolist() if 0 < int((values == v).sum()) < len(values)]
-    if not present:
-        raise RRMUserError("activation-difference scores need images with at least two different "
-                           "cue values")
+    return within_class_difference(acts, labels=split.labels.cpu(), cues=split.spurious.cpu())
+
+
+def within_class_difference(
+    acts: Mapping[str, Float[Tensor, "n units"]], *, labels: Int[Tensor, " n"],
+    cues: Int[Tensor, " n"],
+) -> UnitScores:
+    """`activation_difference_scores` on given activations (module doc)."""
+    pairs = []  # (cue value, members with it, same-class members without it)
+    for y in labels.unique().tolist():
+        in_class = labels == y
+        for v in cues[in_class].unique().tolist():
+            with_v, without_v = in_class & (cues == v), in_class & (cues != v)
+            if with_v.any() and without_v.any():
+                pairs.append((v, with_v, without_v))
+    if not pairs:
+        raise RRMUserError("activation-difference scores need, within some class, images with "
+                           "different cue values")
+    values = sorted({v for v, _, _ in pairs})
     scores = {}
     for h, a in acts.items():
-        diffs = torch.stack([a[values == v].mean(0) - a[values != v].mean(0) for v in present])
-        scores[h] = diffs.max(0).values
+        a = a.double()
+        per_value = []
+        for v in values:
+            diffs = [a[w].mean(0) - a[wo].mean(0) for u, w, wo in pairs if u == v]
+            per_value.append(torch.stack(diffs).mean(0))
+        scores[h] = torch.stack(per_value).max(0).values
     return scores

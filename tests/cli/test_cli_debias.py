@@ -9,20 +9,23 @@ from rrm_plugin.cli.main import main
 from rrm_plugin.io import write_tensors
 from tests.cli.conftest import expect_user_error
 
-SMALL = ["--pool", "400", "--counts", "2", "--random-draws", "1", "--bootstrap", "50"]
+SMALL = ["--seeds", "1", "--pool", "400", "--counts", "2", "--random-draws", "1"]
 
 
 @pytest.mark.slow
 def test_debias_on_the_embedded_benchmark(tmp_path, capsys):
     out = tmp_path / "debias"
     assert main(["debias", "--out", str(out), *SMALL]) == 0
-    summary = json.loads((out / "debias.json").read_text())
-    methods = summary["methods"]
-    assert set(methods) == {"original", "rrm_circuit", "random_features", "neuron_attribution",
-                            "activation_difference", "balanced_retrain"}
+    study = json.loads((out / "debias.json").read_text())
+    assert study["format"] == "rrm-debias-study/2" and study["seeds"] == [0]
+    (seed,) = study["per_seed"]
+    methods = seed["methods"]
+    assert set(methods) == set(study["summary"]) == {
+        "original", "rrm_circuit", "plain_attribution", "random_features", "neuron_attribution",
+        "activation_difference", "dfr", "balanced_retrain"}
     assert (out / "debias.png").stat().st_size > 10_000
     table = (out / "debias.md").read_text()
-    assert table.count("\n") == len(methods) + 2
+    assert table.startswith("| method (1 seeds, mean ± s.e.) |")
     rrm = methods["rrm_circuit"]
     # The chosen count is one of the candidates (or 0) and has the best validation worst group.
     validation = {int(n): v for n, v in rrm["validation"].items()}
@@ -30,12 +33,12 @@ def test_debias_on_the_embedded_benchmark(tmp_path, capsys):
     best = max(v["worst_group"] for v in validation.values())
     assert validation[rrm["n_units"]]["worst_group"] == best
     assert methods["random_features"]["n_units"] == rrm["n_units"]
-    assert summary["split_sizes"]["test"] == sum(summary["test_group_sizes"].values())
-    assert len(summary["test_group_sizes"]) == 20
+    assert seed["split_sizes"]["test"] == sum(seed["test_group_sizes"].values())
+    assert len(seed["test_group_sizes"]) == 20
     for m in methods.values():
-        for key in ("average", "worst_group"):
-            iv = m[key]
-            assert iv["low"] - 1e-9 <= iv["estimate"] <= iv["high"] + 1e-9
+        # Half the test images agree, half conflict: the average is their mean.
+        assert m["average"] == pytest.approx((m["agree"] + m["conflict"]) / 2)
+        assert m["worst_group"] <= min(m["agree"], m["conflict"]) + 1e-12
 
 
 def test_debias_reads_a_data_file_and_refuses_bad_ones(tmp_path, capsys):
@@ -51,13 +54,16 @@ def test_debias_reads_a_data_file_and_refuses_bad_ones(tmp_path, capsys):
     path = write_tensors(tmp_path / "data.safetensors", tensors)
     out = tmp_path / "own"
     assert main(["debias", "--data", str(path), "--out", str(out), "--counts", "2",
-                 "--random-draws", "1", "--bootstrap", "20"]) == 0
-    summary = json.loads((out / "debias.json").read_text())
-    assert "balanced_retrain" not in summary["methods"]  # no reference model by default
-    assert summary["split_sizes"]["test"] == len(tensors["test_labels"])
+                 "--random-draws", "1", "--seeds", "1"]) == 0
+    (seed,) = json.loads((out / "debias.json").read_text())["per_seed"]
+    assert "balanced_retrain" not in seed["methods"]  # no reference model by default
+    assert seed["split_sizes"]["test"] == len(tensors["test_labels"])
+    expect_user_error(capsys, ["debias", "--data", str(path), "--out", str(tmp_path / "s")],
+                      "--data gives one fixed set of splits.*use --seeds 1")
     del tensors["test_spurious"]
     bad = write_tensors(tmp_path / "bad.safetensors", tensors)
-    expect_user_error(capsys, ["debias", "--data", str(bad), "--out", str(tmp_path / "x")],
+    expect_user_error(capsys, ["debias", "--data", str(bad), "--seeds", "1", "--out",
+                               str(tmp_path / "x")],
                       r"missing tensors \['test_spurious'\]")
     expect_user_error(capsys, ["debias", "--pool", "0", "--out", str(tmp_path / "y")],
                       "--pool must be at least 1")

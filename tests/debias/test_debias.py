@@ -7,10 +7,17 @@ import torch
 
 from rrm_plugin.debias.ablation import Ablation, ablation_hooks, predict
 from rrm_plugin.debias.evaluation import bootstrap_accuracy, group_accuracy
-from rrm_plugin.debias.experiment import RRM, DebiasConfig, run_debias, select_ablations
+from rrm_plugin.debias.experiment import (
+    PLAIN,
+    RRM,
+    DebiasConfig,
+    accuracy_of,
+    run_debias,
+    select_ablations,
+)
 from rrm_plugin.debias.scoring import (
     activation_difference_scores,
-    circuit_feature_scores,
+    attribution_feature_scores,
     neuron_attribution_scores,
 )
 from rrm_plugin.debias.selection import choose_count, random_ablation, rank_units
@@ -22,7 +29,7 @@ CONFLICTING = planted_split([0, 0, 1, 1], [1, 1, 0, 0], noise_seed=3)
 
 def test_circuit_scores_select_the_planted_marker_latent_only(planted):
     model, saes, baselines = planted
-    scores = circuit_feature_scores(model, saes, CONFLICTING, baselines=baselines)
+    scores = attribution_feature_scores(model, saes, CONFLICTING, baselines=baselines).circuit
     ranking = rank_units(scores)
     # Only the marker latent pushes towards the marker's class; the digit latents push away.
     assert ranking.index.tolist() == [MARKER_LATENT]
@@ -64,14 +71,17 @@ def test_neuron_attribution_known_answer(planted):
     assert scores[HOOK][1].item() == pytest.approx(scores[HOOK][3].item(), rel=1e-5)
 
 
-def test_activation_difference_cannot_tell_marker_from_digit(planted):
-    """On bias-conflicting images the digit is anti-correlated with the cue, so without the
-    circuit the marker latent ties with both digit latents (each sqrt(2) x 4 tokens)."""
+def test_activation_difference_within_class_finds_the_marker_only(planted):
+    """Across classes, on bias-conflicting images the digit is anti-correlated with the cue, so
+    a plain difference ties the marker latent with both digit latents; within a class the digit
+    latents are constant and only the marker latent differs (u = 4 sqrt(2) per firing image:
+    cue 1 has the marker, cue 0 not, in both classes: difference u; cue 0: -u; max u)."""
     model, saes, _ = planted
-    scores = activation_difference_scores(model, saes, CONFLICTING)[HOOK]
-    expected = torch.tensor([1, -1, 1, 1, 0, 0]) * 4 * math.sqrt(2)
-    expected[1] = 0.0  # never fires: no difference
+    split = planted_split([0, 0, 1, 1, 0, 1], [1, 0, 0, 1, 0, 1], noise_seed=3)
+    scores = activation_difference_scores(model, saes, split)[HOOK]
+    expected = torch.tensor([1.0, 0, 0, 0, 0, 0], dtype=torch.float64) * 4 * math.sqrt(2)
     torch.testing.assert_close(scores, expected, atol=1e-5, rtol=0)
+    assert rank_units({HOOK: scores}).index.tolist() == [MARKER_LATENT]
 
 
 def test_choose_count_takes_the_best_validation_worst_group(planted):
@@ -110,18 +120,41 @@ def test_choose_count_ranks_by_worst_group_not_average(planted):
     assert chosen.ablation.size == 1
 
 
-def test_circuit_scores_count_only_what_the_pruning_keeps(planted):
+def test_plain_attribution_is_the_full_graph_and_the_circuit_its_pruned_part(planted):
     model, saes, baselines = planted
-    full = circuit_feature_scores(model, saes, CONFLICTING, baselines=baselines,
-                                  node_threshold=1.0, edge_threshold=1.0)
-    pruned = circuit_feature_scores(model, saes, CONFLICTING, baselines=baselines,
-                                    node_threshold=0.3, edge_threshold=1.0)
-    # Unpruned: every active latent has its mean node score (digit latents negative).
-    assert set(torch.nonzero(full[HOOK])[:, 0].tolist()) == {0, 2, 3}
-    kept = set(torch.nonzero(pruned[HOOK])[:, 0].tolist())
+    unpruned = attribution_feature_scores(model, saes, CONFLICTING, baselines=baselines,
+                                          node_threshold=1.0, edge_threshold=1.0)
+    pruned = attribution_feature_scores(model, saes, CONFLICTING, baselines=baselines,
+                                        node_threshold=0.3, edge_threshold=1.0)
+    full = unpruned.full[HOOK]
+    # The full graph does not depend on the pruning; with thresholds 1 nothing is pruned.
+    torch.testing.assert_close(pruned.full[HOOK], full)
+    torch.testing.assert_close(unpruned.circuit[HOOK], full)
+    # Every active latent has its mean node score: the marker latent its known sqrt(2) (see
+    # above), the digit latents negative (they push away from the cue's class).
+    assert set(torch.nonzero(full)[:, 0].tolist()) == {0, 2, 3}
+    assert full[0].item() == pytest.approx(math.sqrt(2) / math.sqrt(1 + 2e-5), rel=1e-6)
+    assert (full[[2, 3]] < 0).all()
+    kept = set(torch.nonzero(pruned.circuit[HOOK])[:, 0].tolist())
     assert kept < {0, 2, 3}
     for latent in kept:
-        assert pruned[HOOK][latent].item() == pytest.approx(full[HOOK][latent].item())
+        assert pruned.circuit[HOOK][latent].item() == pytest.approx(full[latent].item())
+
+
+def test_agree_and_conflict_accuracy_known_answer():
+    # Groups: 2 * label + conflicting. Images 0-3 agree (cue = label), 4-7 conflict.
+    split = all_groups(2)  # labels [0, 0, 1, 1] x 2, markers [0, 1, 0, 1] x 2
+    correct = torch.tensor([1.0, 0.0, 1.0, 1.0, 1.0, 0.0, 0.5, 1.0])
+    # Agreeing: images 0, 3, 4, 7 -> 1, 1, 1, 1; conflicting: 1, 2, 5, 6 -> 0, 1, 0, 0.5.
+    acc = accuracy_of(correct, split)
+    assert acc.agree == 1.0
+    assert acc.conflict == pytest.approx(1.5 / 4)
+    assert acc.average == pytest.approx(5.5 / 8)
+    # Worst group: class 0 with the marker of class 1 (images 1 and 5): 0.
+    assert acc.worst_group == 0.0 and acc.per_group["0/disagree"] == 0.0
+    assert acc.per_group["1/disagree"] == pytest.approx(0.75)
+    with pytest.raises(ValueError, match="cue agrees and images whose cue conflicts"):
+        accuracy_of(torch.ones(2), planted_split([0, 1], [0, 1]))
 
 
 def test_feature_ablation_acts_on_the_sae_latents_hook(planted):
@@ -153,26 +186,32 @@ def test_selection_never_reads_the_test_split(planted):
     selection = planted_split([0, 1] * 8 + [0, 1], [0, 1] * 8 + [1, 0], noise_seed=1)
     validation = all_groups(3, noise_seed=2)
     test = all_groups(4, noise_seed=5)
-    config = DebiasConfig(counts=(1, 2), random_draws=3, n_bootstrap=50)
+    config = DebiasConfig(counts=(1, 2), random_draws=3, dfr_cs=(1.0, 0.1))
     first = run_debias(model, saes, selection=selection, validation=validation, test=test,
                        baselines=baselines, config=config)
     permuted = test._replace(labels=test.labels[torch.randperm(len(test.labels),
                                                 generator=torch.Generator().manual_seed(0))])
     second = run_debias(model, saes, selection=selection, validation=validation, test=permuted,
                         baselines=baselines, config=config)
-    for method in (RRM, "neuron_attribution", "activation_difference", "random_features"):
+    for method in (RRM, PLAIN, "neuron_attribution", "activation_difference",
+                   "random_features"):
         assert first.selections[method].ablation.as_lists() == \
             second.selections[method].ablation.as_lists()
         assert first.selections[method].validation == second.selections[method].validation
     assert first.selections[RRM].ablation.as_lists() == {HOOK: [MARKER_LATENT]}
     assert first.selections["random_features"].ablation.size == 1  # the RRM's number
-    assert first.bootstrap.worst_group[RRM].estimate == 1.0
-    assert first.bootstrap.worst_group["original"].estimate == 0.0
+    assert first.dfr == second.dfr  # DFR trains and chooses C on validation only
+    assert first.accuracy[RRM].worst_group == 1.0
+    assert first.accuracy["original"].worst_group == 0.0
+    assert first.accuracy["original"].agree == 1.0  # biased: right when the marker agrees
     # The test labels do reach the evaluation.
-    assert first.correct["original"].tolist() != second.correct["original"].tolist()
+    assert first.accuracy["original"] != second.accuracy["original"]
     assert set(select_ablations(model, saes, selection=selection, validation=validation,
                                 baselines=baselines, config=config)) == \
-        {RRM, "neuron_attribution", "activation_difference"}
+        {RRM, PLAIN, "neuron_attribution", "activation_difference"}
+    assert set(first.to_json_dict()["methods"]) == {
+        "original", RRM, PLAIN, "random_features", "neuron_attribution",
+        "activation_difference", "dfr"}
 
 
 def test_group_accuracy_known_answer():

@@ -13,59 +13,58 @@ import torch
 import rrm_plugin.debias.experiment as experiment
 from rrm_plugin.debias.data import SpuriousSplit
 from rrm_plugin.debias.experiment import select_ablations
-from rrm_plugin.debias.scoring import activation_difference_scores, neuron_attribution_scores
+from rrm_plugin.debias.scoring import (
+    activation_difference_scores,
+    neuron_attribution_scores,
+    within_class_difference,
+)
 from rrm_plugin.debias.selection import rank_units, top_ablation
 from tests.debias.conftest import HOOK, planted_images, planted_split
 
 U = 4 * math.sqrt(2)
-# Three cue values with unequal group sizes (2, 1, 3): no flip of the sign or of the reference
-# set leaves the answer unchanged.
-CUES = torch.tensor([0, 0, 1, 2, 2, 2])
-LABELS = torch.tensor([1, 1, 0, 0, 1, 0])
-MARKER = torch.tensor([3.0, 1.0, -1.0, 2.0, 0.0, 1.0])
-DIGIT = torch.tensor([0.0, 1.0, -2.0, 0.0, 3.0, -1.0])
+LABELS = torch.tensor([0, 0, 0, 1, 1, 1])
+CUES = torch.tensor([0, 1, 1, 1, 0, 2])
 
 
-def three_cue_split() -> SpuriousSplit:
-    images = planted_images(LABELS, MARKER, evidence=DIGIT)
-    return SpuriousSplit(images, LABELS, CUES)
+def test_within_class_difference_known_answer():
+    """Per class y and cue v: mean over the class's images with cue v minus over its others;
+    mean over the classes where both exist; max over v.
 
-
-def test_activation_difference_known_answer_with_three_cue_values(planted):
-    """Per latent and cue value v: mean over images with cue v minus mean over the others.
-
-    latent 0, activations (u) [3, 1, 0, 2, 0, 1]: v=0: 2 - 3/4 = 1.25; v=1: 0 - 7/5 = -1.4;
-        v=2: 1 - 4/3 = -1/3; largest 1.25 (the sign flipped would give 1.4).
-    latent 1, [0, 0, 1, 0, 0, 0]: -1/4, 1 - 0 = 1, -1/3 -> 1.
-    latent 2, [0, 1, 0, 0, 3, 0]: 1/2 - 3/4, 0 - 4/5, 1 - 1/3 = 2/3 -> 2/3 (flipped: 0.8).
-    latent 3, [0, 0, 2, 0, 0, 1]: 0 - 3/4, 2 - 1/5 = 1.8, 1/3 - 2/3 -> 1.8.
+    unit 0, [1, 3, 5, 2, 4, 8]: class 0: v=0: 1 - 4 = -3, v=1: 4 - 1 = 3; class 1: v=1:
+        2 - 6 = -4, v=0: 4 - 5 = -1, v=2: 8 - 3 = 5. v=0: -2, v=1: -0.5, v=2: 5 -> 5.
+    unit 1 follows the label only ([0, 0, 0, 7, 7, 7]): 0 within every class, although across
+        classes it separates cue 2 (7) from the others (3.5).
+    unit 2, [0, 6, 0, 0, 0, 0]: class 0: v=0: -3, v=1: 3; class 1: 0 -> v=1: (3 + 0) / 2.
     """
-    model, saes, _ = planted
-    scores = activation_difference_scores(model, saes, three_cue_split())[HOOK]
-    expected = torch.tensor([1.25, 1.0, 2 / 3, 1.8, 0.0, 0.0]) * U
-    torch.testing.assert_close(scores, expected, atol=1e-5, rtol=1e-5)  # float32 sums
-    ranking = rank_units({HOOK: scores})
-    assert ranking.index.tolist() == [3, 0, 1, 2]
+    acts = {"h": torch.tensor([[1.0, 0, 0], [3, 0, 6], [5, 0, 0], [2, 7, 0], [4, 7, 0],
+                               [8, 7, 0]])}
+    scores = within_class_difference(acts, labels=LABELS, cues=CUES)["h"]
+    torch.testing.assert_close(scores, torch.tensor([5.0, 0.0, 1.5], dtype=torch.float64))
 
 
 def test_activation_difference_uses_the_cue_not_the_label(planted):
-    """The same images with the cue and the label swapped score otherwise (by hand: latent 0,
-    labels [1, 1, 0, 0, 1, 0]: v=0: 3/3 - 4/3 = -1/3, v=1: 4/3 - 1 = 1/3 -> 1/3)."""
+    """On the planted model's latents (latent 0 = u max(m, 0)): a known answer, and swapping
+    cue and label changes it."""
     model, saes, _ = planted
-    split = three_cue_split()
-    swapped = SpuriousSplit(split.images, CUES, LABELS)
-    scores = activation_difference_scores(model, saes, swapped)[HOOK]
-    assert scores[0].item() == pytest.approx(U / 3, rel=1e-5)
+    marker = torch.tensor([1.0, 0.0, 2.0, 0.0, 3.0, 1.0])
+    split = SpuriousSplit(planted_images(LABELS, marker), LABELS, CUES)
+    scores = activation_difference_scores(model, saes, split)[HOOK]
+    # Latent 0 activations u [1, 0, 2, 0, 3, 1]: class 0: v=0: 1 - 1 = 0, v=1: 1 - 1 = 0;
+    # class 1: v=1: 0 - 2 = -2, v=0: 3 - 0.5 = 2.5, v=2: 1 - 1.5 = -0.5. v=0: 1.25 -> 1.25 u.
+    assert scores[0].item() == pytest.approx(1.25 * U, rel=1e-5)
+    swapped = activation_difference_scores(model, saes, split._replace(
+        labels=CUES.clamp(max=1), spurious=LABELS))[HOOK]
+    assert swapped[0].item() != pytest.approx(scores[0].item(), rel=1e-2)
 
 
-def test_activation_difference_needs_two_cue_values(planted):
+def test_activation_difference_needs_two_cue_values_within_a_class(planted):
     model, saes, _ = planted
-    split = three_cue_split()
-    with pytest.raises(ValueError, match="at least two different cue values"):
-        activation_difference_scores(model, saes, split._replace(spurious=torch.ones(6).long()))
+    split = SpuriousSplit(planted_images(LABELS, torch.zeros(6)), LABELS, LABELS.clone())
+    with pytest.raises(ValueError, match="within some class, images with different cue values"):
+        activation_difference_scores(model, saes, split)
 
 
-def test_selection_scores_activation_difference_on_the_conflicting_images_only(
+def test_selection_scores_attribution_on_conflicting_images_and_difference_on_all(
         planted, monkeypatch):
     model, saes, baselines = planted
     conflicting = planted_split([0, 0, 1, 1], [1, 1, 0, 0], noise_seed=3)
@@ -76,20 +75,21 @@ def test_selection_scores_activation_difference_on_the_conflicting_images_only(
                                          agreeing.labels[2:]]),
                               torch.cat([agreeing.spurious[:2], conflicting.spurious,
                                          agreeing.spurious[2:]]))
-    seen = []
-    real = experiment.activation_difference_scores
+    seen = {}
+    for name in ("activation_difference_scores", "attribution_feature_scores"):
+        real = getattr(experiment, name)
 
-    def spy(model, saes, split, **kwargs):
-        seen.append(split)
-        return real(model, saes, split, **kwargs)
+        def spy(model, saes, split, real=real, name=name, **kwargs):
+            seen[name] = split
+            return real(model, saes, split, **kwargs)
 
-    monkeypatch.setattr(experiment, "activation_difference_scores", spy)
+        monkeypatch.setattr(experiment, name, spy)
     select_ablations(model, saes, selection=selection, validation=planted_split([0, 1], [0, 1]),
                      baselines=baselines,
                      config=experiment.DebiasConfig(counts=(1,), batch_size=8))
-    (split,) = seen
-    assert torch.equal(split.images, conflicting.images)
-    assert torch.equal(split.spurious, conflicting.spurious)
+    assert torch.equal(seen["attribution_feature_scores"].images, conflicting.images)
+    assert torch.equal(seen["attribution_feature_scores"].spurious, conflicting.spurious)
+    assert torch.equal(seen["activation_difference_scores"].images, selection.images)
 
 
 def test_neuron_attribution_known_answer_per_dimension(planted):
