@@ -81,6 +81,7 @@ NON_LINEARISED = Linearisation(
     attention_pattern=False, layer_norm_scale=False, gelu_gate=False, sae_input_std=True
 )
 # Separate generators, so that adding or dropping a method leaves the others' draws unchanged.
+RANDOM_METHODS: tuple[str, ...] = ("random", "random_authors")
 _SEED_OFFSETS = {"random": 0, "random_authors": 1, "rrm": 2, "rrm_edge": 3, "non_linearised": 4,
                  "neuron": 5}
 
@@ -211,7 +212,7 @@ def evaluate_faithfulness(
         idx = chosen[sl]
         return faithfulness_batch(model, saes, images[idx], labels[idx], baselines=baselines,
                                   config=config, layout=layout,
-                                  batch_index=sl.start // config.batch_size)
+                                  batch_index=sl.start // config.batch_size, image_ids=idx)
 
     parts = map_batches(batch, n=len(chosen), batch_size=config.batch_size,
                         name="faithfulness", progress=progress)
@@ -227,21 +228,36 @@ def evaluate_faithfulness(
 
 
 def batch_generators(config: FaithfulnessConfig, batch_index: int) -> dict[str, torch.Generator]:
-    """Random generators of one batch: seeded by the batch's place in the run, so a batch draws
-    the same circuits whichever process computes it and whatever was computed before it."""
+    """Tie-order generators of one batch (`ties="random"`): seeded by the batch's place in the
+    run, so a batch draws the same order whichever process computes it."""
     return {m: torch.Generator().manual_seed(config.seed + _SEED_OFFSETS[m] + 64 * batch_index)
             for m in METHODS}
+
+
+def image_generators(config: FaithfulnessConfig, image_ids: Int[Tensor, " batch"]
+                     ) -> dict[str, list[torch.Generator]]:
+    """One generator per random method and image, seeded by (seed, method, the image's index in
+    the image set): an image draws the same random circuits in any batch, chunk or subset run,
+    so a reader can recompute a few images of a run bit for bit."""
+    return {m: [torch.Generator().manual_seed(image_seed(config.seed, m, int(i)))
+                for i in image_ids] for m in RANDOM_METHODS}
+
+
+def image_seed(seed: int, method: str, image_index: int) -> int:
+    """A 64-bit seed from (seed, method, image index); SeedSequence keeps distinct tuples apart."""
+    state = np.random.SeedSequence([seed, _SEED_OFFSETS[method], image_index]).generate_state(2)
+    return int(state[0]) << 32 | int(state[1])
 
 
 def faithfulness_batch(
     model: nn.Module, saes: Mapping[str, SAE], x: Float[Tensor, "batch c h w"],
     y: Int[Tensor, " batch"], *, baselines: Baselines, config: FaithfulnessConfig,
-    layout: Layout, batch_index: int,
+    layout: Layout, batch_index: int, image_ids: Int[Tensor, " batch"],
 ) -> dict[str, Tensor]:
     """Curves of one batch: `"method/mode/quantity"` -> `[batch, sweep]`, and
     `"influence/<stat>"` -> `[batch]` when the edge rule's graphs are built."""
     influence: dict[str, list[float]] = {}
-    generators = batch_generators(config, batch_index)
+    generators = {**batch_generators(config, batch_index), **image_generators(config, image_ids)}
     scores = method_scores(model, saes, x, y, baselines=baselines, config=config, layout=layout,
                            influence=influence)
     errors = clean_errors(model, saes, x)
@@ -297,9 +313,12 @@ _EDGE_ARGUMENT = {"topn": "p", "topk": "k", "threshold": "tau"}
 
 def method_masks(
     scores: Mapping[str, Any], *, value: float, config: FaithfulnessConfig, layout: Layout,
-    batch: int, generators: Mapping[str, torch.Generator],
+    batch: int, generators: Mapping[str, Any],
 ) -> dict[str, list[Bool[Tensor, "batch n"]]]:
-    """Per method, per-layer circuit masks (error slot last; neurons: d_model) at `value`."""
+    """Per method, per-layer circuit masks (error slot last; neurons: d_model) at `value`.
+
+    `generators`: a `torch.Generator` per method for tie orders, and for the random methods
+    (`RANDOM_METHODS`) a list of one generator per image (`image_generators`)."""
     if value in (0.0, 1.0):
         # As the authors: sweep value 0 is the empty circuit and 1 every node, for any criterion.
         return {m: [torch.full((batch, layout.d_model if m == "neuron" else size), value == 1.0,

@@ -20,13 +20,17 @@ def _dense_rrm_scores(forward) -> list[Float[Tensor, "batch d_sae_plus_error"]]:
 
 
 def random_masks(
-    counts: Sequence[Int[Tensor, " batch"]], sizes: Sequence[int], generator: torch.Generator
+    counts: Sequence[Int[Tensor, " batch"]], sizes: Sequence[int],
+    generators: Sequence[torch.Generator],
 ) -> list[Bool[Tensor, "batch n"]]:
-    """Per layer and image, `counts[l][i]` slots of `sizes[l]` drawn without replacement."""
+    """Per layer and image, `counts[l][i]` slots of `sizes[l]` drawn without replacement from
+    image `i`'s own generator, so an image's draws do not depend on the batch it is in."""
     masks = []
     for count, size in zip(counts, sizes, strict=True):
-        ranks = torch.argsort(torch.rand(len(count), size, generator=generator), dim=-1)
-        masks.append(ranks < count[:, None])
+        if len(count) != len(generators):
+            raise ValueError(f"{len(count)} counts but {len(generators)} generators")
+        noise = torch.stack([torch.rand(size, generator=g) for g in generators])
+        masks.append(torch.argsort(noise, dim=-1) < count[:, None])
     return masks
 
 
