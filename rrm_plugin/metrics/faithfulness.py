@@ -103,6 +103,9 @@ class FaithfulnessConfig:
         ties: Order among equal normalised scores (`pruning.TIES`).
         skip_early_layers: Leave the first N SAE layers unmasked (the authors' flag skips
             round(L / 3) of them).
+        image_indices: Only these images (indices into the image set, each classified
+            correctly), e.g. to recompute a few images of a run; their records equal the run's
+            bit for bit (random circuits are seeded per image). Excludes `n_images`.
     """
 
     sweep: tuple[float, ...] | None = None
@@ -115,8 +118,16 @@ class FaithfulnessConfig:
     criterion: str = "topn"
     ties: str = "raw"
     skip_early_layers: int = 0
+    image_indices: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
+        if self.image_indices is not None:
+            if self.n_images is not None:
+                raise RRMUserError("give n_images or image_indices, not both")
+            if not self.image_indices or len(set(self.image_indices)) != len(self.image_indices):
+                raise RRMUserError(f"image_indices must be distinct and not empty, got "
+                                   f"{list(self.image_indices)}")
+            object.__setattr__(self, "image_indices", tuple(sorted(self.image_indices)))
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown:
             raise RRMUserError(
@@ -165,6 +176,15 @@ def select_images(correct: Tensor, n_images: int | None, seed: int) -> Tensor:
     return correct[torch.randperm(len(correct), generator=generator)[:n_images]].sort().values
 
 
+def chosen_images(correct: Int[Tensor, " n"], image_indices: tuple[int, ...]) -> Tensor:
+    """The given images, each of which must be classified correctly."""
+    wrong = sorted(set(image_indices) - set(correct.tolist()))
+    if wrong:
+        raise RRMUserError(f"image_indices {wrong} are not correctly classified images of the "
+                           "set (or out of range); faithfulness uses correct images only")
+    return torch.tensor(image_indices, dtype=torch.long, device=correct.device)
+
+
 class Layout(NamedTuple):
     """The SAE layers a run masks."""
 
@@ -206,7 +226,8 @@ def evaluate_faithfulness(
     correct = correct_indices(model, images, labels)
     if len(correct) == 0:
         raise RRMUserError("no image is classified correctly; faithfulness needs correct images")
-    chosen = select_images(correct, config.n_images, config.seed)
+    chosen = (select_images(correct, config.n_images, config.seed)
+              if config.image_indices is None else chosen_images(correct, config.image_indices))
 
     def batch(sl: slice) -> dict[str, Tensor]:
         idx = chosen[sl]

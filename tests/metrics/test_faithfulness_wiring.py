@@ -12,6 +12,7 @@ from rrm_plugin.attribution.forward import attribution_forward
 from rrm_plugin.circuits.pruning import edge_rule, select
 from rrm_plugin.metrics.faithfulness import (
     METHODS,
+    RANDOM_METHODS,
     FaithfulnessConfig,
     Layout,
     batch_generators,
@@ -29,8 +30,11 @@ from tests.metrics.oracles import adjusted, trapezoid_auc
 SWEEP = (0.0, 0.5, 1.0)
 
 
-def fresh_generators(seed=7):
-    return {m: torch.Generator().manual_seed(seed + i) for i, m in enumerate(METHODS)}
+def fresh_generators(seed=7, batch=4):
+    """Tie-order generators per method; the random methods draw from one generator per image."""
+    gens = {m: torch.Generator().manual_seed(seed + i) for i, m in enumerate(METHODS)}
+    return {**gens, **{m: [torch.Generator().manual_seed(seed + 100 * (i + 1) + j)
+                           for j in range(batch)] for i, m in enumerate(RANDOM_METHODS)}}
 
 
 def tied_scores(sizes, seed):
@@ -91,7 +95,8 @@ def test_rrm_edge_masks_are_the_dense_edge_rule_with_the_configs_settings(
 
 
 def test_random_masks_are_drawn_per_image():
-    masks = random_masks([torch.full((50,), 5)], [30], torch.Generator().manual_seed(0))[0]
+    gens = [torch.Generator().manual_seed(i) for i in range(50)]
+    masks = random_masks([torch.full((50,), 5)], [30], gens)[0]
     assert masks.shape == (50, 30) and (masks.sum(-1) == 5).all()
     assert len({tuple(row.tolist()) for row in masks}) > 40  # not one draw for every image
 
@@ -114,7 +119,7 @@ def test_method_scores_for_random_alone_and_for_the_logit_metric(vit, saes, imag
     scores = method_scores(vit, saes, images, y, baselines=baselines, config=only_random,
                            layout=layout)
     masks = method_masks(scores, value=0.5, config=only_random, layout=layout,
-                         batch=len(images), generators=fresh_generators())
+                         batch=len(images), generators=fresh_generators(batch=len(images)))
     assert list(masks) == ["random"]
     config = FaithfulnessConfig(methods=("rrm", "non_linearised"), metric="logit")
     scores = method_scores(vit, saes, images, y, baselines=baselines, config=config,
