@@ -55,6 +55,8 @@ def test_gzip_output_is_deterministic(run, tmp_path):
     a = write_json(tmp_path / "a.json.gz", run.to_json_dict()).read_bytes()
     b = write_json(tmp_path / "b.json.gz", run.to_json_dict()).read_bytes()
     assert a == b
+    assert a[4:8] == b"\0\0\0\0"  # gzip's mtime field: no timestamp (two writes a second apart
+    # would differ otherwise; within one second they agree anyway)
 
 
 def _broken(run, tmp_path, edit):

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from rrm_plugin.attribution.forward import attribution_forward
-from rrm_plugin.errors import RRMUserError
 from rrm_plugin.circuits.pruning import edge_rule, select
+from rrm_plugin.errors import RRMUserError
 from rrm_plugin.metrics.faithfulness import (
     METHODS,
     RANDOM_METHODS,
