@@ -27,8 +27,8 @@ def random_masks(
     image `i`'s own generator, so an image's draws do not depend on the batch it is in."""
     masks = []
     for count, size in zip(counts, sizes, strict=True):
-        if len(count) != len(generators):
-            raise ValueError(f"{len(count)} counts but {len(generators)} generators")
+        if len(count) != len(generators):  # a caller's bug, not a user error
+            raise RuntimeError(f"{len(count)} counts but {len(generators)} generators")
         noise = torch.stack([torch.rand(size, generator=g) for g in generators])
         masks.append(torch.argsort(noise, dim=-1) < count[:, None])
     return masks

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from rrm_plugin.errors import RRMUserError
 from rrm_plugin.metrics.faithfulness_result import (
     HEADLINE_AXIS,
     MODES,
@@ -39,7 +40,7 @@ END = "<!-- end of faithfulness tables -->"
 def replace_tables(text: str, tables: str) -> str:
     """`text` with the block between `BEGIN` and `END` replaced by `tables`."""
     if text.count(BEGIN) != 1 or text.count(END) != 1 or text.index(BEGIN) > text.index(END):
-        raise ValueError(f"expected one {BEGIN!r} ... {END!r} block")
+        raise RRMUserError(f"expected one {BEGIN!r} ... {END!r} block")
     head, rest = text.split(BEGIN)
     return f"{head}{BEGIN}\n\n{tables}\n\n{END}{rest.split(END)[1]}"
 
@@ -47,7 +48,7 @@ def replace_tables(text: str, tables: str) -> str:
 def tables_in(text: str) -> str:
     """The tables between the markers of `text`."""
     if text.count(BEGIN) != 1 or text.count(END) != 1:
-        raise ValueError(f"expected one {BEGIN!r} ... {END!r} block")
+        raise RRMUserError(f"expected one {BEGIN!r} ... {END!r} block")
     return text.split(BEGIN)[1].split(END)[0].strip()
 
 
@@ -55,7 +56,7 @@ def docs_tables(result: FaithfulnessResult) -> str:
     """The markdown tables of docs/circuits.md for `result` (every method of the default run)."""
     missing = [m for m in LABELS if m not in result.methods]
     if missing:
-        raise ValueError(f"the docs' tables need every method; missing {missing}")
+        raise RRMUserError(f"the docs' tables need every method; missing {missing}")
     return "\n\n".join([auc_table(result), quantity_table(result), margin_table(result),
                         random_rules_table(result), influence_table(result)])
 
@@ -115,7 +116,7 @@ def influence_table(result: FaithfulnessResult) -> str:
     """circuit-tracer influence pruning (0.8 / 0.98) of the RRM graphs: means over images."""
     stats = result.influence_circuit
     if not stats:
-        raise ValueError("the run holds no influence-pruned circuits (method rrm_edge)")
+        raise RRMUserError("the run holds no influence-pruned circuits (method rrm_edge)")
     head = ["influence-pruned circuits (mean over images)", "value"]
     rows = [[name, f"{stats[name]:.2f}" if name != "nodes" else f"{stats[name]:.1f}"]
             for name in sorted(stats)]

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from rrm_plugin.errors import RRMUserError
 from rrm_plugin.io import write_json
 from rrm_plugin.metrics.faithfulness import METHODS, FaithfulnessConfig
 from rrm_plugin.metrics.faithfulness_file import load_faithfulness
@@ -81,7 +82,7 @@ def test_known_answers_bold_best_signs_and_ratio_digits():
 def test_every_method_is_needed():
     result = hand_result()
     del result.image_curves["neuron"]
-    with pytest.raises(ValueError, match=r"missing \['neuron'\]"):
+    with pytest.raises(RRMUserError, match=r"missing \['neuron'\]"):
         docs_tables(result)
 
 
@@ -91,7 +92,7 @@ def test_marker_block_round_trip():
     assert new == f"intro\n\n{BEGIN}\n\n| a |\n|---|\n\n{END}\n\nafter\n"
     assert tables_in(new) == "| a |\n|---|"
     for broken in ("no markers", f"{END} {BEGIN}", f"{BEGIN} {BEGIN} {END}"):
-        with pytest.raises(ValueError, match="expected one"):
+        with pytest.raises(RRMUserError, match="expected one"):
             replace_tables(broken, "x")
 
 
