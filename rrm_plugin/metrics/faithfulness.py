@@ -260,8 +260,8 @@ def image_generators(config: FaithfulnessConfig, image_ids: Int[Tensor, " batch"
     """One generator per random method and image, seeded by (seed, method, the image's index in
     the image set): an image draws the same random circuits in any batch, chunk or subset run,
     so a reader can recompute a few images of a run bit for bit."""
-    return {m: [torch.Generator().manual_seed(image_seed(config.seed, m, j))
-                for j, _ in enumerate(image_ids)] for m in RANDOM_METHODS}
+    return {m: [torch.Generator().manual_seed(image_seed(config.seed, m, int(i)))
+                for i in image_ids] for m in RANDOM_METHODS}
 
 
 def image_seed(seed: int, method: str, image_index: int) -> int:
