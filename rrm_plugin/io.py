@@ -7,6 +7,7 @@ output paths (which use this module) run before any heavy import.
 from __future__ import annotations
 
 import errno
+import gzip
 import json
 import os
 import shutil
@@ -70,8 +71,13 @@ def _atomic(path: Path, write: Callable[[Path], None]) -> Path:
 
 
 def write_json(path: Path, data: Any) -> Path:
+    """Atomic JSON file; a name ending in `.gz` is gzipped (no timestamp: same data, same bytes)."""
     def write(tmp: Path) -> None:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+        text = json.dumps(data, indent=2, sort_keys=True) + "\n"
+        if Path(path).suffix == ".gz":
+            tmp.write_bytes(gzip.compress(text.encode(), compresslevel=9, mtime=0))
+        else:
+            tmp.write_text(text)
 
     return _atomic(path, write)
 
@@ -81,8 +87,10 @@ def read_json(path: Path) -> Any:
     if not path.is_file():
         raise MissingFileError(f"missing file {path}")
     try:
+        if path.suffix == ".gz":
+            return json.loads(gzip.decompress(path.read_bytes()))
         return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+    except (json.JSONDecodeError, UnicodeDecodeError, gzip.BadGzipFile, EOFError) as err:
         raise CorruptFileError(f"{path} is not valid JSON ({err})") from err
 
 

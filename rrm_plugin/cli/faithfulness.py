@@ -25,6 +25,9 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     add_baselines_arg(p)
     p.add_argument("--n-images", type=int, default=None,
                    help="correctly classified images to use (default: all)")
+    p.add_argument("--image-indices", type=int, nargs="+", default=None, metavar="I",
+                   help="only these correctly classified images (indices into --images or the "
+                        "held-out set), e.g. to recompute a few images of a run bit for bit")
     p.add_argument("--seed", type=int, default=42,
                    help="seed of the image subset and the random circuits (default 42, as the "
                         "paper)")
@@ -72,6 +75,12 @@ def check_args(args: argparse.Namespace) -> list[Path]:
     if args.ties not in TIES:
         raise RRMUserError(f"--ties: unknown {args.ties!r}; expected one of {list(TIES)}")
     checks.at_least("--n-images", args.n_images)
+    if args.image_indices is not None:
+        if args.n_images is not None:
+            raise RRMUserError("--image-indices: give --n-images or --image-indices, not both")
+        if min(args.image_indices) < 0 or len(set(args.image_indices)) < len(args.image_indices):
+            raise RRMUserError(f"--image-indices: expected distinct indices >= 0, got "
+                               f"{args.image_indices}")
     checks.at_least("--skip-early-layers", args.skip_early_layers, 0)
     checks.at_least("--batch-size", args.batch_size)
     checks.chunks_arg(args, args.out)

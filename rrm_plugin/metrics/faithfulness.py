@@ -81,6 +81,7 @@ NON_LINEARISED = Linearisation(
     attention_pattern=False, layer_norm_scale=False, gelu_gate=False, sae_input_std=True
 )
 # Separate generators, so that adding or dropping a method leaves the others' draws unchanged.
+RANDOM_METHODS: tuple[str, ...] = ("random", "random_authors")
 _SEED_OFFSETS = {"random": 0, "random_authors": 1, "rrm": 2, "rrm_edge": 3, "non_linearised": 4,
                  "neuron": 5}
 
@@ -102,6 +103,9 @@ class FaithfulnessConfig:
         ties: Order among equal normalised scores (`pruning.TIES`).
         skip_early_layers: Leave the first N SAE layers unmasked (the authors' flag skips
             round(L / 3) of them).
+        image_indices: Only these images (indices into the image set, each classified
+            correctly), e.g. to recompute a few images of a run; their records equal the run's
+            bit for bit (random circuits are seeded per image). Excludes `n_images`.
     """
 
     sweep: tuple[float, ...] | None = None
@@ -114,8 +118,16 @@ class FaithfulnessConfig:
     criterion: str = "topn"
     ties: str = "raw"
     skip_early_layers: int = 0
+    image_indices: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
+        if self.image_indices is not None:
+            if self.n_images is not None:
+                raise RRMUserError("give n_images or image_indices, not both")
+            if not self.image_indices or len(set(self.image_indices)) != len(self.image_indices):
+                raise RRMUserError(f"image_indices must be distinct and not empty, got "
+                                   f"{list(self.image_indices)}")
+            object.__setattr__(self, "image_indices", tuple(sorted(self.image_indices)))
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown:
             raise RRMUserError(
@@ -167,6 +179,15 @@ def select_images(correct: Tensor, n_images: int | None, seed: int) -> Tensor:
     return correct[torch.randperm(len(correct), generator=generator)[:n_images]].sort().values
 
 
+def chosen_images(correct: Int[Tensor, " n"], image_indices: tuple[int, ...]) -> Tensor:
+    """The given images, each of which must be classified correctly."""
+    wrong = sorted(set(image_indices) - set(correct.tolist()))
+    if wrong:
+        raise RRMUserError(f"image_indices {wrong} are not correctly classified images of the "
+                           "set (or out of range); faithfulness uses correct images only")
+    return torch.tensor(image_indices, dtype=torch.long, device=correct.device)
+
+
 class Layout(NamedTuple):
     """The SAE layers a run masks."""
 
@@ -211,7 +232,8 @@ def evaluate_faithfulness(
     correct = correct_indices(model, images, labels)
     if len(correct) == 0:
         raise RRMUserError("no image is classified correctly; faithfulness needs correct images")
-    chosen = select_images(correct, config.n_images, config.seed)
+    chosen = (select_images(correct, config.n_images, config.seed)
+              if config.image_indices is None else chosen_images(correct, config.image_indices))
 
     def batch(sl: slice) -> dict[str, Tensor]:
         idx = chosen[sl]
@@ -219,7 +241,7 @@ def evaluate_faithfulness(
         x, y = images[idx].to(weight.device, weight.dtype), labels[idx].to(weight.device)
         return faithfulness_batch(model, saes, x, y, baselines=baselines,
                                   config=config, layout=layout,
-                                  batch_index=sl.start // config.batch_size)
+                                  batch_index=sl.start // config.batch_size, image_ids=idx)
 
     parts = map_batches(batch, n=len(chosen), batch_size=config.batch_size,
                         name="faithfulness", progress=progress)
@@ -235,21 +257,36 @@ def evaluate_faithfulness(
 
 
 def batch_generators(config: FaithfulnessConfig, batch_index: int) -> dict[str, torch.Generator]:
-    """Random generators of one batch: seeded by the batch's place in the run, so a batch draws
-    the same circuits whichever process computes it and whatever was computed before it."""
+    """Tie-order generators of one batch (`ties="random"`): seeded by the batch's place in the
+    run, so a batch draws the same order whichever process computes it."""
     return {m: torch.Generator().manual_seed(config.seed + _SEED_OFFSETS[m] + 64 * batch_index)
             for m in METHODS}
+
+
+def image_generators(config: FaithfulnessConfig, image_ids: Int[Tensor, " batch"]
+                     ) -> dict[str, list[torch.Generator]]:
+    """One generator per random method and image, seeded by (seed, method, the image's index in
+    the image set): an image draws the same random circuits in any batch, chunk or subset run,
+    so a reader can recompute a few images of a run bit for bit."""
+    return {m: [torch.Generator().manual_seed(image_seed(config.seed, m, int(i)))
+                for i in image_ids] for m in RANDOM_METHODS}
+
+
+def image_seed(seed: int, method: str, image_index: int) -> int:
+    """A 64-bit seed from (seed, method, image index); SeedSequence keeps distinct tuples apart."""
+    state = np.random.SeedSequence([seed, _SEED_OFFSETS[method], image_index]).generate_state(2)
+    return int(state[0]) << 32 | int(state[1])
 
 
 def faithfulness_batch(
     model: nn.Module, saes: Mapping[str, SAE], x: Float[Tensor, "batch c h w"],
     y: Int[Tensor, " batch"], *, baselines: Baselines, config: FaithfulnessConfig,
-    layout: Layout, batch_index: int,
+    layout: Layout, batch_index: int, image_ids: Int[Tensor, " batch"],
 ) -> dict[str, Tensor]:
     """Curves of one batch: `"method/mode/quantity"` -> `[batch, sweep]`, and
     `"influence/<stat>"` -> `[batch]` when the edge rule's graphs are built."""
     influence: dict[str, list[float]] = {}
-    generators = batch_generators(config, batch_index)
+    generators = {**batch_generators(config, batch_index), **image_generators(config, image_ids)}
     scores = method_scores(model, saes, x, y, baselines=baselines, config=config, layout=layout,
                            influence=influence)
     errors = clean_errors(model, saes, x)
@@ -305,9 +342,12 @@ _EDGE_ARGUMENT = {"topn": "p", "topk": "k", "threshold": "tau"}
 
 def method_masks(
     scores: Mapping[str, Any], *, value: float, config: FaithfulnessConfig, layout: Layout,
-    batch: int, generators: Mapping[str, torch.Generator],
+    batch: int, generators: Mapping[str, Any],
 ) -> dict[str, list[Bool[Tensor, "batch n"]]]:
-    """Per method, per-layer circuit masks (error slot last; neurons: d_model) at `value`."""
+    """Per method, per-layer circuit masks (error slot last; neurons: d_model) at `value`.
+
+    `generators`: a `torch.Generator` per method for tie orders, and for the random methods
+    (`RANDOM_METHODS`) a list of one generator per image (`image_generators`)."""
     if value in (0.0, 1.0):
         # As the authors: sweep value 0 is the empty circuit and 1 every node, for any criterion.
         return {m: [torch.full((batch, layout.d_model if m == "neuron" else size), value == 1.0,

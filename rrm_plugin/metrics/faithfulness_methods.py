@@ -20,14 +20,18 @@ def _dense_rrm_scores(forward) -> list[Float[Tensor, "batch d_sae_plus_error"]]:
 
 
 def random_masks(
-    counts: Sequence[Int[Tensor, " batch"]], sizes: Sequence[int], generator: torch.Generator
+    counts: Sequence[Int[Tensor, " batch"]], sizes: Sequence[int],
+    generators: Sequence[torch.Generator],
 ) -> list[Bool[Tensor, "batch n"]]:
-    """Per layer and image, `counts[l][i]` slots of `sizes[l]` drawn without replacement."""
+    """Per layer and image, `counts[l][i]` slots of `sizes[l]` drawn without replacement from
+    image `i`'s own generator, so an image's draws do not depend on the batch it is in."""
     masks = []
     for count, size in zip(counts, sizes, strict=True):
-        # Drawn on the CPU from the CPU generator (the same circuits on every device), then
-        # compared on the counts' device.
-        noise = torch.rand(len(count), size, generator=generator).to(count.device)
+        if len(count) != len(generators):  # a caller's bug, not a user error
+            raise RuntimeError(f"{len(count)} counts but {len(generators)} generators")
+        # Drawn on the CPU from each image's CPU generator (the same circuits on every device),
+        # then compared on the counts' device.
+        noise = torch.stack([torch.rand(size, generator=g) for g in generators]).to(count.device)
         masks.append(torch.argsort(noise, dim=-1) < count[:, None])
     return masks
 

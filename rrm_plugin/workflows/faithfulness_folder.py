@@ -39,6 +39,7 @@ class FaithfulnessOptions(DatasetInputs):
 
     baselines: Path | str | None = None
     n_images: int | None = None
+    image_indices: list[int] | None = None
     seed: int = 42
     metric: str = "adjusted_logit"
     methods: list[str] | None = None
@@ -53,7 +54,9 @@ class FaithfulnessOptions(DatasetInputs):
         return FaithfulnessConfig(n_images=self.n_images, seed=self.seed, metric=self.metric,
                                   methods=methods, normalisation=self.normalisation,
                                   batch_size=self.batch_size, criterion=self.criterion,
-                                  ties=self.ties, skip_early_layers=self.skip_early_layers)
+                                  ties=self.ties, skip_early_layers=self.skip_early_layers,
+                                  image_indices=None if self.image_indices is None
+                                  else tuple(self.image_indices))
 
 
 class FaithfulnessRun(NamedTuple):

@@ -51,6 +51,11 @@ def bad_cases(s: Path) -> list[tuple[list[str], str]]:
          "rrm train-saes: error: --device 'gpu': expected cpu, cuda, cuda:N (a GPU index) or mps"),
         (["faithfulness", "--n-images", "0", "--out", "f"],
          "rrm faithfulness: error: --n-images must be at least 1, got 0"),
+        (["faithfulness", "--n-images", "3", "--image-indices", "1", "--out", "f"],
+         "rrm faithfulness: error: --image-indices: give --n-images or --image-indices, not "
+         "both"),
+        (["faithfulness", "--image-indices", "4", "4", "--out", "f"],
+         "rrm faithfulness: error: --image-indices: expected distinct indices >= 0, got [4, 4]"),
         (["train-saes", "--d-sae", "4", "--k", "16", "--out", "r"],
          "rrm train-saes: error: --k 16 is more than --d-sae 4: a TopK SAE keeps k of its d_sae "
          "latents per token"),

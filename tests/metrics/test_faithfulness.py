@@ -271,12 +271,15 @@ def hand_layout() -> Layout:
                   torch.device("cpu"))
 
 
-def generators():
-    return {m: torch.Generator().manual_seed(i) for i, m in enumerate(METHODS)}
+def generators(batch):
+    """Tie-order generators per method; the random methods draw from one generator per image."""
+    gens = {m: torch.Generator().manual_seed(i) for i, m in enumerate(METHODS)}
+    return {**gens, **{m: [torch.Generator().manual_seed(100 * (i + 1) + j) for j in range(batch)]
+                       for i, m in enumerate(("random", "random_authors"))}}
 
 
 def test_authors_random_rule_counts_and_redraws_at_every_p():
-    layout, gens = hand_layout(), generators()
+    layout, gens = hand_layout(), generators(50)
     config = FaithfulnessConfig(methods=("random_authors",))
     for value, counts in ((0.5, [4, 8]), (0.9, [8, 15]), (0.2, [1, 3])):
         masks = method_masks({}, value=value, config=config, layout=layout, batch=50,
@@ -292,7 +295,7 @@ def test_authors_random_rule_counts_and_redraws_at_every_p():
 
 
 def test_criteria_in_method_masks():
-    layout, gens = hand_layout(), generators()
+    layout, gens = hand_layout(), generators(3)
     scores = {"rrm": [torch.randn(3, 9, generator=torch.Generator().manual_seed(0)),
                       torch.randn(3, 17, generator=torch.Generator().manual_seed(1))]}
 
@@ -334,7 +337,7 @@ def test_random_method_draws_its_own_slots_with_the_rrm_counts():
 
     def masks():
         return method_masks(scores, value=0.2, config=config, layout=layout, batch=40,
-                            generators=generators())
+                            generators=generators(40))
 
     got = masks()
     for rrm, random in zip(got["rrm"], got["random"], strict=True):

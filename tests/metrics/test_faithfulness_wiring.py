@@ -10,13 +10,17 @@ import torch
 
 from rrm_plugin.attribution.forward import attribution_forward
 from rrm_plugin.circuits.pruning import edge_rule, select
+from rrm_plugin.errors import RRMUserError
 from rrm_plugin.metrics.faithfulness import (
     METHODS,
+    RANDOM_METHODS,
     FaithfulnessConfig,
     Layout,
     batch_generators,
     correct_indices,
     evaluate_faithfulness,
+    image_generators,
+    image_seed,
     method_masks,
     method_scores,
     sae_layout,
@@ -29,8 +33,11 @@ from tests.metrics.oracles import adjusted, trapezoid_auc
 SWEEP = (0.0, 0.5, 1.0)
 
 
-def fresh_generators(seed=7):
-    return {m: torch.Generator().manual_seed(seed + i) for i, m in enumerate(METHODS)}
+def fresh_generators(seed=7, batch=4):
+    """Tie-order generators per method; the random methods draw from one generator per image."""
+    gens = {m: torch.Generator().manual_seed(seed + i) for i, m in enumerate(METHODS)}
+    return {**gens, **{m: [torch.Generator().manual_seed(seed + 100 * (i + 1) + j)
+                           for j in range(batch)] for i, m in enumerate(RANDOM_METHODS)}}
 
 
 def tied_scores(sizes, seed):
@@ -91,7 +98,8 @@ def test_rrm_edge_masks_are_the_dense_edge_rule_with_the_configs_settings(
 
 
 def test_random_masks_are_drawn_per_image():
-    masks = random_masks([torch.full((50,), 5)], [30], torch.Generator().manual_seed(0))[0]
+    gens = [torch.Generator().manual_seed(i) for i in range(50)]
+    masks = random_masks([torch.full((50,), 5)], [30], gens)[0]
     assert masks.shape == (50, 30) and (masks.sum(-1) == 5).all()
     assert len({tuple(row.tolist()) for row in masks}) > 40  # not one draw for every image
 
@@ -107,6 +115,57 @@ def test_batch_generators_are_seeded_by_the_seed_the_method_and_the_batch():
             assert gens[m].initial_seed() == 5 + offset + 64 * batch_index
 
 
+def test_an_images_records_do_not_depend_on_its_batch_or_the_subset_run(
+        vit, saes, reference_images, baselines):
+    """Random circuits are seeded per image: a few images recomputed alone (`image_indices`)
+    give the run's records bit for bit, random methods included."""
+    images = reference_images[:6]
+    labels = vit(images).argmax(-1).detach()
+    settings = dict(sweep=SWEEP, methods=("rrm", "random", "random_authors"), seed=11)
+    full = evaluate_faithfulness(vit, saes, images, labels, baselines=baselines, progress=False,
+                                 config=FaithfulnessConfig(batch_size=4, **settings))
+    part = evaluate_faithfulness(vit, saes, images, labels, baselines=baselines, progress=False,
+                                 config=FaithfulnessConfig(batch_size=2, image_indices=(5, 1, 4),
+                                                           **settings))
+    assert part.image_indices == [1, 4, 5]
+    rows = [full.image_indices.index(i) for i in part.image_indices]
+    for m in settings["methods"]:
+        for mode in ("insertion", "deletion"):
+            for q, got in part.image_curves[m][mode].items():
+                assert np.array_equal(got, full.image_curves[m][mode][q][rows]), (m, mode, q)
+    # The random circuits are really random: images draw different slots at the same count.
+    gens = image_generators(FaithfulnessConfig(seed=11), torch.tensor([1, 4]))
+    for m in RANDOM_METHODS:
+        a, b = (torch.rand(50, generator=g) for g in gens[m])
+        assert not torch.equal(a, b)
+
+
+def test_image_seeds_separate_seed_method_and_image():
+    keys = [(seed, m, i) for seed in (0, 1, 42) for m in METHODS for i in (0, 1, 2, 64, 353)]
+    seeds = {image_seed(*k) for k in keys}
+    assert len(seeds) == len(keys) and all(0 <= s < 2 ** 64 for s in seeds)
+    assert image_seed(42, "random", 7) == image_seed(42, "random", 7)
+    gens = image_generators(FaithfulnessConfig(seed=42), torch.tensor([7, 3]))
+    assert [g.initial_seed() for g in gens["random"]] == [image_seed(42, "random", 7),
+                                                          image_seed(42, "random", 3)]
+
+
+def test_image_indices_settings_are_checked(vit, saes, reference_images, baselines):
+    with pytest.raises(RRMUserError, match="not both"):
+        FaithfulnessConfig(n_images=3, image_indices=(1,))
+    for bad in ((), (2, 2)):
+        with pytest.raises(RRMUserError, match="distinct and not empty"):
+            FaithfulnessConfig(image_indices=bad)
+    images = reference_images[:4]
+    labels = vit(images).argmax(-1).detach()
+    labels[2] = (labels[2] + 1) % vit.cfg.n_classes  # image 2 is now misclassified
+    for bad, named in (((2, 0), "[2]"), ((0, 9), "[9]")):
+        with pytest.raises(RRMUserError, match=re.escape(named)):
+            evaluate_faithfulness(vit, saes, images, labels, baselines=baselines, progress=False,
+                                  config=FaithfulnessConfig(sweep=SWEEP, methods=("rrm",),
+                                                            image_indices=bad))
+
+
 def test_method_scores_for_random_alone_and_for_the_logit_metric(vit, saes, images, baselines):
     layout = sae_layout(saes)
     y = vit(images).argmax(-1)
@@ -114,7 +173,7 @@ def test_method_scores_for_random_alone_and_for_the_logit_metric(vit, saes, imag
     scores = method_scores(vit, saes, images, y, baselines=baselines, config=only_random,
                            layout=layout)
     masks = method_masks(scores, value=0.5, config=only_random, layout=layout,
-                         batch=len(images), generators=fresh_generators())
+                         batch=len(images), generators=fresh_generators(batch=len(images)))
     assert list(masks) == ["random"]
     config = FaithfulnessConfig(methods=("rrm", "non_linearised"), metric="logit")
     scores = method_scores(vit, saes, images, y, baselines=baselines, config=config,
