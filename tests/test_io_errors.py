@@ -59,7 +59,7 @@ def test_a_failed_swap_names_the_output_and_leaves_no_holding_folder(tmp_path, m
 
 def test_missing_files_are_named_by_their_kind(tmp_path):
     from rrm_plugin.attribution.baselines import Baselines
-    from rrm_plugin.cli.debias import _load_data
+    from rrm_plugin.workflows.debias import load_data_file
 
     missing = tmp_path / "gone.safetensors"
     with pytest.raises(FileNotFoundError, match=rf"^missing weights file {missing}$"):
@@ -67,4 +67,4 @@ def test_missing_files_are_named_by_their_kind(tmp_path):
     with pytest.raises(FileNotFoundError, match=rf"^missing baselines file {missing}$"):
         Baselines.load(missing)
     with pytest.raises(FileNotFoundError, match=rf"^missing data file {missing}$"):
-        _load_data(missing)
+        load_data_file(missing)

@@ -76,6 +76,14 @@ def check_output_directory(out: Path, *, command: str, overwrite: bool = False,
             what = "no rrm output manifest" if found is None else f"output of `rrm {found}`"
             raise OutputExistsError(f"{option} {out} is a non-empty folder ({what}); give a new "
                                     f"folder or {again} to replace it")
+    _check_parent_writable(out, option=option)
+    if out.is_dir() and not os.access(out, os.W_OK | os.X_OK):  # moving a folder needs both
+        raise NotWritableError(f"{option} {out} is not writable, so it cannot be replaced")
+    return out
+
+
+def _check_parent_writable(out: Path, *, option: str) -> None:
+    """The nearest existing folder above `out` is a folder we can create files in."""
     parent = out.resolve().parent
     existing = next(p for p in (parent, *parent.parents) if p.exists())
     if not existing.is_dir():
@@ -83,9 +91,6 @@ def check_output_directory(out: Path, *, command: str, overwrite: bool = False,
     if not os.access(existing, os.W_OK | os.X_OK):
         raise NotWritableError(f"{option} {out}: cannot create files in {existing} "
                                "(not writable)")
-    if out.is_dir() and not os.access(out, os.W_OK | os.X_OK):  # moving a folder needs both
-        raise NotWritableError(f"{option} {out} is not writable, so it cannot be replaced")
-    return out
 
 
 def check_out_file(out: Path, *, inputs: Iterable[Path | str | None] = (),
@@ -97,13 +102,7 @@ def check_out_file(out: Path, *, inputs: Iterable[Path | str | None] = (),
     check_not_shipped(out)
     if out.is_dir():
         raise NotAFileError(f"{option} {out} is a folder; expected a file path")
-    parent = out.resolve().parent
-    existing = next(p for p in (parent, *parent.parents) if p.exists())
-    if not existing.is_dir():
-        raise NotAFolderError(f"{option} {out}: {existing} is a file, not a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise NotWritableError(f"{option} {out}: cannot create files in {existing} "
-                               "(not writable)")
+    _check_parent_writable(out, option=option)
     return out
 
 
