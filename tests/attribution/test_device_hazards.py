@@ -83,9 +83,11 @@ def test_block_weights_without_a_layernorm_gain_stay_on_the_models_device():
 
 def test_random_masks_follow_the_counts_device():
     counts = [torch.tensor([1, 3]), torch.tensor([2, 0])]
-    on_cpu = random_masks(counts, [5, 4], torch.Generator().manual_seed(0))
-    on_meta = random_masks([c.to("meta") for c in counts], [5, 4],
-                           torch.Generator().manual_seed(0))
+    def generators():  # one per image, as faithfulness draws them
+        return [torch.Generator().manual_seed(i) for i in range(2)]
+
+    on_cpu = random_masks(counts, [5, 4], generators())
+    on_meta = random_masks([c.to("meta") for c in counts], [5, 4], generators())
     assert [m.device.type for m in on_meta] == ["meta", "meta"]
     assert [m.shape for m in on_meta] == [m.shape for m in on_cpu]
     assert [m.sum(-1).tolist() for m in on_cpu] == [[1, 3], [2, 0]]
