@@ -21,7 +21,13 @@ from rrm_plugin.attribution.graph import Graph
 from rrm_plugin.circuits.influence import graph_scores
 from rrm_plugin.errors import RRMUserError
 from rrm_plugin.viewer.cards import check_cards
-from rrm_plugin.viewer.steps import CircuitStep, node_influence, pack_bits
+from rrm_plugin.viewer.steps import (
+    DEFAULT_PARAMS,
+    CircuitStep,
+    default_step,
+    node_influence,
+    pack_bits,
+)
 from rrm_plugin.viewer.steps import rounded as _round
 
 PAYLOAD_SCHEMA = "rrm-circuit-viewer/1"
@@ -40,7 +46,7 @@ class ImageContext:
         lens_top: Per latent node, its feature-lens classes `[(name, score), ...]`, best first.
         runs: Per step (same order as the steps), the readouts of the circuit kept
             (`"insertion"`) and removed (`"deletion"`): logit, adjusted logit, probability,
-            predicted class.
+            predicted class; None for a step without readouts (`rrm trace --readouts`).
         reference: Readouts of the clean model and of every latent at baseline.
     """
 
@@ -49,7 +55,7 @@ class ImageContext:
     n_prefix: int = 1
     patch_activations: Float[Tensor, "latent_nodes patches"] | None = None
     lens_top: list[list[tuple[str, float]]] | None = None
-    runs: list[dict[str, dict[str, float]]] | None = None
+    runs: list[dict[str, dict[str, float]] | None] | None = None
     reference: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
@@ -197,8 +203,7 @@ def viewer_payload(
     nodes = _nodes(graph)
     sources, targets, weights = _flat_edges(graph)
     keep = embedded_edges(graph, max_edges, edges_per_node)
-    default = dict(default_params or {"node_threshold": 0.8, "edge_threshold": 0.98})
-    default_index = next((i for i, s in enumerate(steps) if s.params == default), 0)
+    default_index = default_step(steps, default_params or DEFAULT_PARAMS)
 
     step_rows = []
     for i, step in enumerate(steps):
@@ -208,7 +213,7 @@ def viewer_payload(
         row = {"mode": step.mode, "params": step.params, "node_count": step.node_count,
                "edge_count": step.edge_count(graph), "nodes": _b64(pack_bits(step.nodes)),
                "edges": _b64(pack_bits(_step_edge_flat(step)[keep]))}
-        if context.runs is not None:
+        if context.runs is not None and context.runs[i] is not None:
             row["runs"] = context.runs[i]
         step_rows.append(row)
 
