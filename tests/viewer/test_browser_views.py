@@ -336,6 +336,39 @@ def test_warning_banner_is_text(session, digits, tmp_path):
     open_viewer(page, digits[2])
 
 
+def test_positions_without_readouts_say_so(session, digits, tmp_path):
+    """`--readouts curve` (the digits fixture's default) measures the budget circuits and the
+    circuit shown first: every other position says it has no readout instead of numbers; a
+    file with no readouts at all shows dashes (nothing to rerun for)."""
+    page, _ = session
+    _, payload, _ = digits
+    with_runs = [i for i, s in enumerate(payload["steps"]) if "runs" in s]
+    without = [i for i, s in enumerate(payload["steps"]) if "runs" not in s
+               and s["mode"] == "influence"]
+    assert payload["default_step"] in with_runs and without
+    message = "no readout for this position: rerun with `rrm trace --readouts all`"
+    default = payload["steps"][payload["default_step"]]["runs"]
+    shown = float(page.locator("#stat-insertion").inner_text())
+    assert shown == pytest.approx(default["insertion"]["adjusted_logit"], abs=5e-4)
+    page.evaluate(f"rrmViewer.setStep({without[0]})")
+    assert page.locator("#stat-no-readout").inner_text() == message
+    assert page.locator("#stat-insertion").count() == 0
+    # The budget curve is unaffected: all its points are measured.
+    budget = [i for i, s in enumerate(payload["steps"]) if s["mode"] == "budget"]
+    assert len(page.evaluate("rrmViewer.curvePoints()")) == len(budget) and \
+        set(budget) <= set(with_runs)
+    page.evaluate("rrmViewer.setStep(rrmViewer.data.default_step)")
+    assert page.locator("#stat-no-readout").count() == 0
+    bare = copy.deepcopy(payload)
+    for step in bare["steps"]:
+        step.pop("runs", None)
+    open_viewer(page, write_html(tmp_path / "bare.html", bare))
+    page.evaluate(f"rrmViewer.setStep({without[0]})")
+    assert page.locator("#stat-no-readout").count() == 0
+    assert page.locator("#stat-insertion").inner_text() == "–"
+    open_viewer(page, digits[2])
+
+
 def test_no_console_errors(session):
     _, events = session
     assert events["errors"] == [] and events["failed"] == []
