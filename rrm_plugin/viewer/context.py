@@ -117,7 +117,8 @@ def step_runs(
 ) -> StepRuns:
     """Insertion and deletion readouts of the steps `which` (default: all), identical circuits
     run once, all as rows of batched forwards (`run_circuits_on_image`); with
-    `all_at_baseline`, one more row: the empty circuit kept (its deletion is the clean run)."""
+    `all_at_baseline` (and any step to read), one more row: the empty circuit kept (its deletion
+    is the clean run, not run)."""
     which = range(len(steps)) if which is None else which
     unique: dict[bytes, int] = {}
     circuits: list[Circuit] = []
@@ -129,13 +130,13 @@ def step_runs(
             circuits.append(Circuit.from_graph(graph, steps[i].layer_masks(graph),
                                                list_edges=False))
         row_of[i] = unique[key]
+    if not circuits:  # no readouts asked for: no forward at all
+        return StepRuns([None] * len(steps), None)
     deletion = [True] * len(circuits)
     if all_at_baseline:
         masks = [torch.zeros(len(layer) + 1, dtype=torch.bool) for layer in graph.layers]
         circuits.append(Circuit.from_graph(graph, masks, list_edges=False))
         deletion.append(False)
-    if not circuits:
-        return StepRuns([None] * len(steps), None)
     used = {layer.hook_name: saes[layer.hook_name] for layer in graph.layers}
     runs = run_circuits_on_image(model, used, image, circuits, baselines=baselines,
                                  batch_size=batch_size, deletion=deletion, errors=errors)

@@ -26,6 +26,7 @@ from rrm_plugin.viewer.steps import (
     CircuitStep,
     default_step,
     node_influence,
+    nonzero_edges,
     pack_bits,
 )
 from rrm_plugin.viewer.steps import rounded as _round
@@ -104,8 +105,19 @@ def _flat_edges(graph: Graph) -> tuple[Tensor, Tensor, Tensor]:
     return torch.cat(sources), torch.cat(targets), torch.cat(weights)
 
 
-def _step_edge_flat(step: CircuitStep) -> Tensor:
-    return torch.cat([m.flatten() for m in step.edge_masks] + [step.logit_edges])
+def _embedded_mask(step: CircuitStep, keep: Sequence[Tensor]) -> Tensor:
+    """The step's edge mask on the embedded edges (`keep`: their flat indices per edge matrix,
+    then the logit edges'), without concatenating the full masks of every step."""
+    masks = [m.flatten() for m in step.edge_masks] + [step.logit_edges]
+    return torch.cat([m[k] for m, k in zip(masks, keep, strict=True)])
+
+
+def _split_flat(graph: Graph, flat: Tensor) -> list[Tensor]:
+    """Sorted flat edge indices (all edge matrices, then the logit edges) per matrix."""
+    sizes = [e.numel() for e in graph.edges] + [len(graph.logit_edges)]
+    bounds = torch.tensor(np.cumsum([0, *sizes]))
+    cuts = torch.searchsorted(flat, bounds)
+    return [flat[cuts[k]:cuts[k + 1]] - bounds[k] for k in range(len(sizes))]
 
 
 def embedded_edges(graph: Graph, max_edges: int, per_node: int = 0) -> Tensor:
@@ -205,14 +217,17 @@ def viewer_payload(
     keep = embedded_edges(graph, max_edges, edges_per_node)
     default_index = default_step(steps, default_params or DEFAULT_PARAMS)
 
+    nonzero = nonzero_edges(graph)
+    keep_split = _split_flat(graph, keep)
     step_rows = []
     for i, step in enumerate(steps):
         if len(step.nodes) != len(nodes["kind"]) - 1:
             raise RRMUserError(f"step {i} masks {len(step.nodes)} nodes, the graph has "
                                f"{len(nodes['kind']) - 1} (latents + errors)")
         row = {"mode": step.mode, "params": step.params, "node_count": step.node_count,
-               "edge_count": step.edge_count(graph), "nodes": _b64(pack_bits(step.nodes)),
-               "edges": _b64(pack_bits(_step_edge_flat(step)[keep]))}
+               "edge_count": step.edge_count(graph, nonzero=nonzero),
+               "nodes": _b64(pack_bits(step.nodes)),
+               "edges": _b64(pack_bits(_embedded_mask(step, keep_split)))}
         if context.runs is not None and context.runs[i] is not None:
             row["runs"] = context.runs[i]
         step_rows.append(row)
