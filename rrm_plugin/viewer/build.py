@@ -109,7 +109,8 @@ def merge_cards(payload: dict[str, Any], cards: Mapping[str, Any]) -> dict[str, 
 def write_viewer(out_dir: str | Path, payload: dict[str, Any]) -> Path:
     """`out_dir/circuit.html` plus the payload as `out_dir/viewer.json` (for `rrm view`)."""
     out_dir = Path(out_dir)
-    write_json(out_dir / PAYLOAD, payload)
+    # Compact: the ViT-B payload's columns hold ~10^5 numbers each (one line each if indented).
+    write_json(out_dir / PAYLOAD, payload, compact=True)
     return write_html(out_dir / PAGE, payload)
 
 

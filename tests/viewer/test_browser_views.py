@@ -250,6 +250,36 @@ def test_pinned_subgraph(session, digits):
     page.uncheck("#subgraph")
 
 
+def test_pinned_subgraph_drops_nodes_that_do_not_reach_the_logit(session, digits, tmp_path):
+    """A hand-built circuit where L0/F3's strong edge leads to L1/F5, whose logit edge is zero
+    (so not on the page): F5 is reached from the pin but on no path to the logit, and the
+    pinned subgraph leaves it out. (Influence circuits never hold such a node: pruning drops
+    it; the paper's node rules keep nodes without looking at paths.)"""
+    import torch
+
+    from rrm_plugin.viewer.payload import viewer_payload
+    from rrm_plugin.viewer.steps import CircuitStep, paper_steps
+    from tests.viewer.conftest import hand_graph
+
+    page, _ = session
+    graph = hand_graph()
+    every = [torch.ones(len(layer) + 1, dtype=torch.bool) for layer in graph.layers]
+    whole = CircuitStep("node_rule", {"p": 1.0}, torch.cat(every),
+                        [every[0][:, None] & every[1][None, :-1]], every[1].clone())
+    payload = viewer_payload(graph, [whole, *paper_steps(graph)])
+    # Viewer order: L0 F3, F7, error (0-2); L1 F1, F4, F5, error (3-6); logit 7.
+    assert payload["nodes"]["feature"][:7] == [3, 7, -1, 1, 4, 5, -1]
+    edges = set(zip(payload["edges"]["source"], payload["edges"]["target"], strict=True))
+    assert (0, 5) in edges and (0, 3) in edges and (3, 7) in edges and (5, 7) not in edges
+    open_viewer(page, write_html(tmp_path / "hand.html", payload))
+    page.evaluate("rrmViewer.setStep(0); rrmViewer.setEdgeBudget(0); rrmViewer.pin(0)")
+    page.check("#subgraph")
+    assert set(page.evaluate("rrmViewer.drawnList()")) == {0, 3, 7}
+    page.uncheck("#subgraph")
+    assert 5 in page.evaluate("rrmViewer.drawnList()")  # in the circuit, only not on a path
+    open_viewer(page, digits[2])
+
+
 def test_zoom_and_pan(session, digits):
     page, _ = session
     _, payload, _ = digits

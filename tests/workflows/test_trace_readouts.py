@@ -70,3 +70,31 @@ def test_bad_readouts_are_refused_before_any_work(vit, saes, images, baselines, 
         trace(vit, saes, images[0], baselines=baselines, readouts="some")
     with pytest.raises(RRMUserError, match="readouts must be one of"):
         TraceConfig(readouts="ALL")
+
+
+def test_payload_rows_are_reused_only_for_the_same_circuit(vit, saes, images, baselines,
+                                                           reference_images, monkeypatch):
+    """If the step shown first kept other nodes than the traced circuit, its numbers would be
+    another circuit's: trace then runs its own circuit."""
+    import base64
+
+    real_build, real_runs = trace_module.build_viewer, trace_module.run_circuits_on_image
+    batched = []
+
+    def build_viewer(graph, **kwargs):
+        payload = real_build(graph, **kwargs)
+        step = payload["steps"][payload["default_step"]]
+        bits = bytearray(base64.b64decode(step["nodes"]))
+        bits[0] ^= 1  # one node more or less
+        step["nodes"] = base64.b64encode(bytes(bits)).decode()
+        step["runs"]["insertion"] = {**step["runs"]["insertion"], "adjusted_logit": 1e6}
+        return payload
+
+    monkeypatch.setattr(trace_module, "build_viewer", build_viewer)
+    monkeypatch.setattr(trace_module, "run_circuits_on_image",
+                        lambda *a, **k: batched.append(1) or real_runs(*a, **k))
+    result = trace(vit, saes, images[1], baselines=baselines,
+                   reference_images=reference_images[:4])
+    assert batched == [1]
+    logits = run_circuits(vit, saes, images[1][None], result.circuit, baselines=baselines)[0]
+    _close(result.readouts["insertion"], _readout(logits, result.target_class))
