@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from jaxtyping import Float
+from jaxtyping import Bool, Float
 from torch import Tensor
 
 from rrm_plugin.attribution.graph import Graph
@@ -110,6 +110,16 @@ def _embedded_mask(step: CircuitStep, keep: Sequence[Tensor]) -> Tensor:
     then the logit edges'), without concatenating the full masks of every step."""
     masks = [m.flatten() for m in step.edge_masks] + [step.logit_edges]
     return torch.cat([m[k] for m, k in zip(masks, keep, strict=True)])
+
+
+def between_kept(
+    nodes: Bool[Tensor, " n_nodes"], sources: Tensor, targets: Tensor
+) -> Bool[Tensor, " edges"]:
+    """Embedded edges whose two ends a step keeps (the logit node always is): the edges a step's
+    packed edge mask has one bit for, in embedded order. A circuit's edges join kept nodes, so
+    the other edges need no bit (most of them, for the small circuits)."""
+    kept = torch.cat([nodes.bool(), torch.ones(1, dtype=torch.bool)])
+    return kept[sources] & kept[targets]
 
 
 def _split_flat(graph: Graph, flat: Tensor) -> list[Tensor]:
@@ -224,10 +234,14 @@ def viewer_payload(
         if len(step.nodes) != len(nodes["kind"]) - 1:
             raise RRMUserError(f"step {i} masks {len(step.nodes)} nodes, the graph has "
                                f"{len(nodes['kind']) - 1} (latents + errors)")
+        flagged = _embedded_mask(step, keep_split)
+        ends = between_kept(step.nodes, sources[keep], targets[keep])
+        if bool((flagged & ~ends).any()):
+            raise RRMUserError(f"step {i} keeps an edge whose source or target it drops")
+        # One bit per embedded edge between the step's nodes (`between_kept`), not per edge.
         row = {"mode": step.mode, "params": step.params, "node_count": step.node_count,
                "edge_count": step.edge_count(graph, nonzero=nonzero),
-               "nodes": _b64(pack_bits(step.nodes)),
-               "edges": _b64(pack_bits(_embedded_mask(step, keep_split)))}
+               "nodes": _b64(pack_bits(step.nodes)), "edges": _b64(pack_bits(flagged[ends]))}
         if context.runs is not None and context.runs[i] is not None:
             row["runs"] = context.runs[i]
         step_rows.append(row)

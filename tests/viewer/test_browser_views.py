@@ -14,6 +14,7 @@ import pytest
 from rrm_plugin.viewer.render import write_html
 from tests.viewer.browser import browser_page, open_viewer, unavailable_reason
 from tests.viewer.test_browser import reset
+from tests.viewer.test_payload import step_edges
 
 REASON = unavailable_reason()
 pytestmark = pytest.mark.skipif(REASON is not None, reason=f"no browser: {REASON}")
@@ -42,7 +43,8 @@ class Oracle:
         self.src, self.tgt, self.w = edges["source"], edges["target"], edges["weight"]
         e = len(self.src)
         self.node_mask = bits(payload["steps"][step]["nodes"], self.n)
-        self.edge_mask = bits(payload["steps"][step]["edges"], e)
+        self.edge_mask = step_edges(payload, step)
+        assert len(self.edge_mask) == e
         infl = nodes["influence"]
         self.ranking = sorted(range(self.n), key=lambda i: (-infl[i], i))
         strength = sorted(range(e), key=lambda i: (-abs(self.w[i]), i))
