@@ -11,7 +11,9 @@ worktree) runs in its own process on the same models and image, one after the ot
   image 0.
 
 Timed: `attribute` alone (the graph), then `trace(...)` + `TraceResult.write` into a temporary
-folder (what `rrm trace` runs after loading the model). Prints seconds and the ratios.
+folder (what `rrm trace` runs after loading the model), each copy with its default readouts.
+Prints seconds, the ratios, whether both copies found the same circuit and slider circuits, and
+the largest readout difference on the steps both measured and in the summary.
 
     python benchmarks/bench_trace.py --old /tmp/orig27d [--threads 2] [--models vit-b16 digits]
 """
@@ -64,8 +66,10 @@ def worker(root: Path, model_name: str, threads: int) -> dict:
     return {"graph_s": round(graph_s, 2), "trace_s": round(trace_s, 2),
             "graph_nodes": sum(len(layer) for layer in graph.layers),
             "circuit_nodes": result.circuit.node_count, "viewer_steps": len(steps),
-            "insertion_default": result.readouts["insertion"]["adjusted_logit"],
-            "step_runs": [s["runs"] for s in steps]}
+            "readouts": {k: result.readouts[k] for k in ("insertion", "deletion",
+                                                         "all_at_baseline")},
+            "step_nodes": [s["nodes"] for s in steps],
+            "step_runs": [s.get("runs") for s in steps]}
 
 
 def run_worker(root: Path, model_name: str, threads: int) -> dict:
@@ -77,14 +81,25 @@ def run_worker(root: Path, model_name: str, threads: int) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+KEYS = ("logit", "adjusted_logit", "probability")
+
+
 def max_readout_gap(old: list, new: list) -> float:
-    """Largest difference of any step's readout between the two copies (same circuits)."""
+    """Largest difference of a step's readout between the two copies, over the steps both
+    measured (the new default, `readouts="curve"`, measures the budget curve and the default)."""
     gap = 0.0
     for a, b in zip(old, new, strict=True):
+        if a is None or b is None:
+            continue
         for mode in ("insertion", "deletion"):
-            for key in ("logit", "adjusted_logit", "probability"):
+            for key in KEYS:
                 gap = max(gap, abs(a[mode][key] - b[mode][key]))
     return gap
+
+
+def summary_gap(old: dict, new: dict) -> float:
+    """Largest difference of the summary's insertion / deletion / all-at-baseline readouts."""
+    return max(abs(old[m][k] - new[m][k]) for m in old for k in KEYS)
 
 
 def main() -> None:
@@ -112,7 +127,11 @@ def main() -> None:
             "new_trace_over_graph": round(new["trace_s"] / new["graph_s"], 2),
             "trace_speedup": round(old["trace_s"] / new["trace_s"], 2),
             "same_circuit": old["circuit_nodes"] == new["circuit_nodes"],
+            "same_slider_circuits": old["step_nodes"] == new["step_nodes"],
+            "steps_measured": {"old": sum(r is not None for r in old["step_runs"]),
+                               "new": sum(r is not None for r in new["step_runs"])},
             "max_step_readout_gap": max_readout_gap(old["step_runs"], new["step_runs"]),
+            "max_summary_readout_gap": summary_gap(old["readouts"], new["readouts"]),
         }
     print(json.dumps({"threads": args.threads, **rows}, indent=1))
 

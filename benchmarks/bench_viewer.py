@@ -195,7 +195,11 @@ def main() -> None:
     title = "ViT-B/16-shaped random model, random paper-size SAEs (graph only)"
     new = write_viewer(tmp / "new", viewer_payload(graph, steps + extra, title=title))
     t2 = time.perf_counter()
-    old = old_page(args.reference_tree, stem, steps, tmp / "old", title)
+    # The reference gets the budget circuits too when it knows them (main since issue 27).
+    has_budget = (args.reference_tree / "rrm_plugin" / "viewer" / "steps.py").read_text().count(
+        "def budget_steps") > 0
+    old = old_page(args.reference_tree, stem, steps + extra if has_budget else steps,
+                   tmp / "old", title)
     n_nodes = sum(len(layer) for layer in graph.layers) + len(graph.layers) + 1
     n_edges = int(sum(int((e != 0).sum()) for e in graph.edges)) + int(
         (graph.logit_edges != 0).sum())

@@ -70,10 +70,12 @@ def _atomic(path: Path, write: Callable[[Path], None]) -> Path:
     return path
 
 
-def write_json(path: Path, data: Any) -> Path:
-    """Atomic JSON file; a name ending in `.gz` is gzipped (no timestamp: same data, same bytes)."""
+def write_json(path: Path, data: Any, *, compact: bool = False) -> Path:
+    """Atomic JSON file; a name ending in `.gz` is gzipped (no timestamp: same data, same bytes).
+    `compact`: no indentation or spaces (a multi-megabyte payload that people do not read)."""
     def write(tmp: Path) -> None:
-        text = json.dumps(data, indent=2, sort_keys=True) + "\n"
+        text = (json.dumps(data, separators=(",", ":"), sort_keys=True) if compact else
+                json.dumps(data, indent=2, sort_keys=True)) + "\n"
         if Path(path).suffix == ".gz":
             tmp.write_bytes(gzip.compress(text.encode(), compresslevel=9, mtime=0))
         else:

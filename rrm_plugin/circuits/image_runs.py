@@ -26,20 +26,22 @@ class ImageRuns(NamedTuple):
     insertion: Float[Tensor, "circuits classes"]
     """Logits with each circuit kept and everything else at baseline."""
     deletion: Float[Tensor, "circuits classes"]
-    """Logits with each circuit at baseline."""
+    """Logits with each circuit at baseline (NaN rows where its deletion was not asked for)."""
 
 
-def _row_masks(circuits: Sequence[Circuit], n_tokens: int) -> tuple[list[Tensor], Tensor]:
-    """Insertion masks of the circuits, then of their complements (the deletions)."""
+def _row_masks(
+    circuits: Sequence[Circuit], n_tokens: int, deleted: Tensor
+) -> tuple[list[Tensor], Tensor]:
+    """Insertion masks of the circuits, then of the complements of the `deleted` ones."""
     latents = []
     for k in range(len(circuits[0].hook_names)):
         # Feature circuits hold one [d_sae] mask for every position: broadcast, not copied.
         masks = torch.stack([c.latents[k] if c.latents[k].ndim == 2 else c.latents[k][None]
                              for c in circuits])
         masks = masks.expand(len(circuits), n_tokens, masks.shape[-1])
-        latents.append(torch.cat([masks, ~masks]))
+        latents.append(torch.cat([masks, ~masks[deleted]]))
     errors = torch.stack([c.errors for c in circuits])
-    return latents, torch.cat([errors, ~errors])
+    return latents, torch.cat([errors, ~errors[deleted]])
 
 
 @torch.no_grad()
@@ -51,10 +53,19 @@ def run_circuits_on_image(
     *,
     baselines: Baselines,
     batch_size: int = 32,
+    deletion: Sequence[bool] | None = None,
+    errors: Mapping[str, Float[Tensor, "1 pos d_model"]] | None = None,
 ) -> ImageRuns:
     """Insertion and deletion logits of every circuit on one image, `2 * len(circuits)` rows
     run `batch_size` at a time; the same numbers as `run_circuits` on each circuit alone (up to
-    the summation order of batched matrix products)."""
+    the summation order of batched matrix products).
+
+    Args:
+        deletion: Per circuit, whether to run its deletion too (default: all); a row not run is
+            NaN in `ImageRuns.deletion` (e.g. the all-at-baseline run: the empty circuit's
+            insertion, whose deletion is the clean model).
+        errors: The image's clean SAE errors (`clean_errors`), when already computed.
+    """
     if not circuits:
         raise RRMUserError("run_circuits_on_image needs at least one circuit")
     if image.ndim != 3:
@@ -62,12 +73,20 @@ def run_circuits_on_image(
                            f"{list(image.shape)}")
     if batch_size < 1:
         raise RRMUserError(f"batch_size must be at least 1, got {batch_size}")
+    deleted = torch.ones(len(circuits), dtype=torch.bool) if deletion is None else \
+        torch.as_tensor(list(deletion), dtype=torch.bool)
+    if deleted.shape != (len(circuits),):
+        raise RRMUserError(f"deletion has {deleted.numel()} entries for {len(circuits)} circuits")
     used = check_circuits(saes, circuits)
     require_baselines(baselines, caller="run_circuits_on_image")
     baselines.check(used)
-    errors = clean_errors(model, used, image[None])
+    if errors is None:
+        errors = clean_errors(model, used, image[None])
+    elif not set(used) <= set(errors):
+        raise RRMUserError(f"errors cover {sorted(errors)}; the circuits need {list(used)}")
+    errors = {h: errors[h] for h in used}
     n_tokens = next(iter(errors.values())).shape[1]
-    latents, error_masks = _row_masks(circuits, n_tokens)
+    latents, error_masks = _row_masks(circuits, n_tokens, deleted)
     rows = []
     for start in range(0, len(error_masks), batch_size):
         stop = min(start + batch_size, len(error_masks))
@@ -80,4 +99,6 @@ def run_circuits_on_image(
             rows.append(model.run_with_hooks(image[None].expand(size, *image.shape),
                                              fwd_hooks=hooks))
     logits = torch.cat(rows)
-    return ImageRuns(logits[:len(circuits)], logits[len(circuits):])
+    deletions = torch.full_like(logits[:len(circuits)], float("nan"))
+    deletions[deleted.to(logits.device)] = logits[len(circuits):]
+    return ImageRuns(logits[:len(circuits)], deletions)

@@ -41,9 +41,15 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     p.add_argument("--feature-cards", type=Path, default=None, metavar="PATH",
                    help="feature cards (cards.json of the feature dashboards) for the viewer's "
                         "hover cards (default: computed from the traced image)")
+    p.add_argument("--readouts", choices=["curve", "all", "none"], default=None,
+                   help="which of the viewer's slider positions get insertion / deletion "
+                        "readouts, two forward passes per distinct circuit: curve (default) the "
+                        "node-budget curve's circuits and the circuit shown first; all every "
+                        "position (about 80 circuits: minutes for a ViT-B on a CPU); none only "
+                        "the traced circuit's (the summary's)")
     p.add_argument("--no-viewer", action="store_true",
-                   help="skip circuit.html, whose slider readouts cost two forward passes per "
-                        "distinct circuit of the sliders (minutes for a ViT-B on a CPU)")
+                   help="skip circuit.html and viewer.json (and the slider circuits and their "
+                        "readouts)")
     p.set_defaults(run=run)
 
 
@@ -69,6 +75,8 @@ def check_args(args: argparse.Namespace) -> list[Path]:
                            "needs dense edge matrices)")
     if args.no_viewer and args.feature_cards:
         raise RRMUserError("--feature-cards is for the viewer; drop it or --no-viewer")
+    if args.no_viewer and args.readouts is not None:
+        raise RRMUserError("--readouts is for the viewer; drop it or --no-viewer")
     check_output_directory(args.out, command="trace", overwrite=args.overwrite,
                            inputs=checks.inputs_of(args, "image", "baselines", "reference_images",
                                                    "feature_cards", "model", "release"))
@@ -82,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
     config = TraceConfig(target_class=args.target, metric=args.metric,
                          granularity=args.granularity, node_threshold=args.node_threshold,
                          edge_threshold=args.edge_threshold, viewer=not args.no_viewer,
-                         token_top_k=args.token_top_k)
+                         token_top_k=args.token_top_k, readouts=args.readouts or "curve")
     result, files = trace_to_folder(
         args.image, args.out, model=args.model, release=args.release, device=args.device,
         dtype=args.dtype, baselines=args.baselines, reference_images=args.reference_images,

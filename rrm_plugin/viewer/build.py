@@ -19,11 +19,12 @@ from rrm_plugin.viewer.context import image_context
 from rrm_plugin.viewer.payload import NODE_FEATURE, viewer_payload
 from rrm_plugin.viewer.render import write_html, write_index
 from rrm_plugin.viewer.steps import (
-    EDGE_THRESHOLDS,
-    NODE_THRESHOLDS,
-    budget_steps,
-    influence_steps,
-    paper_steps,
+    DEFAULT_PARAMS,
+    Readouts,
+    check_readouts,
+    default_step,
+    readout_steps,
+    viewer_steps,
 )
 
 PAGE, PAYLOAD, GRAPH_STEM = "circuit.html", "viewer.json", "graph.lossless"
@@ -43,9 +44,10 @@ def build_viewer(
     title: str = "",
     default_params: Mapping[str, float] | None = None,
     warning: str | None = None,
+    readouts: Readouts = "curve",
 ) -> dict[str, Any]:
     """The viewer payload of a graph; with the model, SAEs, image and baselines also the image,
-    heat maps, feature lens and every step's insertion / deletion readouts.
+    heat maps, feature lens and the steps' insertion / deletion readouts.
 
     Args:
         graph: Attribution graph (feature or token granularity).
@@ -59,22 +61,23 @@ def build_viewer(
         default_params: Influence thresholds shown first.
         warning: A line the page shows prominently (e.g. that the baselines are not a
             dataset's medians); the payload's `"warning"` (null when None).
+        readouts: Which slider positions get insertion / deletion readouts (two forwards per
+            distinct circuit): `"curve"` the budget curve's circuits and the circuit shown
+            first, `"all"` every position, `"none"` none (the page says which have none).
+            Without all_at_baseline, it is computed with them (one more forward).
     """
-    default = dict(default_params or {"node_threshold": 0.8, "edge_threshold": 0.98})
-    # The thresholds shown first are always slider positions.
-    steps = influence_steps(
-        graph,
-        node_thresholds=sorted({*NODE_THRESHOLDS, float(default["node_threshold"])}),
-        edge_thresholds=sorted({*EDGE_THRESHOLDS, float(default["edge_threshold"])}),
-    ) + paper_steps(graph) + budget_steps(graph)  # the budget curve's circuits
+    check_readouts(readouts)
+    default = dict(default_params or DEFAULT_PARAMS)
+    steps = viewer_steps(graph, default)
     context = None
     if model is not None:
         if saes is None or image is None or baselines is None:
             raise RRMUserError("build_viewer with a model needs saes=, image= and baselines= too")
-
+        which = readout_steps(steps, readouts=readouts,
+                              default_index=default_step(steps, default))
         context = image_context(model, saes, image, graph, steps, baselines=baselines,
                                 display=display, class_names=class_names,
-                                all_at_baseline=all_at_baseline)
+                                all_at_baseline=all_at_baseline, which=which)
     return viewer_payload(graph, steps, context=context, cards=cards, title=title,
                           default_params=default, warning=warning)
 
@@ -106,7 +109,8 @@ def merge_cards(payload: dict[str, Any], cards: Mapping[str, Any]) -> dict[str, 
 def write_viewer(out_dir: str | Path, payload: dict[str, Any]) -> Path:
     """`out_dir/circuit.html` plus the payload as `out_dir/viewer.json` (for `rrm view`)."""
     out_dir = Path(out_dir)
-    write_json(out_dir / PAYLOAD, payload)
+    # Compact: the ViT-B payload's columns hold ~10^5 numbers each (one line each if indented).
+    write_json(out_dir / PAYLOAD, payload, compact=True)
     return write_html(out_dir / PAGE, payload)
 
 

@@ -13,6 +13,7 @@ import math
 from typing import Any
 
 import numpy as np
+import torch
 
 from rrm_plugin.attribution.graph import Graph
 from rrm_plugin.viewer.cards import check_card
@@ -23,6 +24,7 @@ from rrm_plugin.viewer.payload import (
     _flat_edges,
     _nodes,
     _round,
+    between_kept,
     node_offsets,
 )
 
@@ -150,14 +152,16 @@ def _check_edges(f: Fields, edges: Any, graph: Graph, of: str) -> int:
 
 def _check_steps(f: Fields, payload: dict, *, n_nodes: int, n_edges: int, graph: Graph) -> None:
     steps = f.array(payload["steps"], "steps")
+    ends = (torch.tensor(payload["edges"]["source"], dtype=torch.long).reshape(n_edges),
+            torch.tensor(payload["edges"]["target"], dtype=torch.long).reshape(n_edges))
     if not steps:
         raise f.fail("steps", steps, "at least one circuit step")
-    with_runs = "runs" in steps[0] if isinstance(steps[0], dict) else False
     total = payload["edges"]["total"]
     for i, step in enumerate(steps):
         at = f"steps[{i}]"
-        f.obj(step, at, required={"mode", "params", "node_count", "edge_count", "nodes", "edges"}
-              | ({"runs"} if with_runs else set()))
+        # "runs" is optional per step: `rrm trace --readouts curve` measures only some.
+        f.obj(step, at, required={"mode", "params", "node_count", "edge_count", "nodes", "edges"},
+              optional={"runs"})
         if step["mode"] not in STEP_PARAMS:
             raise f.fail(f"{at}.mode", step["mode"], f"one of {sorted(STEP_PARAMS)}")
         params = f.obj(step["params"], f"{at}.params", required=STEP_PARAMS[step["mode"]])
@@ -168,22 +172,29 @@ def _check_steps(f: Fields, payload: dict, *, n_nodes: int, n_edges: int, graph:
                 f.number(value, f"{at}.params.{key}", low=0.0, high=1.0)
         bits = _mask(f, step["nodes"], f"{at}.nodes", n_nodes - 1)
         f.equal(step["node_count"], f"{at}.node_count", bits, "the nodes its mask keeps")
-        _mask(f, step["edges"], f"{at}.edges", n_edges)
+        # One bit per embedded edge whose two ends the step keeps (`between_kept`).
+        nodes = torch.from_numpy(_bits(f, step["nodes"], f"{at}.nodes", n_nodes - 1))
+        _mask(f, step["edges"], f"{at}.edges", int(between_kept(nodes, *ends).sum()))
         f.integer(step["edge_count"], f"{at}.edge_count", low=0, high=total)
-        if with_runs:
+        if "runs" in step:
             runs = f.obj(step["runs"], f"{at}.runs", required={"insertion", "deletion"})
             for mode, readout in runs.items():
                 _check_readout(f, readout, f"{at}.runs.{mode}", graph)
     f.integer(payload["default_step"], "default_step", low=0, high=len(steps) - 1)
 
 
-def _mask(f: Fields, text: Any, field: str, n: int) -> int:
-    """Bits set in a little-endian packed mask of `n` entries (padding bits must be 0)."""
+def _bits(f: Fields, text: Any, field: str, n: int) -> np.ndarray:
+    """A little-endian packed mask of `n` entries as booleans (padding bits must be 0)."""
     data = np.frombuffer(f.b64(text, field, n_bytes=math.ceil(n / 8)), dtype=np.uint8)
     bits = np.unpackbits(data, bitorder="little")
     if bits[n:].any():
         raise f.fail(field, Said("bits set past the last entry"), f"a mask of {n} entries")
-    return int(bits.sum())
+    return bits[:n].astype(bool)
+
+
+def _mask(f: Fields, text: Any, field: str, n: int) -> int:
+    """Bits set in a little-endian packed mask of `n` entries (padding bits must be 0)."""
+    return int(_bits(f, text, field, n).sum())
 
 
 def _check_readout(f: Fields, readout: Any, field: str, graph: Graph) -> None:

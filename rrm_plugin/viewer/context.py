@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable, Mapping, Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -42,18 +43,32 @@ def png_bytes(image: Float[Tensor, "c h w"], *, min_size: int = 0) -> bytes:
 
 
 @torch.no_grad()
-def patch_activations(
-    model: nn.Module, saes: Mapping[str, SAE], image: Float[Tensor, "c h w"], graph: Graph
-) -> Float[Tensor, "latent_nodes patches"]:
-    """Each latent node's SAE activation on every patch of the image (token nodes: own patch)."""
-    n_prefix = n_prefix_tokens(model)
-    names = {f"{layer.hook_name}.hook_sae_acts_post" for layer in graph.layers}
+def clean_sae_cache(
+    model: nn.Module, saes: Mapping[str, SAE], image: Float[Tensor, "c h w"]
+) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """Per hook, the SAE activations `[1, pos, d_sae]` and errors `[1, pos, d_model]` of the
+    clean spliced run: one forward serves the heat maps and every readout's true errors."""
+    names = {f"{h}.hook_sae_{kind}": (h, kind) for h in saes for kind in ("acts_post", "error")}
     with splice_saes(model, saes, keep_error=True):
         _, cache = model.run_with_cache(image[None], names_filter=lambda n: n in names)
+    acts = {h: cache[f"{h}.hook_sae_acts_post"] for h in saes}
+    return acts, {h: cache[f"{h}.hook_sae_error"] for h in saes}
+
+
+@torch.no_grad()
+def patch_activations(
+    model: nn.Module, saes: Mapping[str, SAE], image: Float[Tensor, "c h w"], graph: Graph,
+    *, acts: Mapping[str, Tensor] | None = None,
+) -> Float[Tensor, "latent_nodes patches"]:
+    """Each latent node's SAE activation on every patch of the image (token nodes: own patch).
+    `acts`: the clean SAE activations per hook (`clean_sae_cache`), when already computed."""
+    n_prefix = n_prefix_tokens(model)
+    if acts is None:
+        acts = clean_sae_cache(model, {layer.hook_name: saes[layer.hook_name]
+                                       for layer in graph.layers}, image)[0]
     rows = []
     for layer in graph.layers:
-        acts = cache[f"{layer.hook_name}.hook_sae_acts_post"][0, n_prefix:].float().cpu()
-        per_node = acts[:, layer.features].T  # [nodes, patches]
+        per_node = acts[layer.hook_name][0, n_prefix:].float().cpu()[:, layer.features].T
         if layer.tokens is not None:
             # A token node is active on its own patch only (prefix tokens on none).
             own = torch.zeros_like(per_node, dtype=torch.bool)
@@ -86,29 +101,53 @@ def lens_top(
     return out
 
 
+class StepRuns(NamedTuple):
+    runs: list[dict[str, dict[str, float]] | None]
+    """Per step, its insertion and deletion readouts (None where not computed)."""
+    all_at_baseline: dict[str, float] | None
+    """The readout with every latent and error at baseline (when asked for)."""
+
+
 @torch.no_grad()
 def step_runs(
     model: nn.Module, saes: Mapping[str, SAE], image: Float[Tensor, "c h w"], graph: Graph,
-    steps: Sequence[CircuitStep], *, baselines: Baselines, batch_size: int = 32,
-) -> list[dict[str, dict[str, float]]]:
-    """Insertion and deletion readouts of every step's circuit (identical circuits run once,
-    all as rows of batched forwards: `run_circuits_on_image`)."""
+    steps: Sequence[CircuitStep], *, baselines: Baselines, which: Sequence[int] | None = None,
+    all_at_baseline: bool = False, errors: Mapping[str, Tensor] | None = None,
+    batch_size: int = 32,
+) -> StepRuns:
+    """Insertion and deletion readouts of the steps `which` (default: all), identical circuits
+    run once, all as rows of batched forwards (`run_circuits_on_image`); with
+    `all_at_baseline` (and any step to read), one more row: the empty circuit kept (its deletion
+    is the clean run, not run)."""
+    which = range(len(steps)) if which is None else which
     unique: dict[bytes, int] = {}
     circuits: list[Circuit] = []
-    which = []
-    for step in steps:
-        key = step.nodes.numpy().tobytes()
+    row_of = {}
+    for i in which:
+        key = steps[i].nodes.numpy().tobytes()
         if key not in unique:
             unique[key] = len(circuits)
-            circuits.append(Circuit.from_graph(graph, step.layer_masks(graph), list_edges=False))
-        which.append(unique[key])
+            circuits.append(Circuit.from_graph(graph, steps[i].layer_masks(graph),
+                                               list_edges=False))
+        row_of[i] = unique[key]
+    if not circuits:  # no readouts asked for: no forward at all
+        return StepRuns([None] * len(steps), None)
+    deletion = [True] * len(circuits)
+    if all_at_baseline:
+        masks = [torch.zeros(len(layer) + 1, dtype=torch.bool) for layer in graph.layers]
+        circuits.append(Circuit.from_graph(graph, masks, list_edges=False))
+        deletion.append(False)
     used = {layer.hook_name: saes[layer.hook_name] for layer in graph.layers}
     runs = run_circuits_on_image(model, used, image, circuits, baselines=baselines,
-                                 batch_size=batch_size)
+                                 batch_size=batch_size, deletion=deletion, errors=errors)
     cls = graph.target_class
-    results = {mode: [image_readout(row, cls) for row in getattr(runs, mode)]
-               for mode in ("insertion", "deletion")}
-    return [{mode: results[mode][i] for mode in results} for i in which]
+    readout = {mode: [image_readout(row, cls) if ok else None
+                      for row, ok in zip(getattr(runs, mode), ok_rows, strict=True)]
+               for mode, ok_rows in (("insertion", [True] * len(circuits)),
+                                     ("deletion", deletion))}
+    per_step = [{mode: readout[mode][row_of[i]] for mode in readout} if i in row_of else None
+                for i in range(len(steps))]
+    return StepRuns(per_step, readout["insertion"][-1] if all_at_baseline else None)
 
 
 def image_context(
@@ -117,25 +156,32 @@ def image_context(
     display: Callable[[Tensor], Tensor] | None = None,
     class_names: Sequence[str] | None = None,
     all_at_baseline: dict[str, float] | None = None,
+    which: Sequence[int] | None = None,
 ) -> ImageContext:
     """Everything the page shows about the image that needs the model.
 
     Args:
         display: Maps model inputs to [0, 1] RGB (e.g. undoing the normalisation).
         class_names: Names of the classes in logit order (default: their indices).
-        all_at_baseline: Readout with every latent at its baseline, if already computed.
+        all_at_baseline: Readout with every latent at its baseline, if already computed (else
+            computed as one more row of the steps' readouts, when there are any).
+        which: Steps whose insertion / deletion readouts are computed (default: all).
     """
     show = display or (lambda x: x)
     patch = model.cfg.patch_size
     rows, cols = image.shape[-2] // patch, image.shape[-1] // patch
     reference = {"clean": image_readout(graph.logits, graph.target_class)}
+    acts, errors = clean_sae_cache(
+        model, {layer.hook_name: saes[layer.hook_name] for layer in graph.layers}, image)
+    runs = step_runs(model, saes, image, graph, steps, baselines=baselines, which=which,
+                     all_at_baseline=all_at_baseline is None, errors=errors)
+    all_at_baseline = all_at_baseline if all_at_baseline is not None else runs.all_at_baseline
     if all_at_baseline is not None:
         reference["all_at_baseline"] = dict(all_at_baseline)
     return ImageContext(
         image_png=png_bytes(show(image), min_size=224), grid=(rows, cols),
         n_prefix=n_prefix_tokens(model),
-        patch_activations=patch_activations(model, saes, image, graph),
+        patch_activations=patch_activations(model, saes, image, graph, acts=acts),
         lens_top=lens_top(model, saes, graph, class_names=class_names),
-        runs=step_runs(model, saes, image, graph, steps, baselines=baselines),
-        reference=reference,
+        runs=runs.runs, reference=reference,
     )

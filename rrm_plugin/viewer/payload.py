@@ -14,14 +14,21 @@ from typing import Any
 
 import numpy as np
 import torch
-from jaxtyping import Float
+from jaxtyping import Bool, Float
 from torch import Tensor
 
 from rrm_plugin.attribution.graph import Graph
 from rrm_plugin.circuits.influence import graph_scores
 from rrm_plugin.errors import RRMUserError
 from rrm_plugin.viewer.cards import check_cards
-from rrm_plugin.viewer.steps import CircuitStep, node_influence, pack_bits
+from rrm_plugin.viewer.steps import (
+    DEFAULT_PARAMS,
+    CircuitStep,
+    default_step,
+    node_influence,
+    nonzero_edges,
+    pack_bits,
+)
 from rrm_plugin.viewer.steps import rounded as _round
 
 PAYLOAD_SCHEMA = "rrm-circuit-viewer/1"
@@ -40,7 +47,7 @@ class ImageContext:
         lens_top: Per latent node, its feature-lens classes `[(name, score), ...]`, best first.
         runs: Per step (same order as the steps), the readouts of the circuit kept
             (`"insertion"`) and removed (`"deletion"`): logit, adjusted logit, probability,
-            predicted class.
+            predicted class; None for a step without readouts (`rrm trace --readouts`).
         reference: Readouts of the clean model and of every latent at baseline.
     """
 
@@ -49,7 +56,7 @@ class ImageContext:
     n_prefix: int = 1
     patch_activations: Float[Tensor, "latent_nodes patches"] | None = None
     lens_top: list[list[tuple[str, float]]] | None = None
-    runs: list[dict[str, dict[str, float]]] | None = None
+    runs: list[dict[str, dict[str, float]] | None] | None = None
     reference: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
@@ -98,8 +105,29 @@ def _flat_edges(graph: Graph) -> tuple[Tensor, Tensor, Tensor]:
     return torch.cat(sources), torch.cat(targets), torch.cat(weights)
 
 
-def _step_edge_flat(step: CircuitStep) -> Tensor:
-    return torch.cat([m.flatten() for m in step.edge_masks] + [step.logit_edges])
+def _embedded_mask(step: CircuitStep, keep: Sequence[Tensor]) -> Tensor:
+    """The step's edge mask on the embedded edges (`keep`: their flat indices per edge matrix,
+    then the logit edges'), without concatenating the full masks of every step."""
+    masks = [m.flatten() for m in step.edge_masks] + [step.logit_edges]
+    return torch.cat([m[k] for m, k in zip(masks, keep, strict=True)])
+
+
+def between_kept(
+    nodes: Bool[Tensor, " n_nodes"], sources: Tensor, targets: Tensor
+) -> Bool[Tensor, " edges"]:
+    """Embedded edges whose two ends a step keeps (the logit node always is): the edges a step's
+    packed edge mask has one bit for, in embedded order. A circuit's edges join kept nodes, so
+    the other edges need no bit (most of them, for the small circuits)."""
+    kept = torch.cat([nodes.bool(), torch.ones(1, dtype=torch.bool)])
+    return kept[sources] & kept[targets]
+
+
+def _split_flat(graph: Graph, flat: Tensor) -> list[Tensor]:
+    """Sorted flat edge indices (all edge matrices, then the logit edges) per matrix."""
+    sizes = [e.numel() for e in graph.edges] + [len(graph.logit_edges)]
+    bounds = torch.tensor(np.cumsum([0, *sizes]))
+    cuts = torch.searchsorted(flat, bounds)
+    return [flat[cuts[k]:cuts[k + 1]] - bounds[k] for k in range(len(sizes))]
 
 
 def embedded_edges(graph: Graph, max_edges: int, per_node: int = 0) -> Tensor:
@@ -197,18 +225,24 @@ def viewer_payload(
     nodes = _nodes(graph)
     sources, targets, weights = _flat_edges(graph)
     keep = embedded_edges(graph, max_edges, edges_per_node)
-    default = dict(default_params or {"node_threshold": 0.8, "edge_threshold": 0.98})
-    default_index = next((i for i, s in enumerate(steps) if s.params == default), 0)
+    default_index = default_step(steps, default_params or DEFAULT_PARAMS)
 
+    nonzero = nonzero_edges(graph)
+    keep_split = _split_flat(graph, keep)
     step_rows = []
     for i, step in enumerate(steps):
         if len(step.nodes) != len(nodes["kind"]) - 1:
             raise RRMUserError(f"step {i} masks {len(step.nodes)} nodes, the graph has "
                                f"{len(nodes['kind']) - 1} (latents + errors)")
+        flagged = _embedded_mask(step, keep_split)
+        ends = between_kept(step.nodes, sources[keep], targets[keep])
+        if bool((flagged & ~ends).any()):
+            raise RRMUserError(f"step {i} keeps an edge whose source or target it drops")
+        # One bit per embedded edge between the step's nodes (`between_kept`), not per edge.
         row = {"mode": step.mode, "params": step.params, "node_count": step.node_count,
-               "edge_count": step.edge_count(graph), "nodes": _b64(pack_bits(step.nodes)),
-               "edges": _b64(pack_bits(_step_edge_flat(step)[keep]))}
-        if context.runs is not None:
+               "edge_count": step.edge_count(graph, nonzero=nonzero),
+               "nodes": _b64(pack_bits(step.nodes)), "edges": _b64(pack_bits(flagged[ends]))}
+        if context.runs is not None and context.runs[i] is not None:
             row["runs"] = context.runs[i]
         step_rows.append(row)
 

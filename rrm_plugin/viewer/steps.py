@@ -8,8 +8,9 @@ node, bottom to top (the logit node, always drawn, is not in the masks).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import numpy as np
 import torch
@@ -20,6 +21,7 @@ from rrm_plugin.attribution.graph import Graph
 from rrm_plugin.circuits.edge_readers import layered_adjacency, layered_influence
 from rrm_plugin.circuits.influence import prune_by_influence_grid
 from rrm_plugin.circuits.pruning import PAPER_SWEEP, edge_rule, node_rule_on_graph
+from rrm_plugin.errors import RRMUserError
 
 # Slider grids. The defaults of `prune_by_influence` (0.8, 0.98) are grid points.
 NODE_THRESHOLDS: tuple[float, ...] = tuple(round(0.05 * i, 2) for i in range(1, 21))
@@ -29,6 +31,11 @@ TAU_STEPS: tuple[float, ...] = tuple(round(0.1 * i, 1) for i in range(1, 11))
 # default budget is one of them, so its readouts are measured, not interpolated.
 NODE_BUDGETS: tuple[int, ...] = (10, 20, 40, 80, 160, 320, 640)
 DEFAULT_BUDGET = 40
+DEFAULT_PARAMS = {"node_threshold": 0.8, "edge_threshold": 0.98}
+# Which slider positions get insertion / deletion readouts (two forwards per distinct circuit):
+# the budget curve's circuits and the circuit shown first, every position, or none.
+Readouts = Literal["curve", "all", "none"]
+READOUTS: tuple[str, ...] = get_args(Readouts)
 
 
 @dataclass(frozen=True)
@@ -54,15 +61,21 @@ class CircuitStep:
         """Latent and error nodes kept (as `Circuit.node_count`)."""
         return int(self.nodes.sum())
 
-    def edge_count(self, graph: Graph) -> int:
-        """Kept non-zero edges, the logit edges included (as `Circuit.edges`)."""
-        inner = sum(int((m & (e != 0)).sum()) for m, e in zip(self.edge_masks, graph.edges,
-                                                               strict=True))
-        return inner + int((self.logit_edges & (graph.logit_edges != 0)).sum())
+    def edge_count(self, graph: Graph, *, nonzero: Sequence[Tensor] | None = None) -> int:
+        """Kept non-zero edges, the logit edges included (as `Circuit.edges`). `nonzero`:
+        `nonzero_edges(graph)`, computed once for many steps (a ViT-B graph has 3M edges)."""
+        nonzero = nonzero if nonzero is not None else nonzero_edges(graph)
+        return sum(int(torch.count_nonzero(m & nz)) for m, nz in
+                   zip([*self.edge_masks, self.logit_edges], nonzero, strict=True))
 
     def layer_masks(self, graph: Graph) -> list[Bool[Tensor, " n_plus_error"]]:
         """The node mask split per layer, as the pruning functions return it."""
         return list(torch.split(self.nodes, [len(layer) + 1 for layer in graph.layers]))
+
+
+def nonzero_edges(graph: Graph) -> list[Bool[Tensor, "..."]]:
+    """Which edges are non-zero: per edge matrix, then the logit edges."""
+    return [e != 0 for e in graph.edges] + [graph.logit_edges != 0]
 
 
 def rounded(values: Tensor | Sequence[float], digits: int = 6) -> list[float]:
@@ -144,6 +157,39 @@ def budget_steps(
         masks = list(torch.split(keep, sizes))
         steps.append(_step("budget", {"node_budget": budget}, masks, *_between(graph, masks)))
     return steps
+
+
+def viewer_steps(graph: Graph, default_params: Mapping[str, float]) -> list[CircuitStep]:
+    """Every slider position of the page: the influence grid (the thresholds shown first are
+    always grid points), the paper's rules, then the budget curve's circuits."""
+    return influence_steps(
+        graph,
+        node_thresholds=sorted({*NODE_THRESHOLDS, float(default_params["node_threshold"])}),
+        edge_thresholds=sorted({*EDGE_THRESHOLDS, float(default_params["edge_threshold"])}),
+    ) + paper_steps(graph) + budget_steps(graph)
+
+
+def default_step(steps: Sequence[CircuitStep], default_params: Mapping[str, float]) -> int:
+    """Index of the step shown first (the first with `default_params`, else 0)."""
+    return next((i for i, s in enumerate(steps) if s.params == dict(default_params)), 0)
+
+
+def check_readouts(readouts: str) -> None:
+    if readouts not in READOUTS:
+        raise RRMUserError(f"readouts must be one of {list(READOUTS)}, got {readouts!r}")
+
+
+def readout_steps(
+    steps: Sequence[CircuitStep], *, readouts: Readouts, default_index: int
+) -> list[int]:
+    """Steps whose readouts are computed: `"curve"` the budget curve's and the one shown first,
+    `"all"` every step, `"none"` none."""
+    check_readouts(readouts)
+    if readouts == "all":
+        return list(range(len(steps)))
+    if readouts == "none":
+        return []
+    return sorted({default_index} | {i for i, s in enumerate(steps) if s.mode == "budget"})
 
 
 def pack_bits(mask: Bool[Tensor, " n"]) -> bytes:

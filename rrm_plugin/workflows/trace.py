@@ -7,6 +7,7 @@ unit. `trace_image` is the same run written straight into a folder (the demo's).
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -23,8 +24,9 @@ from rrm_plugin.attribution.engine import EngineConfig
 from rrm_plugin.attribution.graph import Granularity, Graph
 from rrm_plugin.attribution.graph_views import graph_json
 from rrm_plugin.attribution.targets import image_readout
-from rrm_plugin.circuits.circuit import Circuit, run_circuits
+from rrm_plugin.circuits.circuit import Circuit
 from rrm_plugin.circuits.figure import plot_circuit, top_patches
+from rrm_plugin.circuits.image_runs import run_circuits_on_image
 from rrm_plugin.circuits.influence import GraphScores, graph_scores, prune_by_influence
 from rrm_plugin.errors import RRMUserError
 from rrm_plugin.hosts.vit import n_prefix_tokens
@@ -35,6 +37,7 @@ from rrm_plugin.viewer.build import build_viewer, write_viewer
 from rrm_plugin.viewer.cards import read_cards
 from rrm_plugin.viewer.notebook import frame_html
 from rrm_plugin.viewer.render import render_html
+from rrm_plugin.viewer.steps import Readouts, check_readouts, pack_bits
 from rrm_plugin.workflows.baselines import ResolvedBaselines, resolve_baselines
 from rrm_plugin.zoo.inputs import class_names_of, display_of, held_out_images
 from rrm_plugin.zoo.models import model_name_of
@@ -61,6 +64,10 @@ class TraceConfig:
         token_top_k: Token graphs only: keep each node's strongest in-edges (sparse edge
             matrices, `EngineConfig.token_top_k`), for ViT-B-sized token graphs. The viewer
             needs dense edges, so it is refused with this.
+        readouts: The viewer's insertion / deletion readouts (two forwards per distinct
+            circuit): `"curve"` (default) the budget curve's circuits and the circuit shown
+            first, `"all"` every slider position, `"none"` only this circuit's (for the
+            summary); the page says which positions have none.
     """
 
     target_class: int | None = None
@@ -72,8 +79,10 @@ class TraceConfig:
     max_json_edges: int = 100_000
     viewer: bool = True
     token_top_k: int | None = None
+    readouts: Readouts = "curve"
 
     def __post_init__(self) -> None:
+        check_readouts(self.readouts)
         if self.token_top_k is not None and self.granularity != "token":
             raise RRMUserError("token_top_k applies to token graphs: set granularity='token'")
         if self.token_top_k is not None and self.viewer:
@@ -202,6 +211,20 @@ class TraceResult:
         return Path(out_dir)
 
 
+def _shown_first_runs(
+    viewer: Mapping[str, Any], node_masks: Sequence[Tensor]
+) -> dict[str, dict[str, Any]] | None:
+    """Insertion, deletion and all-at-baseline readouts from the payload, when the step shown
+    first keeps exactly `node_masks` and was read out (else None)."""
+    step = viewer["steps"][viewer["default_step"]]
+    same = step["nodes"] == base64.b64encode(pack_bits(torch.cat(list(node_masks)))).decode()
+    at_baseline = viewer["reference"].get("all_at_baseline")
+    if not same or "runs" not in step or at_baseline is None:
+        return None
+    return {**{mode: dict(step["runs"][mode]) for mode in ("insertion", "deletion")},
+            "all_at_baseline": dict(at_baseline)}
+
+
 def _trace(
     model: nn.Module,
     saes: Mapping[str, SAE],
@@ -230,26 +253,33 @@ def _trace(
     circuit = Circuit.from_graph(graph, pruned.node_masks, edge_masks=pruned.edge_masks,
                                  logit_edge_mask=pruned.logit_edge_mask)
     cls = graph.target_class
-    runs = {mode: image_readout(run_circuits(model, saes, batch, circuit, baselines=baselines,
-                                        mode=mode)[0], cls)
-            for mode in ("insertion", "deletion")}
-    empty = Circuit(circuit.hook_names, [torch.zeros_like(m) for m in circuit.latents],
-                    torch.zeros_like(circuit.errors))
-    runs["all_at_baseline"] = image_readout(
-        run_circuits(model, saes, batch, empty, baselines=baselines)[0], cls)
+    viewer, runs = None, None
+    viewer_args = dict(
+        model=model, saes=saes, image=image, baselines=baselines, display=display,
+        class_names=class_names, cards=cards, readouts=config.readouts,
+        title=f"{metadata.get('model', 'model')}: class {cls}", warning=baselines_warning,
+        default_params={"node_threshold": config.node_threshold,
+                        "edge_threshold": config.edge_threshold})
+    if config.viewer and config.readouts != "none":
+        # The circuit shown first is this circuit: its readouts (and the all-at-baseline run)
+        # are rows of the viewer's batched forwards, not run again here.
+        viewer = build_viewer(graph, **viewer_args)
+        runs = _shown_first_runs(viewer, pruned.node_masks)
+    if runs is None:
+        empty = Circuit(circuit.hook_names, [torch.zeros_like(m) for m in circuit.latents],
+                        torch.zeros_like(circuit.errors))
+        rows = run_circuits_on_image(model, saes, image, [circuit, empty],
+                                     baselines=baselines, deletion=[True, False])
+        runs = {"insertion": image_readout(rows.insertion[0], cls),
+                "deletion": image_readout(rows.deletion[0], cls),
+                "all_at_baseline": image_readout(rows.insertion[1], cls)}
+    if config.viewer and viewer is None:
+        viewer = build_viewer(graph, all_at_baseline=runs["all_at_baseline"], **viewer_args)
     scores = graph_scores(graph)
     features = {h: circuit.layer_features(k) for k, h in enumerate(circuit.hook_names)}
     examples = top_patches(model, saes, reference_images, features)
     classes = {h: fc.top_classes[:, 0] for h, fc in feature_lens(model, saes, top_k=1).items()}
     show = display or (lambda x: x)
-    viewer = None
-    if config.viewer:
-        viewer = build_viewer(
-            graph, model=model, saes=saes, image=image, baselines=baselines, display=display,
-            class_names=class_names, cards=cards, all_at_baseline=runs["all_at_baseline"],
-            title=f"{metadata.get('model', 'model')}: class {cls}", warning=baselines_warning,
-            default_params={"node_threshold": config.node_threshold,
-                            "edge_threshold": config.edge_threshold})
     return TraceResult(
         graph=graph, circuit=circuit, scores=scores,
         readouts={"clean": image_readout(graph.logits, cls), **runs}, config=config,

@@ -75,3 +75,21 @@ def test_bad_inputs_are_refused_before_any_forward(vit, saes, images, baselines)
                     torch.zeros(len(saes), dtype=torch.bool))
     with pytest.raises(RRMUserError, match="built for other SAEs"):
         run_circuits_on_image(vit, saes, images[0], [circuits[0], wrong], baselines=baselines)
+
+
+def test_deletion_rows_can_be_skipped_and_errors_given(vit, saes, images, baselines):
+    image = images[0]
+    circuits = random_circuits(saes, 3)
+    full = run_circuits_on_image(vit, saes, image, circuits, baselines=baselines)
+    errors = clean_errors(vit, saes, image[None])
+    part = run_circuits_on_image(vit, saes, image, circuits, baselines=baselines,
+                                 deletion=[False, True, True], errors=errors, batch_size=2)
+    torch.testing.assert_close(part.insertion, full.insertion, rtol=1e-5, atol=1e-5)
+    assert torch.isnan(part.deletion[0]).all()  # not run
+    torch.testing.assert_close(part.deletion[1:], full.deletion[1:], rtol=1e-5, atol=1e-5)
+    with pytest.raises(RRMUserError, match="deletion has 2 entries for 3 circuits"):
+        run_circuits_on_image(vit, saes, image, circuits, baselines=baselines,
+                              deletion=[True, False])
+    missing = dict(list(errors.items())[1:])
+    with pytest.raises(RRMUserError, match="errors cover"):
+        run_circuits_on_image(vit, saes, image, circuits, baselines=baselines, errors=missing)

@@ -103,6 +103,11 @@ def bad_cases(s: Path) -> list[tuple[list[str], str]]:
                                         "got -2"),
         (["trace", "0", "--no-viewer", "--feature-cards", str(cards), "--out", "t"],
          "rrm trace: error: --feature-cards is for the viewer; drop it or --no-viewer"),
+        (["trace", "0", "--no-viewer", "--readouts", "curve", "--out", "t"],
+         "rrm trace: error: --readouts is for the viewer; drop it or --no-viewer"),
+        (["trace", "0", "--readouts", "some", "--out", "t"],
+         "rrm trace: error: argument --readouts: invalid choice: 'some' (choose from 'curve', "
+         "'all', 'none') (see `rrm trace --help`)"),
         (["trace", "0", "--feature-cards", "nocards.json", "--out", "t"],
          "rrm trace: error: --feature-cards nocards.json: no such feature cards file"),
         (["trace", "0", "--model", "./nomodel", "--out", "t"],
@@ -294,3 +299,34 @@ def test_multi_line_messages_become_one_line(monkeypatch, capsys):
     monkeypatch.setattr(listing, "run", upstream_style)
     expect_user_error(capsys, ["list"], r"^rrm list: error: We couldn't connect to "
                                         r"'https://huggingface\.co'\. Check your connection\.$")
+
+
+@pytest.mark.parametrize(("argv", "readouts"), [([], "curve"), (["--readouts", "all"], "all"),
+                                                (["--readouts", "none"], "none")])
+def test_trace_readouts_reach_the_config(monkeypatch, capsys, tmp_path, argv, readouts):
+    from rrm_plugin.errors import RRMUserError
+    from rrm_plugin.workflows import trace_folder
+
+    seen = {}
+
+    def stop(*args, config, **kwargs):
+        seen["config"] = config
+        raise RRMUserError("stopped here")
+
+    monkeypatch.setattr(trace_folder, "trace_to_folder", stop)
+    expect_user_error(capsys, ["trace", "0", "--out", str(tmp_path / "t"), *argv],
+                      "stopped here")
+    assert seen["config"].readouts == readouts and seen["config"].viewer
+
+
+def test_trace_readouts_choices_equal_the_library_names():
+    import argparse
+
+    from rrm_plugin.cli import trace as trace_cli
+    from rrm_plugin.viewer.steps import READOUTS
+
+    parser = argparse.ArgumentParser()
+    trace_cli.add_parser(parser.add_subparsers(), "trace")
+    sub = parser._subparsers._group_actions[0].choices["trace"]
+    action = next(a for a in sub._actions if a.dest == "readouts")
+    assert tuple(action.choices) == READOUTS

@@ -14,6 +14,7 @@ import pytest
 from rrm_plugin.viewer.render import write_html
 from tests.viewer.browser import browser_page, open_viewer, unavailable_reason
 from tests.viewer.test_browser import reset
+from tests.viewer.test_payload import step_edges
 
 REASON = unavailable_reason()
 pytestmark = pytest.mark.skipif(REASON is not None, reason=f"no browser: {REASON}")
@@ -42,7 +43,8 @@ class Oracle:
         self.src, self.tgt, self.w = edges["source"], edges["target"], edges["weight"]
         e = len(self.src)
         self.node_mask = bits(payload["steps"][step]["nodes"], self.n)
-        self.edge_mask = bits(payload["steps"][step]["edges"], e)
+        self.edge_mask = step_edges(payload, step)
+        assert len(self.edge_mask) == e
         infl = nodes["influence"]
         self.ranking = sorted(range(self.n), key=lambda i: (-infl[i], i))
         strength = sorted(range(e), key=lambda i: (-abs(self.w[i]), i))
@@ -250,6 +252,36 @@ def test_pinned_subgraph(session, digits):
     page.uncheck("#subgraph")
 
 
+def test_pinned_subgraph_drops_nodes_that_do_not_reach_the_logit(session, digits, tmp_path):
+    """A hand-built circuit where L0/F3's strong edge leads to L1/F5, whose logit edge is zero
+    (so not on the page): F5 is reached from the pin but on no path to the logit, and the
+    pinned subgraph leaves it out. (Influence circuits never hold such a node: pruning drops
+    it; the paper's node rules keep nodes without looking at paths.)"""
+    import torch
+
+    from rrm_plugin.viewer.payload import viewer_payload
+    from rrm_plugin.viewer.steps import CircuitStep, paper_steps
+    from tests.viewer.conftest import hand_graph
+
+    page, _ = session
+    graph = hand_graph()
+    every = [torch.ones(len(layer) + 1, dtype=torch.bool) for layer in graph.layers]
+    whole = CircuitStep("node_rule", {"p": 1.0}, torch.cat(every),
+                        [every[0][:, None] & every[1][None, :-1]], every[1].clone())
+    payload = viewer_payload(graph, [whole, *paper_steps(graph)])
+    # Viewer order: L0 F3, F7, error (0-2); L1 F1, F4, F5, error (3-6); logit 7.
+    assert payload["nodes"]["feature"][:7] == [3, 7, -1, 1, 4, 5, -1]
+    edges = set(zip(payload["edges"]["source"], payload["edges"]["target"], strict=True))
+    assert (0, 5) in edges and (0, 3) in edges and (3, 7) in edges and (5, 7) not in edges
+    open_viewer(page, write_html(tmp_path / "hand.html", payload))
+    page.evaluate("rrmViewer.setStep(0); rrmViewer.setEdgeBudget(0); rrmViewer.pin(0)")
+    page.check("#subgraph")
+    assert set(page.evaluate("rrmViewer.drawnList()")) == {0, 3, 7}
+    page.uncheck("#subgraph")
+    assert 5 in page.evaluate("rrmViewer.drawnList()")  # in the circuit, only not on a path
+    open_viewer(page, digits[2])
+
+
 def test_zoom_and_pan(session, digits):
     page, _ = session
     _, payload, _ = digits
@@ -333,6 +365,39 @@ def test_warning_banner_is_text(session, digits, tmp_path):
     banner = page.locator("#warning")
     assert banner.is_visible() and banner.inner_text() == warned["warning"]
     assert banner.locator("b").count() == 0
+    open_viewer(page, digits[2])
+
+
+def test_positions_without_readouts_say_so(session, digits, tmp_path):
+    """`--readouts curve` (the digits fixture's default) measures the budget circuits and the
+    circuit shown first: every other position says it has no readout instead of numbers; a
+    file with no readouts at all shows dashes (nothing to rerun for)."""
+    page, _ = session
+    _, payload, _ = digits
+    with_runs = [i for i, s in enumerate(payload["steps"]) if "runs" in s]
+    without = [i for i, s in enumerate(payload["steps"]) if "runs" not in s
+               and s["mode"] == "influence"]
+    assert payload["default_step"] in with_runs and without
+    message = "no readout for this position: rerun with `rrm trace --readouts all`"
+    default = payload["steps"][payload["default_step"]]["runs"]
+    shown = float(page.locator("#stat-insertion").inner_text())
+    assert shown == pytest.approx(default["insertion"]["adjusted_logit"], abs=5e-4)
+    page.evaluate(f"rrmViewer.setStep({without[0]})")
+    assert page.locator("#stat-no-readout").inner_text() == message
+    assert page.locator("#stat-insertion").count() == 0
+    # The budget curve is unaffected: all its points are measured.
+    budget = [i for i, s in enumerate(payload["steps"]) if s["mode"] == "budget"]
+    assert len(page.evaluate("rrmViewer.curvePoints()")) == len(budget) and \
+        set(budget) <= set(with_runs)
+    page.evaluate("rrmViewer.setStep(rrmViewer.data.default_step)")
+    assert page.locator("#stat-no-readout").count() == 0
+    bare = copy.deepcopy(payload)
+    for step in bare["steps"]:
+        step.pop("runs", None)
+    open_viewer(page, write_html(tmp_path / "bare.html", bare))
+    page.evaluate(f"rrmViewer.setStep({without[0]})")
+    assert page.locator("#stat-no-readout").count() == 0
+    assert page.locator("#stat-insertion").inner_text() == "–"
     open_viewer(page, digits[2])
 
 

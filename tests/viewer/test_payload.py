@@ -1,6 +1,7 @@
 """The viewer's payload: node order, edges, precomputed circuits, heat maps, cards, rendering."""
 
 import base64
+import dataclasses
 import json
 import re
 
@@ -23,6 +24,34 @@ def bits(b64: str, n: int) -> list[bool]:
     """Independent decoder: bit j of byte i is entry 8 i + j."""
     data = base64.b64decode(b64)
     return [bool((data[i // 8] >> (i % 8)) & 1) for i in range(n)]
+
+
+def step_edges(payload: dict, i: int) -> list[bool]:
+    """Independent decoder of step i's edge mask over every embedded edge: its bits cover, in
+    order, the embedded edges whose two ends the step keeps (the logit node always); the other
+    edges are not in the circuit."""
+    n = len(payload["nodes"]["kind"]) - 1
+    kept = bits(payload["steps"][i]["nodes"], n) + [True]
+    ends = [kept[s] and kept[t] for s, t in zip(payload["edges"]["source"],
+                                                payload["edges"]["target"], strict=True)]
+    flags = iter(bits(payload["steps"][i]["edges"], sum(ends)))
+    return [next(flags) if end else False for end in ends]
+
+
+def test_step_edge_masks_have_one_bit_per_edge_between_kept_nodes(graph):
+    steps = influence_steps(graph, node_thresholds=(0.3, 1.0), edge_thresholds=(0.9,))
+    payload = viewer_payload(graph, steps + paper_steps(graph))
+    sizes = [len(base64.b64decode(row["edges"])) for row in payload["steps"]]
+    e = len(payload["edges"]["source"])
+    # The small circuit's mask is shorter than one bit per embedded edge.
+    assert sizes[0] < -(-e // 8) and max(sizes) <= -(-e // 8)
+    # A step that keeps an edge without one of its ends cannot be written.
+    flagged = step_edges(payload, 0)
+    dropped = payload["edges"]["source"][flagged.index(True)]
+    nodes = steps[0].nodes.clone()
+    nodes[dropped] = False
+    with pytest.raises(ValueError, match="step 0 keeps an edge whose source or target it drops"):
+        viewer_payload(graph, [dataclasses.replace(steps[0], nodes=nodes)])
 
 
 def test_hand_graph_nodes_and_edges():
@@ -82,7 +111,7 @@ def test_influence_steps_are_python_pruning(graph):
         assert row["edge_count"] == len(circuit.edges)
         # The embedded edges flagged in this step are exactly the circuit's edges.
         ids = _ids(payload)
-        flagged = bits(row["edges"], len(payload["edges"]["source"]))
+        flagged = step_edges(payload, payload["steps"].index(row))
         drawn = {(ids[s], ids[t]) for s, t, f in zip(payload["edges"]["source"],
                                                      payload["edges"]["target"], flagged,
                                                      strict=True) if f}

@@ -198,8 +198,13 @@ def test_trace_passes_its_settings_to_the_figure_viewer_and_files(
     calls = {}
     monkeypatch.setattr(trace_module, "plot_circuit",
                         lambda *args, **kwargs: calls.__setitem__("figure", (args, kwargs)))
-    monkeypatch.setattr(trace_module, "build_viewer",
-                        lambda graph, **kwargs: calls.__setitem__("viewer", (graph, kwargs)))
+    real_build_viewer = trace_module.build_viewer
+
+    def build_viewer(graph, **kwargs):
+        calls["viewer"] = (graph, dict(kwargs))
+        return real_build_viewer(graph, **kwargs)
+
+    monkeypatch.setattr(trace_module, "build_viewer", build_viewer)
     monkeypatch.setattr(trace_module, "write_viewer",
                         lambda out_dir, payload: calls.__setitem__("written", out_dir))
 
@@ -211,7 +216,7 @@ def test_trace_passes_its_settings_to_the_figure_viewer_and_files(
     image, refs = images[2], reference_images[:5]
     summary = trace_image(vit, saes, image, baselines=baselines, out_dir=tmp_path,
                           reference_images=refs, config=config, metadata={"model": "tiny-x"},
-                          display=display, class_names=list("abcdefghij"), cards={"c": 1})
+                          display=display, class_names=list("abcdefghij"), cards=None)
     (graph, circuit, shown), kwargs = calls["figure"]
     assert graph.target_class == 2 and isinstance(circuit, CircuitType)
     assert circuit.node_count == summary["circuit_nodes"]
@@ -236,8 +241,10 @@ def test_trace_passes_its_settings_to_the_figure_viewer_and_files(
     assert viewer.pop("model") is vit and viewer.pop("saes") is saes
     assert viewer.pop("image") is image and viewer.pop("baselines") is baselines
     assert viewer.pop("display") is display
-    assert viewer == {"class_names": list("abcdefghij"), "cards": {"c": 1},
-                      "all_at_baseline": summary["all_at_baseline"], "title": "tiny-x: class 2",
+    # The viewer is built first (readouts "curve"): its batched rows give the summary's
+    # insertion, deletion and all-at-baseline readouts, so none is passed in.
+    assert viewer == {"class_names": list("abcdefghij"), "cards": None, "readouts": "curve",
+                      "title": "tiny-x: class 2",
                       "default_params": {"node_threshold": 0.7, "edge_threshold": 0.95},
                       "warning": None}  # trace_image takes its baselines as given
     data = json.loads((tmp_path / "graph.json").read_text())
