@@ -81,7 +81,12 @@ def test_trace_with_vit_prismas_clip_b32_releases(datacomp_b32_hub, photo_folder
         if not viewer:
             page = json.loads((out / "viewer.json").read_text())
             assert len(page["nodes"]["kind"]) == summary["graph_nodes"]  # latents, errors, logit
-            assert all(set(step["runs"]) == {"insertion", "deletion"} for step in page["steps"])
+            # `--readouts curve` (default): the budget curve's circuits and the one shown first.
+            measured = [i for i, step in enumerate(page["steps"]) if "runs" in step]
+            assert {page["steps"][i]["mode"] for i in measured} == {"budget", "influence"}
+            assert page["default_step"] in measured
+            assert all(set(page["steps"][i]["runs"]) == {"insertion", "deletion"}
+                       for i in measured)
         assert summary["metadata"]["model"] == "clip-vit-b32-datacomp"
         assert summary["circuit_nodes"] > 0
         graph = json.loads((out / "graph.json").read_text())
