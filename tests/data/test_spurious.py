@@ -89,6 +89,13 @@ def test_stroke_cue_is_the_hue_of_the_digits_own_pixels():
     for field in ("labels", "markers", "source_index", "object_mask"):
         assert torch.equal(getattr(batch, field), getattr(marked, field)), field
     assert (batch.markers != batch.labels).any() and (batch.markers == batch.labels).any()
+    # Background patches (no digit pixel, not the marker's corner patch) are the same pixels.
+    patches = batch.images.unfold(2, 4, 4).unfold(3, 4, 4).permute(0, 2, 3, 1, 4, 5)
+    marked_patches = marked.images.unfold(2, 4, 4).unfold(3, 4, 4).permute(0, 2, 3, 1, 4, 5)
+    background = ~batch.object_mask.reshape(64, 6, 6)
+    background[:, 0, 0] = False
+    assert background.sum() > 64 * 10
+    assert torch.equal(patches[background], marked_patches[background])
     digits, _ = load_source_digits()
     checked = 0
     for i in range(64):
