@@ -104,7 +104,8 @@ def attribution_feature_scores(
 
 def kept_out_edges(graph: Graph, pruned: PruneResult) -> list[Float[Tensor, " n"]]:
     """Per layer, each latent node's summed kept out-edges (float64, CPU): into the next layer's
-    nodes, or into the logit for the top layer. Pruned nodes have no kept edges, so score 0."""
+    nodes, or into the logit for the top layer. Pruned nodes score 0: the pruning keeps only
+    edges between kept nodes (and logit edges of kept top nodes)."""
     graph.require_dense_edges("circuit edge scores")
     out = []
     for k in range(len(graph.layers)):
@@ -113,7 +114,7 @@ def kept_out_edges(graph: Graph, pruned: PruneResult) -> list[Float[Tensor, " n"
         else:
             logit = graph.logit_edges.cpu().double()
             kept = (logit * pruned.logit_edge_mask.cpu())[:-1]
-        out.append(kept * pruned.node_masks[k][:-1].cpu())
+        out.append(kept)
     return out
 
 

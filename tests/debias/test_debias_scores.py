@@ -163,3 +163,27 @@ def test_out_edges_sum_to_node_scores_on_a_real_graph(tiny_vit, tiny_saes, tiny_
     assert len(graph.layers) >= 2 and all(len(layer) for layer in graph.layers)
     for layer, summed in zip(graph.layers, kept_out_edges(graph, everything), strict=True):
         torch.testing.assert_close(summed, layer.scores.double(), rtol=1e-4, atol=1e-6)
+
+
+def test_each_attribution_method_ranks_by_its_own_score(planted, monkeypatch):
+    """Circuit nodes, circuit edges and the full graph reach their own methods' rankings."""
+    from rrm_plugin.debias.scoring import AttributionScores
+
+    model, saes, baselines = planted
+    one_hot = {k: {HOOK: torch.eye(6, dtype=torch.float64)[k]} for k in range(6)}
+    monkeypatch.setattr(experiment, "attribution_feature_scores",
+                        lambda *a, **k: AttributionScores(circuit=one_hot[0], edges=one_hot[2],
+                                                          full=one_hot[3]))
+    ranked = {}
+
+    def spy(model, ranking, validation, *, method, **kwargs):
+        ranked[method] = ranking.index.tolist()
+        return experiment.Selection(method, top_ablation(ranking, 1, kind=kwargs["kind"]), {})
+
+    monkeypatch.setattr(experiment, "choose_count", spy)
+    select_ablations(model, saes, selection=planted_split([0, 0, 1], [1, 0, 0]),
+                     validation=planted_split([0, 1], [0, 1]), baselines=baselines,
+                     config=experiment.DebiasConfig(counts=(1,), batch_size=8))
+    assert ranked[experiment.RRM] == [0]
+    assert ranked[experiment.EDGES] == [2]
+    assert ranked[experiment.PLAIN] == [3]
