@@ -108,3 +108,16 @@ def test_debias_variant_is_checked_before_work_and_reaches_the_study(tmp_path, c
     assert settings.benchmark.cue == "marker"
     assert (settings.release, settings.reference_model) == ("rrm-digits-vit-spurious",
                                                             "digits-vit-balanced")
+
+
+@pytest.mark.slow
+def test_debias_on_the_stroke_variant(tmp_path):
+    out = tmp_path / "stroke"
+    assert main(["debias", "--variant", "stroke", "--out", str(out), *SMALL]) == 0
+    study = json.loads((out / "debias.json").read_text())
+    assert study["metadata"]["release"] == "rrm-digits-vit-stroke"
+    assert study["metadata"]["reference_model"] == "digits-vit-stroke-balanced"
+    assert "cue: stroke" in study["metadata"]["data"]
+    (seed,) = study["per_seed"]
+    assert seed["model"] == "digits-vit-stroke"
+    assert {"rrm_circuit_edges", "balanced_retrain"} <= set(seed["methods"])
