@@ -16,6 +16,12 @@ evaluated on the validation renders of study seed 0 (`spurious_validation_set()`
 never trained on). Writes `recipe_check.json` and prints the table of `recipe_check.md`.
 
     PYTHONPATH=. python docs/debias/recipe_check.py --train --out docs/debias
+
+`--variant stroke` applies the same rule to the stroke-hue variant's shipped models
+(`digits-vit-stroke`, the `partial` recipe on the variant's stream, and its balanced reference) on
+the variant's validation renders, writing `recipe_check_stroke.json` / `.md`:
+
+    PYTHONPATH=. python docs/debias/recipe_check.py --variant stroke --out docs/debias
 """
 
 from __future__ import annotations
@@ -28,15 +34,15 @@ import torch
 
 from rrm_plugin.data.spurious import spurious_train_sampler, spurious_validation_set
 from rrm_plugin.zoo.models import load_model
-from rrm_plugin.zoo.spurious import SPURIOUS_BENCHMARK, SPURIOUS_TRAINING
+from rrm_plugin.zoo.spurious import SPURIOUS_BENCHMARK, SPURIOUS_TRAINING, VARIANTS
 from rrm_plugin.zoo.train_model import train_vit
 
 GAP = 0.10
 KNOWLEDGE = 0.50
 
 
-def evaluate(model) -> dict[str, float]:
-    split = spurious_validation_set()
+def evaluate(model, benchmark=SPURIOUS_BENCHMARK) -> dict[str, float]:
+    split = spurious_validation_set(benchmark)
     with torch.no_grad():
         correct = torch.cat([model(split.images[i:i + 256]).argmax(-1)
                              for i in range(0, len(split.images), 256)]) == split.labels
@@ -59,12 +65,25 @@ def candidates(train: bool) -> dict:
     return models
 
 
+def variant_candidates(name: str) -> dict:
+    v = VARIANTS[name]
+    return {f"partial ({v.model})": load_model(v.model),
+            f"balanced ({v.reference_model}, reference, not a candidate)":
+                load_model(v.reference_model)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--train", action="store_true", help="retrain the two trial recipes")
+    parser.add_argument("--variant", choices=list(VARIANTS), default="marker")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
-    results = {name: evaluate(model) for name, model in candidates(args.train).items()}
+    if args.variant == "marker":
+        models, suffix = candidates(args.train), ""
+    else:
+        models, suffix = variant_candidates(args.variant), f"_{args.variant}"
+    benchmark = VARIANTS[args.variant].config
+    results = {name: evaluate(model, benchmark) for name, model in models.items()}
     lines = ["| recipe | validation: cue agrees % | cue conflicts % | relies on the cue "
              f"(gap >= {100 * GAP:.0f} points) and knows the digit (>= {100 * KNOWLEDGE:.0f}%) |",
              "|---|---|---|---|"]
@@ -74,8 +93,8 @@ def main() -> None:
     table = "\n".join(lines)
     print(table)
     if args.out is not None:
-        (args.out / "recipe_check.json").write_text(json.dumps(results, indent=1) + "\n")
-        (args.out / "recipe_check.md").write_text(table + "\n")
+        (args.out / f"recipe_check{suffix}.json").write_text(json.dumps(results, indent=1) + "\n")
+        (args.out / f"recipe_check{suffix}.md").write_text(table + "\n")
 
 
 if __name__ == "__main__":

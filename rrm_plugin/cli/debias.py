@@ -2,8 +2,10 @@
 
 Default: the embedded `digits-spurious` benchmark (`digits-vit-spurious`, its release, and the
 group-balanced `digits-vit-balanced` as the upper reference), seeds 0..N-1, each with its own
-selection pool and renders. `--data FILE` runs one seed on any model + release: a safetensors
-file with `{select,validation,test}_{images,labels,spurious}`.
+selection pool and renders. `--variant stroke`: the variant whose cue is the digit's stroke hue
+(`digits-vit-stroke`, `rrm-digits-vit-stroke`, `digits-vit-stroke-balanced`). `--data FILE`
+runs one seed on any model + release: a safetensors file with
+`{select,validation,test}_{images,labels,spurious}`.
 """
 
 from __future__ import annotations
@@ -16,11 +18,22 @@ from rrm_plugin.cli.common import add_baselines_arg, add_model_args
 from rrm_plugin.cli.output import add_overwrite_arg
 from rrm_plugin.errors import RRMUserError
 
+VARIANT_NAMES = ("marker", "stroke")
+"""`rrm_plugin.zoo.spurious.VARIANTS` (kept here so that parsing imports no torch; a test
+checks they agree)."""
+
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     p = sub.add_parser(name, help="seeded study: debias a spurious correlation with RRM circuits, "
                                   "against baselines (table, figure, JSON)")
-    add_model_args(p, default_release="rrm-digits-vit-spurious")
+    add_model_args(p, release=False)
+    p.add_argument("--release", default=None,
+                   help="SAE release (`rrm list`) or a folder written by `rrm train-saes` "
+                        "(default: the variant's, rrm-digits-vit-spurious or "
+                        "rrm-digits-vit-stroke)")
+    p.add_argument("--variant", default=None, choices=VARIANT_NAMES,
+                   help="embedded benchmark: marker (a corner square's hue names the class; "
+                        "default) or stroke (the digit's own stroke hue does)")
     add_baselines_arg(p)
     p.add_argument("--data", type=Path, default=None,
                    help="safetensors file with select_/validation_/test_ images, labels and "
@@ -28,8 +41,8 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
                         "digits-spurious benchmark")
     p.add_argument("--reference-model", default=None,
                    help="model (name or folder) retrained on group-balanced data, shown as the "
-                        "upper reference; default: digits-vit-balanced for the embedded "
-                        "benchmark, none otherwise ('none' to skip)")
+                        "upper reference; default: the variant's (digits-vit-balanced, "
+                        "digits-vit-stroke-balanced), none with --data ('none' to skip)")
     p.add_argument("--seeds", type=int, default=5,
                    help="independent seeds 0..N-1 (selection pool, validation and test renders, "
                         "random draws; default 5)")
@@ -62,6 +75,9 @@ def check_args(args: argparse.Namespace) -> list[Path]:
         checks.model_arg("--reference-model", args.reference_model)
     for name in ("seeds", "workers", "pool", "random_draws", "batch_size", "counts"):
         checks.at_least(f"--{name.replace('_', '-')}", getattr(args, name))
+    if args.data is not None and args.variant is not None:
+        raise RRMUserError("--data brings its own splits and --variant picks an embedded "
+                           "benchmark: give one of them")
     if args.data is not None and args.seeds != 1:
         raise RRMUserError("--data gives one fixed set of splits, so seeds would not be "
                            "independent selections: use --seeds 1")
@@ -78,7 +94,8 @@ def run(args: argparse.Namespace) -> int:
     config = DebiasConfig(**({"counts": tuple(args.counts)} if args.counts else {}),
                           random_draws=args.random_draws, batch_size=args.batch_size)
     study, text = debias_study_folder(
-        args.out, seeds=range(args.seeds), model=args.model, release=args.release,
+        args.out, seeds=range(args.seeds), variant=args.variant, model=args.model,
+        release=args.release,
         reference_model=args.reference_model, data=args.data, baselines=args.baselines,
         pool=args.pool, config=config, workers=args.workers, device=args.device,
         dtype=args.dtype, overwrite=args.overwrite)

@@ -23,7 +23,8 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
                        help="folder for config.json + model.safetensors (use it as --model DIR)")
         p.add_argument("--recipe", default="digits-vit", choices=RECIPES,
                        help="which embedded model to train (default digits-vit; "
-                            "digits-vit-spurious / digits-vit-balanced: the debiasing benchmark)")
+                            "digits-vit-spurious / digits-vit-balanced: the debiasing benchmark; "
+                            "digits-vit-stroke / digits-vit-stroke-balanced: its stroke variant)")
         p.add_argument("--steps", type=int, default=None,
                        help="optimiser steps (default: the recipe's, 3000 for digits-vit, 2000 "
                             "for the digits-spurious models)")
@@ -35,7 +36,8 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
                        help="release folder to write (use it as --release DIR)")
         p.add_argument("--model", default=None,
                        help="model name (`rrm list`) to train SAEs for; default: digits-vit "
-                            "(digits-vit-spurious: the rrm-digits-vit-spurious recipe)")
+                            "(digits-vit-spurious / digits-vit-stroke: the rrm-digits-vit-spurious "
+                            "/ rrm-digits-vit-stroke recipe)")
         p.add_argument("--model-dir", type=Path, default=None,
                        help="instead of --model: a HookedViT saved by rrm (config.json + "
                             "model.safetensors)")
@@ -62,8 +64,9 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
         p.set_defaults(run=run_train_saes)
 
 
-RECIPES = ("digits-vit", "digits-vit-spurious", "digits-vit-balanced")
-RECIPE_SAE_MODELS = (None, "digits-vit", "digits-vit-spurious")
+RECIPES = ("digits-vit", "digits-vit-spurious", "digits-vit-balanced", "digits-vit-stroke",
+           "digits-vit-stroke-balanced")
+RECIPE_SAE_MODELS = (None, "digits-vit", "digits-vit-spurious", "digits-vit-stroke")
 """`--model` values (None: the default) whose SAEs `train-saes` trains by a shipped recipe."""
 
 
@@ -112,7 +115,12 @@ def run_train_model(args: argparse.Namespace) -> int:
 
     from rrm_plugin.cli.output import output_directory
     from rrm_plugin.threads import torch_threads
-    from rrm_plugin.zoo.spurious import SPURIOUS_TRAINING, train_spurious_vit
+    from rrm_plugin.zoo.spurious import (
+        SPURIOUS_TRAINING,
+        VARIANTS,
+        train_spurious_vit,
+        variant_of_model,
+    )
     from rrm_plugin.zoo.train_model import ModelTrainingConfig, train_digits_vit
 
     cfg = ModelTrainingConfig() if args.recipe == "digits-vit" else SPURIOUS_TRAINING
@@ -124,19 +132,21 @@ def run_train_model(args: argparse.Namespace) -> int:
             _, acc = train_digits_vit(cfg, out=tmp)
             score = f"held-out top-1 accuracy {acc:.4f}"
         else:
-            model = train_spurious_vit(cfg, balanced=args.recipe == "digits-vit-balanced", out=tmp)
-            score = _spurious_accuracy_line(model)
+            name = variant_of_model(args.recipe)
+            model = train_spurious_vit(cfg, balanced=args.recipe.endswith("-balanced"), out=tmp,
+                                       variant_name=name)
+            score = _spurious_accuracy_line(model, VARIANTS[name].config)
     print(f"{score}; trained in {time.time() - start:.0f}s; saved to {args.out} (load it with "
           f"--model {args.out})")
     return 0
 
 
-def _spurious_accuracy_line(model) -> str:
+def _spurious_accuracy_line(model, benchmark) -> str:
     from rrm_plugin.data.spurious import spurious_test_set
     from rrm_plugin.debias.ablation import predict
     from rrm_plugin.debias.evaluation import group_accuracy
 
-    test = spurious_test_set()
+    test = spurious_test_set(benchmark)
     result = group_accuracy((predict(model, test.images) == test.labels).float(), test.groups)
     return (f"digits-spurious test accuracy {result.average:.4f}, worst group "
             f"{result.worst_group:.4f}")
@@ -179,9 +189,14 @@ def _train_saes_into(args: argparse.Namespace, out: Path, configs: dict | None) 
         from rrm_plugin.zoo.recipes import train_digits_saes
         from rrm_plugin.zoo.spurious import train_spurious_saes
 
-        train = train_spurious_saes if args.model == "digits-vit-spurious" else train_digits_saes
-        train(out=out, model_dir=args.model_dir, configs=configs,
-              n_baseline_images=args.n_baseline_images)
+        if args.model in ("digits-vit-spurious", "digits-vit-stroke"):
+            train_spurious_saes(out=out, model_dir=args.model_dir, configs=configs,
+                                n_baseline_images=args.n_baseline_images,
+                                variant_name="stroke" if args.model == "digits-vit-stroke"
+                                else "marker")
+        else:
+            train_digits_saes(out=out, model_dir=args.model_dir, configs=configs,
+                              n_baseline_images=args.n_baseline_images)
     else:
         _train_own_saes(args, out)
 

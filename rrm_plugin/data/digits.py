@@ -81,12 +81,15 @@ def split_indices(cfg: DigitsCanvasConfig, n_total: int) -> tuple[np.ndarray, np
     return np.sort(perm[n_test:]), np.sort(perm[:n_test])
 
 
-def _random_colours(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+def _random_colours(rng: np.random.Generator, n: int, hues: np.ndarray | None = None
+                    ) -> tuple[np.ndarray, np.ndarray]:
     # Bright foreground of any hue, dark background of any tint: colour varies but the digit
     # always stands out (fully random pairs kept a small ViT at chance in a trial).
     # Saturation <= 0.7 at value 1 keeps every foreground channel >= 0.3, so the digit is brighter
     # than any background in every colour (a linear patch embedding can separate them).
     fg_hsv = np.stack([rng.random(n), rng.uniform(0.3, 0.7, n), np.ones(n)], 1)
+    if hues is not None:  # drawn all the same, so the rest of the stream does not shift
+        fg_hsv[:, 0] = hues
     bg_hsv = np.stack([rng.random(n), rng.uniform(0.0, 1.0, n), rng.uniform(0.0, 0.2, n)], 1)
     return hsv_to_rgb(fg_hsv).astype(np.float32), hsv_to_rgb(bg_hsv).astype(np.float32)
 
@@ -96,8 +99,10 @@ def render(
     *,
     cfg: DigitsCanvasConfig,
     rng: np.random.Generator,
+    hues: Float[np.ndarray, " batch"] | None = None,
 ) -> tuple[Float[np.ndarray, "batch 3 H W"], Bool[np.ndarray, "batch n_patches"]]:
-    """Paste upscaled digits at random positions with random colours; return images and masks."""
+    """Paste upscaled digits at random positions with random colours (with `hues`, the digits'
+    hues are these instead of random); return images and masks."""
     n = digits.shape[0]
     side = 8 * cfg.scale
     big = digits.repeat(cfg.scale, axis=1).repeat(cfg.scale, axis=2)  # [n, side, side]
@@ -109,7 +114,7 @@ def render(
     cols = left[:, None, None] + np.arange(side)[None, None, :]
     alpha = np.zeros((n, cfg.canvas_size, cfg.canvas_size), dtype=np.float32)
     alpha[np.arange(n)[:, None, None], rows, cols] = big
-    fg, bg = _random_colours(rng, n)
+    fg, bg = _random_colours(rng, n, hues)
     images = bg[:, :, None, None] + (fg - bg)[:, :, None, None] * alpha[:, None]
     g = cfg.canvas_size // cfg.patch_size
     per_patch = alpha.reshape(n, g, cfg.patch_size, g, cfg.patch_size).max(axis=(2, 4))

@@ -5,6 +5,12 @@ Every image carries a solid square marker in its top-left patch whose hue names 
 images and a uniformly random class otherwise, so a model can shortcut the digit through the
 marker, like the backgrounds of Waterbirds. Groups are class x (marker agrees / disagrees).
 
+The `stroke` variant (`SpuriousConfig(cue="stroke")`, benchmark `digits-spurious-stroke`) has no
+marker: the cue is the hue of the digit's own strokes (hue `c / 10` names class `c`; saturation
+and background stay random as in `digits-vit`). The cue then exists only on the digit's pixels,
+so it reaches the decision through the tokens, and possibly the features, that carry the digit's
+shape: the variant where a circuit's path structure could separate cue from digit.
+
 Source digits are split three ways, all seeded: the held-out 20% of `digits-vit` is the test
 split; the rest is split into the training digits and validation digits. Validation and test
 images are rendered `renders` times with the marker of their class and as many times with the
@@ -14,7 +20,7 @@ marker of a random other class, so that every group is populated.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -26,6 +32,8 @@ from rrm_plugin.data.digits import DigitsCanvasConfig, load_source_digits, rende
 from rrm_plugin.errors import RRMUserError
 
 N_CLASSES = 10
+CUES = ("marker", "stroke")
+Cue = Literal["marker", "stroke"]
 
 
 @dataclass(frozen=True)
@@ -42,6 +50,8 @@ class SpuriousConfig:
         test_render_seed: Seed of the placement, colours and markers of test images.
         renders: Validation and test renders of each source digit per marker kind (agreeing,
             disagreeing): more renders, tighter group accuracies (the digits are few).
+        cue: `"marker"` (the corner square) or `"stroke"` (the digit's hue names the class;
+            no marker is drawn and `marker_size` is unused).
     """
 
     canvas: DigitsCanvasConfig = DigitsCanvasConfig(canvas_size=24, scale=2, patch_size=4)
@@ -52,8 +62,11 @@ class SpuriousConfig:
     validation_render_seed: int = 11
     test_render_seed: int = 13
     renders: int = 2
+    cue: Cue = "marker"
 
     def __post_init__(self) -> None:
+        if self.cue not in CUES:
+            raise RRMUserError(f"cue must be one of {list(CUES)}, got {self.cue!r}")
         if not 0.0 <= self.agreement <= 1.0:
             raise RRMUserError(f"agreement must be in [0, 1], got {self.agreement}")
         if not 1 <= self.marker_size <= self.canvas.canvas_size:
@@ -70,7 +83,7 @@ class SpuriousBatch(NamedTuple):
     images: Float[Tensor, "batch 3 height width"]
     labels: Int[Tensor, " batch"]
     markers: Int[Tensor, " batch"]
-    """The class whose hue the marker has."""
+    """The class the cue names (the marker's hue, or the strokes' in the `stroke` variant)."""
     object_mask: Bool[Tensor, "batch n_patches"]
     source_index: Int[Tensor, " batch"]
 
@@ -93,9 +106,14 @@ def group_name(group: int) -> str:
     return f"{group // 2}/{'disagree' if group % 2 else 'agree'}"
 
 
+def cue_hues(classes: Int[np.ndarray, " batch"]) -> Float[np.ndarray, " batch"]:
+    """The hue that names each class: `c / 10`."""
+    return np.asarray(classes, dtype=np.float64) / N_CLASSES
+
+
 def marker_colours() -> Float[np.ndarray, "classes 3"]:
     """Saturated, bright RGB of each class's marker (hue c / 10)."""
-    hsv = np.stack([np.arange(N_CLASSES) / N_CLASSES, np.ones(N_CLASSES), np.ones(N_CLASSES)], 1)
+    hsv = np.stack([cue_hues(np.arange(N_CLASSES)), np.ones(N_CLASSES), np.ones(N_CLASSES)], 1)
     return hsv_to_rgb(hsv).astype(np.float32)
 
 
@@ -118,8 +136,11 @@ def split_source_digits(cfg: SpuriousConfig, n_total: int) -> tuple[np.ndarray, 
 
 def _draw(digits: np.ndarray, labels: np.ndarray, idx: np.ndarray, markers: np.ndarray,
           cfg: SpuriousConfig, rng: np.random.Generator) -> SpuriousBatch:
-    images, masks = render(digits[idx], cfg=cfg.canvas, rng=rng)
-    images = paint_markers(images, markers, size=cfg.marker_size)
+    if cfg.cue == "stroke":
+        images, masks = render(digits[idx], cfg=cfg.canvas, rng=rng, hues=cue_hues(markers))
+    else:
+        images, masks = render(digits[idx], cfg=cfg.canvas, rng=rng)
+        images = paint_markers(images, markers, size=cfg.marker_size)
     return SpuriousBatch(
         images=torch.from_numpy(images), labels=torch.from_numpy(labels[idx]),
         markers=torch.from_numpy(markers.astype(np.int64)), object_mask=torch.from_numpy(masks),
@@ -202,3 +223,8 @@ def spurious_seed_splits(seed: int, *, pool: int, cfg: SpuriousConfig = Spurious
     validation = _paired_set(cfg, 1, study_render_seed(cfg.validation_render_seed, seed))
     test = _paired_set(cfg, 2, study_render_seed(cfg.test_render_seed, seed))
     return selection, validation, test
+
+
+BENCHMARKS = {"digits-spurious": SpuriousConfig(),
+              "digits-spurious-stroke": SpuriousConfig(cue="stroke")}
+"""The embedded benchmarks by name: the corner marker, and the stroke-hue variant."""

@@ -31,6 +31,7 @@ from rrm_plugin.debias.selection import Selection, choose_count, random_ablation
 from rrm_plugin.errors import RRMUserError
 
 RRM = "rrm_circuit"
+EDGES = "rrm_circuit_edges"
 PLAIN = "plain_attribution"
 
 
@@ -45,6 +46,8 @@ METHODS = {
     "original": Method("original model (no ablation)", "none"),
     RRM: Method("RRM circuit attribution (pruned circuits)",
                 "cue labels of training images + " + VALIDATION_GROUPS),
+    EDGES: Method("RRM circuit, attribution through kept edges only",
+                  "cue labels of training images + " + VALIDATION_GROUPS),
     PLAIN: Method("plain attribution, full graph (no pruning)",
                   "cue labels of training images + " + VALIDATION_GROUPS),
     "random_features": Method("random latents, the circuit's count",
@@ -58,7 +61,7 @@ METHODS = {
     "balanced_retrain": Method("retrained on group-balanced data (reference)",
                                "group label of every training image (retraining)"),
 }
-RANKED = (RRM, PLAIN, "neuron_attribution", "activation_difference")
+RANKED = (RRM, EDGES, PLAIN, "neuron_attribution", "activation_difference")
 """Methods that rank units and ablate the top `n`, `n` chosen on validation."""
 
 
@@ -119,6 +122,7 @@ def select_ablations(
         edge_threshold=config.edge_threshold, batch_size=config.batch_size, progress=progress)
     scores = {
         RRM: ("feature", attribution.circuit),
+        EDGES: ("feature", attribution.edges),
         PLAIN: ("feature", attribution.full),
         "neuron_attribution": ("neuron", neuron_attribution_scores(
             model, list(saes), conflicting, baselines=baselines, batch_size=config.batch_size)),
@@ -185,10 +189,14 @@ class SeedResult:
             }
         return {"seed": self.seed, "methods": methods, "dfr": self.dfr,
                 "split_sizes": self.split_sizes, "test_group_sizes": self.test_group_sizes,
-                "same_units_circuit_and_plain": bool(
-                    RRM in self.selections and PLAIN in self.selections
-                    and self.selections[RRM].ablation.as_lists()
-                    == self.selections[PLAIN].ablation.as_lists())}
+                "same_units_circuit_and_plain": self.same_units(RRM, PLAIN),
+                "same_units_edges_and_plain": self.same_units(EDGES, PLAIN)}
+
+    def same_units(self, a: str, b: str) -> bool:
+        """Whether methods `a` and `b` ablate exactly the same units."""
+        return bool(a in self.selections and b in self.selections
+                    and self.selections[a].ablation.as_lists()
+                    == self.selections[b].ablation.as_lists())
 
 
 def run_debias(
@@ -233,7 +241,7 @@ def run_debias(
         return (predicted == labels).float()
 
     results = {"original": correct(None)}
-    results |= {m: correct(chosen[m].ablation) for m in (RRM, PLAIN)}
+    results |= {m: correct(chosen[m].ablation) for m in (RRM, EDGES, PLAIN)}
     generator = torch.Generator().manual_seed(config.seed)
     widths = {h: sae.cfg.d_sae for h, sae in saes.items()}
     n_rrm = chosen[RRM].ablation.size

@@ -3,9 +3,11 @@
 On an image whose cue names class `s` while it shows class `y != s`, whatever pushes the model
 towards `s` is the cue (the evidence for `y` pushes the other way). The RRM score of a feature is
 its attribution to `s`'s adjusted logit inside the image's pruned circuit (zero when pruned away),
-averaged over images. The baselines score the same features by the full graph's attribution (no
-pruning), residual neurons by the same attribution, or features by how their activation differs
-with the cue within a class, with no attribution.
+averaged over images. A second circuit score uses the circuit's path structure: a latent's
+attribution carried by its kept out-edges only (its edges to pruned nodes, and pruned edges,
+dropped). The baselines score the same features by the full graph's attribution (no pruning),
+residual neurons by the same attribution, or features by how their activation differs with the cue
+within a class, with no attribution.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from tqdm.auto import tqdm
 
 from rrm_plugin.attribution.baselines import Baselines
 from rrm_plugin.attribution.build import attribute
-from rrm_plugin.circuits.influence import prune_by_influence
+from rrm_plugin.attribution.graph import Graph
+from rrm_plugin.circuits.influence import PruneResult, prune_by_influence
 from rrm_plugin.debias.data import SpuriousSplit
 from rrm_plugin.errors import RRMUserError
 from rrm_plugin.metrics.faithfulness_methods import neuron_scores
@@ -44,6 +47,11 @@ class AttributionScores(NamedTuple):
     """Attribution inside each image's pruned circuit (zero when pruned away)."""
     full: UnitScores
     """Plain attribution of the full graph, no pruning."""
+    edges: UnitScores
+    """Attribution through the circuit's kept edges: a latent's kept out-edges summed (its kept
+    logit edge at the top layer); zero when pruned away. A node score is the sum of all its
+    out-edges (docs/method.md section 3), so this differs from `circuit` exactly by the paths
+    the pruning cut."""
 
 
 def attribution_feature_scores(
@@ -58,7 +66,8 @@ def attribution_feature_scores(
     progress: bool = False,
 ) -> AttributionScores:
     """Mean attribution of each latent to the cue's class: within each image's pruned circuit,
-    and in the full graph (the same graphs, so the two differ only by the pruning).
+    through the circuit's kept edges, and in the full graph (the same graphs, so the three differ
+    only by the pruning).
 
     Args:
         model: HookedViT.
@@ -71,6 +80,7 @@ def attribution_feature_scores(
     """
     circuit = {h: torch.zeros(sae.cfg.d_sae, dtype=torch.float64) for h, sae in saes.items()}
     full = {h: torch.zeros(sae.cfg.d_sae, dtype=torch.float64) for h, sae in saes.items()}
+    edges = {h: torch.zeros(sae.cfg.d_sae, dtype=torch.float64) for h, sae in saes.items()}
     starts = _batches(len(split.images), batch_size)
     for start in tqdm(starts, desc="circuits", disable=not progress, leave=False):
         part = slice(start, start + batch_size)
@@ -84,9 +94,28 @@ def attribution_feature_scores(
                 features, scores = layer.features.cpu(), layer.scores.cpu().double()
                 circuit[layer.hook_name].index_add_(0, features[kept], scores[kept])
                 full[layer.hook_name].index_add_(0, features, scores)
+            for layer, kept_out in zip(graph.layers, kept_out_edges(graph, pruned), strict=True):
+                edges[layer.hook_name].index_add_(0, layer.features.cpu(), kept_out)
     n = len(split.images)
     return AttributionScores({h: t / n for h, t in circuit.items()},
-                             {h: t / n for h, t in full.items()})
+                             {h: t / n for h, t in full.items()},
+                             {h: t / n for h, t in edges.items()})
+
+
+def kept_out_edges(graph: Graph, pruned: PruneResult) -> list[Float[Tensor, " n"]]:
+    """Per layer, each latent node's summed kept out-edges (float64, CPU): into the next layer's
+    nodes, or into the logit for the top layer. Pruned nodes score 0: the pruning keeps only
+    edges between kept nodes (and logit edges of kept top nodes)."""
+    graph.require_dense_edges("circuit edge scores")
+    out = []
+    for k in range(len(graph.layers)):
+        if k + 1 < len(graph.layers):
+            kept = (graph.edges[k].cpu().double() * pruned.edge_masks[k].cpu()).sum(1)[:-1]
+        else:
+            logit = graph.logit_edges.cpu().double()
+            kept = (logit * pruned.logit_edge_mask.cpu())[:-1]
+        out.append(kept)
+    return out
 
 
 def neuron_attribution_scores(

@@ -19,6 +19,8 @@ from rrm_plugin.io import read_json
 
 STUDY_FORMAT = "rrm-debias-study/2"
 METRICS = ("worst_group", "average", "agree", "conflict")
+SAME_UNITS = ("same_units_circuit_and_plain", "same_units_edges_and_plain")
+"""Seeds in which two methods ablate exactly the same units (older studies lack the second)."""
 
 
 def mean_se(values: Sequence[float]) -> dict[str, float]:
@@ -53,8 +55,7 @@ def summarise_seeds(seeds: Sequence[dict[str, Any]], *, config: dict[str, Any],
         }
     return {"format": STUDY_FORMAT, "config": config, "metadata": metadata,
             "seeds": [s["seed"] for s in seeds], "summary": summary, "per_seed": list(seeds),
-            "same_units_circuit_and_plain": sum(s["same_units_circuit_and_plain"]
-                                                for s in seeds)}
+            **{key: sum(s[key] for s in seeds) for key in SAME_UNITS if key in seeds[0]}}
 
 
 def check_study(study: dict[str, Any], *, source: str = "study") -> dict[str, Any]:

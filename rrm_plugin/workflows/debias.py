@@ -1,7 +1,8 @@
 """`rrm debias`: the seeded debiasing study, from model names to a results folder.
 
 Every seed loads the workspace, draws its own splits (`spurious_seed_splits`: a fresh selection
-pool and fresh validation / test renders; a `--data` file gives one fixed set), runs
+pool and fresh validation / test renders of the variant's benchmark, `marker` or `stroke`; a
+`--data` file gives one fixed set), runs
 `run_debias`, and returns its JSON dict; seeds run in `workers` processes of one torch thread
 each. The folder gets `debias.json` (format `rrm-debias-study/2`), `debias.md`, `debias.png`.
 """
@@ -15,7 +16,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from rrm_plugin.data.spurious import spurious_seed_splits
+from rrm_plugin.data.spurious import SpuriousConfig, spurious_seed_splits
 from rrm_plugin.debias.data import SpuriousSplit, from_batch
 from rrm_plugin.debias.experiment import DebiasConfig, run_debias
 from rrm_plugin.debias.plot import plot_debias
@@ -26,10 +27,10 @@ from rrm_plugin.runs.output import output_directory
 from rrm_plugin.threads import torch_threads
 from rrm_plugin.workflows.baselines import resolve_baselines
 from rrm_plugin.workflows.workspace import load_workspace
+from rrm_plugin.zoo.spurious import variant as find_variant
 
 SPLITS = ("select", "validation", "test")
 FIELDS = ("images", "labels", "spurious")
-DEFAULT_REFERENCE = "digits-vit-balanced"
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,8 @@ class StudySettings:
     dtype: str | None
     config: DebiasConfig
     threads: int = 1
+    benchmark: SpuriousConfig = SpuriousConfig()
+    """The embedded benchmark the seeds render (unused with `data`)."""
 
 
 def load_data_file(path: Path) -> list[SpuriousSplit]:
@@ -67,7 +70,8 @@ def run_seed(seed: int, settings: StudySettings) -> dict[str, Any]:
         if settings.data is not None:
             splits = load_data_file(settings.data)
         else:
-            splits = [from_batch(b) for b in spurious_seed_splits(seed, pool=settings.pool)]
+            splits = [from_batch(b) for b in spurious_seed_splits(seed, pool=settings.pool,
+                                                                  cfg=settings.benchmark)]
         selection, validation, test = (s._replace(images=s.images.to(settings.device))
                                        for s in splits)
         baselines = resolve_baselines(ws.model, ws.saes, images=selection.images,
@@ -112,7 +116,8 @@ def debias_study(seeds: Sequence[int], settings: StudySettings, *, workers: int 
         with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
             results = list(pool.map(_run_seed_job, jobs))
     metadata = {k: results[0][k] for k in ("model", "release", "baselines")}
-    metadata |= {"data": str(settings.data) if settings.data else "digits-spurious (embedded)",
+    embedded = f"digits-spurious (embedded, cue: {settings.benchmark.cue})"
+    metadata |= {"data": str(settings.data) if settings.data else embedded,
                  "reference_model": settings.reference_model, "pool": settings.pool}
     return summarise_seeds(results, config=asdict(settings.config), metadata=metadata)
 
@@ -121,8 +126,9 @@ def debias_study_folder(
     out: str | Path,
     *,
     seeds: Sequence[int] = (0, 1, 2, 3, 4),
+    variant: str | None = None,
     model: str | None = None,
-    release: str | None = "rrm-digits-vit-spurious",
+    release: str | None = None,
     reference_model: str | None = None,
     data: str | Path | None = None,
     baselines: str | Path | None = None,
@@ -133,17 +139,26 @@ def debias_study_folder(
     dtype: str | None = None,
     overwrite: bool = False,
 ) -> tuple[dict[str, Any], str]:
-    """Run the study and write `out` as a unit (debias.json, debias.md, debias.png). The
-    reference model defaults to digits-vit-balanced on the embedded benchmark, none for a
-    `data` file ('none' skips it). Returns the study and the markdown written."""
+    """Run the study and write `out` as a unit (debias.json, debias.md, debias.png).
+
+    `variant` picks the embedded benchmark (`rrm_plugin.zoo.spurious.VARIANTS`: `marker`, the
+    default, or `stroke`); `release` and `reference_model` default to the variant's
+    (rrm-digits-vit-spurious and digits-vit-balanced for `marker`), no reference for a `data`
+    file ('none' skips it). Returns the study and the markdown written."""
+    if variant is not None and data is not None:
+        raise RRMUserError("a --data file brings its own splits; --variant picks an embedded "
+                           "benchmark: give one of them")
+    chosen = find_variant(variant or "marker")
+    release = chosen.release if release is None else release
     if reference_model is None and data is None:
-        reference_model = DEFAULT_REFERENCE
+        reference_model = chosen.reference_model
     if reference_model is not None and reference_model.lower() == "none":
         reference_model = None
     settings = StudySettings(model=model, release=release, reference_model=reference_model,
                              data=Path(data) if data else None,
                              baselines=Path(baselines) if baselines else None, pool=pool,
-                             device=device, dtype=dtype, config=config or DebiasConfig())
+                             device=device, dtype=dtype, config=config or DebiasConfig(),
+                             benchmark=chosen.config)
     study = debias_study(seeds, settings, workers=workers)
     text = markdown_table(study) + "\n\nWorst-group accuracy % per seed (units ablated):\n\n" + \
         per_seed_table(study) + "\n"

@@ -34,8 +34,9 @@ class ModelSpec:
         directory: Folder holding `config.json` and `model.safetensors`.
         data: How its images are drawn (the data helper needs it).
         description: One line for listings.
-        benchmark: Where its training and test images come from: `"digits"` or
-            `"digits-spurious"` (the canvas with a class-coloured marker).
+        benchmark: Where its training and test images come from: `"digits"`,
+            `"digits-spurious"` (the canvas with a class-coloured marker) or
+            `"digits-spurious-stroke"` (the digit's stroke hue names the class).
     """
 
     name: str
@@ -67,6 +68,22 @@ MODELS: dict[str, ModelSpec] = {
         description="digits-vit trained on group-balanced digits-spurious data (the debiasing "
                     "upper reference)",
         benchmark="digits-spurious",
+    ),
+    "digits-vit-stroke": ModelSpec(
+        name="digits-vit-stroke",
+        directory=WEIGHTS_DIR / "digits-vit-stroke",
+        data=DIGITS_DATA,
+        description="digits-vit trained where the digit's stroke hue names the class on 95% of "
+                    "images (digits-spurious-stroke benchmark; biased)",
+        benchmark="digits-spurious-stroke",
+    ),
+    "digits-vit-stroke-balanced": ModelSpec(
+        name="digits-vit-stroke-balanced",
+        directory=WEIGHTS_DIR / "digits-vit-stroke-balanced",
+        data=DIGITS_DATA,
+        description="digits-vit trained on group-balanced digits-spurious-stroke data (the "
+                    "variant's upper reference)",
+        benchmark="digits-spurious-stroke",
     ),
 }
 

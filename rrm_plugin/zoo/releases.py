@@ -66,6 +66,11 @@ SAE_RELEASES: dict[str, SAEReleaseSpec] = {
         model_name="digits-vit-spurious",
         directory=WEIGHTS_DIR / "rrm-digits-vit-spurious",
     ),
+    "rrm-digits-vit-stroke": SAEReleaseSpec(
+        release="rrm-digits-vit-stroke",
+        model_name="digits-vit-stroke",
+        directory=WEIGHTS_DIR / "rrm-digits-vit-stroke",
+    ),
 }
 
 

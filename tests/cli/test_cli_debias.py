@@ -21,7 +21,8 @@ def test_debias_on_the_embedded_benchmark(tmp_path, capsys):
     (seed,) = study["per_seed"]
     methods = seed["methods"]
     assert set(methods) == set(study["summary"]) == {
-        "original", "rrm_circuit", "plain_attribution", "random_features", "neuron_attribution",
+        "original", "rrm_circuit", "rrm_circuit_edges", "plain_attribution", "random_features",
+        "neuron_attribution",
         "activation_difference", "dfr", "balanced_retrain"}
     assert (out / "debias.png").stat().st_size > 10_000
     table = (out / "debias.md").read_text()
@@ -73,3 +74,50 @@ def test_debias_reads_a_data_file_and_refuses_bad_ones(tmp_path, capsys):
 def test_debias_refuses_non_positive_counts(tmp_path, capsys, counts):
     expect_user_error(capsys, ["debias", "--counts", *counts, "--out", str(tmp_path / "z")],
                       rf"--counts must be at least 1, got {counts[0]}$")
+
+
+def test_debias_variant_is_checked_before_work_and_reaches_the_study(tmp_path, capsys,
+                                                                      monkeypatch):
+    import rrm_plugin.workflows.debias as workflow
+    from rrm_plugin.cli.debias import VARIANT_NAMES
+    from rrm_plugin.zoo.spurious import VARIANTS
+
+    assert tuple(VARIANTS) == VARIANT_NAMES
+    expect_user_error(capsys, ["debias", "--variant", "corner", "--out", str(tmp_path / "a")],
+                      "invalid choice: 'corner'")
+    data = write_tensors(tmp_path / "d.safetensors", {"x": torch.zeros(1)})
+    expect_user_error(capsys, ["debias", "--variant", "stroke", "--data", str(data), "--seeds",
+                               "1", "--out", str(tmp_path / "b")],
+                      "--data brings its own splits and --variant picks an embedded benchmark")
+    seen = {}
+
+    def fake_study(seeds, settings, *, workers=1, progress=True):
+        seen.update(seeds=list(seeds), settings=settings)
+        raise SystemExit(0)  # stop before any work
+
+    monkeypatch.setattr(workflow, "debias_study", fake_study)
+    with pytest.raises(SystemExit):
+        main(["debias", "--variant", "stroke", "--seeds", "2", "--out", str(tmp_path / "c")])
+    settings = seen["settings"]
+    assert seen["seeds"] == [0, 1] and settings.benchmark.cue == "stroke"
+    assert (settings.release, settings.reference_model) == ("rrm-digits-vit-stroke",
+                                                            "digits-vit-stroke-balanced")
+    with pytest.raises(SystemExit):
+        main(["debias", "--seeds", "1", "--out", str(tmp_path / "d")])
+    settings = seen["settings"]
+    assert settings.benchmark.cue == "marker"
+    assert (settings.release, settings.reference_model) == ("rrm-digits-vit-spurious",
+                                                            "digits-vit-balanced")
+
+
+@pytest.mark.slow
+def test_debias_on_the_stroke_variant(tmp_path):
+    out = tmp_path / "stroke"
+    assert main(["debias", "--variant", "stroke", "--out", str(out), *SMALL]) == 0
+    study = json.loads((out / "debias.json").read_text())
+    assert study["metadata"]["release"] == "rrm-digits-vit-stroke"
+    assert study["metadata"]["reference_model"] == "digits-vit-stroke-balanced"
+    assert "cue: stroke" in study["metadata"]["data"]
+    (seed,) = study["per_seed"]
+    assert seed["model"] == "digits-vit-stroke"
+    assert {"rrm_circuit_edges", "balanced_retrain"} <= set(seed["methods"])

@@ -69,3 +69,56 @@ def test_bad_benchmark_settings_name_what_is_wrong():
         SpuriousConfig(marker_size=0)
     with pytest.raises(ValueError, match=r"validation_fraction must be in \(0, 1\), got 1.0"):
         SpuriousConfig(validation_fraction=1.0)
+    with pytest.raises(ValueError, match=r"cue must be one of .*'stroke'\], got 'corner'"):
+        SpuriousConfig(cue="corner")
+
+
+STROKE = SpuriousConfig(cue="stroke")
+
+
+def test_stroke_cue_is_the_hue_of_the_digits_own_pixels():
+    """The `stroke` variant: no marker, and the digit's full-ink pixels have hue cue / 10."""
+    from matplotlib.colors import rgb_to_hsv
+
+    from rrm_plugin.data.digits import load_source_digits
+
+    batch = spurious_train_sampler(STROKE, seed=1)(64)
+    marked = spurious_train_sampler(CFG, seed=1)(64)
+    # The same stream as the marker benchmark (labels, cues, digits, placement): only the paint
+    # differs, so the variant changes the cue and nothing else.
+    for field in ("labels", "markers", "source_index", "object_mask"):
+        assert torch.equal(getattr(batch, field), getattr(marked, field)), field
+    assert (batch.markers != batch.labels).any() and (batch.markers == batch.labels).any()
+    # Background patches (no digit pixel, not the marker's corner patch) are the same pixels.
+    patches = batch.images.unfold(2, 4, 4).unfold(3, 4, 4).permute(0, 2, 3, 1, 4, 5)
+    marked_patches = marked.images.unfold(2, 4, 4).unfold(3, 4, 4).permute(0, 2, 3, 1, 4, 5)
+    background = ~batch.object_mask.reshape(64, 6, 6)
+    background[:, 0, 0] = False
+    assert background.sum() > 64 * 10
+    assert torch.equal(patches[background], marked_patches[background])
+    digits, _ = load_source_digits()
+    checked = 0
+    for i in range(64):
+        if digits[int(batch.source_index[i])].max() < 1.0:
+            continue  # no full-ink pixel: every digit pixel is blended with the background
+        image = batch.images[i].permute(1, 2, 0).numpy()
+        # The brightest pixels are the digit's full-ink ones: foreground colour, hue cue / 10.
+        value = image.max(-1)
+        hues = rgb_to_hsv(image[np.isclose(value, value.max())])[:, 0]
+        gap = np.abs(hues - int(batch.markers[i]) / 10)
+        assert np.minimum(gap, 1 - gap).max() < 1e-3, (i, hues)  # on the hue circle
+        checked += 1
+    assert checked > 40
+    # No corner marker: the top-left patch is never the marker's saturated colour.
+    corner = batch.images[:, :, :CFG.marker_size, :CFG.marker_size]
+    painted = torch.from_numpy(marker_colours())[batch.markers][:, :, None, None]
+    assert not (corner == painted).all(dim=(1, 2, 3)).any()
+
+
+def test_stroke_validation_and_test_sets_pair_each_digit_with_both_cues():
+    test = spurious_test_set(STROKE)
+    reference = spurious_test_set(CFG)
+    assert torch.equal(test.markers, reference.markers) and torch.equal(test.labels,
+                                                                        reference.labels)
+    assert not torch.equal(test.images, reference.images)
+    assert torch.bincount(test.groups, minlength=20).min() >= 20

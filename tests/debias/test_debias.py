@@ -8,6 +8,7 @@ import torch
 from rrm_plugin.debias.ablation import Ablation, ablation_hooks, predict
 from rrm_plugin.debias.evaluation import bootstrap_accuracy, group_accuracy
 from rrm_plugin.debias.experiment import (
+    EDGES,
     PLAIN,
     RRM,
     DebiasConfig,
@@ -130,6 +131,7 @@ def test_plain_attribution_is_the_full_graph_and_the_circuit_its_pruned_part(pla
     # The full graph does not depend on the pruning; with thresholds 1 nothing is pruned.
     torch.testing.assert_close(pruned.full[HOOK], full)
     torch.testing.assert_close(unpruned.circuit[HOOK], full)
+    torch.testing.assert_close(unpruned.edges[HOOK], full)  # one layer: its logit edges
     # Every active latent has its mean node score: the marker latent its known sqrt(2) (see
     # above), the digit latents negative (they push away from the cue's class).
     assert set(torch.nonzero(full)[:, 0].tolist()) == {0, 2, 3}
@@ -193,12 +195,13 @@ def test_selection_never_reads_the_test_split(planted):
                                                 generator=torch.Generator().manual_seed(0))])
     second = run_debias(model, saes, selection=selection, validation=validation, test=permuted,
                         baselines=baselines, config=config)
-    for method in (RRM, PLAIN, "neuron_attribution", "activation_difference",
+    for method in (RRM, EDGES, PLAIN, "neuron_attribution", "activation_difference",
                    "random_features"):
         assert first.selections[method].ablation.as_lists() == \
             second.selections[method].ablation.as_lists()
         assert first.selections[method].validation == second.selections[method].validation
     assert first.selections[RRM].ablation.as_lists() == {HOOK: [MARKER_LATENT]}
+    assert first.selections[EDGES].ablation.as_lists() == {HOOK: [MARKER_LATENT]}
     assert first.selections["random_features"].ablation.size == 1  # the RRM's number
     assert first.dfr == second.dfr  # DFR trains and chooses C on validation only
     assert first.accuracy[RRM].worst_group == 1.0
@@ -208,9 +211,9 @@ def test_selection_never_reads_the_test_split(planted):
     assert first.accuracy["original"] != second.accuracy["original"]
     assert set(select_ablations(model, saes, selection=selection, validation=validation,
                                 baselines=baselines, config=config)) == \
-        {RRM, PLAIN, "neuron_attribution", "activation_difference"}
+        {RRM, EDGES, PLAIN, "neuron_attribution", "activation_difference"}
     assert set(first.to_json_dict()["methods"]) == {
-        "original", RRM, PLAIN, "random_features", "neuron_attribution",
+        "original", RRM, EDGES, PLAIN, "random_features", "neuron_attribution",
         "activation_difference", "dfr"}
 
 

@@ -121,3 +121,69 @@ def test_rank_units_ties_signs_and_top_ablation_known_answer():
     assert top_ablation(ranking, 0, kind="feature").size == 0
     with pytest.raises(ValueError, match="NaN or inf"):
         rank_units({"a": torch.tensor([1.0, float("nan")])})
+
+
+def test_circuit_edge_scores_sum_only_the_kept_out_edges():
+    """Hand graph (tests/attribution/hand_graphs.py): block-0 latent 1 has out-edges 0.5, 0,
+    0.25 to block-1 latents 0, 2, 5; latent 4 has -0.25, 0, 0; the top latents' logit edges are
+    their scores 1, -0.5, 2. Pruned by hand: latent 4 and top latent 2 dropped, only the edge
+    1 -> 0 kept, and top latent 5 kept without its logit edge."""
+    from rrm_plugin.circuits.influence import PruneResult
+    from rrm_plugin.debias.scoring import kept_out_edges
+    from tests.attribution.hand_graphs import feature_hand_graph
+
+    graph = feature_hand_graph()
+    nodes = [torch.tensor([True, False, True]), torch.tensor([True, False, True, True])]
+    edges = torch.zeros(3, 3, dtype=torch.bool)
+    edges[0, 0] = True
+    logit = torch.tensor([True, False, False, True])
+    low, top = kept_out_edges(graph, PruneResult(nodes, [edges], logit, []))
+    assert low.tolist() == [0.5, 0.0] and top.tolist() == [1.0, 0.0, 0.0]
+    # Nothing pruned: the summed out-edges are the node scores (r_i = sum_o A(i -> o)).
+    everything = PruneResult([torch.ones(3, dtype=torch.bool), torch.ones(4, dtype=torch.bool)],
+                             [torch.ones(3, 3, dtype=torch.bool)], torch.ones(4, dtype=torch.bool),
+                             [])
+    low, top = kept_out_edges(graph, everything)
+    assert low.tolist() == [0.75, -0.25] and top.tolist() == [1.0, -0.5, 2.0]
+
+
+def test_out_edges_sum_to_node_scores_on_a_real_graph(tiny_vit, tiny_saes, tiny_images):
+    """The premise of the edge score: on an attribution graph of a real (tiny) model, a latent's
+    out-edges sum to its node score, so with nothing pruned the edge score is the plain one."""
+    from rrm_plugin.attribution.baselines import compute_baselines
+    from rrm_plugin.attribution.build import attribute
+    from rrm_plugin.circuits.influence import PruneResult
+    from rrm_plugin.debias.scoring import kept_out_edges
+
+    baselines = compute_baselines(tiny_vit, tiny_saes, tiny_images, progress=False)
+    (graph,) = attribute(tiny_vit, tiny_saes, tiny_images[:1], baselines=baselines, classes=[1])
+    ones = [torch.ones(len(layer) + 1, dtype=torch.bool) for layer in graph.layers]
+    everything = PruneResult(ones, [torch.ones_like(e, dtype=torch.bool) for e in graph.edges],
+                             ones[-1], [])
+    assert len(graph.layers) >= 2 and all(len(layer) for layer in graph.layers)
+    for layer, summed in zip(graph.layers, kept_out_edges(graph, everything), strict=True):
+        torch.testing.assert_close(summed, layer.scores.double(), rtol=1e-4, atol=1e-6)
+
+
+def test_each_attribution_method_ranks_by_its_own_score(planted, monkeypatch):
+    """Circuit nodes, circuit edges and the full graph reach their own methods' rankings."""
+    from rrm_plugin.debias.scoring import AttributionScores
+
+    model, saes, baselines = planted
+    one_hot = {k: {HOOK: torch.eye(6, dtype=torch.float64)[k]} for k in range(6)}
+    monkeypatch.setattr(experiment, "attribution_feature_scores",
+                        lambda *a, **k: AttributionScores(circuit=one_hot[0], edges=one_hot[2],
+                                                          full=one_hot[3]))
+    ranked = {}
+
+    def spy(model, ranking, validation, *, method, **kwargs):
+        ranked[method] = ranking.index.tolist()
+        return experiment.Selection(method, top_ablation(ranking, 1, kind=kwargs["kind"]), {})
+
+    monkeypatch.setattr(experiment, "choose_count", spy)
+    select_ablations(model, saes, selection=planted_split([0, 0, 1], [1, 0, 0]),
+                     validation=planted_split([0, 1], [0, 1]), baselines=baselines,
+                     config=experiment.DebiasConfig(counts=(1,), batch_size=8))
+    assert ranked[experiment.RRM] == [0]
+    assert ranked[experiment.EDGES] == [2]
+    assert ranked[experiment.PLAIN] == [3]

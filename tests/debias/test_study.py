@@ -9,6 +9,7 @@ import torch
 
 import rrm_plugin.workflows.debias as workflow
 from rrm_plugin.data.spurious import (
+    SpuriousConfig,
     spurious_seed_splits,
     spurious_test_set,
     spurious_validation_set,
@@ -76,7 +77,8 @@ def test_seed_splits_are_independent_and_seed_zero_is_the_shipped_one():
     assert not set(v1.source_index.tolist()) & set(t1.source_index.tolist())
 
 
-def test_every_seed_runs_on_its_own_splits_with_its_own_seed(monkeypatch):
+@pytest.mark.parametrize("cue", ["marker", "stroke"])
+def test_every_seed_runs_on_its_own_splits_with_its_own_seed(monkeypatch, cue):
     seen = []
 
     class Fake:
@@ -94,11 +96,12 @@ def test_every_seed_runs_on_its_own_splits_with_its_own_seed(monkeypatch):
     monkeypatch.setattr(workflow, "run_debias", fake_run_debias)
     settings = workflow.StudySettings(
         model=None, release="rrm-digits-vit-spurious", reference_model=None, data=None,
-        baselines=None, pool=40, device="cpu", dtype=None, config=DebiasConfig(seed=99))
+        baselines=None, pool=40, device="cpu", dtype=None, config=DebiasConfig(seed=99),
+        benchmark=SpuriousConfig(cue=cue))
     study = workflow.debias_study([2, 5], settings, workers=1, progress=False)
     assert [s[0] for s in seen] == [2, 5] and study["seeds"] == [2, 5]
     for seed, selection, validation, test, _ in seen:
-        want = spurious_seed_splits(seed, pool=40)
+        want = spurious_seed_splits(seed, pool=40, cfg=SpuriousConfig(cue=cue))
         for got, expected in zip((selection, validation, test), want, strict=True):
             assert torch.equal(got.images, expected.images)
             assert torch.equal(got.spurious, expected.markers)

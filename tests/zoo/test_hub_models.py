@@ -190,7 +190,9 @@ def test_dinov2_head_missing_offline_names_the_path(offline_hub, tmp_path):
 def test_list_models_names_every_model():
     rows = rrm_plugin.list_models()
     assert [r["model"] for r in rows] == ["digits-vit", "digits-vit-spurious",
-                                          "digits-vit-balanced", "vit-b16-imagenet", "clip-vit-b16",
+                                          "digits-vit-balanced", "digits-vit-stroke",
+                                          "digits-vit-stroke-balanced", "vit-b16-imagenet",
+                                          "clip-vit-b16",
                                           "dinov2-vitb14-reg", "clip-vit-b32",
                                           "clip-vit-b32-datacomp"]
 
