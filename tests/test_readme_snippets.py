@@ -101,8 +101,27 @@ def test_snippet_runs_standalone(snippet: Snippet, tmp_path, request):
         env["HF_HUB_CACHE"] = str(cache)
     script = work / "snippet.py"
     script.write_text(snippet.code, encoding="utf-8")
+    before = repository_files()
     done = subprocess.run([sys.executable, script.name], cwd=work, env=env, capture_output=True,
                           text=True, timeout=TIME_LIMIT_S)
     assert done.returncode == 0, f"{snippet.name} failed:\n{done.stderr[-4000:]}"
-    outside = [p.name for p in ROOT.iterdir() if p.stat().st_mtime > script.stat().st_mtime]
+    after = repository_files()
+    outside = sorted(name for name in before.keys() | after.keys()
+                     if before.get(name) != after.get(name))
     assert not outside, f"{snippet.name} wrote {outside} into the repository"
+
+
+# Not the snippets' business, and written by tests running beside this one (e.g. on another
+# pytest-xdist worker): bytecode caches, the environment, git's own files.
+UNWATCHED = {"__pycache__", ".git", ".venv", ".pytest_cache", ".ruff_cache", ".import_linter_cache"}
+
+
+def repository_files() -> dict[str, int]:
+    """Every file of the repository (outside `UNWATCHED`) with its modification time."""
+    found = {}
+    for folder, subfolders, files in os.walk(ROOT):
+        subfolders[:] = [d for d in subfolders if d not in UNWATCHED]
+        for name in files:
+            path = Path(folder, name)
+            found[path.relative_to(ROOT).as_posix()] = path.stat().st_mtime_ns
+    return found
