@@ -10,6 +10,7 @@ from rrm_plugin.cli.common import add_baselines_arg, add_images_arg, add_model_a
 from rrm_plugin.cli.dataset import add_run_args
 from rrm_plugin.cli.output import add_overwrite_arg
 from rrm_plugin.errors import RRMUserError
+from rrm_plugin.metrics.image_indices import CLI, check_image_indices
 
 # metrics.faithfulness.METHODS, circuits.pruning.CRITERIA / TIES, spelled out so that the options
 # are checked without importing torch (tests/cli/test_cli_option_checks.py keeps them equal).
@@ -75,12 +76,7 @@ def check_args(args: argparse.Namespace) -> list[Path]:
     if args.ties not in TIES:
         raise RRMUserError(f"--ties: unknown {args.ties!r}; expected one of {list(TIES)}")
     checks.at_least("--n-images", args.n_images)
-    if args.image_indices is not None:
-        if args.n_images is not None:
-            raise RRMUserError("--image-indices: give --n-images or --image-indices, not both")
-        if min(args.image_indices) < 0 or len(set(args.image_indices)) < len(args.image_indices):
-            raise RRMUserError(f"--image-indices: expected distinct indices >= 0, got "
-                               f"{args.image_indices}")
+    check_image_indices(image_indices=args.image_indices, n_images=args.n_images, spelling=CLI)
     checks.at_least("--skip-early-layers", args.skip_early_layers, 0)
     checks.at_least("--batch-size", args.batch_size)
     checks.chunks_arg(args, args.out)

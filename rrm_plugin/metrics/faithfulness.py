@@ -69,6 +69,8 @@ from rrm_plugin.metrics.faithfulness_methods import (
     random_masks,
 )
 from rrm_plugin.metrics.faithfulness_result import MODES, QUANTITIES, FaithfulnessResult
+from rrm_plugin.metrics.image_indices import check_image_indices
+from rrm_plugin.metrics.image_selection import chosen_images, correct_indices, select_images
 from rrm_plugin.replacement.splice import splice_saes
 from rrm_plugin.runs.sharded import concat, map_batches
 from rrm_plugin.saes.registry import hook_sort_key
@@ -121,13 +123,8 @@ class FaithfulnessConfig:
     image_indices: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
-        if self.image_indices is not None:
-            if self.n_images is not None:
-                raise RRMUserError("give n_images or image_indices, not both")
-            if not self.image_indices or len(set(self.image_indices)) != len(self.image_indices):
-                raise RRMUserError(f"image_indices must be distinct and not empty, got "
-                                   f"{list(self.image_indices)}")
-            object.__setattr__(self, "image_indices", tuple(sorted(self.image_indices)))
+        object.__setattr__(self, "image_indices", check_image_indices(
+            image_indices=self.image_indices, n_images=self.n_images))
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown:
             raise RRMUserError(
@@ -149,43 +146,6 @@ class FaithfulnessConfig:
 
 
 # ---- the run --------------------------------------------------------------------------------
-
-
-def correct_indices(
-    model: nn.Module, images: Tensor, labels: Tensor, *, batch_size: int = 256
-) -> Int[Tensor, " n"]:
-    weight = next(model.parameters())
-
-    @torch.no_grad()
-    def batch(sl: slice) -> dict[str, Tensor]:
-        x = images[sl].to(weight.device, weight.dtype)  # a batch at a time onto the model's device
-        return {"correct": model(x).argmax(-1) == labels[sl].to(weight.device)}
-
-    parts = map_batches(batch, n=len(images), batch_size=batch_size, name="correct",
-                        progress=False)
-    return torch.nonzero(concat(parts, "correct").to(labels.device))[:, 0]
-
-
-def select_images(correct: Tensor, n_images: int | None, seed: int) -> Tensor:
-    """All correctly classified images, or a seeded random subset of `n_images` of them."""
-    if n_images is None or n_images >= len(correct):
-        if n_images is not None and n_images > len(correct):
-            raise RRMUserError(f"asked for {n_images} images but only {len(correct)} held-out "
-                               "images are classified correctly")
-        return correct
-    if n_images < 1:
-        raise RRMUserError(f"n_images must be at least 1, got {n_images}")
-    generator = torch.Generator().manual_seed(seed)
-    return correct[torch.randperm(len(correct), generator=generator)[:n_images]].sort().values
-
-
-def chosen_images(correct: Int[Tensor, " n"], image_indices: tuple[int, ...]) -> Tensor:
-    """The given images, each of which must be classified correctly."""
-    wrong = sorted(set(image_indices) - set(correct.tolist()))
-    if wrong:
-        raise RRMUserError(f"image_indices {wrong} are not correctly classified images of the "
-                           "set (or out of range); faithfulness uses correct images only")
-    return torch.tensor(image_indices, dtype=torch.long, device=correct.device)
 
 
 class Layout(NamedTuple):

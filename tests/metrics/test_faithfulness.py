@@ -25,7 +25,6 @@ from rrm_plugin.metrics.faithfulness import (
     method_masks,
     method_scores,
     sae_layout,
-    select_images,
 )
 from rrm_plugin.metrics.faithfulness_methods import _dense_rrm_scores
 from rrm_plugin.metrics.faithfulness_plot import plot_faithfulness
@@ -353,13 +352,6 @@ def test_config_sweeps_and_errors():
     assert FaithfulnessConfig().sweep == PAPER_SWEEP
     assert FaithfulnessConfig(criterion="topk").sweep == PAPER_SWEEP
     assert FaithfulnessConfig(criterion="threshold").sweep == THRESHOLD_SWEEP
-    correct = torch.arange(10) * 2
-    assert torch.equal(select_images(correct, None, 42), correct)
-    subset = select_images(correct, 4, 42)
-    assert torch.equal(subset, select_images(correct, 4, 42)) and len(subset) == 4
-    assert set(subset.tolist()) <= set(correct.tolist())
-    with pytest.raises(ValueError, match="asked for 11 images but only 10"):
-        select_images(correct, 11, 42)
     with pytest.raises(ValueError, match="unknown faithfulness method"):
         FaithfulnessConfig(methods=("rrm", "lrp"))
     with pytest.raises(ValueError, match=r"sweep values must be in \[0, 1\]"):

@@ -17,17 +17,16 @@ from rrm_plugin.metrics.faithfulness import (
     FaithfulnessConfig,
     Layout,
     batch_generators,
-    correct_indices,
     evaluate_faithfulness,
     image_generators,
     image_seed,
     method_masks,
     method_scores,
     sae_layout,
-    select_images,
 )
 from rrm_plugin.metrics.faithfulness_methods import _dense_rrm_scores, neuron_scores, random_masks
 from rrm_plugin.metrics.faithfulness_result import image_aucs
+from rrm_plugin.metrics.image_selection import select_images
 from tests.metrics.oracles import adjusted, trapezoid_auc
 
 SWEEP = (0.0, 0.5, 1.0)
@@ -150,12 +149,8 @@ def test_image_seeds_separate_seed_method_and_image():
                                                           image_seed(42, "random", 3)]
 
 
-def test_image_indices_settings_are_checked(vit, saes, reference_images, baselines):
-    with pytest.raises(RRMUserError, match="not both"):
-        FaithfulnessConfig(n_images=3, image_indices=(1,))
-    for bad in ((), (2, 2)):
-        with pytest.raises(RRMUserError, match="distinct and not empty"):
-            FaithfulnessConfig(image_indices=bad)
+def test_image_indices_must_be_correct_images(vit, saes, reference_images, baselines):
+    # The settings' own checks: tests/metrics/test_image_indices.py.
     images = reference_images[:4]
     labels = vit(images).argmax(-1).detach()
     labels[2] = (labels[2] + 1) % vit.cfg.n_classes  # image 2 is now misclassified
@@ -246,26 +241,12 @@ def test_run_refuses_when_no_image_is_correct(vit, saes, images, baselines):
 
 def test_progress_bar_of_the_run_only(vit, saes, images, baselines, capsys):
     labels = vit(images).argmax(-1).detach()
-    assert correct_indices(vit, images, labels).tolist() == [0, 1, 2]
-    assert capsys.readouterr().err == ""  # the correctness pass shows no bar
     evaluate_faithfulness(vit, saes, images, labels, baselines=baselines,
                           config=FaithfulnessConfig(sweep=SWEEP, methods=("random_authors",)))
     assert re.search(r"(^|\r)faithfulness: ", capsys.readouterr().err)  # shown by default
     evaluate_faithfulness(vit, saes, images, labels, baselines=baselines, progress=False,
                           config=FaithfulnessConfig(sweep=SWEEP, methods=("random_authors",)))
     assert capsys.readouterr().err == ""
-
-
-def test_select_images_boundaries_and_messages():
-    correct = torch.arange(10) * 3
-    assert torch.equal(select_images(correct, 10, 0), correct)  # all of them is allowed
-    one = select_images(correct, 1, 0)
-    assert len(one) == 1 and int(one) in correct.tolist()
-    with pytest.raises(ValueError, match=r"^asked for 11 images but only 10 held-out images are "
-                                         r"classified correctly$"):
-        select_images(correct, 11, 0)
-    with pytest.raises(ValueError, match="^n_images must be at least 1, got 0$"):
-        select_images(correct, 0, 0)
 
 
 def test_sae_layout_of_one_sae_and_its_default_skip():
