@@ -15,6 +15,12 @@ from tests.hubcache import datacomp_b32_hub, offline_hub, vit_b16_hub  # noqa: E
 torch.set_num_threads(1)  # tiny models: threads only add overhead
 
 
+def pytest_collection_modifyitems(items):
+    """The `slow` end-to-end tests first (otherwise in collection order): on pytest-xdist workers
+    the suite then ends on short tests, not on one worker finishing a minutes-long run alone."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture(autouse=True)
 def _seeded_global_generators():
     """Every test starts from the same global torch / numpy / random state, so a test that

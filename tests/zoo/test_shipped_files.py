@@ -13,6 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import rrm_plugin
 
 PACKAGE = Path(rrm_plugin.__file__).parent
@@ -48,6 +50,7 @@ def _digests(root: Path) -> dict[str, str]:
             for p in sorted(root.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.slow  # every command in a fresh process: a minute or more on 2 cores
 def test_commands_never_write_shipped_files(tmp_path):
     copy = tmp_path / "site" / "rrm_plugin"
     shutil.copytree(PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__"))
